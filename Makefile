@@ -1,0 +1,43 @@
+# dbops: every set-up step of a fresh machine lives here (see README.md).
+SHELL := /bin/bash
+PYTHON_VERSION ?= 3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: install stores run stop status test lock bench-smoke
+
+$(STAMP): requirements.txt requirements-dev.txt
+	@command -v uv >/dev/null || python3 -m pip install -q uv
+	@test -x $(PY) || uv venv -q --python $(PYTHON_VERSION) $(VENV)
+	uv pip install -q --python $(PY) --compile-bytecode -r requirements-dev.txt
+	@touch $(STAMP)
+
+## install: the virtualenv with the pinned dependencies
+install: $(STAMP)
+
+## stores: start the local stores (PostgreSQL, Redis, Mongo, Kafka, S3, SSH target)
+stores: install
+	$(PY) -m devstack up
+
+## run: the stores plus Airflow with the dbops DAGs; prints the UI address and login
+run: stores
+	$(PY) -m devstack up airflow
+	@$(PY) -m devstack info
+
+## stop: stop Airflow and every local store started by this project
+stop:
+	@test -x $(PY) && $(PY) -m devstack down airflow postgres redis mongo kafka s3 offsite || true
+
+status:
+	@$(PY) -m devstack status
+
+## test: the whole suite against real local stores (starts what is not running, stops it after)
+test: install
+	$(PY) -m devstack with -- $(PY) -m pytest $(PYTEST_ARGS)
+
+## lock: re-resolve the pinned locks from requirements*.in
+lock:
+	uv pip compile -q --python-version $(PYTHON_VERSION) requirements.in -o requirements.txt
+	uv pip compile -q --python-version $(PYTHON_VERSION) requirements-dev.in -o requirements-dev.txt

@@ -1,0 +1,1 @@
+SELECT version, filename, checksum FROM dbops.schema_migrations ORDER BY version;

@@ -1,0 +1,1 @@
+SELECT 1 FROM dbops.schema_migrations WHERE version = %s;

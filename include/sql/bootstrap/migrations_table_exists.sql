@@ -1,0 +1,1 @@
+SELECT to_regclass('dbops.schema_migrations') IS NOT NULL;

@@ -1,0 +1,89 @@
+"""Clients for each store, built from Airflow connections through the provider hooks.
+
+This is the only place that turns a connection id into a client. Secrets stay inside
+the hooks and clients: nothing here logs or returns a password.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from airflow.sdk import BaseHook
+from airflow.sdk.exceptions import AirflowNotFoundException
+
+
+def connection_exists(conn_id: str) -> bool:
+    try:
+        BaseHook.get_connection(conn_id)
+    except AirflowNotFoundException:
+        return False
+    return True
+
+
+@contextmanager
+def postgres(conn_id: str, database: str | None = None) -> Iterator:
+    """A psycopg 3 connection (autocommit off) to ``database`` or the connection's own."""
+    from airflow.providers.postgres.hooks.postgres import PostgresHook
+
+    hook = PostgresHook(postgres_conn_id=conn_id, **({"database": database} if database else {}))
+    conn = hook.get_conn()
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
+@contextmanager
+def mongo(conn_id: str, default_database: str) -> Iterator:
+    """The platform database (the connection's schema, else the configured name)."""
+    from airflow.providers.mongo.hooks.mongo import MongoHook
+
+    hook = MongoHook(mongo_conn_id=conn_id)
+    client = hook.get_conn()
+    try:
+        yield client[hook.connection.schema or default_database]
+    finally:
+        client.close()
+
+
+@contextmanager
+def redis(conn_id: str) -> Iterator:
+    from airflow.providers.redis.hooks.redis import RedisHook
+
+    client = RedisHook(redis_conn_id=conn_id).get_conn()
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+def kafka_admin(conn_id: str):
+    """A confluent-kafka AdminClient; keep a reference until its futures resolve."""
+    from airflow.providers.apache.kafka.hooks.client import KafkaAdminClientHook
+
+    return KafkaAdminClientHook(kafka_config_id=conn_id).get_conn
+
+
+@dataclass
+class WeaviateEndpoint:
+    base_url: str
+    session: object
+
+
+@contextmanager
+def weaviate(conn_id: str) -> Iterator[WeaviateEndpoint]:
+    """A requests session for the Weaviate REST API (API key from the connection password)."""
+    import requests
+
+    conn = BaseHook.get_connection(conn_id)
+    scheme = conn.schema or (conn.extra_dejson.get("scheme") if conn.extra else None) or "http"
+    port = f":{conn.port}" if conn.port else ""
+    session = requests.Session()
+    if conn.password:
+        session.headers["Authorization"] = f"Bearer {conn.password}"
+    try:
+        yield WeaviateEndpoint(f"{scheme}://{conn.host}{port}", session)
+    finally:
+        session.close()

@@ -1,0 +1,182 @@
+"""Tasks of ``dbops_bootstrap``: one per store, then ``verify``.
+
+Store modules (psycopg, pymongo, confluent-kafka) are imported inside the tasks so
+that parsing the DAG file stays fast.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from airflow.sdk import get_current_context, task
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+
+from dbops import connections
+from dbops.config import DbopsConfig
+from dbops.dagkit import runtime_config
+from dbops.report import StoreReport
+from dbops.sqlfiles import load_spec
+
+log = logging.getLogger(__name__)
+
+MONGO_SPEC = "mongo_collections.json"
+KAFKA_SPEC = "kafka_topics.json"
+WEAVIATE_SPEC = "weaviate_schema.json"
+REDIS_SPEC = "redis_settings.json"
+
+
+def _selected(store: str) -> tuple[DbopsConfig, dict]:
+    """The run's config and Params; skip the task when the store is not selected."""
+    params = get_current_context()["params"]
+    if store not in params["stores"]:
+        raise AirflowSkipException(f"skipped: {store} is not in this run's stores {params['stores']}")
+    return runtime_config(), params
+
+
+def _weaviate_configured(config: DbopsConfig) -> bool:
+    if connections.connection_exists(config.connections.weaviate):
+        return True
+    log.info("skipped: no Weaviate configured (no Airflow connection %r)", config.connections.weaviate)
+    return False
+
+
+def _finish(report: StoreReport) -> dict:
+    log.info("%s", report.render())
+    if report.problems:
+        log.warning("%d difference(s) could not be repaired; verify will fail on them", len(report.problems))
+    return report.to_dict()
+
+
+@task(pool="dbops_postgres")
+def bootstrap_postgres() -> dict:
+    """Versioned migrations (extensions, schemas, tables, indexes), then the ANN index."""
+    from dbops.stores import postgres
+
+    config, params = _selected("postgres")
+    with connections.postgres(config.connections.postgres) as conn:
+        return _finish(postgres.bootstrap(conn, config.postgres, dry_run=params["dry_run"]))
+
+
+@task(pool="dbops_mongo")
+def bootstrap_mongo() -> dict:
+    """Collections and indexes (TTL included) from include/scripts/mongo_collections.json."""
+    from dbops.stores import mongo
+
+    config, params = _selected("mongo")
+    with connections.mongo(config.connections.mongo, config.mongo.database) as db:
+        return _finish(mongo.bootstrap(db, load_spec(MONGO_SPEC), dry_run=params["dry_run"]))
+
+
+@task(pool="dbops_weaviate")
+def bootstrap_weaviate() -> dict:
+    """Classes and properties from include/scripts/weaviate_schema.json, over REST."""
+    from dbops.stores import weaviate
+
+    config, params = _selected("weaviate")
+    if not _weaviate_configured(config):
+        raise AirflowSkipException("skipped: no Weaviate configured")
+    with connections.weaviate(config.connections.weaviate) as api:
+        spec = load_spec(WEAVIATE_SPEC)
+        return _finish(weaviate.bootstrap(api.session, api.base_url, spec, dry_run=params["dry_run"]))
+
+
+@task(pool="dbops_redis")
+def bootstrap_redis() -> dict:
+    """Checks maxmemory, eviction policy and AOF; CONFIG SET only with apply_redis_settings."""
+    from dbops.stores import redis
+
+    config, params = _selected("redis")
+    with connections.redis(config.connections.redis) as client:
+        report = redis.bootstrap(
+            client, load_spec(REDIS_SPEC), apply=params["apply_redis_settings"], dry_run=params["dry_run"]
+        )
+        return _finish(report)
+
+
+@task(pool="dbops_kafka")
+def bootstrap_kafka() -> dict:
+    """Topics with partitions, replication factor (from config) and topic configs."""
+    from dbops.stores import kafka
+
+    config, params = _selected("kafka")
+    admin = connections.kafka_admin(config.connections.kafka)
+    report = kafka.bootstrap(
+        admin,
+        load_spec(KAFKA_SPEC),
+        replication_factor=config.kafka.replication_factor,
+        timeout=config.kafka.request_timeout_s,
+        dry_run=params["dry_run"],
+    )
+    return _finish(report)
+
+
+def _verify_postgres(config: DbopsConfig) -> StoreReport:
+    from dbops.stores import postgres
+
+    with connections.postgres(config.connections.postgres) as conn:
+        return postgres.verify(conn, config.postgres)
+
+
+def _verify_mongo(config: DbopsConfig) -> StoreReport:
+    from dbops.stores import mongo
+
+    with connections.mongo(config.connections.mongo, config.mongo.database) as db:
+        return mongo.verify(db, load_spec(MONGO_SPEC))
+
+
+def _verify_redis(config: DbopsConfig) -> StoreReport:
+    from dbops.stores import redis
+
+    with connections.redis(config.connections.redis) as client:
+        return redis.verify(client, load_spec(REDIS_SPEC))
+
+
+def _verify_kafka(config: DbopsConfig) -> StoreReport:
+    from dbops.stores import kafka
+
+    admin = connections.kafka_admin(config.connections.kafka)
+    return kafka.verify(
+        admin,
+        load_spec(KAFKA_SPEC),
+        replication_factor=config.kafka.replication_factor,
+        timeout=config.kafka.request_timeout_s,
+    )
+
+
+def _verify_weaviate(config: DbopsConfig) -> StoreReport:
+    from dbops.stores import weaviate
+
+    with connections.weaviate(config.connections.weaviate) as api:
+        return weaviate.verify(api.session, api.base_url, load_spec(WEAVIATE_SPEC))
+
+
+VERIFIERS: dict[str, Callable[[DbopsConfig], StoreReport]] = {
+    "postgres": _verify_postgres,
+    "mongo": _verify_mongo,
+    "weaviate": _verify_weaviate,
+    "redis": _verify_redis,
+    "kafka": _verify_kafka,
+}
+
+
+@task(trigger_rule="none_failed")
+def verify() -> dict:
+    """Every object of every selected store exists as specified; fails naming what is not."""
+    params = get_current_context()["params"]
+    if params["dry_run"]:
+        raise AirflowSkipException("skipped: dry run; the plan is in the bootstrap tasks' logs")
+    config = runtime_config()
+    problems: list[str] = []
+    summary = {}
+    for store in params["stores"]:
+        if store == "weaviate" and not _weaviate_configured(config):
+            summary[store] = "skipped: no Weaviate configured"
+            continue
+        report = VERIFIERS[store](config)
+        log.info("%s", report.render())
+        summary[store] = report.summary()
+        problems += [f"{store}: {c.line()}" for c in report.problems]
+    if problems:
+        raise AirflowFailException("bootstrap verification failed:\n" + "\n".join(problems))
+    return summary

@@ -1,0 +1,69 @@
+"""Test set-up shared by every test folder.
+
+Airflow is configured through the environment *before* anything imports it: a fresh
+AIRFLOW_HOME per test session (stale import errors survive in an old metadata DB).
+Integration tests talk to the real local servers of ``python -m devstack up``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(REPO), str(REPO / "plugins")]
+
+_AIRFLOW_HOME = Path(tempfile.mkdtemp(prefix="dbops-airflow-test-"))
+os.environ.update(
+    {
+        "AIRFLOW_HOME": str(_AIRFLOW_HOME),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{_AIRFLOW_HOME}/airflow.db",
+        "AIRFLOW__API__HOST": "127.0.0.1",
+        "AIRFLOW__API_AUTH__JWT_SECRET": "test-only-jwt-secret-" + "x" * 64,
+        "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
+    }
+)
+
+
+def _devstack_bin() -> Path:
+    from devstack.core import state_dir
+
+    return state_dir() / "bin"
+
+
+os.environ["PATH"] = f"{_devstack_bin()}:{os.environ['PATH']}"
+
+
+@pytest.fixture(scope="session")
+def devstack():
+    """The running local stack: ``devstack.conn(conn_id)`` and ``devstack.service(name)``.
+
+    A missing service is a failure, not a skip: ``make test`` starts all of them.
+    """
+    import devstack as stack
+
+    class Stack:
+        def service(self, name: str):
+            svc = stack.service(name)
+            if not svc.running():
+                pytest.fail(f"devstack service {name!r} is not running: start it with `make stores`")
+            return svc
+
+        def conn(self, conn_id: str) -> dict:
+            for name in stack.SERVICES:
+                svc = stack.service(name)
+                conns = svc.connections()
+                if conn_id in conns:
+                    self.service(name)
+                    return conns[conn_id]
+            pytest.fail(f"no devstack service provides connection {conn_id!r}")
+
+    return Stack()

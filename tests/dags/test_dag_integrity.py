@@ -1,0 +1,80 @@
+"""Every DAG file, now and later: imports cleanly and follows the dbops conventions."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+DAG_FILES = sorted(p for p in (REPO / "dags").glob("*.py") if not p.name.startswith("_"))
+POOLS = set(json.loads((REPO / "include" / "airflow" / "pools.json").read_text())) | {"default_pool"}
+
+# DESIGN.md's table; a new DAG must be added here with its schedule.
+EXPECTED_SCHEDULES = {
+    "dbops_bootstrap": None,
+    "dbops_nightly_backup": "0 2 * * *",
+    "dbops_offsite_sync": "assets",
+    "dbops_pg_maintenance": "0 3 * * 0",
+    "dbops_table_size_monitor": "0 0 * * *",
+    "dbops_restore": None,
+    "dbops_restore_drill": "0 6 * * 6",
+}
+
+
+@pytest.fixture(scope="module")
+def dagbag():
+    from airflow.dag_processing.dagbag import DagBag
+
+    return DagBag(dag_folder=str(REPO / "dags"))
+
+
+def test_there_are_dag_files():
+    assert DAG_FILES, "no DAG files found in dags/"
+
+
+def test_no_import_errors(dagbag):
+    assert dagbag.import_errors == {}, "\n".join(f"{k}: {v}" for k, v in dagbag.import_errors.items())
+
+
+@pytest.mark.parametrize("path", DAG_FILES, ids=lambda p: p.name)
+def test_dag_file_defines_the_dag_it_is_named_after(dagbag, path):
+    dag_ids = {dag_id for dag_id, dag in dagbag.dags.items() if Path(dag.fileloc).name == path.name}
+    assert dag_ids == {path.stem}
+
+
+@pytest.mark.parametrize("path", DAG_FILES, ids=lambda p: p.name)
+def test_dag_conventions(dagbag, path):
+    dag = dagbag.dags[path.stem]
+    assert dag.dag_id in EXPECTED_SCHEDULES, f"{dag.dag_id}: add it to EXPECTED_SCHEDULES (DESIGN.md)"
+    assert "dbops" in dag.tags
+    assert dag.doc_md and len(dag.doc_md) > 200, "doc_md must say what the DAG does and what a rerun/backfill does"
+    assert "backfill" in dag.doc_md.lower() or "rerun" in dag.doc_md.lower()
+    assert dag.max_active_runs == 1
+    assert dag.catchup is False
+    for t in dag.tasks:
+        assert t.owner == "dbops", t.task_id
+        assert t.retries >= 1 and t.retry_delay.total_seconds() > 0, t.task_id
+        assert t.pool in POOLS, f"{t.task_id}: pool {t.pool!r} is not in include/airflow/pools.json"
+
+
+@pytest.mark.parametrize("path", DAG_FILES, ids=lambda p: p.name)
+def test_schedule_is_the_designed_one(dagbag, path):
+    dag = dagbag.dags[path.stem]
+    expected = EXPECTED_SCHEDULES[dag.dag_id]
+    timetable = dag.timetable
+    if expected is None:
+        assert not timetable.can_be_scheduled, f"{dag.dag_id} must be manual only"
+    elif expected == "assets":
+        assert dag.timetable.asset_condition is not None
+    else:
+        assert getattr(timetable, "_expression", None) == expected
+        assert str(timetable._timezone) in ("UTC", "Timezone('UTC')")
+
+
+@pytest.mark.parametrize("path", DAG_FILES, ids=lambda p: p.name)
+def test_params_defaults_are_valid(dagbag, path):
+    dag = dagbag.dags[path.stem]
+    # raises ParamValidationError when a default does not satisfy its own schema
+    dag.params.validate()
