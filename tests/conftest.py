@@ -67,3 +67,53 @@ def devstack():
             pytest.fail(f"no devstack service provides connection {conn_id!r}")
 
     return Stack()
+
+
+@pytest.fixture(scope="session")
+def airflow_db(devstack):
+    """A fresh Airflow metadata DB with the dbops pools, and the stores' connections in env.
+
+    DAG tests run ``dag.test()`` in this process: keep them in one session (the first
+    run costs ~10 s, later ones under a second).
+    """
+    import json
+
+    from airflow.utils.db import initdb
+
+    from devstack.__main__ import stack_environment
+
+    os.environ.update(stack_environment())
+    initdb()
+
+    from airflow.models.pool import Pool
+
+    pools = json.loads((REPO / "include" / "airflow" / "pools.json").read_text())
+    for name, pool in pools.items():
+        Pool.create_or_update_pool(name, pool["slots"], pool["description"], pool["include_deferred"])
+    return _AIRFLOW_HOME
+
+
+@pytest.fixture(scope="session")
+def dagbag(airflow_db):
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag(dag_folder=str(REPO / "dags"))
+    assert not bag.import_errors, bag.import_errors
+    return bag
+
+
+def run_dag(dag, conf: dict | None = None, logical_date=None):
+    """``dag.test()`` returning the DagRun; it does not raise on failure, so callers assert."""
+    return dag.test(run_conf=conf or {}, logical_date=logical_date)
+
+
+def task_result(dagrun, task_id: str):
+    """The return value (XCom) a task of ``dagrun`` pushed, or None."""
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        row = session.scalars(
+            XComModel.get_many(run_id=dagrun.run_id, dag_ids=dagrun.dag_id, task_ids=task_id, key="return_value")
+        ).first()
+        return None if row is None else XComModel.deserialize_value(row)
