@@ -15,3 +15,23 @@ def pg_connect(conn: dict, dbname: str | None = None, autocommit: bool = False) 
         dbname=dbname or conn["schema"],
         autocommit=autocommit,
     )
+
+
+def mongo_client(conn: dict):
+    """A pymongo client from a devstack connection dict."""
+    from pymongo import MongoClient
+
+    return MongoClient(
+        host=conn["host"],
+        port=conn["port"],
+        username=conn.get("login"),
+        password=conn.get("password"),
+        authSource=conn.get("extra", {}).get("authSource", "admin"),
+        serverSelectionTimeoutMS=5000,
+    )
+
+
+def kafka_admin(conn: dict):
+    from confluent_kafka.admin import AdminClient
+
+    return AdminClient(dict(conn["extra"]))

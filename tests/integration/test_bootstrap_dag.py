@@ -15,7 +15,7 @@ def _states(dagrun) -> dict[str, str]:
 
 def test_bootstrap_runs_green_then_a_rerun_is_green_too(dagbag):
     dag = dagbag.get_dag("dbops_bootstrap")
-    stores = ["postgres", "redis"]
+    stores = ["postgres", "mongo", "weaviate", "redis", "kafka"]
     first = run_dag(dag, {"stores": stores})
     assert first.state == "success", _states(first)
     states = _states(first)
@@ -25,6 +25,6 @@ def test_bootstrap_runs_green_then_a_rerun_is_green_too(dagbag):
 
     second = run_dag(dag, {"stores": stores})
     assert second.state == "success", _states(second)
-    for task_id in ("bootstrap_postgres", "bootstrap_redis"):
+    for task_id in ("bootstrap_postgres", "bootstrap_mongo", "bootstrap_redis", "bootstrap_kafka"):
         changes = task_result(second, task_id)["changes"]
         assert changes and all(c["action"] == "unchanged" for c in changes), changes
