@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install stores run stop status test lock bench-smoke
+.PHONY: install stores run stop status test lock bench-parse
 
 $(STAMP): requirements.txt requirements-dev.txt
 	@command -v uv >/dev/null || python3 -m pip install -q uv
@@ -41,3 +41,7 @@ test: install
 lock:
 	uv pip compile -q --python-version $(PYTHON_VERSION) requirements.in -o requirements.txt
 	uv pip compile -q --python-version $(PYTHON_VERSION) requirements-dev.in -o requirements-dev.txt
+
+## bench-parse: parse time of the DAG files beyond `import airflow` (recorded, not asserted)
+bench-parse: install
+	$(PY) bench/dag_parse.py --runs 5 --json bench/results/dag_parse.json

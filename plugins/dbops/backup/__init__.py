@@ -1,0 +1,1 @@
+"""Backups on disk: repository, manifest, retention (pure Python, no Airflow import)."""
