@@ -1,0 +1,508 @@
+"""Redis backups: a non-blocking RDB snapshot with ``redis-cli --rdb``, checked by ``redis-check-rdb``.
+
+No Airflow import. ``redis-cli --rdb`` asks the server for a replication-style full
+sync (``REPLCONF rdb-only``): the server forks, writes the RDB from the child and
+streams it, so the serving process never blocks the way ``SAVE`` does. The password
+reaches redis-cli through ``REDISCLI_AUTH`` only, never ``-a`` (argv is visible to
+every user of the machine in ``ps``); a user name (not a secret) goes with ``--user``.
+
+Limits: the user needs the ``SYNC`` command (servers that rename or forbid it, such as
+some managed services, need another path, e.g. BGSAVE where the file is local); in a
+Redis Cluster each primary node is a separate endpoint.
+
+Restoring: Redis only loads an RDB at start-up. dbops restores into a *scratch*
+``redis-server`` it starts itself (:func:`restore_into_scratch`), which a restore drill
+then compares with :meth:`RedisBackup.describe`. Restoring over a live production Redis
+(stop it, put the RDB in place of its ``dir``/``dbfilename`` with AOF off or rewritten,
+start it; or replay a generated command stream with ``redis-cli --pipe``) replaces or
+merges everything clients see: that is an operator action dbops does not do blindly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from dbops.backup.adapter import Check, DumpResult, Endpoint, LogFn
+from dbops.tools import ToolError, find_tool, human_bytes, run_tool
+
+RDB_FILE = "dump.rdb"
+SAMPLE_ALL_BELOW = 10_000  # fewer matched keys than this: describe every one
+_GLOB_SPECIALS = "\\*?[]"
+
+
+def glob_escape(text: str) -> str:
+    """``text`` as a literal inside a SCAN MATCH pattern."""
+    return "".join("\\" + ch if ch in _GLOB_SPECIALS else ch for ch in text)
+
+
+def redis_client(endpoint: Endpoint, db: int = 0, *, timeout: float = 30.0) -> redis.Redis:
+    """A redis-py client (bytes in, bytes out) for ``endpoint``.
+
+    No client-side retries: redis-py counts a refused password as a connection error and
+    would retry it with backoff; a failed task is retried by Airflow instead.
+    """
+    extra = endpoint.extra or {}
+    return redis.Redis(
+        host=endpoint.host,
+        port=endpoint.port,
+        username=endpoint.login or None,
+        password=endpoint.password,
+        db=db,
+        ssl=bool(extra.get("ssl", False)),
+        ssl_ca_certs=extra.get("ssl_ca_certs"),
+        socket_timeout=timeout,
+        socket_connect_timeout=10,
+        decode_responses=False,
+        retry=Retry(NoBackoff(), 0),
+    )
+
+
+def cli_env(endpoint: Endpoint) -> dict[str, str]:
+    """Environment for redis-cli: the password as ``REDISCLI_AUTH`` (when there is one)."""
+    return {"REDISCLI_AUTH": endpoint.password} if endpoint.password else {}
+
+
+def cli_connection_args(endpoint: Endpoint) -> list[str]:
+    """redis-cli options for ``endpoint``: host, port, user, TLS; never the password."""
+    extra = endpoint.extra or {}
+    args = ["-h", endpoint.host, "-p", str(endpoint.port), "--no-auth-warning"]
+    if endpoint.login:
+        args += ["--user", endpoint.login]
+    if extra.get("ssl"):
+        args.append("--tls")
+        if extra.get("ssl_ca_certs"):
+            args += ["--cacert", str(extra["ssl_ca_certs"])]
+    return args
+
+
+def rdb_version(path: Path) -> int | None:
+    """The RDB format version from the file's ``REDISnnnn`` header, or None if it has none."""
+    with open(path, "rb") as fh:
+        head = fh.read(9)
+    if len(head) == 9 and head[:5] == b"REDIS" and head[5:].isdigit():
+        return int(head[5:])
+    return None
+
+
+def _text(raw: bytes | str) -> str:
+    return raw if isinstance(raw, str) else raw.decode("utf-8", "backslashreplace")
+
+
+def _keyspace(info: dict[str, Any]) -> dict[str, dict[str, int]]:
+    """``{"0": {"keys": n, "expires": m}}`` from ``INFO keyspace``."""
+    out = {}
+    for name, value in info.items():
+        if name.startswith("db") and name[2:].isdigit() and isinstance(value, dict):
+            out[name[2:]] = {"keys": int(value.get("keys", 0)), "expires": int(value.get("expires", 0))}
+    return out
+
+
+# --------------------------------------------------------------------------- value digests
+
+
+class _Digest:
+    def __init__(self, kind: str) -> None:
+        self._h = hashlib.sha256(kind.encode())
+
+    def add(self, *parts: bytes | str | int | float) -> None:
+        for part in parts:
+            if isinstance(part, float):
+                raw = repr(part).encode()
+            elif isinstance(part, int):
+                raw = str(part).encode()
+            elif isinstance(part, str):
+                raw = part.encode()
+            else:
+                raw = bytes(part)
+            self._h.update(len(raw).to_bytes(8, "big"))
+            self._h.update(raw)
+
+    def hexdigest(self) -> str:
+        return self._h.hexdigest()
+
+
+def value_digest(client: redis.Redis, key: bytes, kind: str) -> str | None:
+    """A digest of the value that depends only on its logical content (type-aware).
+
+    Strings by GET, hashes and sets sorted, lists in order, sorted sets with their scores
+    in ZRANGE order, streams by XRANGE plus their last id and consumer groups; other
+    (module) types fall back to the DUMP payload, equal for equal data on the same
+    server version. None when the key vanished meanwhile.
+    """
+    d = _Digest(kind)
+    if kind == "string":
+        value = client.get(key)
+        if value is None:
+            return None
+        d.add(value)
+    elif kind == "hash":
+        for field, value in sorted(client.hgetall(key).items()):
+            d.add(field, value)
+    elif kind == "list":
+        for item in client.lrange(key, 0, -1):
+            d.add(item)
+    elif kind == "set":
+        for member in sorted(client.smembers(key)):
+            d.add(member)
+    elif kind == "zset":
+        for member, score in client.zrange(key, 0, -1, withscores=True):
+            d.add(member, float(score))
+    elif kind == "stream":
+        for entry_id, fields in client.xrange(key, "-", "+"):
+            d.add(entry_id, len(fields))
+            for field, value in fields.items():
+                d.add(field, value)
+        info = client.xinfo_stream(key)
+        d.add("last-generated-id", info.get("last-generated-id", b""))
+        for group in sorted(client.xinfo_groups(key), key=lambda g: g["name"]):
+            d.add("group", group["name"], group.get("last-delivered-id", b""), int(group.get("pending", 0)))
+    else:
+        dumped = client.dump(key)
+        if dumped is None:
+            return None
+        d.add(dumped)
+    return d.hexdigest()
+
+
+def describe_differences(expected: dict[str, Any], actual: dict[str, Any]) -> list[str]:
+    """Keys missing, unexpected or different between two :meth:`RedisBackup.describe` results."""
+    want, got = expected.get("keys", {}), actual.get("keys", {})
+    problems = [f"key {k} missing" for k in sorted(set(want) - set(got))]
+    problems += [f"key {k} unexpected" for k in sorted(set(got) - set(want))]
+    for key in sorted(set(want) & set(got)):
+        if want[key] != got[key]:
+            problems.append(f"key {key}: {got[key]} != {want[key]}")
+    return problems
+
+
+# --------------------------------------------------------------------------- adapter
+
+
+class RedisBackup:
+    """A non-blocking RDB snapshot of one Redis server into ``<staging>/dump.rdb``."""
+
+    store = "redis"
+
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        *,
+        timeout: float = 600.0,
+        sample_all_below: int = SAMPLE_ALL_BELOW,
+        match: str | None = None,
+    ) -> None:
+        self.endpoint = endpoint
+        self.timeout = timeout
+        self.sample_all_below = sample_all_below
+        self.match = match
+
+    def __repr__(self) -> str:
+        return f"RedisBackup({self.endpoint!r})"
+
+    def rdb_argv(self, target: Path) -> list[str]:
+        """The redis-cli command line for the snapshot (no password in it: see :func:`cli_env`)."""
+        return [find_tool("redis-cli"), *cli_connection_args(self.endpoint), "--rdb", str(target)]
+
+    def _server_facts(self) -> dict[str, Any]:
+        try:
+            with redis_client(self.endpoint) as client:
+                info = client.info("all")
+                try:
+                    value = next(iter(client.config_get("rdbcompression").values()), None)
+                    compression = {"yes": "lzf", "no": "none"}.get(_text(value or b""), "unknown")
+                except redis.ResponseError:  # CONFIG renamed or not allowed for this user
+                    compression = "unknown"
+        except redis.RedisError as exc:
+            raise ToolError(f"redis at {self.endpoint.host}:{self.endpoint.port}: {type(exc).__name__}: {exc}") from exc
+        return {"info": info, "compression": compression}
+
+    def dump(self, staging: Path, log: LogFn) -> DumpResult:
+        target = Path(staging) / RDB_FILE
+        version = run_tool([find_tool("redis-cli"), "--version"], log=log).strip()
+        before = self._server_facts()
+        info = before["info"]
+        keyspace = _keyspace(info)
+        log(f"redis {info.get('redis_version')} at {self.endpoint.host}:{self.endpoint.port}: "
+            f"{sum(db['keys'] for db in keyspace.values())} keys in {len(keyspace)} databases, "
+            f"used memory {info.get('used_memory_human')}; streaming an RDB with redis-cli --rdb")  # fmt: skip
+        started = time.monotonic()
+        try:
+            argv = self.rdb_argv(target)
+            run_tool(argv, log=log, env=cli_env(self.endpoint), progress_path=target, timeout=self.timeout)
+        except ToolError:
+            target.unlink(missing_ok=True)  # a partial RDB is not a snapshot
+            raise
+        seconds = time.monotonic() - started
+        if not target.is_file() or target.stat().st_size == 0:
+            raise ToolError(f"redis-cli --rdb reported success but wrote no {RDB_FILE}")
+        target.chmod(0o600)
+        version_in_file = rdb_version(target)
+        if version_in_file is None:
+            raise ToolError(f"{target} does not start with an RDB header")
+        size = target.stat().st_size
+        log(f"RDB v{version_in_file} of {human_bytes(size)} in {seconds:.1f}s")
+        return DumpResult(
+            tool="redis-cli --rdb",
+            tool_version=version,
+            server_version=str(info.get("redis_version", "")),
+            compression=before["compression"],
+            details={
+                "path": RDB_FILE,
+                "bytes": size,
+                "rdb_version": version_in_file,
+                "seconds": round(seconds, 3),
+                "keyspace": keyspace,
+                "keys": sum(db["keys"] for db in keyspace.values()),
+                "used_memory": info.get("used_memory"),
+                "used_memory_human": info.get("used_memory_human"),
+                "maxmemory": info.get("maxmemory"),
+                "maxmemory_policy": info.get("maxmemory_policy"),
+                "redis_mode": info.get("redis_mode"),
+                "role": info.get("role"),
+                "aof_enabled": info.get("aof_enabled"),
+            },
+        )
+
+    def check(self, backup_dir: Path, manifest: dict[str, Any], log: LogFn) -> list[Check]:
+        """The RDB header, then ``redis-check-rdb`` (structure and CRC64) must say OK."""
+        path = Path(backup_dir) / RDB_FILE
+        if not path.is_file():
+            return [Check("dump.rdb present", False, f"{path} missing")]
+        version = rdb_version(path)
+        header = f"RDB version {version}" if version else "no REDISnnnn header"
+        checks = [Check("rdb header", version is not None, header)]
+        argv = [find_tool("redis-check-rdb"), str(path)]
+        started = time.monotonic()
+        try:  # it reports on stdout, errors included, so it is read whole here (a few lines)
+            proc = subprocess.run(argv, capture_output=True, text=True, errors="replace", timeout=self.timeout)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            checks.append(Check("redis-check-rdb", False, f"redis-check-rdb could not run: {exc}"))
+            return checks
+        out = proc.stdout + proc.stderr
+        for line in out.splitlines():
+            if line.startswith(("[info]", "---", "[additional info]")) or "ERROR" in line or "error" in line:
+                log(f"redis-check-rdb: {line}")
+        ok = proc.returncode == 0 and "RDB looks OK" in out
+        if ok:
+            summary = "; ".join(line.split("]", 1)[1].strip() for line in out.splitlines() if line.startswith("[info]"))
+            detail = f"RDB looks OK ({summary}) in {time.monotonic() - started:.1f}s"
+        else:
+            lines = out.splitlines()
+            marker = next((i for i, line in enumerate(lines) if "RDB ERROR DETECTED" in line), None)
+            error = lines[marker + 1 : marker + 4] if marker is not None else lines[-4:]
+            detail = f"redis-check-rdb failed with exit code {proc.returncode}: " + " | ".join(error)
+        checks.append(Check("redis-check-rdb", ok, detail))
+        return checks
+
+    def describe(self, log: LogFn, *, match: str | None = None, prefix: str | None = None) -> dict[str, Any]:
+        """Key counts per database and a deterministic sample of keys: type, expiry flag, value digest.
+
+        ``prefix`` (a literal) or ``match`` (a SCAN MATCH glob) restricts the keys looked at.
+        When fewer than ``sample_all_below`` keys match, every one is described; else
+        only those whose sha1 starts with "0" (1 in 16), chosen by name alone, so the
+        source and a restored copy pick the same keys.
+        """
+        if prefix is not None:
+            match = glob_escape(prefix) + "*"
+        match = match or self.match
+        started = time.monotonic()
+        with redis_client(self.endpoint) as client:
+            info = client.info("server")
+            keyspace = _keyspace(client.info("keyspace"))
+        keys_out: dict[str, Any] = {}
+        matched: dict[str, int] = {}
+        sampled_mode = "all"
+        for db in sorted(keyspace, key=int):
+            with redis_client(self.endpoint, int(db)) as client:
+                keys = sorted(set(client.scan_iter(match=match, count=1000)))
+                matched[db] = len(keys)
+                if len(keys) >= self.sample_all_below:
+                    sampled_mode = "sha1-prefix-0"
+                    keys = [k for k in keys if hashlib.sha1(k).hexdigest().startswith("0")]
+                for start in range(0, len(keys), 200):
+                    batch = keys[start : start + 200]
+                    with client.pipeline(transaction=False) as pipe:
+                        for key in batch:
+                            pipe.type(key)
+                            pipe.pttl(key)
+                        meta = pipe.execute()
+                    for i, key in enumerate(batch):
+                        kind, pttl = _text(meta[2 * i]), int(meta[2 * i + 1])
+                        if kind == "none" or pttl == -2:
+                            continue  # expired or deleted since SCAN
+                        digest = value_digest(client, key, kind)
+                        if digest is None:
+                            continue
+                        keys_out[f"{db}:{_text(key)}"] = {"type": kind, "expires": pttl >= 0, "digest": digest}
+        seconds = time.monotonic() - started
+        log(f"described redis {self.endpoint.host}:{self.endpoint.port}: {sum(matched.values())} keys matched"
+            f"{' ' + repr(match) if match else ''}, {len(keys_out)} described in {seconds:.1f}s")  # fmt: skip
+        return {
+            "server_version": _text(str(info.get("redis_version", ""))),
+            "databases": keyspace,
+            "match": match,
+            "matched": matched,
+            "sample": sampled_mode,
+            "keys": keys_out,
+        }
+
+
+# --------------------------------------------------------------------------- scratch restore
+
+
+def _conf_quote(value: str) -> str:
+    if any(ch in value for ch in "\r\n\0"):
+        raise ToolError("redis.conf values cannot hold line breaks")
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+class ScratchRedis:
+    """A ``redis-server`` child started by :func:`restore_into_scratch`; ``stop()`` ends it."""
+
+    def __init__(self, endpoint: Endpoint, process: subprocess.Popen, workdir: Path, log_path: Path) -> None:
+        self.endpoint = endpoint
+        self.process = process
+        self.workdir = workdir
+        self.log_path = log_path
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def running(self) -> bool:
+        return self.process.poll() is None
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """SIGTERM (no save points are configured, so nothing is written), then SIGKILL. Idempotent."""
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def __enter__(self) -> ScratchRedis:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        return f"ScratchRedis(pid={self.pid}, {self.endpoint!r}, {self.workdir})"
+
+
+def _log_tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def restore_into_scratch(
+    rdb_path: Path,
+    *,
+    redis_server_bin: str = "redis-server",
+    port: int,
+    workdir: Path,
+    password: str | None = None,
+    log: LogFn,
+    timeout: float = 120.0,
+) -> ScratchRedis:
+    """Start a private ``redis-server`` on 127.0.0.1:``port`` that loads a copy of ``rdb_path``.
+
+    ``workdir`` (created 0700) receives ``dump.rdb`` (a copy, 0600), ``redis.conf`` (0600,
+    it holds the password) and ``redis.log``. The server has no AOF and no save points,
+    so it never writes over the copy; it runs as a child of this process in the
+    foreground. Returns once it answers PING with the data loaded, and its INFO shows
+    it is the process just started (not something else on that port). A password is
+    generated when none is given; it is in ``.endpoint``.
+    """
+    rdb_path = Path(rdb_path)
+    if rdb_version(rdb_path) is None:
+        raise ToolError(f"{rdb_path} is not an RDB file")
+    server = find_tool(redis_server_bin) if os.sep not in redis_server_bin else redis_server_bin
+    if not _port_free(port):
+        raise ToolError(f"port {port} on 127.0.0.1 is in use; a scratch Redis needs a free port")
+    workdir = Path(workdir)
+    workdir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    workdir.chmod(0o700)
+    copy = workdir / RDB_FILE
+    copy.unlink(missing_ok=True)
+    shutil.copyfile(rdb_path, copy)
+    copy.chmod(0o600)
+    password = password or secrets.token_urlsafe(24)
+    conf = workdir / "redis.conf"
+    settings = {
+        "bind": "127.0.0.1",
+        "port": str(port),
+        "protected-mode": "yes",
+        "daemonize": "no",
+        "dir": _conf_quote(str(workdir)),
+        "dbfilename": _conf_quote(RDB_FILE),
+        "appendonly": "no",
+        "save": '""',
+        "logfile": '""',
+        "requirepass": _conf_quote(password),
+    }
+    conf.unlink(missing_ok=True)
+    fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write("# dbops scratch instance for a restore; holds the password\n")
+        fh.write("".join(f"{key} {value}\n" for key, value in settings.items()))
+    log_path = workdir / "redis.log"
+    log(f"starting scratch redis-server on 127.0.0.1:{port} in {workdir} with {human_bytes(copy.stat().st_size)} RDB")
+    with open(log_path, "ab") as log_fh:
+        process = subprocess.Popen(
+            [server, str(conf)], cwd=workdir, stdin=subprocess.DEVNULL, stdout=log_fh, stderr=subprocess.STDOUT
+        )
+    endpoint = Endpoint(host="127.0.0.1", port=port, password=password)
+    scratch = ScratchRedis(endpoint, process, workdir, log_path)
+    started = time.monotonic()
+    try:
+        while True:
+            if process.poll() is not None:
+                raise ToolError(f"scratch redis-server exited with code {process.returncode}:\n{_log_tail(log_path)}")
+            try:
+                with redis_client(endpoint, timeout=5) as client:
+                    if client.ping():
+                        info = client.info("all")
+                        if int(info.get("loading", 0)) == 0:
+                            break
+            except (redis.BusyLoadingError, redis.ConnectionError, redis.TimeoutError):
+                pass
+            if time.monotonic() - started > timeout:
+                raise ToolError(f"scratch redis-server not ready after {timeout:.0f}s:\n{_log_tail(log_path)}")
+            time.sleep(0.1)
+        if int(info.get("process_id", -1)) != process.pid:
+            raise ToolError(f"127.0.0.1:{port} is answered by another process (pid {info.get('process_id')})")
+    except BaseException:
+        scratch.stop(timeout=10)
+        raise
+    keyspace = _keyspace(info)
+    log(f"scratch redis {info.get('redis_version')} (pid {process.pid}) loaded "
+        f"{sum(db['keys'] for db in keyspace.values())} keys in {time.monotonic() - started:.1f}s")  # fmt: skip
+    return scratch
+
