@@ -22,6 +22,14 @@ def connection_exists(conn_id: str) -> bool:
     return True
 
 
+def require_weaviate(conn_id: str) -> None:
+    """Skip the calling task, saying so, when no Weaviate connection is configured."""
+    from airflow.sdk.exceptions import AirflowSkipException
+
+    if not connection_exists(conn_id):
+        raise AirflowSkipException(f"skipped: no Weaviate configured (no Airflow connection {conn_id!r})")
+
+
 @contextmanager
 def postgres(conn_id: str, database: str | None = None) -> Iterator:
     """A psycopg 3 connection (autocommit off) to ``database`` or the connection's own."""
@@ -87,3 +95,23 @@ def weaviate(conn_id: str) -> Iterator[WeaviateEndpoint]:
         yield WeaviateEndpoint(f"{scheme}://{conn.host}{port}", session)
     finally:
         session.close()
+
+
+DEFAULT_PORTS = {"postgres": 5432, "mongo": 27017, "redis": 6379}
+
+
+def endpoint(conn_id: str, store: str):
+    """The connection as a :class:`dbops.backup.adapter.Endpoint` for the store's tools."""
+    from dbops.backup.adapter import Endpoint
+
+    conn = BaseHook.get_connection(conn_id)
+    if not conn.host:
+        raise ValueError(f"Airflow connection {conn_id!r} has no host")
+    return Endpoint(
+        host=conn.host,
+        port=int(conn.port or DEFAULT_PORTS[store]),
+        login=conn.login or None,
+        password=conn.password or None,
+        database=conn.schema or None,
+        extra=dict(conn.extra_dejson or {}),
+    )

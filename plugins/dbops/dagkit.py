@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from airflow.sdk import DAG, CronTriggerTimetable, Param
+from airflow.sdk import DAG, Asset, CronTriggerTimetable, Param
 
 from dbops.config import ALL_STORES, DbopsConfig, load_config
 
@@ -26,6 +26,10 @@ DEFAULT_ARGS: dict[str, Any] = {
 }
 
 START_DATE = datetime(2026, 1, 1, tzinfo=timezone.utc)
+
+# Updated by dbops_nightly_backup when a store's backup (and its retention) succeeded;
+# dbops_offsite_sync is scheduled on them.
+BACKUP_ASSETS: dict[str, Asset] = {store: Asset(f"dbops://backups/{store}") for store in ALL_STORES}
 
 
 def cron(expression: str) -> CronTriggerTimetable:
@@ -71,6 +75,17 @@ def stores_param(default: list[str] | None = None, description: str = "") -> Par
 
 def dry_run_param(description: str = "Show the plan; change nothing.") -> Param:
     return Param(False, type="boolean", title="Dry run", description=description)
+
+
+def selected_params(store: str) -> dict[str, Any]:
+    """The run's Params; skips the calling task when ``store`` is not among its stores."""
+    from airflow.sdk import get_current_context
+    from airflow.sdk.exceptions import AirflowSkipException
+
+    params = get_current_context()["params"]
+    if store not in params["stores"]:
+        raise AirflowSkipException(f"skipped: {store} is not in this run's stores {params['stores']}")
+    return params
 
 
 def runtime_config(overrides: dict[str, Any] | None = None) -> DbopsConfig:

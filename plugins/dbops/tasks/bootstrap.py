@@ -14,7 +14,7 @@ from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from dbops import connections
 from dbops.config import DbopsConfig
-from dbops.dagkit import runtime_config
+from dbops.dagkit import runtime_config, selected_params
 from dbops.report import StoreReport
 from dbops.sqlfiles import load_spec
 
@@ -28,9 +28,7 @@ REDIS_SPEC = "redis_settings.json"
 
 def _selected(store: str) -> tuple[DbopsConfig, dict]:
     """The run's config and Params; skip the task when the store is not selected."""
-    params = get_current_context()["params"]
-    if store not in params["stores"]:
-        raise AirflowSkipException(f"skipped: {store} is not in this run's stores {params['stores']}")
+    params = selected_params(store)
     return runtime_config(), params
 
 
@@ -74,8 +72,7 @@ def bootstrap_weaviate() -> dict:
     from dbops.stores import weaviate
 
     config, params = _selected("weaviate")
-    if not _weaviate_configured(config):
-        raise AirflowSkipException("skipped: no Weaviate configured")
+    connections.require_weaviate(config.connections.weaviate)
     with connections.weaviate(config.connections.weaviate) as api:
         spec = load_spec(WEAVIATE_SPEC)
         return _finish(weaviate.bootstrap(api.session, api.base_url, spec, dry_run=params["dry_run"]))

@@ -1,0 +1,132 @@
+"""Taking one backup of one series, and expiring old ones: the steps every store shares.
+
+Pure Python (no Airflow import): the Airflow tasks call these with an adapter.
+
+Order, for one series:
+1. sweep stale staging left by a killed worker;
+2. if this run already made a complete backup of the series, stop (a rerun of a run
+   whose backup is complete does nothing, unless ``force``);
+3. dump into a fresh staging folder, describe the live store (for the restore drill),
+   then seal: every sha256 re-read and the tool-level check must pass before the
+   single rename that makes the backup visible. Any failure leaves nothing visible.
+Retention is a separate step that refuses to run without this run's verified backup.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from datetime import datetime, timedelta
+
+from dbops.backup.adapter import BackupAdapter
+from dbops.backup.repository import Backup, BackupRepository
+from dbops.backup.retention import RetentionPolicy, RetentionRefused, apply_retention
+from dbops.tools import human_bytes
+
+LogFn = Callable[[str], None]
+DESCRIPTION_FILE = "source_description.json"
+
+
+@dataclass(frozen=True)
+class BackupOutcome:
+    """What a backup task reports (XCom): where the backup is, never a secret."""
+
+    store: str
+    subject: str | None
+    backup_id: str
+    path: str
+    total_bytes: int
+    seconds: float
+    reused: bool
+    compression: str
+
+    def summary(self) -> str:
+        where = f"{self.store}/{self.subject}" if self.subject else self.store
+        if self.reused:
+            return f"{where}: backup {self.backup_id} already made by this run ({human_bytes(self.total_bytes)}), nothing to do"
+        return (
+            f"{where}: backup {self.backup_id} verified, {human_bytes(self.total_bytes)} "
+            f"({self.compression}) in {self.seconds:.1f}s -> {self.path}"
+        )
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "summary": self.summary()}
+
+
+def _outcome(backup: Backup, seconds: float, reused: bool) -> BackupOutcome:
+    return BackupOutcome(
+        store=backup.store,
+        subject=backup.subject,
+        backup_id=backup.backup_id,
+        path=str(backup.path),
+        total_bytes=backup.total_bytes,
+        seconds=round(seconds, 3),
+        reused=reused,
+        compression=str(backup.manifest.get("compression", "")),
+    )
+
+
+def take_backup(
+    repo: BackupRepository,
+    adapter: BackupAdapter,
+    *,
+    store: str,
+    subject: str | None,
+    run_id: str,
+    dag_id: str,
+    logical_date: datetime | None,
+    force: bool,
+    stale_staging: timedelta,
+    log: LogFn,
+) -> BackupOutcome:
+    for removed in repo.sweep(store, subject, older_than=stale_staging):
+        log(f"swept stale staging folder {removed}")
+    existing = repo.find_by_run(store, subject, run_id, dag_id=dag_id)
+    if existing is not None and not force:
+        outcome = _outcome(existing, 0.0, reused=True)
+        log(outcome.summary() + " (Param force takes another)")
+        return outcome
+    started = time.monotonic()
+    with repo.begin(store, subject, run_id=run_id, dag_id=dag_id, logical_date=logical_date) as staging:
+        log(f"writing into staging folder {staging.path}")
+        result = adapter.dump(staging.path, log)
+        description = adapter.describe(log)
+        (staging.path / DESCRIPTION_FILE).write_text(json.dumps(description, indent=1, sort_keys=True, default=str))
+        backup = staging.seal(result, check=lambda path, draft: adapter.check(path, draft, log))
+    outcome = _outcome(backup, time.monotonic() - started, reused=False)
+    log(outcome.summary())
+    return outcome
+
+
+def source_description(backup: Backup) -> dict:
+    """The live store's description recorded right after the dump (for the drill)."""
+    return json.loads((backup.path / DESCRIPTION_FILE).read_text())
+
+
+def expire(
+    repo: BackupRepository,
+    store: str,
+    subject: str | None,
+    policy: RetentionPolicy,
+    *,
+    run_id: str,
+    dag_id: str,
+    now: datetime,
+    dry_run: bool,
+    log: LogFn,
+) -> dict:
+    """Apply retention to a series after (and only after) this run's backup of it."""
+    new = repo.find_by_run(store, subject, run_id, dag_id=dag_id)
+    where = f"{store}/{subject}" if subject else store
+    if new is None:
+        raise RetentionRefused(f"retention of {where} not applied: this run made no complete backup of it")
+    decisions = apply_retention(
+        repo, store, subject, policy, now=now, new_backup_id=new.backup_id, dry_run=dry_run, log=log
+    )
+    obsolete = [d.backup.backup_id for d in decisions if not d.keep]
+    kept = [d.backup.backup_id for d in decisions if d.keep]
+    verb = "would delete" if dry_run else "deleted"
+    log(f"{where}: kept {len(kept)}, {verb} {len(obsolete)} (retention {policy.retention_days} days, min_keep {policy.min_keep})")
+    return {"series": where, "kept": kept, "obsolete": obsolete, "dry_run": dry_run}
