@@ -1,0 +1,175 @@
+"""Retention: which backups of a series are obsolete, and expiring them safely.
+
+In the spirit of Barman's retention policies: a policy object looks at a catalog and
+reports, for every backup, whether it is kept and why; deleting is a separate step
+(:func:`apply_retention`) that follows pgBackRest's rule of expiring only after this
+run's new backup succeeded. The old cron job (``find -mtime +30 -delete``) deleted old
+backups even when every new one had failed; here that cannot happen.
+
+The rules, for one series (one store, or one Postgres database):
+
+* Age is ``now - finished_at``, in UTC, as plain 24-hour days: DST and month lengths
+  play no part. A backup is *inside the window* when its age is strictly less than
+  ``retention_days`` days; one exactly ``retention_days`` days old is outside (so with
+  one backup a day, "30 days" keeps 30 backups).
+* Everything inside the window is kept.
+* A backup outside the window is obsolete only when at least ``min_keep`` *verified*
+  backups newer than it exist. So the newest ``min_keep`` verified backups always stay,
+  whatever their age, and a backup whose latest verify/drill failed never counts toward
+  ``min_keep`` (it may itself stay while too few verified newer ones exist: nothing is
+  deleted on the strength of backups we do not trust).
+* Only :class:`Backup` objects are judged; the repository lists only complete ones, so
+  staging folders, half-deleted folders and strangers are never even considered.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from dbops.backup.repository import Backup, BackupRepository, RepositoryError, as_utc
+
+LogFn = Callable[[str], None]
+
+
+class RetentionRefused(RepositoryError):
+    """Retention was not applied (nothing deleted); the message says why."""
+
+
+@dataclass(frozen=True)
+class Decision:
+    backup: Backup
+    keep: bool
+    reason: str
+
+
+def _age_text(age: timedelta) -> str:
+    if age < timedelta(0):
+        return f"finished {_age_text(-age)} in the future"
+    days, rest = divmod(int(age.total_seconds()), 86400)
+    return f"{days}d {rest // 3600}h"
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+@dataclass(frozen=True)
+class RetentionPolicy:
+    """Keep ``retention_days`` of backups and never fewer than ``min_keep`` verified ones."""
+
+    retention_days: int
+    min_keep: int
+
+    def __post_init__(self) -> None:
+        for name in ("retention_days", "min_keep"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+
+    @property
+    def window(self) -> timedelta:
+        return timedelta(days=self.retention_days)
+
+    def evaluate(self, backups: Iterable[Backup], now: datetime) -> list[Decision]:
+        """One decision per backup, oldest first; the same whatever the input order.
+
+        All backups must belong to one series and have distinct ids.
+        """
+        now = as_utc(now, "now")
+        catalog = list(backups)
+        for b in catalog:
+            if not isinstance(b, Backup):
+                raise TypeError(f"retention judges only listed Backups, got {type(b).__name__}")
+        series = {(b.store, b.subject) for b in catalog}
+        if len(series) > 1:
+            raise ValueError(f"retention works on one series at a time, got {sorted(series, key=str)}")
+        ids = [b.backup_id for b in catalog]
+        if len(set(ids)) != len(ids):
+            raise ValueError("the same backup id appears twice in the catalog")
+
+        ordered = sorted(catalog, key=lambda b: b.sort_key)  # oldest first; keys are unique
+        # verified_newer[i]: how many verified backups are newer than ordered[i]
+        verified_newer = [0] * len(ordered)
+        count = 0
+        for i in range(len(ordered) - 1, -1, -1):
+            verified_newer[i] = count
+            if ordered[i].verified:
+                count += 1
+
+        days = _plural(self.retention_days, "day")
+        decisions = []
+        for backup, newer in zip(ordered, verified_newer):
+            age = now - backup.finished_at
+            state = "" if backup.verified else ", latest verification failed"
+            if age < self.window:
+                decisions.append(Decision(backup, True, f"younger than {days} (age {_age_text(age)}){state}"))
+            elif newer < self.min_keep:
+                what = "one of the newest verified backups" if backup.verified else "not verified"
+                decisions.append(
+                    Decision(
+                        backup,
+                        True,
+                        f"older than {days} (age {_age_text(age)}) but kept by min_keep={self.min_keep}: "
+                        f"{what}, only {_plural(newer, 'newer verified backup')} exist",
+                    )
+                )
+            else:
+                decisions.append(
+                    Decision(
+                        backup,
+                        False,
+                        f"older than {days} (age {_age_text(age)}){state} and "
+                        f"{_plural(newer, 'newer verified backup')} exist",
+                    )
+                )
+        return decisions
+
+
+def apply_retention(
+    repo: BackupRepository,
+    store: str,
+    subject: str | None,
+    policy: RetentionPolicy,
+    *,
+    now: datetime,
+    new_backup_id: str | None,
+    dry_run: bool,
+    log: LogFn | None = None,
+) -> list[Decision]:
+    """Evaluate ``policy`` on the series and delete the obsolete backups (unless dry_run).
+
+    Refuses (:class:`RetentionRefused`, nothing deleted) unless ``new_backup_id`` names a
+    listed, verified backup of this series that the policy keeps: expiry happens only
+    after this run's new backup succeeded. Deletions happen oldest first; each goes
+    through :meth:`BackupRepository.delete`, which re-checks the folder.
+    """
+    say = log or (lambda _msg: None)
+    backups = repo.list(store, subject)
+    where = f"{store}/{subject}" if subject else store
+    new = next((b for b in backups if b.backup_id == new_backup_id), None)
+    if new is None:
+        raise RetentionRefused(
+            f"retention of {where} not applied: new backup {new_backup_id!r} is not a complete backup "
+            "of this series, nothing deleted"
+        )
+    if not new.verified:
+        raise RetentionRefused(
+            f"retention of {where} not applied: new backup {new_backup_id} failed verification, nothing deleted"
+        )
+    decisions = policy.evaluate(backups, now)
+    if any(d.backup.backup_id == new.backup_id and not d.keep for d in decisions):
+        raise RetentionRefused(
+            f"retention of {where} not applied: new backup {new_backup_id} would itself be obsolete "
+            "(it is not this run's fresh backup), nothing deleted"
+        )
+    for d in decisions:
+        if d.keep:
+            continue
+        if dry_run:
+            say(f"dry run: would delete {where} {d.backup.backup_id}: {d.reason}")
+        else:
+            repo.delete(d.backup)
+            say(f"deleted {where} {d.backup.backup_id}: {d.reason}")
+    return decisions
