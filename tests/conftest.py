@@ -117,3 +117,24 @@ def task_result(dagrun, task_id: str):
             XComModel.get_many(run_id=dagrun.run_id, dag_ids=dagrun.dag_id, task_ids=task_id, key="return_value")
         ).first()
         return None if row is None else XComModel.deserialize_value(row)
+
+
+@pytest.fixture
+def dbops_variable(airflow_db):
+    """Set the Airflow Variable ``dbops_config`` (run-time config) for one test."""
+    import json
+
+    from airflow.models.variable import Variable
+
+    def set_config(config: dict) -> None:
+        Variable.set("dbops_config", json.dumps(config))
+
+    yield set_config
+    Variable.delete("dbops_config")
+
+
+def without_retries(dag):
+    """Failure tests: a failed task fails the run at once instead of waiting for retries."""
+    for t in dag.tasks:
+        t.retries = 0
+    return dag

@@ -69,8 +69,8 @@ def test_schedule_is_the_designed_one(dagbag, path):
     elif expected == "assets":
         assert dag.timetable.asset_condition is not None
     else:
-        assert getattr(timetable, "_expression", None) == expected
-        assert str(timetable._timezone) in ("UTC", "Timezone('UTC')")
+        assert timetable.expression == expected
+        assert str(timetable.timezone) in ("UTC", "Timezone('UTC')")
 
 
 @pytest.mark.parametrize("path", DAG_FILES, ids=lambda p: p.name)

@@ -1,0 +1,77 @@
+"""
+### dbops_nightly_backup: every enabled store, verified, then retention
+
+Replaces `pg_dumpall | gzip`, `mongodump`, `redis-cli SAVE` + copy and `find -mtime +30 -delete`.
+
+| task | what it does |
+|---|---|
+| `plan` | refuses bad Params and an unsafe backup root before any work; decides what a backfilled run does |
+| `postgres_databases` → `backup_postgres` (one mapped task per database) | `pg_dump -Fd -j` with the best compression the binary has (zstd, lz4, else gzip); credentials in a 0600 passfile |
+| `backup_postgres_globals` | `pg_dumpall --globals-only` (roles, tablespaces) |
+| `backup_mongo` | `mongodump --archive --gzip` (`--oplog` on a replica set); password in a 0600 `--config` file |
+| `backup_redis` | `redis-cli --rdb` (a forked snapshot: never `SAVE`), `REDISCLI_AUTH`, `redis-check-rdb` |
+| `backup_kafka` | topic definitions, configs, consumer group offsets (JSON, schema-checked) |
+| `backup_weaviate` | Weaviate's backup API; **skipped** when no `dbops_weaviate` connection exists |
+| `retention_<store>` | only after that store's backups of this run succeeded and verified: keeps `retention_days`, and always `min_keep` verified backups; updates the Asset `dbops://backups/<store>` |
+
+Every backup is written into a staging folder, every file's sha256 re-read and the tool's
+own check passed (`pg_restore --list`, archive walk, `redis-check-rdb`, JSON schema)
+before one atomic rename makes it visible with its manifest. A failed backup leaves
+nothing visible and deletes nothing. Stores run in parallel; pools keep two heavy jobs
+off one store.
+
+**Params**: `stores`, `retention_days` (1-3650), `min_keep` (>= 1), `retention_dry_run`
+(log what retention would delete), `force` (take another backup even if this run has one).
+
+**Rerun**: clearing a failed task starts from a clean staging folder; a task whose backup
+this run already completed does nothing (unless `force`). Retention only ever runs after
+this run's verified backup, so a rerun never deletes more than the rules allow.
+
+**Backfill**: a backfilled run cannot back up the past: `plan` skips it (and so every
+task), saying which backups are the newest. With `force` it takes a backup *now*, named
+by the time it is taken, never labelled as if taken on the backfilled date. A rerun of an
+old scheduled run also backs up now, under the real time.
+"""
+
+from airflow.sdk import Param
+
+from dbops.dagkit import CONFIG, cron, dbops_dag, stores_param
+from dbops.tasks.backup import (
+    backup_kafka,
+    backup_mongo,
+    backup_postgres,
+    backup_postgres_globals,
+    backup_redis,
+    backup_weaviate,
+    plan,
+    postgres_databases,
+    retention_task,
+)
+
+with dbops_dag(
+    "dbops_nightly_backup",
+    schedule=cron(CONFIG.schedules.nightly_backup),
+    doc_md=__doc__,
+    tags=["backup"],
+    params={
+        "stores": stores_param([s.value for s in CONFIG.backup.stores], "Stores to back up."),
+        "retention_days": Param(CONFIG.backup.retention_days, type="integer", minimum=1, maximum=3650,
+                                title="Retention (days)", description="Keep backups younger than this."),
+        "min_keep": Param(CONFIG.backup.min_keep, type="integer", minimum=1, maximum=1000, title="Min keep",
+                          description="Always keep at least this many verified backups per database/store."),
+        "retention_dry_run": Param(False, type="boolean", title="Retention dry run",
+                                   description="Log what retention would delete; delete nothing."),
+        "force": Param(False, type="boolean", title="Force",
+                       description="Back up even if this run already has a backup, or the run is a backfill."),
+    },
+):
+    planned = plan()
+    databases = postgres_databases()
+    planned >> databases
+    postgres_done = backup_postgres.expand(database=databases)
+    globals_done = backup_postgres_globals()
+    planned >> globals_done
+    [postgres_done, globals_done] >> retention_task("postgres")(databases)
+    for store, backup in (("mongo", backup_mongo), ("redis", backup_redis), ("kafka", backup_kafka),
+                          ("weaviate", backup_weaviate)):
+        planned >> backup() >> retention_task(store)()
