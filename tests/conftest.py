@@ -42,6 +42,17 @@ def _devstack_bin() -> Path:
 os.environ["PATH"] = f"{_devstack_bin()}:{os.environ['PATH']}"
 
 
+def _stack_environment() -> None:
+    """The local stores' AIRFLOW_CONN_* and DBOPS_* settings, before any DAG file is parsed
+    (the DAG files read DBOPS_* at parse time, as the dag-processor does)."""
+    from devstack.__main__ import stack_environment
+
+    os.environ.update(stack_environment())
+
+
+_stack_environment()
+
+
 @pytest.fixture(scope="session")
 def devstack():
     """The running local stack: ``devstack.conn(conn_id)`` and ``devstack.service(name)``.
@@ -80,9 +91,6 @@ def airflow_db(devstack):
 
     from airflow.utils.db import initdb
 
-    from devstack.__main__ import stack_environment
-
-    os.environ.update(stack_environment())
     initdb()
 
     from airflow.models.pool import Pool
