@@ -19,6 +19,7 @@ def stack_environment() -> dict[str, str]:
             env[f"AIRFLOW_CONN_{conn_id.upper()}"] = json.dumps(conn, separators=(",", ":"))
         env.update(svc.environment())
     env.setdefault("DBOPS_BACKUP__ROOT", str(state_dir() / "backups"))
+    env.setdefault("DBOPS_MONITOR__REPORTS_DIR", str(state_dir() / "reports"))
     return env
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Mapping
 from enum import Enum
 from pathlib import Path
@@ -64,6 +65,8 @@ class Connections(_Section):
     weaviate: str = "dbops_weaviate"
     s3: str = "dbops_s3"
     offsite_ssh: str = "dbops_offsite_ssh"
+    # optional HTTP webhook for alerts of dbops checks; no connection: alerts go to the task log only
+    alerts: str = "dbops_alerts"
 
 
 class Schedules(_Section):
@@ -74,6 +77,7 @@ class Schedules(_Section):
     pg_maintenance: str = "0 3 * * 0"
     table_size_monitor: str = "0 0 * * *"
     restore_drill: str = "0 6 * * 6"
+    health: str = "*/10 * * * *"
 
 
 class BackupSettings(_Section):
@@ -114,6 +118,8 @@ class KafkaSettings(_Section):
 
 class RedisSettings(_Section):
     snapshot_timeout_s: float = Field(600.0, gt=0)
+    # Port of the scratch redis-server a restore or drill starts on 127.0.0.1 (None: a free one).
+    scratch_port: int | None = Field(None, ge=1024, le=65535)
 
 
 class WeaviateSettings(_Section):
@@ -121,13 +127,286 @@ class WeaviateSettings(_Section):
     backup_timeout_s: float = Field(3600.0, gt=0)
 
 
+OFFSITE_TARGETS = ("rsync", "s3")
+S3_STORAGE_CLASSES = (
+    "STANDARD", "REDUCED_REDUNDANCY", "STANDARD_IA", "ONEZONE_IA", "INTELLIGENT_TIERING",
+    "GLACIER", "DEEP_ARCHIVE", "GLACIER_IR", "OUTPOSTS", "SNOW", "EXPRESS_ONEZONE",
+)  # fmt: skip
+S3_SSE_MODES = ("AES256", "aws:kms", "aws:kms:dsse")
+_REMOTE_PATH = re.compile(r"^/[A-Za-z0-9._/+-]*$")
+_S3_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+_S3_PREFIX = re.compile(r"^([A-Za-z0-9!_.*'()=+-]+(/[A-Za-z0-9!_.*'()=+-]+)*)?$")
+_SECRET_SOURCE = re.compile(r"^(variable|connection):[A-Za-z0-9_.-]{1,250}$")
+
+
 class OffsiteSettings(_Section):
+    """dbops_offsite_sync: where complete backups go, how, and how long they stay there."""
+
     targets: list[str] = Field(default_factory=lambda: ["rsync", "s3"])
+    # rsync over SSH (connection ``connections.offsite_ssh``)
     rsync_remote_dir: str = "/srv/dbops-offsite"
+    rsync_path: str = "rsync"  # the rsync command on the offsite host
+    rsync_bwlimit_kib: int | None = Field(None, ge=1)  # --bwlimit in KiB/s; None: unlimited
+    rsync_timeout_s: int = Field(600, ge=10, le=86400)  # --timeout: give up on a stalled transfer
+    rsync_compress: bool = False  # backups are compressed already; -z would burn CPU for nothing
+    ssh_connect_timeout_s: int = Field(15, ge=1, le=300)
+    # S3 (connection ``connections.s3``; endpoint_url in its extra for MinIO/SeaweedFS)
     s3_bucket: str = "dbops-offsite"
     s3_prefix: str = "dbops"
+    s3_storage_class: str | None = None  # None: the bucket's default
+    s3_sse: str | None = None  # server-side encryption: AES256, aws:kms or aws:kms:dsse
+    s3_sse_kms_key_id: str | None = None
+    s3_multipart_threshold_mib: int = Field(64, ge=5, le=5 * 1024)
+    s3_multipart_chunk_mib: int = Field(64, ge=5, le=5 * 1024)  # x10000 parts = the largest file
+    s3_max_concurrency: int = Field(4, ge=1, le=64)
+    # retention of the offsite copies: the local policy's rules, its own numbers
     retention_days: int = Field(30, ge=1, le=3650)
     min_keep: int = Field(3, ge=1, le=1000)
+    # incomplete offsite entries that nothing will resume are removed after this long
+    stale_staging_hours: int = Field(48, ge=1)
+    # sha256 of every offsite backup on every run (default: sizes of all, content of new arrivals)
+    deep_verify: bool = False
+    # client-side encryption (AES-256-GCM, chunked) before anything leaves the host;
+    # the key (32 bytes, hex or base64) from an Airflow Variable or a connection's password
+    encryption: bool = False
+    encryption_key: str = "variable:dbops_offsite_key"
+    encryption_chunk_kib: int = Field(1024, ge=4, le=65536)
+    # where encrypted copies are prepared for rsync (None: <backup.root>/.offsite-outbox)
+    work_dir: Path | None = None
+
+    @field_validator("targets")
+    @classmethod
+    def _targets(cls, targets: list[str]) -> list[str]:
+        unknown = [t for t in targets if t not in OFFSITE_TARGETS]
+        if unknown or not targets or len(set(targets)) != len(targets):
+            raise ValueError(f"expected distinct targets among {list(OFFSITE_TARGETS)}, got {targets}")
+        return targets
+
+    @field_validator("rsync_remote_dir")
+    @classmethod
+    def _remote_dir(cls, path: str) -> str:
+        if not _REMOTE_PATH.match(path) or ".." in path.split("/"):
+            raise ValueError(f"{path!r} must be an absolute path of letters, digits and ._/+- without '..'")
+        return str(checked_backup_root(Path(path)))
+
+    @field_validator("rsync_path")
+    @classmethod
+    def _rsync_path(cls, path: str) -> str:
+        if not re.match(r"^[A-Za-z0-9._/+-]+$", path):
+            raise ValueError(f"{path!r} must be a plain command or path")
+        return path
+
+    @field_validator("s3_bucket")
+    @classmethod
+    def _bucket(cls, bucket: str) -> str:
+        if not _S3_BUCKET.match(bucket) or ".." in bucket:
+            raise ValueError(f"{bucket!r} is not a valid S3 bucket name")
+        return bucket
+
+    @field_validator("s3_prefix")
+    @classmethod
+    def _prefix(cls, prefix: str) -> str:
+        if not _S3_PREFIX.match(prefix) or any(p in (".", "..") for p in prefix.split("/")):
+            raise ValueError(f"{prefix!r}: use key-safe characters, no leading, trailing or double '/'")
+        return prefix
+
+    @field_validator("s3_storage_class")
+    @classmethod
+    def _storage_class(cls, value: str | None) -> str | None:
+        if value is not None and value not in S3_STORAGE_CLASSES:
+            raise ValueError(f"{value!r} is not one of {list(S3_STORAGE_CLASSES)}")
+        return value
+
+    @field_validator("s3_sse")
+    @classmethod
+    def _sse(cls, value: str | None) -> str | None:
+        if value is not None and value not in S3_SSE_MODES:
+            raise ValueError(f"{value!r} is not one of {list(S3_SSE_MODES)}")
+        return value
+
+    @field_validator("s3_sse_kms_key_id")
+    @classmethod
+    def _kms_key(cls, value: str | None, info) -> str | None:
+        if value and not str(info.data.get("s3_sse") or "").startswith("aws:kms"):
+            raise ValueError("a KMS key id needs s3_sse aws:kms or aws:kms:dsse")
+        return value
+
+    @field_validator("encryption_key")
+    @classmethod
+    def _key_source(cls, value: str) -> str:
+        if not _SECRET_SOURCE.match(value):
+            raise ValueError(f"{value!r} must be variable:<name> or connection:<conn_id>")
+        return value
+
+    @field_validator("work_dir")
+    @classmethod
+    def _work_dir(cls, path: Path | None) -> Path | None:
+        return None if path is None else checked_backup_root(path)
+
+
+# The platform's PostgreSQL schemas (DESIGN.md), watched by dbops_table_size_monitor.
+PLATFORM_SCHEMAS = ["auth", "data_platform", "algo_platform", "model_platform", "service_platform", "public"]
+_MIB = 1024 * 1024
+_GIB = 1024 * _MIB
+# A PostgreSQL duration setting as dbops accepts it: an integer and a unit (no unit: ms).
+_PG_DURATION = re.compile(r"^\s*(\d+)\s*(us|ms|s|min|h|d)?\s*$")
+_PG_UNIT_MS = {"us": 0.001, "ms": 1, None: 1, "s": 1000, "min": 60_000, "h": 3_600_000, "d": 86_400_000}
+# schema.table, each part a name as stored in the catalog (quoted safely when used)
+_QUALIFIED_NAME = re.compile(r"^[^.\s\"]+\.[^.\s\"]+$")
+
+
+def pg_duration_ms(text: str) -> float:
+    """Milliseconds of a PostgreSQL duration such as ``5s``, ``30min``, ``250ms``, ``2h``."""
+    match = _PG_DURATION.match(text)
+    if not match:
+        raise ValueError(f"{text!r} is not a PostgreSQL duration such as 250ms, 5s, 30min, 2h")
+    return int(match.group(1)) * _PG_UNIT_MS[match.group(2)]
+
+
+def _positive_duration(text: Any) -> str:
+    if isinstance(text, int) and not isinstance(text, bool):
+        text = str(text)  # a bare number is milliseconds, as for PostgreSQL (env values are JSON)
+    if not isinstance(text, str):
+        raise ValueError(f"expected a duration such as 5s or 30min, got {text!r}")
+    # 0 would mean "no limit" to PostgreSQL: a timeout must be a real bound
+    if pg_duration_ms(text) <= 0:
+        raise ValueError(f"{text!r} disables the timeout; give a positive duration")
+    return text.strip()
+
+
+def _qualified_names(names: list[str]) -> list[str]:
+    bad = [n for n in names if not _QUALIFIED_NAME.match(n)]
+    if bad:
+        raise ValueError(f"expected schema.table names, got {bad}")
+    return names
+
+
+class MaintenanceSettings(_Section):
+    """dbops_pg_maintenance: which relations need work, and the bounds every statement keeps."""
+
+    # None: the database of the postgres connection
+    databases: list[str] | None = None
+    # None: every schema except pg_catalog, information_schema and TOAST
+    schemas: list[str] | None = None
+    # New work starts only within this many minutes of the run's start.
+    window_minutes: int = Field(180, ge=1, le=24 * 60)
+    lock_timeout: str = "5s"
+    statement_timeout: str = "2h"
+    # VACUUM (ANALYZE) when dead tuples >= min + fraction * live (autovacuum's rule, stricter),
+    vacuum_min_dead_tuples: int = Field(1000, ge=0)
+    vacuum_dead_fraction: float = Field(0.05, ge=0, le=10)
+    # or when a table changed and was not vacuumed for this many days (None: off).
+    vacuum_max_age_days: int | None = Field(7, ge=1)
+    # TRUNCATE of trailing empty pages takes a brief ACCESS EXCLUSIVE lock (also replayed on standbys).
+    vacuum_truncate: bool = True
+    # ANALYZE alone when rows changed since the last analyze >= min + fraction * live.
+    analyze_min_changes: int = Field(1000, ge=0)
+    analyze_change_fraction: float = Field(0.05, ge=0, le=10)
+    # REINDEX INDEX CONCURRENTLY of btree indexes whose estimated bloat passes both bounds,
+    reindex_bloat_ratio: float = Field(0.3, gt=0, le=1)
+    reindex_min_bytes: int = Field(10 * _MIB, ge=0)
+    # and of every valid index of these schemas, whatever its bloat.
+    reindex_schemas: list[str] = Field(default_factory=list)
+    # VACUUM FULL (ACCESS EXCLUSIVE for its whole duration) only for these schema.table names.
+    vacuum_full_tables: list[str] = Field(default_factory=list)
+    # The bloat report lists relations with at least this estimated bloat.
+    report_bloat_ratio: float = Field(0.2, ge=0, le=1)
+    report_min_bytes: int = Field(1 * _MIB, ge=0)
+
+    @field_validator("lock_timeout", "statement_timeout", mode="before")
+    @classmethod
+    def _timeouts(cls, value: Any) -> Any:
+        return _positive_duration(value)
+
+    @field_validator("vacuum_full_tables")
+    @classmethod
+    def _tables(cls, names: list[str]) -> list[str]:
+        return _qualified_names(names)
+
+
+class MonitorSettings(_Section):
+    """dbops_table_size_monitor: what is measured, where reports go, when to alert."""
+
+    # None: the database of the postgres connection
+    database: str | None = None
+    schemas: list[str] = Field(default_factory=lambda: list(PLATFORM_SCHEMAS), min_length=1)
+    reports_dir: Path = Path("/opt/dbops/reports")
+    report_retention_days: int = Field(90, ge=1, le=3650)
+    # history older than this is deleted by the capture (growth looks back 30 days)
+    history_retention_days: int = Field(400, ge=31)
+    # A run starting later than this after its logical date measures nothing (backfill / catch-up).
+    max_start_delay_hours: float = Field(6.0, gt=0)
+    # Alerts: a table larger than its limit, growing faster than max_growth_bytes_per_day
+    # (1-day rate), or reaching its limit within alert_days_until_limit days (None: off).
+    size_limit_bytes: int = Field(50 * _GIB, gt=0)
+    size_limits: dict[str, int] = Field(default_factory=dict)  # "schema.table" -> bytes
+    max_growth_bytes_per_day: int | None = Field(1 * _GIB, gt=0)
+    alert_days_until_limit: float | None = Field(30.0, gt=0)
+    lock_timeout: str = "5s"
+    statement_timeout: str = "5min"
+
+    @field_validator("lock_timeout", "statement_timeout", mode="before")
+    @classmethod
+    def _timeouts(cls, value: Any) -> Any:
+        return _positive_duration(value)
+
+    @field_validator("reports_dir")
+    @classmethod
+    def _safe_reports_dir(cls, path: Path) -> Path:
+        if not path.is_absolute():
+            raise ValueError(f"must be an absolute path, got {str(path)!r}")
+        normal = Path(os.path.normpath(path))
+        if normal in _SYSTEM_DIRS:
+            raise ValueError(f"{str(path)!r} is a system folder, not a reports folder")
+        return normal
+
+    @field_validator("size_limits")
+    @classmethod
+    def _limits(cls, limits: dict[str, int]) -> dict[str, int]:
+        _qualified_names(list(limits))
+        bad = {k: v for k, v in limits.items() if v <= 0}
+        if bad:
+            raise ValueError(f"size limits must be positive byte counts, got {bad}")
+        return limits
+
+
+class HealthSettings(_Section):
+    """dbops_health: the platform's alert rules as checks."""
+
+    # connections to the platform database (pg_stat_activity), rule PostgreSQLHighConnections
+    pg_max_connections: int = Field(150, ge=1)
+    # used_memory / maxmemory, rule RedisHighMemoryUsage
+    redis_max_memory_percent: float = Field(80.0, gt=0, le=100)
+    # secondaries behind the primary, rule MongoDBReplicationLag
+    mongo_max_replication_lag_s: float = Field(60.0, gt=0)
+    # A run starting later than this after its logical date checks nothing (a past state cannot be checked).
+    max_start_delay_minutes: int = Field(60, ge=1)
+
+
+class RestoreSettings(_Section):
+    """dbops_restore and dbops_restore_drill."""
+
+    # pg_restore --jobs
+    jobs: int = Field(2, ge=1, le=64)
+    # Where a scratch Redis keeps its copy of the RDB (None: the system's temporary folder).
+    scratch_dir: Path | None = None
+    # MIGRATE ... KEYS: keys per command, and its timeout (ms) for one batch
+    redis_migrate_batch: int = Field(100, ge=1, le=10_000)
+    redis_migrate_timeout_ms: int = Field(60_000, ge=1000, le=3_600_000)
+    # Weaviate's restore API: how long to wait for it
+    weaviate_timeout_s: float = Field(3600.0, gt=0)
+
+    @field_validator("scratch_dir")
+    @classmethod
+    def _scratch_dir(cls, path: Path | None) -> Path | None:
+        if path is None:
+            return None
+        if not path.is_absolute():
+            raise ValueError(f"must be an absolute path, got {str(path)!r}")
+        normal = Path(os.path.normpath(path))
+        if normal in _SYSTEM_DIRS - {Path("/tmp")}:
+            raise ValueError(f"{str(path)!r} is a system folder; name a folder for scratch copies")
+        return normal
 
 
 class DbopsConfig(_Section):
@@ -140,6 +419,10 @@ class DbopsConfig(_Section):
     redis: RedisSettings = RedisSettings()
     weaviate: WeaviateSettings = WeaviateSettings()
     offsite: OffsiteSettings = OffsiteSettings()
+    maintenance: MaintenanceSettings = MaintenanceSettings()
+    monitor: MonitorSettings = MonitorSettings()
+    health: HealthSettings = HealthSettings()
+    restore: RestoreSettings = RestoreSettings()
 
     def with_overrides(self, overrides: Mapping[str, Any] | None) -> DbopsConfig:
         """A new config with nested ``overrides`` applied (validated like the rest)."""

@@ -115,3 +115,47 @@ def endpoint(conn_id: str, store: str):
         database=conn.schema or None,
         extra=dict(conn.extra_dejson or {}),
     )
+
+
+def s3_client(conn_id: str):
+    """A boto3 S3 client from the amazon provider's S3Hook: credentials, region,
+    ``endpoint_url`` (MinIO, SeaweedFS) and ``config_kwargs`` from the connection."""
+    from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+
+    return S3Hook(aws_conn_id=conn_id).get_conn()
+
+
+def ssh_params(conn_id: str, connect_timeout: int = 15):
+    """The offsite SSH target (:class:`dbops.offsite.rsync.SSHParams`) of an SSH connection.
+
+    Read through the ssh provider's SSHHook, which checks the connection (a host_key
+    together with no_host_key_check is refused, the private key must parse). The key
+    text comes from the extra ``private_key`` (or ``key_file``), the host key from the
+    extra ``host_key``; rsync runs with BatchMode, so a key with a passphrase is refused.
+    """
+    from airflow.providers.ssh.hooks.ssh import SSHHook
+
+    from dbops.offsite.rsync import SSHParams
+
+    hook = SSHHook(ssh_conn_id=conn_id)
+    extra = dict(BaseHook.get_connection(conn_id).extra_dejson or {})
+    if extra.get("private_key_passphrase"):
+        raise ValueError(
+            f"connection {conn_id!r}: rsync runs non-interactively and cannot use a key with a passphrase; "
+            "use a dedicated key without one (restricted on the offsite host)"
+        )
+    if not hook.username:
+        raise ValueError(f"connection {conn_id!r} has no login")
+    host_key = None
+    if hook.host_key is not None:
+        host_key = f"{hook.host_key.get_name()} {hook.host_key.get_base64()}"
+    return SSHParams(
+        host=hook.remote_host,
+        port=int(hook.port or 22),
+        user=hook.username,
+        private_key=extra.get("private_key") or None,
+        key_file=None if extra.get("private_key") else hook.key_file,
+        host_key=host_key,
+        no_host_key_check=bool(hook.no_host_key_check) and host_key is None,
+        connect_timeout=connect_timeout,
+    )

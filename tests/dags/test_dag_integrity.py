@@ -20,6 +20,7 @@ EXPECTED_SCHEDULES = {
     "dbops_table_size_monitor": "0 0 * * *",
     "dbops_restore": None,
     "dbops_restore_drill": "0 6 * * 6",
+    "dbops_health": "*/10 * * * *",
 }
 
 

@@ -1,0 +1,1 @@
+SELECT to_regclass('dbops.maintenance_report') IS NOT NULL;

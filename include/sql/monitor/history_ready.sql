@@ -1,0 +1,1 @@
+SELECT to_regclass('dbops.table_size_history') IS NOT NULL;
