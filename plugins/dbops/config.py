@@ -67,6 +67,10 @@ class Connections(_Section):
     offsite_ssh: str = "dbops_offsite_ssh"
     # optional HTTP webhook for alerts of dbops checks; no connection: alerts go to the task log only
     alerts: str = "dbops_alerts"
+    # optional, read by dbops_bootstrap: the platform's initial admin account (login,
+    # password, extra {"email": ...}) and the Mongo application user (login, password)
+    platform_admin: str = "dbops_platform_admin"
+    mongo_app: str = "dbops_mongo_app"
 
 
 class Schedules(_Section):

@@ -22,6 +22,14 @@ def connection_exists(conn_id: str) -> bool:
     return True
 
 
+def optional(conn_id: str):
+    """The Airflow connection, or None when it is not defined (an optional feature is off)."""
+    try:
+        return BaseHook.get_connection(conn_id)
+    except AirflowNotFoundException:
+        return None
+
+
 def require_weaviate(conn_id: str) -> None:
     """Skip the calling task, saying so, when no Weaviate connection is configured."""
     from airflow.sdk.exceptions import AirflowSkipException

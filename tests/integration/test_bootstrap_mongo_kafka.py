@@ -133,3 +133,26 @@ def test_kafka_fewer_partitions_are_grown_or_reported_as_unsupported(admin, kafk
     assert partitions == (3 if outcome.action == "update" else 1)
     if outcome.action == "unsupported":
         assert kafka.verify(admin, kafka_spec, replication_factor=1, timeout=15).problems
+
+
+def test_mongo_app_user_gets_its_roles_and_a_rotated_password(scratch_mongo):
+    from dbops.report import StoreReport
+
+    user = f"app_{uuid.uuid4().hex[:6]}"
+    first = StoreReport("mongo")
+    mongo.ensure_app_user(scratch_mongo, user, "first-password", first, dry_run=False)
+    assert [c.action for c in first.changes] == ["create"]
+    roles = scratch_mongo.command("usersInfo", user)["users"][0]["roles"]
+    assert {r["role"] for r in roles} == {"readWrite", "dbAdmin"}
+    assert mongo._can_login(scratch_mongo, user, "first-password")
+
+    second = StoreReport("mongo")
+    mongo.ensure_app_user(scratch_mongo, user, "first-password", second, dry_run=False)
+    assert [c.action for c in second.changes] == ["unchanged"]
+
+    rotated = StoreReport("mongo")
+    mongo.ensure_app_user(scratch_mongo, user, "rotated-password", rotated, dry_run=False)
+    assert [c.action for c in rotated.changes] == ["update"]
+    assert mongo._can_login(scratch_mongo, user, "rotated-password")
+    assert not mongo._can_login(scratch_mongo, user, "first-password")
+    scratch_mongo.command("dropUser", user)

@@ -150,3 +150,23 @@ def test_badly_named_and_duplicate_files_are_refused(tmp_path):
     (folder / "V2_5__late.sql").rename(folder / "V003__again.sql")
     with pytest.raises(MigrationError, match="share version 3"):
         discover(folder)
+
+
+def test_initial_admin_is_created_once_with_a_django_hash(scratch_pg):
+    conn_info, db = scratch_pg
+    with pg_connect(conn_info, db) as conn:
+        postgres.bootstrap(conn, SETTINGS)
+        report = StoreReport("postgres")
+        postgres.ensure_initial_admin(conn, "admin", "admin@example.org", "s3cret-Pässword", report, dry_run=False)
+        stored = conn.execute("SELECT password_hash, is_superuser FROM auth.users WHERE username = 'admin'").fetchone()
+        conn.rollback()
+        algorithm, iterations, salt, digest = stored[0].split("$")
+        assert algorithm == "pbkdf2_sha256" and stored[1] is True
+        assert "s3cret" not in stored[0]
+        assert postgres.django_password_hash("s3cret-Pässword", salt=salt, iterations=int(iterations)) == stored[0]
+        # a rerun (even with another password in the connection) leaves the account alone
+        again = StoreReport("postgres")
+        postgres.ensure_initial_admin(conn, "admin", "admin@example.org", "other", again, dry_run=False)
+        assert [c.action for c in again.changes] == ["unchanged"]
+        assert conn.execute("SELECT password_hash FROM auth.users WHERE username = 'admin'").fetchone()[0] == stored[0]
+        conn.rollback()

@@ -114,3 +114,55 @@ def _reconcile_index(db, collection: str, index: dict, current: dict, report: St
 
 def verify(db, spec: dict[str, Any]) -> StoreReport:
     return bootstrap(db, spec, dry_run=True).as_verification()
+
+
+APP_ROLES = ("readWrite", "dbAdmin")
+
+
+def _can_login(db, username: str, password: str) -> bool:
+    from pymongo import MongoClient
+    from pymongo.errors import OperationFailure
+
+    address = db.client.address
+    probe = MongoClient(
+        host=address[0], port=address[1], username=username, password=password,
+        authSource=db.name, serverSelectionTimeoutMS=5000,
+    )
+    try:
+        probe[db.name].command("ping")
+        return True
+    except OperationFailure:
+        return False
+    finally:
+        probe.close()
+
+
+def ensure_app_user(db, username: str, password: str, report: StoreReport, *, dry_run: bool) -> None:
+    """The application user with readWrite + dbAdmin on the platform database.
+
+    Created when missing; missing roles are granted; a password that no longer logs in
+    (rotated in the Airflow connection) is updated. Nothing changes on a rerun.
+    """
+    target = f"user {username}@{db.name}"
+    wanted = [{"role": role, "db": db.name} for role in APP_ROLES]
+    users = db.command("usersInfo", username).get("users", [])
+    if not users:
+        if not dry_run:
+            db.command("createUser", username, pwd=password, roles=wanted)
+        report.add("create", target, "would create" if dry_run else f"created with roles {', '.join(APP_ROLES)}")
+        return
+    have = {(r["role"], r["db"]) for r in users[0].get("roles", [])}
+    missing = [r for r in wanted if (r["role"], r["db"]) not in have]
+    if missing:
+        if not dry_run:
+            db.command("grantRolesToUser", username, roles=missing)
+        report.add("update", target, ("would grant " if dry_run else "granted ") + ", ".join(r["role"] for r in missing))
+    if dry_run:
+        if not missing:
+            report.add("unchanged", target)
+        return
+    if not _can_login(db, username, password):
+        db.command("updateUser", username, pwd=password)
+        report.add("update", target, "password updated from the connection")
+    elif not missing:
+        report.add("unchanged", target)

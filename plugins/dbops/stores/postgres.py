@@ -157,3 +157,44 @@ def verify(conn, settings: PostgresSettings) -> StoreReport:
 
 def _with_target(state: tuple[Action, str], target: str) -> tuple[Action, str, str]:
     return state[0], target, state[1]
+
+
+# ----------------------------------------------------------------------------- initial admin
+
+PBKDF2_ITERATIONS = 1_000_000  # Django 5.2's default for pbkdf2_sha256
+
+
+def django_password_hash(password: str, *, salt: str | None = None, iterations: int = PBKDF2_ITERATIONS) -> str:
+    """``pbkdf2_sha256$<iterations>$<salt>$<base64 hash>``, the format Django's auth reads."""
+    import base64
+    import hashlib
+    import secrets
+
+    salt = salt or secrets.token_urlsafe(16)
+    digest = hashlib.pbkdf2_hmac("sha256", password.encode(), salt.encode(), iterations)
+    return f"pbkdf2_sha256${iterations}${salt}${base64.b64encode(digest).decode()}"
+
+
+def ensure_initial_admin(conn, username: str, email: str, password: str, report: StoreReport, *, dry_run: bool) -> None:
+    """Create the admin account once; an existing account (and its password) is never touched."""
+    target = f"auth.users {username!r} (initial admin)"
+    if not password:
+        raise ValueError("the platform admin connection has no password")
+    if dry_run:
+        exists = False
+        with conn.cursor() as cur:
+            cur.execute(load_sql("bootstrap/relation_exists.sql"), ("auth.users",))
+            if cur.fetchone()[0]:
+                cur.execute(load_sql("bootstrap/admin_exists.sql"), (username,))
+                exists = cur.fetchone() is not None
+        conn.rollback()
+        report.add("unchanged" if exists else "create", target, "" if exists else "would create")
+        return
+    with conn.transaction():
+        with conn.cursor() as cur:
+            cur.execute(load_sql("bootstrap/admin_exists.sql"), (username,))
+            if cur.fetchone():
+                report.add("unchanged", target, "exists; its password is left as it is")
+                return
+            cur.execute(load_sql("bootstrap/admin_insert.sql"), (username, email, django_password_hash(password)))
+    report.add("create", target, "created (pbkdf2_sha256)")

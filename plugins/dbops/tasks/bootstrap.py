@@ -48,22 +48,33 @@ def _finish(report: StoreReport) -> dict:
 
 @task(pool="dbops_postgres")
 def bootstrap_postgres() -> dict:
-    """Versioned migrations (extensions, schemas, tables, indexes), then the ANN index."""
+    """Versioned migrations (extensions, schemas, tables, indexes), then the ANN index, then
+    the initial admin when a ``dbops_platform_admin`` connection exists (password hashed)."""
     from dbops.stores import postgres
 
     config, params = _selected("postgres")
     with connections.postgres(config.connections.postgres) as conn:
-        return _finish(postgres.bootstrap(conn, config.postgres, dry_run=params["dry_run"]))
+        report = postgres.bootstrap(conn, config.postgres, dry_run=params["dry_run"])
+        admin = connections.optional(config.connections.platform_admin)
+        if admin is not None:
+            email = admin.extra_dejson.get("email") or f"{admin.login}@localhost"
+            postgres.ensure_initial_admin(conn, admin.login, email, admin.password, report, dry_run=params["dry_run"])
+        return _finish(report)
 
 
 @task(pool="dbops_mongo")
 def bootstrap_mongo() -> dict:
-    """Collections and indexes (TTL included) from include/scripts/mongo_collections.json."""
+    """Collections and indexes (TTL included) from include/scripts/mongo_collections.json,
+    and the application user when a ``dbops_mongo_app`` connection exists."""
     from dbops.stores import mongo
 
     config, params = _selected("mongo")
     with connections.mongo(config.connections.mongo, config.mongo.database) as db:
-        return _finish(mongo.bootstrap(db, load_spec(MONGO_SPEC), dry_run=params["dry_run"]))
+        report = mongo.bootstrap(db, load_spec(MONGO_SPEC), dry_run=params["dry_run"])
+        app = connections.optional(config.connections.mongo_app)
+        if app is not None:
+            mongo.ensure_app_user(db, app.login, app.password, report, dry_run=params["dry_run"])
+        return _finish(report)
 
 
 @task(pool="dbops_weaviate")

@@ -1,0 +1,1 @@
+SELECT 1 FROM auth.users WHERE username = %s;
