@@ -1,0 +1,69 @@
+"""
+### dbops_offsite_sync: complete backups offsite by rsync over SSH and to S3, verified
+
+Replaces `rsync -avz --delete /backup/DATE host:/mnt/backup` and `find ... | xargs rm -rf`.
+Runs whenever `dbops_nightly_backup` publishes a new backup of any store (the Assets
+`dbops://backups/<store>`), and by hand.
+
+| task | what it does |
+|---|---|
+| `plan` | refuses bad Params, an unsafe backup root, a missing connection or encryption key before any transfer |
+| `ship_rsync` | every complete, verified local backup not offsite yet goes to `dbops_offsite_ssh` (`offsite.rsync_remote_dir`): key in a 0600 temp file removed afterwards, host key pinned from the connection (`StrictHostKeyChecking=yes`), `rsync --partial-dir` into `<series>/.staging/<id>/`, remote `sha256sum` against the manifest, then one `mv` into place |
+| `ship_s3` | the same to `dbops_s3` (`offsite.s3_bucket`/`s3_prefix`): multipart uploads (`TransferConfig`), objects already there with the same size and sha256 metadata skipped, storage class and SSE from config, `manifest.json` uploaded last |
+| `verify_<target>` | the target's listing against every manifest: every backup expected is complete, every stored file has its size, nothing extra; this run's arrivals (all with `deep_verify`) checked by sha256. Fails, listing every problem, on any mismatch |
+| `retention_<target>` | the local policy on the offsite copy (`offsite.retention_days`, `min_keep` verified backups), only for series whose newest local backup is complete offsite; never deletes a backup missing locally while it is inside the window; removes incomplete uploads nothing will resume |
+
+Staging folders, backups without a valid manifest and backups whose latest verify or drill
+failed are never shipped; a backup older than the offsite window is not shipped only to be
+expired. With `offsite.encryption` every file is encrypted (AES-256-GCM in chunks,
+authenticated) before it leaves the host; `dbops.offsite.restore.fetch_backup` brings an
+offsite backup back into the local repository, decrypted and verified, for `dbops_restore`.
+Each task reports bytes moved (rsync `--stats`): a sync with nothing new moves only the
+catalog (the manifests, a few KiB).
+
+**Params**: `targets`, `stores`, `retention_days`, `min_keep`, `dry_run` (log what would
+be shipped and deleted; transfer and delete nothing), `retention_dry_run` (ship and verify,
+only log what retention would delete), `deep_verify` (sha256 of every offsite backup).
+
+**Rerun**: clearing a failed task converges. An interrupted copy resumes: rsync from its
+partial files in the remote staging folder, S3 by skipping the objects already uploaded;
+nothing is visible offsite until its arrival check passed. Backups already offsite are
+never sent again or overwritten.
+
+**Backfill**: a sync has no past to catch up. A backfilled or old rerun ships what is
+complete in the repository *now* and applies retention by today's date; it never
+re-creates a backup that retention removed.
+"""
+
+from airflow.sdk import AssetAny, Param
+
+from dbops.config import ALL_STORES
+from dbops.dagkit import BACKUP_ASSETS, CONFIG, dbops_dag, dry_run_param, stores_param
+from dbops.tasks.offsite import TARGETS, plan, retention_task, ship_task, verify_task
+
+with dbops_dag(
+    "dbops_offsite_sync",
+    # any store's new backup triggers a sync (one run ships every store's missing backups)
+    schedule=AssetAny(*BACKUP_ASSETS.values()),
+    doc_md=__doc__,
+    tags=["backup", "offsite"],
+    params={
+        "targets": Param(list(CONFIG.offsite.targets), type="array", items={"type": "string", "enum": TARGETS},
+                         uniqueItems=True, minItems=1, title="Targets", description="Where to ship."),
+        "stores": stores_param(list(ALL_STORES), "Stores whose backups are shipped, verified and expired."),
+        "retention_days": Param(CONFIG.offsite.retention_days, type="integer", minimum=1, maximum=3650,
+                                title="Offsite retention (days)", description="Keep offsite backups younger than this."),
+        "min_keep": Param(CONFIG.offsite.min_keep, type="integer", minimum=1, maximum=1000, title="Min keep",
+                          description="Always keep at least this many verified offsite backups per series."),
+        "dry_run": dry_run_param("Log what would be shipped and deleted; transfer and delete nothing."),
+        "retention_dry_run": Param(False, type="boolean", title="Retention dry run",
+                                   description="Ship and verify, but only log what retention would delete."),
+        "deep_verify": Param(CONFIG.offsite.deep_verify, type="boolean", title="Deep verify",
+                             description="Check every offsite backup by sha256, not only this run's arrivals."),
+    },
+):  # fmt: skip
+    planned = plan()
+    for target in TARGETS:
+        shipped = ship_task(target)()
+        planned >> shipped
+        retention_task(target)(verify_task(target)(shipped))

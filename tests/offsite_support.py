@@ -1,0 +1,178 @@
+"""Helpers of the offsite tests: small real backups in a repository, and the devstack targets."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import Mapping
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+from dbops.backup.repository import Backup, BackupRepository
+
+UTC = timezone.utc
+META = {"tool": "offsite-test", "tool_version": "1.0", "server_version": "0", "compression": "none", "details": {}}
+
+
+class Log:
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def __call__(self, line: str) -> None:
+        self.lines.append(line)
+
+    @property
+    def text(self) -> str:
+        return "\n".join(self.lines)
+
+
+def make_backup(
+    repo: BackupRepository,
+    store: str,
+    subject: str | None = None,
+    *,
+    finished: datetime | None = None,
+    files: Mapping[str, bytes | int] | None = None,
+    run_id: str = "manual__test",
+) -> Backup:
+    """A sealed backup finishing at ``finished`` (default now); ``files`` maps a relative
+    path to its bytes, or to a size for random bytes."""
+    finished = finished or datetime.now(UTC)
+    files = files or {"dump.bin": 4096, "meta/info.json": b'{"ok": true}\n'}
+    with repo.begin(store, subject, run_id=run_id, dag_id="test", logical_date=None,
+                    now=finished - timedelta(minutes=5)) as staging:  # fmt: skip
+        for rel, content in files.items():
+            path = staging.path / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(os.urandom(content) if isinstance(content, int) else content)
+        return staging.seal(META, now=finished)
+
+
+def daily_backups(repo: BackupRepository, store: str, days: int, *, now: datetime, subject: str | None = None,
+                  size: int = 1024) -> list[Backup]:  # fmt: skip
+    """One backup a day for ``days`` days, the newest finishing 1 h before ``now``."""
+    return [
+        make_backup(repo, store, subject, finished=now - timedelta(days=i, hours=1), files={"dump.bin": size})
+        for i in reversed(range(days))
+    ]
+
+
+def ssh_params(conn: dict, **overrides):
+    from dbops.offsite.rsync import SSHParams
+
+    values = dict(host=conn["host"], port=conn["port"], user=conn["login"],
+                  private_key=conn["extra"]["private_key"], host_key=conn["extra"]["host_key"])  # fmt: skip
+    values.update(overrides)
+    return SSHParams(**values)
+
+
+def remote_dir(devstack) -> Path:
+    """A fresh folder under the devstack offsite user's backups (removed by the caller)."""
+    base = Path(devstack.service("offsite").environment()["DBOPS_OFFSITE__RSYNC_REMOTE_DIR"])
+    return base / f"test-{uuid.uuid4().hex[:12]}"
+
+
+def remove_remote(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)  # the tests run as root, on the same machine
+
+
+def empty_prefix(client, bucket: str, prefix: str) -> None:
+    paginator = client.get_paginator("list_objects_v2")
+    for page in paginator.paginate(Bucket=bucket, Prefix=prefix + "/"):
+        keys = [{"Key": o["Key"]} for o in page.get("Contents", []) or []]
+        if keys:
+            client.delete_objects(Bucket=bucket, Delete={"Objects": keys, "Quiet": True})
+    for page in client.get_paginator("list_multipart_uploads").paginate(Bucket=bucket, Prefix=prefix + "/"):
+        for upload in page.get("Uploads", []) or []:
+            client.abort_multipart_upload(Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"])
+
+
+class StubS3:
+    """An in-memory stand-in for a boto3 S3 client: the calls S3Target makes, recorded.
+
+    ``fail_upload`` (a callable taking the key) can raise to simulate a dropped connection.
+    """
+
+    def __init__(self) -> None:
+        self.objects: dict[str, dict] = {}
+        self.calls: list[tuple[str, str]] = []
+        self.uploads: list[dict] = []
+        self.fail_upload = None
+
+    # -- helpers
+    def _store(self, key: str, data: bytes, args: dict | None) -> None:
+        args = dict(args or {})
+        metadata = args.pop("Metadata", {}) or {}
+        self.objects[key] = {"data": data, "metadata": dict(metadata), "args": args,
+                             "modified": datetime.now(UTC)}  # fmt: skip
+
+    @staticmethod
+    def _missing(op: str):
+        from botocore.exceptions import ClientError
+
+        return ClientError({"Error": {"Code": "404", "Message": "Not Found"},
+                            "ResponseMetadata": {"HTTPStatusCode": 404}}, op)  # fmt: skip
+
+    # -- the client API
+    def head_object(self, Bucket, Key):
+        self.calls.append(("head", Key))
+        if Key not in self.objects:
+            raise self._missing("HeadObject")
+        obj = self.objects[Key]
+        return {"ContentLength": len(obj["data"]), "Metadata": dict(obj["metadata"]), **obj["args"]}
+
+    def upload_file(self, Filename, Bucket, Key, ExtraArgs=None, Config=None, Callback=None):
+        with open(Filename, "rb") as fh:
+            self.upload_fileobj(fh, Bucket, Key, ExtraArgs=ExtraArgs, Config=Config, Callback=Callback)
+
+    def upload_fileobj(self, Fileobj, Bucket, Key, ExtraArgs=None, Config=None, Callback=None):
+        self.calls.append(("upload", Key))
+        if self.fail_upload is not None:
+            self.fail_upload(Key)
+        parts = []
+        while block := Fileobj.read(1024 * 1024):
+            parts.append(block)
+            if Callback:
+                Callback(len(block))
+        self._store(Key, b"".join(parts), ExtraArgs)
+
+    def put_object(self, Bucket, Key, Body, **kwargs):
+        self.calls.append(("put", Key))
+        self._store(Key, Body if isinstance(Body, bytes) else Body.read(), kwargs)
+
+    def get_object(self, Bucket, Key):
+        import io
+
+        if Key not in self.objects:
+            raise self._missing("GetObject")
+        return {"Body": io.BytesIO(self.objects[Key]["data"])}
+
+    def download_file(self, Bucket, Key, Filename, Config=None):
+        Path(Filename).write_bytes(self.objects[Key]["data"])
+
+    def delete_object(self, Bucket, Key):
+        self.calls.append(("delete", Key))
+        self.objects.pop(Key, None)
+
+    def delete_objects(self, Bucket, Delete):
+        for item in Delete["Objects"]:
+            self.delete_object(Bucket, item["Key"])
+        return {}
+
+    def abort_multipart_upload(self, Bucket, Key, UploadId):
+        self.uploads = [u for u in self.uploads if u["UploadId"] != UploadId]
+
+    def get_paginator(self, name):
+        stub = self
+
+        class Paginator:
+            def paginate(self, Bucket, Prefix=""):
+                if name == "list_objects_v2":
+                    contents = [{"Key": k, "Size": len(o["data"]), "LastModified": o["modified"]}
+                                for k, o in sorted(stub.objects.items()) if k.startswith(Prefix)]  # fmt: skip
+                    yield {"Contents": contents}
+                else:
+                    yield {"Uploads": [u for u in stub.uploads if u["Key"].startswith(Prefix)]}
+
+        return Paginator()
