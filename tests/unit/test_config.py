@@ -88,3 +88,22 @@ def test_with_overrides_validates():
 def test_the_example_file_is_valid_and_equals_the_defaults():
     example = Path(__file__).resolve().parents[2] / "include" / "dbops.example.yaml"
     assert load_config(example, environ={}) == DbopsConfig()
+
+
+def _keys(value, prefix=""):
+    if not isinstance(value, dict):
+        return set()
+    found = set()
+    for key, inner in value.items():
+        found.add(prefix + key)
+        if key not in ("size_limits",):  # free-form mapping
+            found |= _keys(inner, prefix + key + ".")
+    return found
+
+
+def test_the_example_file_lists_every_setting():
+    import yaml
+
+    example = Path(__file__).resolve().parents[2] / "include" / "dbops.example.yaml"
+    listed = _keys(yaml.safe_load(example.read_text()))
+    assert listed == _keys(DbopsConfig().model_dump(mode="json"))
