@@ -204,21 +204,52 @@ class Process:
         self.pidfile.write_text(f"{pid}\n")
 
     def stop(self, timeout: float = 30.0) -> bool:
-        """SIGTERM, then SIGKILL after ``timeout``. Returns True when something was stopped."""
+        """SIGTERM, then SIGKILL after ``timeout``. Returns True when something was stopped.
+
+        A process spawned here leads its own process group (``start_new_session``): the
+        whole group is signalled, so children (Airflow's scheduler, workers...) end too.
+        """
         pid = self.pid()
         if pid is None:
             self.pidfile.unlink(missing_ok=True)
             return False
-        os.kill(pid, signal.SIGTERM)
+        group = os.getpgid(pid) if os.getpgid(pid) == pid else None
+        _signal(pid, group, signal.SIGTERM)
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and _alive(pid):
+        while time.monotonic() < deadline and _group_alive(pid, group):
             time.sleep(0.2)
-        if _alive(pid):
-            os.kill(pid, signal.SIGKILL)
-            while _alive(pid):
+        if _group_alive(pid, group):
+            _signal(pid, group, signal.SIGKILL)
+            while _group_alive(pid, group):
                 time.sleep(0.1)
         self.pidfile.unlink(missing_ok=True)
         return True
+
+
+def _signal(pid: int, group: int | None, sig: int) -> None:
+    try:
+        if group is not None:
+            os.killpg(group, sig)
+        else:
+            os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _group_alive(pid: int, group: int | None) -> bool:
+    if group is None:
+        return _alive(pid)
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        if int(fields[2]) == group and _alive(int(entry.name)):
+            return True
+    return False
 
 
 def _alive(pid: int) -> bool:
