@@ -16,7 +16,10 @@ class Airflow(Service):
     name = "airflow"
     port = 58080
 
-    def __init__(self) -> None:
+    def __init__(self, name: str = "airflow", port: int = 58080, extra_env: dict[str, str] | None = None) -> None:
+        """A second instance (own name, home, port) serves end-to-end tests beside ``make run``."""
+        self.name, self.port = name, port
+        self.extra_env = extra_env or {}
         super().__init__()
         self.process = Process(self.dir, "standalone", marker="airflow standalone")
         self.home = self.dir / "home"
@@ -48,6 +51,7 @@ class Airflow(Service):
                 "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "30",
             }
         )
+        env.update(self.extra_env)
         return env
 
     def running(self) -> bool:

@@ -1,0 +1,93 @@
+"""A real Airflow (``airflow standalone``: scheduler, dag-processor, API server, LocalExecutor)
+with the dbops DAGs and the local stores, on its own port and home, for end-to-end tests."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+
+class AirflowAPI:
+    def __init__(self, base_url: str, password: str):
+        self.base_url = base_url
+        body = json.dumps({"username": "admin", "password": password}).encode()
+        request = urllib.request.Request(
+            f"{base_url}/auth/token", data=body, headers={"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(request, timeout=30) as resp:
+            self.token = json.load(resp)["access_token"]
+
+    def call(self, method: str, path: str, body: dict | None = None):
+        request = urllib.request.Request(
+            f"{self.base_url}/api/v2{path}",
+            data=None if body is None else json.dumps(body).encode(),
+            method=method,
+            headers={"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=60) as resp:
+            return json.load(resp)
+
+    def unpause(self, dag_id: str, timeout: float = 120) -> None:
+        """Wait until the dag-processor has the DAG, then unpause it (new DAGs start paused)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                self.call("PATCH", f"/dags/{dag_id}", {"is_paused": False})
+                return
+            except urllib.error.HTTPError:
+                time.sleep(2)
+        raise AssertionError(f"{dag_id} not parsed by the dag-processor within {timeout}s")
+
+    def wait_until_idle(self, dag_id: str, timeout: float = 300) -> list[dict]:
+        """Every run of the DAG finished (e.g. the scheduled run an unpause starts)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            runs = self.call("GET", f"/dags/{dag_id}/dagRuns")["dag_runs"]
+            if all(r["state"] in ("success", "failed") for r in runs):
+                return runs
+            time.sleep(3)
+        raise AssertionError(f"{dag_id} still has unfinished runs after {timeout}s")
+
+    def wait_for_runs(self, dag_id: str, query: str, count: int, timeout: float = 300) -> list[dict]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            runs = self.call("GET", f"/dags/{dag_id}/dagRuns?{query}")["dag_runs"]
+            if len(runs) >= count and all(r["state"] in ("success", "failed") for r in runs):
+                return runs
+            time.sleep(3)
+        raise AssertionError(f"{dag_id}: {count} finished runs ({query}) not seen within {timeout}s")
+
+    def task_states(self, dag_id: str, run_id: str) -> dict[str, str]:
+        tis = self.call("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances?limit=200")["task_instances"]
+        return {t["task_id"] if t["map_index"] < 0 else f"{t['task_id']}[{t['map_index']}]": t["state"] for t in tis}
+
+
+@pytest.fixture(scope="module")
+def backup_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("e2e") / "backups"
+    root.mkdir(mode=0o700)
+    return root
+
+
+@pytest.fixture(scope="module")
+def airflow_api(devstack, backup_root):
+    from devstack.core import load_secrets
+    from devstack.services.airflow import Airflow
+
+    # DAGs start paused: a test unpauses only what it drives (no offsite copies of test data)
+    instance = Airflow(
+        name="airflow-e2e",
+        port=58090,
+        extra_env={"DBOPS_BACKUP__ROOT": str(backup_root), "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True"},
+    )
+    shutil.rmtree(instance.dir, ignore_errors=True)  # a fresh metadata DB every time
+    instance.up()
+    try:
+        yield AirflowAPI(instance.url(), load_secrets()["airflow_admin"])
+    finally:
+        instance.stop()
