@@ -10,21 +10,10 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from dbops.backup.repository import Backup, BackupRepository
+from tests.support import Log  # noqa: F401 (used by tests importing it from here)
 
 UTC = timezone.utc
 META = {"tool": "offsite-test", "tool_version": "1.0", "server_version": "0", "compression": "none", "details": {}}
-
-
-class Log:
-    def __init__(self) -> None:
-        self.lines: list[str] = []
-
-    def __call__(self, line: str) -> None:
-        self.lines.append(line)
-
-    @property
-    def text(self) -> str:
-        return "\n".join(self.lines)
 
 
 def make_backup(

@@ -35,3 +35,17 @@ def kafka_admin(conn: dict):
     from confluent_kafka.admin import AdminClient
 
     return AdminClient(dict(conn["extra"]))
+
+
+class Log:
+    """A log function that keeps its lines, for asserting on what a task would log."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def __call__(self, line: str) -> None:
+        self.lines.append(line)
+
+    @property
+    def text(self) -> str:
+        return "\n".join(self.lines)

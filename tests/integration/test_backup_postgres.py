@@ -14,6 +14,7 @@ from dbops.backup.adapter import Endpoint
 from dbops.stores import postgres_backup as pb
 from dbops.tools import ToolError
 from tests.support import pg_connect
+from tests.support import Log
 
 pytestmark = pytest.mark.integration
 
@@ -41,18 +42,6 @@ INSERT INTO public.events_nopk SELECT 'kind' || (g % 4), json_build_object('g', 
 INSERT INTO public.events_nopk VALUES ('dup', '{"same": true}', 1), ('dup', '{"same": true}', 1);
 INSERT INTO "Odd Schema"."Mixed Case" VALUES ('b', 'second'), ('A', 'first'), ('é', 'accent');
 """
-
-
-class Log:
-    def __init__(self) -> None:
-        self.lines: list[str] = []
-
-    def __call__(self, line: str) -> None:
-        self.lines.append(line)
-
-    @property
-    def text(self) -> str:
-        return "\n".join(self.lines)
 
 
 def endpoint(conn: dict, password: str | None = None) -> Endpoint:

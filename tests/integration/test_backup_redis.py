@@ -10,22 +10,11 @@ import pytest
 from dbops.backup.adapter import Endpoint
 from dbops.stores import redis_backup as rb
 from dbops.tools import ToolError
+from tests.support import Log
 
 pytestmark = pytest.mark.integration
 
 SCRATCH_PORT = 56391
-
-
-class Log:
-    def __init__(self) -> None:
-        self.lines: list[str] = []
-
-    def __call__(self, line: str) -> None:
-        self.lines.append(line)
-
-    @property
-    def text(self) -> str:
-        return "\n".join(self.lines)
 
 
 @pytest.fixture(scope="module")
