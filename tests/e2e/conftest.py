@@ -79,11 +79,17 @@ def airflow_api(devstack, backup_root):
     from devstack.core import load_secrets
     from devstack.services.airflow import Airflow
 
-    # DAGs start paused: a test unpauses only what it drives (no offsite copies of test data)
+    # DAGs start paused: a test unpauses only what it drives (no offsite copies of test data).
+    # Backups default to the stores that need no bootstrapped data, so the scheduled run an
+    # unpause starts does not depend on which other tests ran first.
     instance = Airflow(
         name="airflow-e2e",
         port=58090,
-        extra_env={"DBOPS_BACKUP__ROOT": str(backup_root), "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True"},
+        extra_env={
+            "DBOPS_BACKUP__ROOT": str(backup_root),
+            "DBOPS_BACKUP__STORES": '["redis", "kafka"]',
+            "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
+        },
     )
     shutil.rmtree(instance.dir, ignore_errors=True)  # a fresh metadata DB every time
     instance.up()
