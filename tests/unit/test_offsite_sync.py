@@ -250,7 +250,7 @@ def test_offsite_retention_on_a_forty_day_catalog(s3, repo):
 
 
 def test_offsite_retention_waits_for_the_newest_local_backup_to_arrive(s3, repo):
-    backups = daily_backups(repo, "redis", 40, now=NOW - timedelta(days=1))
+    daily_backups(repo, "redis", 40, now=NOW - timedelta(days=1))
     ship_all(target(s3), repo, STORES, RetentionPolicy(60, 3), encryption=None, now=NOW, dry_run=False, log=Log())
     make_backup(repo, "redis")  # today's backup, not shipped yet
     log = Log()
