@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install stores run stop status test lock bench-parse
+.PHONY: install stores run stop status test lock bench-parse bench bench-smoke
 
 $(STAMP): requirements.txt requirements-dev.txt
 	@command -v uv >/dev/null || python3 -m pip install -q uv
@@ -45,3 +45,11 @@ lock:
 ## bench-parse: parse time of the DAG files beyond `import airflow` (recorded, not asserted)
 bench-parse: install
 	$(PY) bench/dag_parse.py --runs 5 --json bench/results/dag_parse.json
+
+## bench: old way vs dbops, full sizes (~75 min on 2 cores, needs `make stores`): bench/results/latest.json + docs/benchmarks.md
+bench: install
+	$(PY) -m bench
+
+## bench-smoke: every pair on tiny data, once, into a temporary folder; fails if a pair fails
+bench-smoke: install
+	$(PY) -m bench --smoke --out $$(mktemp -d)

@@ -16,9 +16,11 @@ The checks are light reads and use the default pool, so a long backup never dela
 
 **Params**: `stores` (which checks run).
 
-**Backfill / rerun**: health can only be observed now. A run whose logical date is more than
-`health.max_start_delay_minutes` old (a backfill or catch-up) skips every check and says so; a rerun
-(clear) checks again, now.
+**Backfill / rerun**: health can only be observed now, so the DAG does not allow backfills: Airflow
+refuses `airflow backfill create` (and the UI's backfill) for it, instead of creating a run every ten
+minutes of the past that could check nothing. A run whose logical date is more than
+`health.max_start_delay_minutes` old anyway (a catch-up, a trigger with an old date) skips every check
+and says so; a rerun (clear) checks again, now.
 """
 
 from dbops.dagkit import CONFIG, cron, dbops_dag
@@ -30,6 +32,7 @@ with dbops_dag(
     schedule=cron(CONFIG.schedules.health),
     doc_md=__doc__,
     tags=["monitor", "health"],
+    allowed_run_types=["scheduled", "manual"],
     params={
         "stores": Param(
             list(HEALTH_STORES),

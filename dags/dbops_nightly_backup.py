@@ -12,7 +12,7 @@ Replaces `pg_dumpall | gzip`, `mongodump`, `redis-cli SAVE` + copy and `find -mt
 | `backup_redis` | `redis-cli --rdb` (a forked snapshot: never `SAVE`), `REDISCLI_AUTH`, `redis-check-rdb` |
 | `backup_kafka` | topic definitions, configs, consumer group offsets (JSON, schema-checked) |
 | `backup_weaviate` | Weaviate's backup API; **skipped** when no `dbops_weaviate` connection exists |
-| `retention_<store>` | only after that store's backups of this run succeeded and verified: keeps `retention_days`, and always `min_keep` verified backups; updates the Asset `dbops://backups/<store>` |
+| `retention_<store>` | only after that store's backups of this run succeeded and verified: keeps `retention_days`, and always `min_keep` verified backups; updates the Asset `x-dbops://backups/<store>` |
 
 Every backup is written into a staging folder, every file's sha256 re-read and the tool's
 own check passed (`pg_restore --list`, archive walk, `redis-check-rdb`, JSON schema)

@@ -3,7 +3,7 @@
 
 Replaces `rsync -avz --delete /backup/DATE host:/mnt/backup` and `find ... | xargs rm -rf`.
 Runs whenever `dbops_nightly_backup` publishes a new backup of any store (the Assets
-`dbops://backups/<store>`), and by hand.
+`x-dbops://backups/<store>`), and by hand.
 
 | task | what it does |
 |---|---|

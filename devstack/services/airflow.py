@@ -1,4 +1,9 @@
-"""Airflow itself (``airflow standalone``) with the dbops DAGs, against the local stores."""
+"""Airflow itself (``airflow standalone``) with the dbops DAGs, against the local stores.
+
+The metadata database is a database of the local PostgreSQL (``airflow_<name>``), as in
+production: with SQLite, a CLI command such as ``airflow backfill create`` fails with
+"database is locked" while the scheduler writes.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,7 @@ import json
 import os
 import subprocess
 import urllib.request
+from urllib.parse import quote
 
 from devstack.core import REPO, VENV_BIN, Process, Service, secret, state_dir, wait_until, write_private
 
@@ -23,6 +29,7 @@ class Airflow(Service):
         super().__init__()
         self.process = Process(self.dir, "standalone", marker="airflow standalone")
         self.home = self.dir / "home"
+        self.database = "airflow_" + name.replace("-", "_")
 
     def env(self) -> dict[str, str]:
         """The environment of every Airflow process: connections, dbops config, settings."""
@@ -49,6 +56,7 @@ class Airflow(Service):
                 "AIRFLOW__API_AUTH__JWT_SECRET": secret("airflow_jwt") * 3,
                 "AIRFLOW__CORE__FERNET_KEY": _fernet_key(),
                 "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "30",
+                "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": self.database_url(),
             }
         )
         env.update(self.extra_env)
@@ -65,8 +73,26 @@ class Airflow(Service):
         except OSError:
             return False
 
+    def database_url(self) -> str:
+        login = _postgres_login()
+        return (
+            f"postgresql+psycopg2://{quote(login['login'], safe='')}:{quote(login['password'], safe='')}"
+            f"@{login['host']}:{login['port']}/{self.database}"
+        )
+
+    def create_database(self) -> None:
+        with _postgres_admin() as conn:
+            if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (self.database,)).fetchone():
+                conn.execute(f'CREATE DATABASE "{self.database}"')
+
+    def drop_database(self) -> None:
+        """Forget every run, connection and setting of this instance (tests start fresh)."""
+        with _postgres_admin() as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{self.database}" WITH (FORCE)')
+
     def start(self) -> None:
         self.home.mkdir(parents=True, exist_ok=True)
+        self.create_database()
         env = self.env()
         self.process.spawn([str(VENV_BIN / "airflow"), "standalone"], env=env, cwd=self.dir)
         wait_until(self.ready, timeout=180, what="Airflow API server")
@@ -82,6 +108,22 @@ class Airflow(Service):
 
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+
+def _postgres_login() -> dict:
+    from devstack.services.postgres import Postgres
+
+    return Postgres().connections()["dbops_postgres"]
+
+
+def _postgres_admin():
+    import psycopg
+
+    login = _postgres_login()
+    return psycopg.connect(
+        host=login["host"], port=login["port"], user=login["login"], password=login["password"],
+        dbname="postgres", autocommit=True,
+    )
 
 
 def _fernet_key() -> str:

@@ -49,10 +49,14 @@ def pg_bin() -> Path:
 
 
 class Postgres(Service):
+    """The shared server; a scratch one for benchmarks: ``Postgres(name="postgres-bench", port=55442)``
+    (same superuser password, its own cluster under ``<state>/<name>/``)."""
+
     name = "postgres"
     port = 55432
 
-    def __init__(self) -> None:
+    def __init__(self, name: str = "postgres", port: int = 55432) -> None:
+        self.name, self.port = name, port
         super().__init__()
         self.data = self.dir / "data"
         self.sockets = self.dir / "run"

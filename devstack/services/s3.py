@@ -32,10 +32,15 @@ PORTS = {"master": 19333, "volume": 18080, "filer": 18888, "s3": 18333}
 
 
 class S3(Service):
+    """The shared gateway; a scratch one for benchmarks with other ports and bigger volumes:
+    ``S3(name="s3-bench", ports={...}, volume_size_mb=1024)`` (ports below 55535, gRPC = +10000)."""
+
     name = "s3"
     port = PORTS["s3"]
 
-    def __init__(self) -> None:
+    def __init__(self, name: str = "s3", ports: dict[str, int] = PORTS, volume_size_mb: int = 64) -> None:
+        self.name, self.ports, self.volume_size_mb = name, dict(ports), volume_size_mb
+        self.port = self.ports["s3"]
         super().__init__()
         self.data = self.dir / "data"
         self.identities = self.dir / "s3.json"
@@ -66,15 +71,15 @@ class S3(Service):
                     str(WEED), "server",
                     "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
                     f"-dir={self.data}",
-                    f"-master.port={PORTS['master']}",
-                    "-master.volumeSizeLimitMB=64",
+                    f"-master.port={self.ports['master']}",
+                    f"-master.volumeSizeLimitMB={self.volume_size_mb}",
                     "-master.telemetry=false",
                     "-master.electionTimeout=2s",  # one master: a restart elects it sooner
-                    f"-volume.port={PORTS['volume']}",
+                    f"-volume.port={self.ports['volume']}",
                     "-volume.max=20",
                     "-volume.preStopSeconds=1",  # default 10 s of draining on SIGTERM
-                    "-filer", f"-filer.port={PORTS['filer']}",
-                    "-s3", f"-s3.port={PORTS['s3']}",
+                    "-filer", f"-filer.port={self.ports['filer']}",
+                    "-s3", f"-s3.port={self.ports['s3']}",
                     "-s3.port.iceberg=0", "-s3.port.lance=0",
                     f"-s3.config={self.identities}",
                 ],

@@ -50,8 +50,6 @@ class DbopsAlert(BaseNotifier):
         }
 
     def notify(self, context: Any) -> None:
-        from airflow.sdk import BaseHook
-
         from dbops import connections
         from dbops.dagkit import runtime_config
 
@@ -61,10 +59,21 @@ class DbopsAlert(BaseNotifier):
         if not connections.connection_exists(conn_id):
             log.info("no Airflow connection %r: the alert is in this log only", conn_id)
             return
-        import requests
+        post_alert(conn_id, body, self.timeout_s)
 
-        conn = BaseHook.get_connection(conn_id)
-        headers = {"Authorization": f"Bearer {conn.password}"} if conn.password else {}
-        response = requests.post(webhook_url(conn), json=body, headers=headers, timeout=self.timeout_s)
+
+def post_alert(conn_id: str, body: dict[str, Any], timeout_s: float) -> None:
+    """POST ``body`` as JSON to the HTTP connection ``conn_id`` (its password as a Bearer token)."""
+    import requests
+    from airflow.sdk import BaseHook
+
+    conn = BaseHook.get_connection(conn_id)
+    headers = {"Authorization": f"Bearer {conn.password}"} if conn.password else {}
+    try:
+        response = requests.post(webhook_url(conn), json=body, headers=headers, timeout=timeout_s)
         response.raise_for_status()
-        log.info("alert sent to connection %r (HTTP %s)", conn_id, response.status_code)
+    except requests.RequestException as exc:
+        # requests names the URL, and a webhook URL often holds its token: say only what failed
+        status = f"HTTP {exc.response.status_code}" if exc.response is not None else type(exc).__name__
+        raise RuntimeError(f"alert POST to connection {conn_id!r} failed: {status}") from None
+    log.info("alert sent to connection %r (HTTP %s)", conn_id, response.status_code)

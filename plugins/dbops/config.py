@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 ENV_PREFIX = "DBOPS_"
 CONFIG_FILE_ENV = "DBOPS_CONFIG"
@@ -67,6 +67,8 @@ class Connections(_Section):
     offsite_ssh: str = "dbops_offsite_ssh"
     # optional HTTP webhook for alerts of dbops checks; no connection: alerts go to the task log only
     alerts: str = "dbops_alerts"
+    # SMTP server for run alerts by e-mail (used only when notify.email_to names someone)
+    smtp: str = "dbops_smtp"
     # optional, read by dbops_bootstrap: the platform's initial admin account (login,
     # password, extra {"email": ...}) and the Mongo application user (login, password)
     platform_admin: str = "dbops_platform_admin"
@@ -97,6 +99,21 @@ class BackupSettings(_Section):
     @classmethod
     def _safe_root(cls, root: Path) -> Path:
         return checked_backup_root(root)
+
+    @field_validator("allowed_base")
+    @classmethod
+    def _safe_base(cls, base: Path | None) -> Path | None:
+        if base is None:
+            return None
+        if not base.is_absolute():
+            raise ValueError(f"must be an absolute path, got {str(base)!r}")
+        return Path(os.path.normpath(base))
+
+    @model_validator(mode="after")
+    def _root_inside_base(self) -> BackupSettings:
+        if self.allowed_base is not None and not self.root.is_relative_to(self.allowed_base):
+            raise ValueError(f"backup.root {str(self.root)!r} is outside backup.allowed_base {str(self.allowed_base)!r}")
+        return self
 
 
 class PostgresSettings(_Section):
@@ -413,6 +430,86 @@ class RestoreSettings(_Section):
         return normal
 
 
+_EMAIL = re.compile(r"^[^@\s,;<>\"]+@[^@\s,;<>\"]+\.[^@\s,;<>\"]+$")
+_KAFKA_TOPIC = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
+_MONGO_COLLECTION = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,119}$")
+RUN_OUTCOMES = ("failed", "success")
+
+
+class ExecutorSettings(_Section):
+    # Executor queue (Celery, Kubernetes) of each store's heavy tasks; a store not listed
+    # uses Airflow's [operators] default_queue.
+    queues: dict[Store, str] = Field(default_factory=dict)
+
+    @field_validator("queues")
+    @classmethod
+    def _queue_names(cls, queues: dict[Store, str]) -> dict[Store, str]:
+        for store, queue in queues.items():
+            if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", queue):
+                raise ValueError(f"queue of {store.value} must be 1-64 letters, digits, '_', '.' or '-', got {queue!r}")
+        return queues
+
+
+class NotifySettings(_Section):
+    """Run alerts and run-summary events, sent by every dbops DAG when a run ends.
+
+    Off by default: a failed run only writes a ``DBOPS ALERT`` line to the log.
+    """
+
+    # which run outcomes alert (the log line, e-mail, webhook)
+    alert_on: list[str] = Field(default_factory=lambda: ["failed"])
+    # e-mail through the smtp provider (connection ``connections.smtp``); off while empty
+    email_to: list[str] = Field(default_factory=list)
+    email_from: str | None = None  # None: the smtp connection's from_email
+    # a JSON POST to the HTTP connection ``connections.alerts``
+    webhook: bool = False
+    # a summary event of every run (JSON) to this Kafka topic (connection ``connections.kafka``)
+    kafka_events: bool = False
+    kafka_topic: str = "system-logs"
+    # ... and as a document into this collection of ``mongo.database`` (connection ``connections.mongo``)
+    mongo_events: bool = False
+    mongo_collection: str = "system_logs"
+    # how long one delivery may take before it counts as failed
+    timeout_s: float = Field(10.0, gt=0, le=300)
+
+    @field_validator("alert_on")
+    @classmethod
+    def _outcomes(cls, outcomes: list[str]) -> list[str]:
+        unknown = [o for o in outcomes if o not in RUN_OUTCOMES]
+        if unknown or len(set(outcomes)) != len(outcomes):
+            raise ValueError(f"expected distinct outcomes among {list(RUN_OUTCOMES)}, got {outcomes}")
+        return outcomes
+
+    @field_validator("email_to")
+    @classmethod
+    def _recipients(cls, addresses: list[str]) -> list[str]:
+        bad = [a for a in addresses if not _EMAIL.match(a)]
+        if bad:
+            raise ValueError(f"not e-mail addresses: {bad}")
+        return addresses
+
+    @field_validator("email_from")
+    @classmethod
+    def _sender(cls, address: str | None) -> str | None:
+        if address is not None and not _EMAIL.match(address):
+            raise ValueError(f"{address!r} is not an e-mail address")
+        return address
+
+    @field_validator("kafka_topic")
+    @classmethod
+    def _topic(cls, topic: str) -> str:
+        if not _KAFKA_TOPIC.match(topic) or topic in (".", ".."):
+            raise ValueError(f"{topic!r} is not a Kafka topic name (letters, digits, . _ -)")
+        return topic
+
+    @field_validator("mongo_collection")
+    @classmethod
+    def _collection(cls, name: str) -> str:
+        if not _MONGO_COLLECTION.match(name) or name.startswith("system."):
+            raise ValueError(f"{name!r} is not a usable MongoDB collection name")
+        return name
+
+
 class DbopsConfig(_Section):
     connections: Connections = Connections()
     schedules: Schedules = Schedules()
@@ -427,6 +524,8 @@ class DbopsConfig(_Section):
     monitor: MonitorSettings = MonitorSettings()
     health: HealthSettings = HealthSettings()
     restore: RestoreSettings = RestoreSettings()
+    notify: NotifySettings = NotifySettings()
+    executor: ExecutorSettings = ExecutorSettings()
 
     def with_overrides(self, overrides: Mapping[str, Any] | None) -> DbopsConfig:
         """A new config with nested ``overrides`` applied (validated like the rest)."""

@@ -6,6 +6,7 @@ the hooks and clients: nothing here logs or returns a password.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -14,9 +15,43 @@ from airflow.sdk import BaseHook
 from airflow.sdk.exceptions import AirflowNotFoundException
 
 
+def get_connection(conn_id: str):
+    """The Airflow connection; a malformed ``AIRFLOW_CONN_<ID>`` is named as such.
+
+    Airflow's secrets backends skip a value they cannot parse and then report the
+    connection as not defined, which sends the operator looking for the wrong problem.
+    """
+    try:
+        return BaseHook.get_connection(conn_id)
+    except AirflowNotFoundException:
+        variable = f"AIRFLOW_CONN_{conn_id.upper()}"
+        raw = os.environ.get(variable)
+        if raw is not None:
+            problem = _parse_problem(raw, conn_id)
+            if problem:
+                # the parser's message names the bad part (a port, the JSON position), not the password
+                raise ValueError(
+                    f"Airflow connection {conn_id!r}: environment variable {variable} is malformed: {problem}"
+                ) from None
+        raise
+
+
+def _parse_problem(raw: str, conn_id: str) -> str | None:
+    from airflow.sdk.definitions.connection import Connection
+
+    try:
+        if raw.lstrip().startswith("{"):
+            Connection.from_json(raw, conn_id=conn_id)
+        else:
+            Connection.from_uri(raw, conn_id=conn_id)
+    except Exception as exc:  # any parse error
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
 def connection_exists(conn_id: str) -> bool:
     try:
-        BaseHook.get_connection(conn_id)
+        get_connection(conn_id)
     except AirflowNotFoundException:
         return False
     return True
@@ -25,7 +60,7 @@ def connection_exists(conn_id: str) -> bool:
 def optional(conn_id: str):
     """The Airflow connection, or None when it is not defined (an optional feature is off)."""
     try:
-        return BaseHook.get_connection(conn_id)
+        return get_connection(conn_id)
     except AirflowNotFoundException:
         return None
 
@@ -43,6 +78,7 @@ def postgres(conn_id: str, database: str | None = None) -> Iterator:
     """A psycopg 3 connection (autocommit off) to ``database`` or the connection's own."""
     from airflow.providers.postgres.hooks.postgres import PostgresHook
 
+    get_connection(conn_id)
     hook = PostgresHook(postgres_conn_id=conn_id, **({"database": database} if database else {}))
     conn = hook.get_conn()
     try:
@@ -56,6 +92,7 @@ def mongo(conn_id: str, default_database: str) -> Iterator:
     """The platform database (the connection's schema, else the configured name)."""
     from airflow.providers.mongo.hooks.mongo import MongoHook
 
+    get_connection(conn_id)
     hook = MongoHook(mongo_conn_id=conn_id)
     client = hook.get_conn()
     try:
@@ -68,6 +105,7 @@ def mongo(conn_id: str, default_database: str) -> Iterator:
 def redis(conn_id: str) -> Iterator:
     from airflow.providers.redis.hooks.redis import RedisHook
 
+    get_connection(conn_id)
     client = RedisHook(redis_conn_id=conn_id).get_conn()
     try:
         yield client
@@ -79,6 +117,7 @@ def kafka_admin(conn_id: str):
     """A confluent-kafka AdminClient; keep a reference until its futures resolve."""
     from airflow.providers.apache.kafka.hooks.client import KafkaAdminClientHook
 
+    get_connection(conn_id)
     return KafkaAdminClientHook(kafka_config_id=conn_id).get_conn
 
 
@@ -93,7 +132,7 @@ def weaviate(conn_id: str) -> Iterator[WeaviateEndpoint]:
     """A requests session for the Weaviate REST API (API key from the connection password)."""
     import requests
 
-    conn = BaseHook.get_connection(conn_id)
+    conn = get_connection(conn_id)
     scheme = conn.schema or (conn.extra_dejson.get("scheme") if conn.extra else None) or "http"
     port = f":{conn.port}" if conn.port else ""
     session = requests.Session()
@@ -112,7 +151,7 @@ def endpoint(conn_id: str, store: str):
     """The connection as a :class:`dbops.backup.adapter.Endpoint` for the store's tools."""
     from dbops.backup.adapter import Endpoint
 
-    conn = BaseHook.get_connection(conn_id)
+    conn = get_connection(conn_id)
     if not conn.host:
         raise ValueError(f"Airflow connection {conn_id!r} has no host")
     return Endpoint(
@@ -130,6 +169,7 @@ def s3_client(conn_id: str):
     ``endpoint_url`` (MinIO, SeaweedFS) and ``config_kwargs`` from the connection."""
     from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 
+    get_connection(conn_id)
     return S3Hook(aws_conn_id=conn_id).get_conn()
 
 
@@ -145,6 +185,7 @@ def ssh_params(conn_id: str, connect_timeout: int = 15):
 
     from dbops.offsite.rsync import SSHParams
 
+    get_connection(conn_id)
     hook = SSHHook(ssh_conn_id=conn_id)
     extra = dict(BaseHook.get_connection(conn_id).extra_dejson or {})
     if extra.get("private_key_passphrase"):

@@ -1,14 +1,18 @@
 """Running the stores' command-line tools: output to the log, progress, clean failure.
 
 Secrets are passed by the caller through ``env`` or files, never argv. The child is
-killed if this process is interrupted (Airflow stopping the task), so no orphan keeps
-writing into a staging folder.
+killed if this process is interrupted (Airflow stopping the task), and on Linux also when
+this process dies without a chance to clean up (the worker SIGKILLed or OOM-killed): the
+kernel sends it SIGKILL (``PR_SET_PDEATHSIG``), so no orphan keeps writing into a staging
+folder.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
+import signal
 import subprocess
 import threading
 import time
@@ -19,8 +23,44 @@ from pathlib import Path
 LogFn = Callable[[str], None]
 
 
+_PR_SET_PDEATHSIG = 1
+try:  # resolved here, not in the child between fork and exec
+    _PRCTL = ctypes.CDLL(None, use_errno=True).prctl
+except (OSError, AttributeError):  # not Linux
+    _PRCTL = None
+
+
+def _die_with(parent_pid: int) -> Callable[[], None]:
+    """A preexec_fn: the child gets SIGKILL when the thread that started it dies."""
+
+    def arm() -> None:
+        _PRCTL(_PR_SET_PDEATHSIG, int(signal.SIGKILL))
+        if os.getppid() != parent_pid:  # the parent died before the line above
+            os._exit(128 + signal.SIGKILL)
+
+    return arm
+
+
 class ToolError(RuntimeError):
     """A tool exited non-zero (or could not be started); the message holds its last lines."""
+
+
+# A write that failed with less than this free where it wrote failed for lack of space
+# (tools word it in many ways: redis-cli "short write", mongodump "write error", ...).
+LOW_SPACE_BYTES = 1024 * 1024
+NO_SPACE = "No space left on device"
+
+
+def free_bytes(path: Path) -> int | None:
+    """Free bytes on the filesystem of ``path`` (or of its nearest existing parent)."""
+    for folder in (Path(path), *Path(path).parents):
+        try:
+            return shutil.disk_usage(folder).free
+        except FileNotFoundError:
+            continue
+        except OSError:
+            return None
+    return None
 
 
 def find_tool(name: str) -> str:
@@ -82,6 +122,7 @@ def run_tool(
             stdin=stdin_file or subprocess.DEVNULL,
             stdout=stdout_file or subprocess.PIPE,
             stderr=subprocess.PIPE,
+            preexec_fn=_die_with(os.getpid()) if _PRCTL is not None else None,
         )
     except OSError as exc:
         raise ToolError(f"{name} could not be started: {exc}") from exc
@@ -134,6 +175,9 @@ def run_tool(
             stdin_file.close()
     if proc.returncode != 0:
         detail = "\n".join(tail) or "(no output)"
+        free = None if progress_path is None else free_bytes(progress_path)
+        if free is not None and free < LOW_SPACE_BYTES:  # measured before the caller removes the partial file
+            detail += f"\n{NO_SPACE}: only {human_bytes(free)} free where {name} writes ({progress_path})"
         raise ToolError(f"{name} failed with exit code {proc.returncode}:\n{detail}")
     return b"".join(stdout_chunks).decode(errors="replace")
 

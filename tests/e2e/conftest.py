@@ -1,9 +1,11 @@
 """A real Airflow (``airflow standalone``: scheduler, dag-processor, API server, LocalExecutor)
-with the dbops DAGs and the local stores, on its own port and home, for end-to-end tests."""
+with the dbops DAGs and the local stores, on its own port, home and metadata database (on the
+local PostgreSQL), for end-to-end tests."""
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 import urllib.error
@@ -74,8 +76,18 @@ def backup_root(tmp_path_factory):
     return root
 
 
+# One port per concurrent test session (default 58090); the instance's folder follows it.
+E2E_PORT = int(os.environ.get("DBOPS_E2E_AIRFLOW_PORT", "58090"))
+
+
 @pytest.fixture(scope="module")
-def airflow_api(devstack, backup_root):
+def airflow_extra_env() -> dict[str, str]:
+    """More environment for the module's Airflow (a module overrides this fixture)."""
+    return {}
+
+
+@pytest.fixture(scope="module")
+def airflow_api(devstack, backup_root, airflow_extra_env):
     from devstack.core import load_secrets
     from devstack.services.airflow import Airflow
 
@@ -83,17 +95,22 @@ def airflow_api(devstack, backup_root):
     # Backups default to the stores that need no bootstrapped data, so the scheduled run an
     # unpause starts does not depend on which other tests ran first.
     instance = Airflow(
-        name="airflow-e2e",
-        port=58090,
+        name="airflow-e2e" if E2E_PORT == 58090 else f"airflow-e2e-{E2E_PORT}",
+        port=E2E_PORT,
         extra_env={
             "DBOPS_BACKUP__ROOT": str(backup_root),
             "DBOPS_BACKUP__STORES": '["redis", "kafka"]',
             "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
+            **airflow_extra_env,
         },
     )
-    shutil.rmtree(instance.dir, ignore_errors=True)  # a fresh metadata DB every time
-    instance.up()
+    instance.stop()  # left over by an interrupted session
+    shutil.rmtree(instance.dir, ignore_errors=True)  # a fresh home and metadata DB every time
+    instance.drop_database()
     try:
-        yield AirflowAPI(instance.url(), load_secrets()["airflow_admin"])
+        instance.up()
+        api = AirflowAPI(instance.url(), load_secrets()["airflow_admin"])
+        api.instance = instance  # for the CLI (`airflow backfill create`) with the same environment
+        yield api
     finally:
         instance.stop()

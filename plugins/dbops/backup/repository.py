@@ -8,6 +8,7 @@ Layout::
     <root>/<store>/[<subject>/]<backup_id>/<kind>.json   sidecar results (verify, drill, ...)
     <root>/<store>/[<subject>/].staging/<backup_id>.<random>/   being written
     <root>/<store>/[<subject>/].deleting/<backup_id>.<random>/  being removed
+    <root>/<store>/[<subject>/].lock                 held (flock) by the one writer of the series
 
 The one rule everything else follows: *a folder is a backup only if it holds a valid
 manifest*. The manifest lists every file with its size and sha256 and carries a sha256
@@ -22,8 +23,10 @@ Airflow logical date: a backfilled run cannot back up the past, and the name mus
 when the data was read. Ids sort chronologically; a second backup in the same second
 gets ``-2``, ``-3``...
 
-Writers on one series are serialised by Airflow (pools); staging names carry a random
-part anyway, so two writers can never clobber each other's files.
+Writers on one series are serialised by Airflow (pools) and, whatever runs them, by
+:meth:`BackupRepository.writer_lock` (an flock on ``<series>/.lock``): a second writer is
+refused, naming the holder. Staging names carry a random part too, so two writers can
+never clobber each other's files.
 
 No Airflow import here: the operators build on this.
 """
@@ -32,6 +35,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import fcntl
 import hashlib
 import json
 import os
@@ -40,6 +44,7 @@ import secrets
 import shutil
 import stat
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path, PurePosixPath
@@ -54,6 +59,7 @@ MANIFEST_FORMAT = "dbops-backup"
 MANIFEST_FORMAT_VERSION = 1
 STAGING_DIR = ".staging"
 DELETING_DIR = ".deleting"
+LOCK_FILE = ".lock"
 # Sidecars whose ``ok`` decides whether a backup still counts as verified.
 VERIFICATION_KINDS = ("verify", "drill")
 CHUNK_BYTES = 1024 * 1024
@@ -86,6 +92,10 @@ class UnsafePathError(RepositoryError, ValueError):
 
 class NotABackupError(RepositoryError):
     """A folder is not a complete, sealed backup (the message says why)."""
+
+
+class SeriesBusyError(RepositoryError):
+    """Another writer holds the series' lock; nothing was changed."""
 
 
 class BackupVerificationError(RepositoryError):
@@ -965,6 +975,37 @@ class BackupRepository:
 
     # ---------------------------------------------------------------- writing
 
+    @contextmanager
+    def writer_lock(self, store: str, subject: str | None = None, *, holder: str) -> Iterator[None]:
+        """Hold the series' writer lock for the block (sweep, begin, seal); refuse a second writer.
+
+        An flock on ``<series>/.lock`` (0600, inside the repository): the kernel releases it
+        when the holder dies, so a killed worker never leaves the series locked. A second
+        writer gets :class:`SeriesBusyError` at once, naming the holder, before it touches
+        anything (its task fails and Airflow's retry comes back later).
+        """
+        series = self._checked_series(store, subject, create=True)
+        assert series is not None
+        fd = os.open(series / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, FILE_MODE)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                current = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "unknown"
+                where = f"{store}/{subject}" if subject else store
+                raise SeriesBusyError(
+                    f"another backup of {where} is being written (by {current}); not starting a second one"
+                ) from None
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{holder}, pid {os.getpid()}".encode(), 0)
+            try:
+                yield
+            finally:
+                os.ftruncate(fd, 0)
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
+
     def begin(
         self,
         store: str,
@@ -1049,7 +1090,7 @@ class BackupRepository:
 
     def _entries(self, series: Path) -> list[str]:
         with os.scandir(series) as entries:
-            return sorted(e.name for e in entries if e.name not in (STAGING_DIR, DELETING_DIR))
+            return sorted(e.name for e in entries if e.name not in (STAGING_DIR, DELETING_DIR, LOCK_FILE))
 
     def list(self, store: str, subject: str | None = None) -> list[Backup]:
         """The complete backups of a series, oldest first (by finish time, then id).

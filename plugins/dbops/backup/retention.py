@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from dbops.backup.repository import Backup, BackupRepository, RepositoryError, as_utc
+from dbops.backup.repository import Backup, BackupRepository, RepositoryError, as_utc, checks_ok
 
 LogFn = Callable[[str], None]
 
@@ -144,6 +144,11 @@ def apply_retention(
     listed, verified backup of this series that the policy keeps: expiry happens only
     after this run's new backup succeeded. Deletions happen oldest first; each goes
     through :meth:`BackupRepository.delete`, which re-checks the folder.
+
+    Before anything is deleted, the backups that make others obsolete (the newest
+    ``min_keep`` verified ones) are re-read against their manifests: one that changed on
+    disk since it was sealed (a flipped byte) gets a failed "verify" result recorded, no
+    longer counts, and the decisions are made again without it.
     """
     say = log or (lambda _msg: None)
     backups = repo.list(store, subject)
@@ -159,6 +164,15 @@ def apply_retention(
             f"retention of {where} not applied: new backup {new_backup_id} failed verification, nothing deleted"
         )
     decisions = policy.evaluate(backups, now)
+    if any(not d.keep for d in decisions) and _distrust_changed_witnesses(repo, backups, policy, where, say):
+        backups = repo.list(store, subject)
+        decisions = policy.evaluate(backups, now)
+        new = next((b for b in backups if b.backup_id == new_backup_id), None)
+        if new is None or not new.verified:
+            raise RetentionRefused(
+                f"retention of {where} not applied: new backup {new_backup_id} no longer matches its manifest, "
+                "nothing deleted"
+            )
     if any(d.backup.backup_id == new.backup_id and not d.keep for d in decisions):
         raise RetentionRefused(
             f"retention of {where} not applied: new backup {new_backup_id} would itself be obsolete "
@@ -173,3 +187,25 @@ def apply_retention(
             repo.delete(d.backup)
             say(f"deleted {where} {d.backup.backup_id}: {d.reason}")
     return decisions
+
+
+def _distrust_changed_witnesses(
+    repo: BackupRepository, backups: list[Backup], policy: RetentionPolicy, where: str, say: LogFn
+) -> bool:
+    """Re-read the newest ``min_keep`` verified backups (every obsolete backup has them all
+    newer than itself); record a failed "verify" on each that no longer matches its
+    manifest, and go on to the next verified one in its place. True if any was recorded."""
+    distrusted = False
+    trusted = 0
+    for backup in sorted((b for b in backups if b.verified), key=lambda b: b.sort_key, reverse=True):
+        if trusted == policy.min_keep:
+            break
+        checks = repo.verify(backup)
+        if checks_ok(checks):
+            trusted += 1
+            continue
+        failed = "; ".join(f"{c['name']}: {c['detail']}" for c in checks if not c["ok"])
+        repo.record(backup, "verify", {"ok": False, "detail": failed, "checks": checks})
+        say(f"{where} {backup.backup_id} no longer matches its manifest, not counted as a good backup: {failed}")
+        distrusted = True
+    return distrusted

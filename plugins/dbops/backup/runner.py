@@ -3,6 +3,7 @@
 Pure Python (no Airflow import): the Airflow tasks call these with an adapter.
 
 Order, for one series:
+0. hold the series' writer lock (a second writer of the same series is refused);
 1. sweep stale staging left by a killed worker;
 2. if this run already made a complete backup of the series, stop (a rerun of a run
    whose backup is complete does nothing, unless ``force``);
@@ -14,19 +15,58 @@ Retention is a separate step that refuses to run without this run's verified bac
 
 from __future__ import annotations
 
+import errno
 import json
+import os
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
+from pathlib import Path
 
 from dbops.backup.adapter import BackupAdapter
-from dbops.backup.repository import Backup, BackupRepository
+from dbops.backup.repository import Backup, BackupRepository, RepositoryError
 from dbops.backup.retention import RetentionPolicy, RetentionRefused, apply_retention
-from dbops.tools import human_bytes
+from dbops.tools import LOW_SPACE_BYTES, NO_SPACE, free_bytes, human_bytes
 
 LogFn = Callable[[str], None]
 DESCRIPTION_FILE = "source_description.json"
+_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+_SPACE_WORDS = (NO_SPACE, "Disk quota exceeded", "File too large")
+
+
+class BackupSpaceError(RepositoryError):
+    """The backup filesystem ran out of space (or quota) while a backup was written."""
+
+
+def _space_problem(exc: BaseException, folder: os.PathLike[str] | str) -> str | None:
+    """Why ``exc`` looks like a full backup filesystem, or None."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in _SPACE_ERRNOS:
+            return os.strerror(seen.errno)
+        seen = seen.__cause__ or seen.__context__
+    word = next((w for w in _SPACE_WORDS if w.lower() in str(exc).lower()), None)
+    if word:
+        return word
+    free = free_bytes(Path(folder))
+    return f"only {human_bytes(free)} left free" if free is not None and free < LOW_SPACE_BYTES else None
+
+
+def _space_error(exc: Exception, repo: BackupRepository, folder: os.PathLike[str], where: str) -> BackupSpaceError | None:
+    """A clear error when ``exc`` came from a full backup filesystem (measured before the
+    partial backup is removed), else None."""
+    problem = _space_problem(exc, folder)
+    if problem is None:
+        return None
+    usage = shutil.disk_usage(folder)
+    return BackupSpaceError(
+        f"{where}: backup failed, the backup filesystem is full ({problem}; now {human_bytes(usage.free)} "
+        f"free of {human_bytes(usage.total)} at {repo.root}). The partial backup is removed, older backups are "
+        f"untouched, retention does not run. Free space or grow the filesystem, then clear the task. "
+        f"The failure: {exc}"
+    )
 
 
 @dataclass(frozen=True)
@@ -81,20 +121,27 @@ def take_backup(
     stale_staging: timedelta,
     log: LogFn,
 ) -> BackupOutcome:
-    for removed in repo.sweep(store, subject, older_than=stale_staging):
-        log(f"swept stale staging folder {removed}")
-    existing = repo.find_by_run(store, subject, run_id, dag_id=dag_id)
-    if existing is not None and not force:
-        outcome = _outcome(existing, 0.0, reused=True)
-        log(outcome.summary() + " (Param force takes another)")
-        return outcome
-    started = time.monotonic()
-    with repo.begin(store, subject, run_id=run_id, dag_id=dag_id, logical_date=logical_date) as staging:
-        log(f"writing into staging folder {staging.path}")
-        result = adapter.dump(staging.path, log)
-        description = adapter.describe(log)
-        (staging.path / DESCRIPTION_FILE).write_text(json.dumps(description, indent=1, sort_keys=True, default=str))
-        backup = staging.seal(result, check=lambda path, draft: adapter.check(path, draft, log))
+    with repo.writer_lock(store, subject, holder=f"{dag_id} run {run_id}"):
+        for removed in repo.sweep(store, subject, older_than=stale_staging):
+            log(f"swept stale staging folder {removed}")
+        existing = repo.find_by_run(store, subject, run_id, dag_id=dag_id)
+        if existing is not None and not force:
+            outcome = _outcome(existing, 0.0, reused=True)
+            log(outcome.summary() + " (Param force takes another)")
+            return outcome
+        started = time.monotonic()
+        with repo.begin(store, subject, run_id=run_id, dag_id=dag_id, logical_date=logical_date) as staging:
+            log(f"writing into staging folder {staging.path}")
+            try:
+                result = adapter.dump(staging.path, log)
+                description = adapter.describe(log)
+                (staging.path / DESCRIPTION_FILE).write_text(json.dumps(description, indent=1, sort_keys=True, default=str))
+                backup = staging.seal(result, check=lambda path, draft: adapter.check(path, draft, log))
+            except Exception as exc:
+                full = _space_error(exc, repo, staging.path, f"{store}/{subject}" if subject else store)
+                if full is None:
+                    raise
+                raise full from exc
     outcome = _outcome(backup, time.monotonic() - started, reused=False)
     log(outcome.summary())
     return outcome

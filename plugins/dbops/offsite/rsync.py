@@ -347,9 +347,10 @@ class RsyncTarget:
 
     def catalog(self, log: LogFn) -> Catalog:
         """Every backup folder's file sizes (one remote ``find``), and the complete
-        backups, judged from their manifests and envelopes mirrored by rsync."""
+        backups, judged from their manifests and envelopes mirrored by rsync. Read-only:
+        a target root that does not exist yet is an empty catalog."""
         script = (
-            f"umask 077 && mkdir -p -- {_q(self.root)} && cd -- {_q(self.root)} && "
+            f"test -d {_q(self.root)} || exit 0; cd -- {_q(self.root)} && "
             f"find . -name {DELETING_DIR} -prune -o -path '*/{STAGING_DIR}/*' -prune -printf 'S %T@ %P\\0' "
             "-o -type f -printf 'F %s %P\\0'"
         )

@@ -307,6 +307,16 @@ class RedisBackup:
         return checks
 
     def describe(self, log: LogFn, *, match: str | None = None, prefix: str | None = None) -> dict[str, Any]:
+        """:meth:`_describe`; a server that went away meanwhile is a ToolError naming it."""
+        try:
+            return self._describe(log, match=match, prefix=prefix)
+        except redis.RedisError as exc:
+            raise ToolError(
+                f"redis at {self.endpoint.host}:{self.endpoint.port}: describing the live store failed: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
+
+    def _describe(self, log: LogFn, *, match: str | None, prefix: str | None) -> dict[str, Any]:
         """Key counts per database and a deterministic sample of keys: type, expiry flag, value digest.
 
         ``prefix`` (a literal) or ``match`` (a SCAN MATCH glob) restricts the keys looked at.

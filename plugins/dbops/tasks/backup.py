@@ -12,7 +12,7 @@ from airflow.sdk.exceptions import AirflowSkipException
 
 from dbops import connections
 from dbops.config import DbopsConfig
-from dbops.dagkit import BACKUP_ASSETS, runtime_config, selected_params
+from dbops.dagkit import BACKUP_ASSETS, on_store, runtime_config, selected_params
 
 log = logging.getLogger(__name__)
 GLOBALS_SUBJECT = "_globals"
@@ -38,6 +38,8 @@ def plan() -> dict:
     params, dag_run = context["params"], context["dag_run"]
     config = _run_config(params)
     repo = repository(config)  # refuses an unsafe root before anything is written
+    if "postgres" in params["stores"]:
+        _check_database_names(config.postgres.databases or [])
     if str(dag_run.run_type).lower().endswith("backfill") and not params["force"]:
         newest = {}
         for store in params["stores"]:
@@ -75,10 +77,9 @@ def _take(store: str, subject: str | None, make_adapter: Callable[[DbopsConfig],
     return outcome.to_dict()
 
 
-@task(pool="dbops_postgres")
+@task(**on_store("postgres"))
 def postgres_databases() -> list[str]:
     """The databases to back up: the configured list, else every database of the server."""
-    from dbops.backup.repository import check_subject_name
     from dbops.stores.postgres_backup import pg_connect
 
     selected_params("postgres")
@@ -91,6 +92,14 @@ def postgres_databases() -> list[str]:
                 "SELECT datname FROM pg_database WHERE datallowconn AND NOT datistemplate ORDER BY datname"
             ).fetchall()
         databases = [r[0] for r in rows]
+    _check_database_names(databases)
+    log.info("databases to back up: %s", databases)
+    return databases
+
+
+def _check_database_names(databases: list[str]) -> None:
+    from dbops.backup.repository import check_subject_name
+
     for name in databases:
         try:
             check_subject_name(name)
@@ -99,11 +108,9 @@ def postgres_databases() -> list[str]:
                 f"database {name!r} cannot name a backup series (lower-case letters, digits, _ . -); "
                 "list the databases to back up in postgres.databases"
             ) from None
-    log.info("databases to back up: %s", databases)
-    return databases
 
 
-@task(pool="dbops_postgres", map_index_template="{{ database }}")
+@task(**on_store("postgres"), map_index_template="{{ database }}")
 def backup_postgres(database: str) -> dict:
     """pg_dump -Fd -j of one database, verified (sha256 + pg_restore --list) before it is visible."""
     from dbops.stores.postgres_backup import PostgresDatabaseBackup
@@ -117,7 +124,7 @@ def backup_postgres(database: str) -> dict:
     return _take("postgres", database, adapter)
 
 
-@task(pool="dbops_postgres")
+@task(**on_store("postgres"))
 def backup_postgres_globals() -> dict:
     """pg_dumpall --globals-only: roles and tablespaces, which per-database dumps lack."""
     from dbops.stores.postgres_backup import PostgresGlobalsBackup
@@ -130,7 +137,7 @@ def backup_postgres_globals() -> dict:
     )
 
 
-@task(pool="dbops_mongo")
+@task(**on_store("mongo"))
 def backup_mongo() -> dict:
     """mongodump --archive --gzip (--oplog on a replica set), credentials in a 0600 --config file."""
     from dbops.stores.mongo_backup import MongoBackup
@@ -143,7 +150,7 @@ def backup_mongo() -> dict:
     )
 
 
-@task(pool="dbops_redis")
+@task(**on_store("redis"))
 def backup_redis() -> dict:
     """redis-cli --rdb (a forked, non-blocking snapshot; never SAVE), checked by redis-check-rdb."""
     from dbops.stores.redis_backup import RedisBackup
@@ -158,7 +165,7 @@ def backup_redis() -> dict:
     )
 
 
-@task(pool="dbops_kafka")
+@task(**on_store("kafka"))
 def backup_kafka() -> dict:
     """Topic definitions, configs and consumer group offsets as JSON."""
     from dbops.stores.kafka_backup import KafkaBackup
@@ -173,7 +180,7 @@ def backup_kafka() -> dict:
     )
 
 
-@task(pool="dbops_weaviate")
+@task(**on_store("weaviate"))
 def backup_weaviate() -> dict:
     """Weaviate's backup REST API (create, poll with a timeout); skipped when not configured."""
     from dbops.stores.weaviate_backup import WeaviateBackup

@@ -14,7 +14,7 @@ from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from dbops import connections
 from dbops.config import DbopsConfig
-from dbops.dagkit import runtime_config, selected_params
+from dbops.dagkit import on_store, runtime_config, selected_params
 from dbops.report import StoreReport
 from dbops.sqlfiles import load_spec
 
@@ -46,7 +46,7 @@ def _finish(report: StoreReport) -> dict:
     return report.to_dict()
 
 
-@task(pool="dbops_postgres")
+@task(**on_store("postgres"))
 def bootstrap_postgres() -> dict:
     """Versioned migrations (extensions, schemas, tables, indexes), then the ANN index, then
     the initial admin when a ``dbops_platform_admin`` connection exists (password hashed)."""
@@ -62,7 +62,7 @@ def bootstrap_postgres() -> dict:
         return _finish(report)
 
 
-@task(pool="dbops_mongo")
+@task(**on_store("mongo"))
 def bootstrap_mongo() -> dict:
     """Collections and indexes (TTL included) from include/scripts/mongo_collections.json,
     and the application user when a ``dbops_mongo_app`` connection exists."""
@@ -77,7 +77,7 @@ def bootstrap_mongo() -> dict:
         return _finish(report)
 
 
-@task(pool="dbops_weaviate")
+@task(**on_store("weaviate"))
 def bootstrap_weaviate() -> dict:
     """Classes and properties from include/scripts/weaviate_schema.json, over REST."""
     from dbops.stores import weaviate
@@ -89,7 +89,7 @@ def bootstrap_weaviate() -> dict:
         return _finish(weaviate.bootstrap(api.session, api.base_url, spec, dry_run=params["dry_run"]))
 
 
-@task(pool="dbops_redis")
+@task(**on_store("redis"))
 def bootstrap_redis() -> dict:
     """Checks maxmemory, eviction policy and AOF; CONFIG SET only with apply_redis_settings."""
     from dbops.stores import redis
@@ -102,7 +102,7 @@ def bootstrap_redis() -> dict:
         return _finish(report)
 
 
-@task(pool="dbops_kafka")
+@task(**on_store("kafka"))
 def bootstrap_kafka() -> dict:
     """Topics with partitions, replication factor (from config) and topic configs."""
     from dbops.stores import kafka

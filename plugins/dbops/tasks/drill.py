@@ -15,7 +15,7 @@ from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from dbops import connections
 from dbops.config import DbopsConfig
-from dbops.dagkit import runtime_config, selected_params
+from dbops.dagkit import on_store, runtime_config, selected_params
 from dbops.tasks.backup import repository
 
 log = logging.getLogger(__name__)
@@ -102,7 +102,7 @@ def _drill(store: str, subject: str | None, planned: dict, make: Callable) -> di
     return result
 
 
-@task(pool="dbops_postgres", map_index_template="{{ subject }}")
+@task(**on_store("postgres"), map_index_template="{{ subject }}")
 def drill_postgres(subject: str, planned: dict) -> dict:
     """pg_restore -j into scratch database dbops_drill_<db>_<id>, compare, drop it (_globals: roles compared)."""
     from dbops.backup import restore as r
@@ -117,7 +117,7 @@ def drill_postgres(subject: str, planned: dict) -> dict:
     return _drill("postgres", subject, planned, make)
 
 
-@task(pool="dbops_mongo")
+@task(**on_store("mongo"))
 def drill_mongo(planned: dict) -> dict:
     """mongorestore --nsFrom/--nsTo into scratch database dbops_drill_<db>_<id>, compare, drop it."""
     from dbops.backup import restore as r
@@ -133,7 +133,7 @@ def drill_mongo(planned: dict) -> dict:
     return _drill("mongo", None, planned, make)
 
 
-@task(pool="dbops_redis")
+@task(**on_store("redis"))
 def drill_redis(planned: dict) -> dict:
     """Load the RDB into a scratch redis-server on 127.0.0.1, compare keys and values, stop it."""
     from dbops.backup import restore as r
@@ -147,7 +147,7 @@ def drill_redis(planned: dict) -> dict:
     return _drill("redis", None, planned, make)
 
 
-@task(pool="dbops_kafka")
+@task(**on_store("kafka"))
 def drill_kafka(planned: dict) -> dict:
     """Recreate every topic as dbops_drill_<id>_<topic>, compare partitions and configs, delete them."""
     from dbops.backup import restore as r

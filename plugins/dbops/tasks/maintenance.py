@@ -20,7 +20,7 @@ from airflow.sdk.exceptions import AirflowFailException
 
 from dbops import connections
 from dbops.config import ConfigError, DbopsConfig
-from dbops.dagkit import runtime_config
+from dbops.dagkit import on_store, runtime_config
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +147,7 @@ def plan() -> dict:
             "vacuum_full_tables": m.vacuum_full_tables, "reindex_schemas": m.reindex_schemas}
 
 
-@task(pool="dbops_postgres")
+@task(**on_store("postgres"))
 def drop_invalid_indexes() -> dict:
     """DROP INDEX CONCURRENTLY of invalid _ccnew/_ccold leftovers; other invalid indexes reported."""
     from dbops.maintenance.postgres import drop_invalid_leftovers
@@ -164,7 +164,7 @@ def drop_invalid_indexes() -> dict:
     return summary
 
 
-@task(pool="dbops_postgres")
+@task(**on_store("postgres"))
 def vacuum_analyze() -> dict:
     """VACUUM (ANALYZE) of tables over the dead-tuple or age thresholds; ANALYZE of stale ones."""
     from dbops.maintenance.postgres import vacuum_phase
@@ -172,7 +172,7 @@ def vacuum_analyze() -> dict:
     return _each_database("vacuum_analyze", lambda ctx, entries: entries.extend(vacuum_phase(ctx)))
 
 
-@task(pool="dbops_postgres")
+@task(**on_store("postgres"))
 def reindex() -> dict:
     """REINDEX INDEX CONCURRENTLY: retries from the cleanup, bloated indexes, listed schemas."""
     from dbops.maintenance.postgres import reindex_phase
@@ -187,7 +187,7 @@ def reindex() -> dict:
     return _each_database("reindex", work)
 
 
-@task(pool="dbops_postgres")
+@task(**on_store("postgres"))
 def vacuum_full() -> dict:
     """VACUUM (FULL, ANALYZE) of the listed tables only, each bounded by lock_timeout."""
     from dbops.maintenance.journal import FAILED, Entry
@@ -220,7 +220,7 @@ def vacuum_full() -> dict:
     return summary
 
 
-@task(pool="dbops_postgres", trigger_rule="all_done")
+@task(**on_store("postgres"), trigger_rule="all_done")
 def report() -> dict:
     """Unused indexes and estimated bloat (stored and logged), the run's actions; fails if any failed."""
     from dbops.maintenance import postgres, reports

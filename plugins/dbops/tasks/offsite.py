@@ -68,7 +68,7 @@ def encryption(config: DbopsConfig):
         raise AirflowFailException(f"{config.offsite.encryption_key}: {exc}") from None
 
 
-def _connection_id(config: DbopsConfig, target: str) -> str:
+def target_connection_id(config: DbopsConfig, target: str) -> str:
     return config.connections.offsite_ssh if target == "rsync" else config.connections.s3
 
 
@@ -128,9 +128,9 @@ def plan() -> dict:
     config = _config(params)
     repo = repository(config)
     missing = [
-        f"{t}: no Airflow connection {_connection_id(config, t)!r}"
+        f"{t}: no Airflow connection {target_connection_id(config, t)!r}"
         for t in params["targets"]
-        if not connections.connection_exists(_connection_id(config, t))
+        if not connections.connection_exists(target_connection_id(config, t))
     ]
     if missing:
         raise AirflowFailException("offsite targets without a connection: " + "; ".join(missing))

@@ -14,7 +14,7 @@ from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from dbops import connections
 from dbops.config import DbopsConfig
-from dbops.dagkit import runtime_config
+from dbops.dagkit import on_store, runtime_config
 from dbops.tasks.backup import repository
 
 log = logging.getLogger(__name__)
@@ -188,7 +188,7 @@ def _restore(store: str, planned: dict) -> dict:
 def restore_task(store: str):
     """``restore_<store>``, in the store's pool; skipped unless the run restores ``store``."""
 
-    @task(task_id=f"restore_{store}", pool=f"dbops_{store}")
+    @task(task_id=f"restore_{store}", **on_store(store))
     def restore(planned: dict) -> dict:
         return _restore(store, planned)
 

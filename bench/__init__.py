@@ -1,0 +1,1 @@
+"""Benchmarks: the old cron scripts vs dbops, side by side (``python -m bench``)."""

@@ -1,0 +1,162 @@
+"""Timing, memory and statistics helpers (no knowledge of any store)."""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+
+class BenchError(RuntimeError):
+    """A measured command failed: the row fails, it never reports a number for it."""
+
+
+@dataclass
+class Run:
+    seconds: float
+    peak_rss_bytes: int
+    stdout: str = ""
+    extra: dict = field(default_factory=dict)
+
+    def json_tail(self) -> dict:
+        """The last stdout line of a worker, which is its JSON result."""
+        lines = [line for line in self.stdout.strip().splitlines() if line.startswith("{")]
+        if not lines:
+            raise BenchError(f"no JSON result in the output: {self.stdout[-2000:]}")
+        return json.loads(lines[-1])
+
+
+def _tree_rss(proc) -> int:
+    import psutil
+
+    total = 0
+    try:
+        members = [proc, *proc.children(recursive=True)]
+    except psutil.Error:
+        return 0
+    for member in members:
+        try:
+            total += member.memory_info().rss
+        except psutil.Error:
+            pass
+    return total
+
+
+def run_measured(
+    argv: Sequence[str],
+    *,
+    env: dict[str, str],
+    what: str,
+    cwd: str | None = None,
+    sample_every: float = 0.05,
+    on_line: Callable[[str], None] | None = None,
+) -> Run:
+    """Run ``argv`` to its end: wall seconds and peak RSS of its whole process tree
+    (sampled every ``sample_every`` s with psutil). A non-zero exit raises BenchError.
+    ``on_line`` sees each stdout line as it comes (markers of a worker's phases)."""
+    import psutil
+
+    started = time.perf_counter()
+    proc = subprocess.Popen(list(argv), env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    handle = psutil.Process(proc.pid)
+    peak = 0
+    out: list[str] = []
+    err: list[str] = []
+
+    def read_stdout() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            out.append(line)
+            if on_line:
+                on_line(line.rstrip("\n"))
+
+    def read_stderr() -> None:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            err.append(line)
+            del err[:-200]
+
+    readers = [threading.Thread(target=read_stdout, daemon=True), threading.Thread(target=read_stderr, daemon=True)]
+    for reader in readers:
+        reader.start()
+    while proc.poll() is None:
+        peak = max(peak, _tree_rss(handle))
+        time.sleep(sample_every)
+    seconds = time.perf_counter() - started
+    for reader in readers:
+        reader.join(timeout=30)
+    if proc.returncode != 0:
+        raise BenchError(f"{what} failed (exit {proc.returncode}): {''.join(err)[-3000:]}")
+    return Run(seconds=seconds, peak_rss_bytes=peak, stdout="".join(out))
+
+
+def summary(values: Sequence[float]) -> dict:
+    if not values:
+        raise BenchError("no measurement")
+    return {
+        "median": statistics.median(values),
+        "min": min(values),
+        "max": max(values),
+        "runs": [round(v, 6) for v in values],
+    }
+
+
+def alternating(repetitions: int, old: Callable[[], float], new: Callable[[], float]) -> tuple[list[float], list[float]]:
+    """``repetitions`` of each, side by side, the order alternating (old first on even
+    repetitions) so that a warm cache or a busy neighbour does not favour one side."""
+    olds: list[float] = []
+    news: list[float] = []
+    for index in range(repetitions):
+        if index % 2 == 0:
+            olds.append(old())
+            news.append(new())
+        else:
+            news.append(new())
+            olds.append(old())
+    return olds, news
+
+
+class LatencyProbe:
+    """A client doing one operation in a loop in a thread; records the latency of each
+    operation (and when it ended) so that a job's window can be cut out afterwards."""
+
+    def __init__(self, operation: Callable[[], None], name: str) -> None:
+        self.operation = operation
+        self.name = name
+        self.samples: list[tuple[float, float]] = []  # (end time, latency)
+        self.errors: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            started = time.perf_counter()
+            try:
+                self.operation()
+            except Exception as exc:  # a failing client is recorded; the window shows it
+                self.errors.append(f"{type(exc).__name__}: {exc}")
+                time.sleep(0.01)
+                continue
+            ended = time.perf_counter()
+            self.samples.append((ended, ended - started))
+
+    def __enter__(self) -> LatencyProbe:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=120)
+
+    def window(self, start: float, end: float) -> dict:
+        """Operations that ended in [start, end + worst]: the count and the longest wait.
+        An operation stuck across the end of the job counts with its full latency."""
+        inside = [(t, lat) for t, lat in self.samples if t >= start and t - lat <= end]
+        if not inside:
+            raise BenchError(f"{self.name}: no operation completed during the job")
+        return {"operations": len(inside), "worst_s": max(lat for _, lat in inside),
+                "errors": len(self.errors)}

@@ -1,0 +1,135 @@
+"""The dbops side of a pair, in its own process (so its whole process tree can be
+measured): the same calls the Airflow tasks make, with the connections and settings
+they would read (AIRFLOW_CONN_* and DBOPS_* in the environment).
+
+    python -m bench.worker ACTION '{"json": "arguments"}'
+
+Prints one JSON line with the result last. Actions:
+``pg_backup`` (what backup_postgres + backup_postgres_globals do), ``pg_restore`` (what
+restore_postgres does), ``redis_backup``, ``offsite`` (what ship_<target> does) and
+``dag_test`` (a whole DAG with ``dag.test()``, after an untimed warm-up run; it prints
+``JOB START`` / ``JOB END`` around the timed run).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import uuid
+from datetime import datetime, timedelta, timezone
+
+from bench import env  # noqa: F401  (puts the repository and plugins/ on sys.path)
+
+log = logging.getLogger("bench.worker")
+
+
+def _config(overrides: dict | None = None):
+    from dbops.config import load_config
+
+    return load_config().with_overrides(overrides)
+
+
+def _take(config, store: str, subject: str | None, adapter) -> dict:
+    """What tasks.backup._take does, for a run of the benchmark's own."""
+    from dbops.backup.runner import take_backup
+    from dbops.tasks.backup import repository
+
+    outcome = take_backup(
+        repository(config), adapter, store=store, subject=subject, run_id=f"bench__{uuid.uuid4().hex}",
+        dag_id="dbops_nightly_backup", logical_date=datetime.now(timezone.utc), force=False,
+        stale_staging=timedelta(hours=config.backup.stale_staging_hours), log=log.info,
+    )  # fmt: skip
+    return outcome.to_dict()
+
+
+def pg_backup(args: dict) -> dict:
+    from dbops import connections
+    from dbops.stores.postgres_backup import PostgresDatabaseBackup, PostgresGlobalsBackup
+    from dbops.tasks.backup import GLOBALS_SUBJECT
+
+    config = _config()
+    endpoint = connections.endpoint(config.connections.postgres, "postgres")
+    outcomes = [
+        _take(config, "postgres", database,
+              PostgresDatabaseBackup(endpoint, database, jobs=config.postgres.dump_jobs,
+                                     compression=config.postgres.compression))
+        for database in args["databases"]
+    ]  # fmt: skip
+    if args.get("globals", True):
+        outcomes.append(_take(config, "postgres", GLOBALS_SUBJECT, PostgresGlobalsBackup(endpoint)))
+    return {"backups": outcomes, "total_bytes": sum(o["total_bytes"] for o in outcomes)}
+
+
+def pg_restore(args: dict) -> dict:
+    from dbops import connections
+    from dbops.backup import restore as r
+    from dbops.tasks.backup import repository
+
+    config = _config()
+    repo = repository(config)
+    backup = r.resolve_backup(repo, "postgres", args["database"], "latest")
+    r.verify_files(repo, backup, log.info)
+    endpoint = connections.endpoint(config.connections.postgres, "postgres")
+    result = r.restore_postgres(endpoint, backup, target=args["target"], confirm="", jobs=config.restore.jobs,
+                                log=log.info)
+    if result["differences"]:
+        raise SystemExit(f"restore differs from the source: {result['differences']}")
+    return result
+
+
+def redis_backup(args: dict) -> dict:
+    from dbops import connections
+    from dbops.stores.redis_backup import RedisBackup
+
+    config = _config()
+    endpoint = connections.endpoint(config.connections.redis, "redis")
+    return _take(config, "redis", None, RedisBackup(endpoint, timeout=config.redis.snapshot_timeout_s))
+
+
+def offsite(args: dict) -> dict:
+    from dbops.offsite.sync import ship_all
+    from dbops.tasks.offsite import open_target, policy, repository
+
+    config = _config({"offsite": args.get("settings", {})})
+    with open_target(args["target"], config) as target:
+        return ship_all(target, repository(config), args["stores"], policy(config), encryption=None,
+                        now=datetime.now(timezone.utc), dry_run=False, log=log.info)
+
+
+def dag_test(args: dict) -> dict:
+    from airflow.dag_processing.dagbag import DagBag
+
+    from bench.env import REPO
+
+    dag = DagBag(dag_folder=str(REPO / "dags" / f"{args['dag_id']}.py")).get_dag(args["dag_id"])
+    for t in dag.tasks:
+        t.retries = 0
+    if args.get("warmup_conf") is not None:  # the first dag.test() in a process costs ~10 s
+        warm = dag.test(run_conf=args["warmup_conf"])
+        if str(warm.state) != "success" and not str(warm.state).endswith("SUCCESS"):
+            raise SystemExit(f"warm-up run of {args['dag_id']} ended {warm.state}")
+    print("JOB START", flush=True)
+    run = dag.test(run_conf=args.get("conf", {}))
+    print("JOB END", flush=True)
+    state = str(run.state)
+    if not state.lower().endswith("success"):
+        raise SystemExit(f"{args['dag_id']} run ended {state}")
+    return {"dag_id": args["dag_id"], "state": state}
+
+
+ACTIONS = {f.__name__: f for f in (pg_backup, pg_restore, redis_backup, offsite, dag_test)}
+
+
+def main() -> int:
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(message)s")
+    action, raw = sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else "{}"
+    if action not in ACTIONS:
+        raise SystemExit(f"unknown action {action!r}; known: {', '.join(ACTIONS)}")
+    result = ACTIONS[action](json.loads(raw))
+    print(json.dumps(result, default=str), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
