@@ -111,6 +111,19 @@ def maintenance_row(ctx: Context) -> list[dict]:
                          "note": "commits are compared per second of the job (the jobs differ in length)"})]
 
 
+def _bootstrap_mongo(mongo: dict) -> None:
+    """The platform's collections in the Mongo database the connection names, as dbops_bootstrap
+    creates them: dbops refuses to back up a database that does not exist (a fresh stack)."""
+    import pymongo
+
+    from dbops.sqlfiles import load_spec
+    from dbops.stores import mongo as mongo_store
+
+    with pymongo.MongoClient(host="127.0.0.1", port=int(mongo["port"]), username=mongo["login"],
+                             password=mongo["password"], authSource="admin") as client:
+        mongo_store.bootstrap(client[mongo["schema"]], load_spec("mongo_collections.json"))
+
+
 def nightly_row(ctx: Context) -> list[dict]:
     bench = ctx.bench
     airflow_db(ctx)
@@ -119,6 +132,7 @@ def nightly_row(ctx: Context) -> list[dict]:
         raise BenchError("the nightly row needs the Redis row's scratch server (run redis_backup first)")
     mongo_conn = service("mongo").connections()
     mongo = next(iter(mongo_conn.values()))
+    _bootstrap_mongo(mongo)
     env = bench.pg_env(bench.source_pg)
     env.update({k: v for k, v in bench.redis_env(redis).items() if k in ("AIRFLOW_CONN_DBOPS_REDIS", "REDISCLI_AUTH")})
     root = ctx.work / "nightly"

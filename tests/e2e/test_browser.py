@@ -16,6 +16,9 @@ import pytest
 from dbops.backup.repository import BackupRepository
 from dbops.config import PLATFORM_SCHEMAS
 from dbops.maintenance import sizes
+from dbops.migrations import MigrationRunner
+from dbops.report import StoreReport
+from dbops.stores.postgres import migrations
 from tests.support import pg_connect
 
 pytestmark = pytest.mark.integration
@@ -119,10 +122,12 @@ def test_trigger_bootstrap_through_the_params_form(ui, airflow_api):
 @pytest.fixture
 def past_capture(devstack):
     """One table-size capture labelled a day ago (sizes measured now), through the
-    monitor's own recording code, so growth over a day exists; removed afterwards."""
+    monitor's own recording code, so growth over a day exists; removed afterwards.
+    The platform schema is migrated first, as bootstrap does (a fresh stack has none)."""
     conn_info = devstack.conn("dbops_postgres")
     at = datetime.now(timezone.utc) - timedelta(days=1, hours=1)
     with pg_connect(conn_info) as conn:
+        MigrationRunner(conn, migrations()).run(StoreReport("postgres"))
         captured_at, count = sizes.capture(conn, PLATFORM_SCHEMAS, captured_at=at)
     assert count > 0
     try:
