@@ -45,6 +45,17 @@ class AirflowAPI:
                 time.sleep(2)
         raise AssertionError(f"{dag_id} not parsed by the dag-processor within {timeout}s")
 
+    def unpause_and_settle(self, dag_id: str, timeout: float = 600) -> list[dict]:
+        """Unpause a scheduled DAG and wait until the run the unpause starts has finished.
+
+        With ``catchup=False`` and a ``start_date`` in the past the scheduler creates a run for
+        the latest fire time, but only on its next loop: right after the PATCH there may be
+        no run yet, so waiting for "no unfinished runs" alone would return too early.
+        """
+        self.unpause(dag_id)
+        self.wait_for_runs(dag_id, "run_type=scheduled", 1, timeout=timeout)
+        return self.wait_until_idle(dag_id, timeout=timeout)
+
     def wait_until_idle(self, dag_id: str, timeout: float = 300) -> list[dict]:
         """Every run of the DAG finished (e.g. the scheduled run an unpause starts)."""
         deadline = time.monotonic() + timeout

@@ -141,8 +141,7 @@ def test_db_ops_page_shows_the_catalog(ui, airflow_api, backup_root, past_captur
     # real data: the scheduled nightly backup the unpause starts, one more triggered run,
     # and a real table-size monitor run
     for dag in ("dbops_nightly_backup", "dbops_table_size_monitor"):
-        airflow_api.unpause(dag)
-        airflow_api.wait_until_idle(dag)
+        airflow_api.unpause_and_settle(dag)
         now = datetime.now(timezone.utc).isoformat()
         run = airflow_api.call("POST", f"/dags/{dag}/dagRuns", {"logical_date": now})
         finished = wait_for_run(airflow_api, dag, run["dag_run_id"])

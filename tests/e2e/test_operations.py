@@ -99,8 +99,7 @@ def test_next_run_times_are_those_of_the_design(airflow_api):
 
 def test_rest_trigger_with_params_returns_summaries_matching_the_repository(airflow_api, backup_root):
     dag_id = "dbops_nightly_backup"
-    airflow_api.unpause(dag_id)
-    airflow_api.wait_until_idle(dag_id)
+    airflow_api.unpause_and_settle(dag_id)
     run = _trigger(airflow_api, dag_id, {"stores": ["redis"], "retention_days": 30, "min_keep": 2})
     states = airflow_api.task_states(dag_id, run["dag_run_id"])
     assert run["state"] == "success", states
@@ -130,8 +129,7 @@ def test_a_param_out_of_range_is_refused_at_trigger_time(airflow_api):
 def test_backfilled_monitor_runs_record_nothing(bootstrapped, devstack):
     api, dag_id = bootstrapped, "dbops_table_size_monitor"
     conn = devstack.conn("dbops_postgres")
-    api.unpause(dag_id)
-    api.wait_until_idle(dag_id)  # the scheduled run an unpause starts (it measures now)
+    api.unpause_and_settle(dag_id)  # the scheduled run an unpause starts (it measures now)
     with pg_connect(conn, conn["schema"]) as db:
         before = db.execute("SELECT count(*), max(captured_at) FROM dbops.table_size_history").fetchone()
 
@@ -150,8 +148,7 @@ def test_backfilled_monitor_runs_record_nothing(bootstrapped, devstack):
 def test_a_backfilled_maintenance_run_does_todays_maintenance_once(bootstrapped, devstack):
     api, dag_id = bootstrapped, "dbops_pg_maintenance"
     conn = devstack.conn("dbops_postgres")
-    api.unpause(dag_id)
-    api.wait_until_idle(dag_id)
+    api.unpause_and_settle(dag_id)
     started = datetime.now(timezone.utc)
 
     created = _backfill(api, dag_id)
@@ -177,8 +174,7 @@ def test_a_backfilled_drill_drills_the_latest_backups_now(bootstrapped, backup_r
         api.call("PATCH", "/dags/dbops_nightly_backup", {"is_paused": True})
     latest = BackupRepository(backup_root).latest("redis")
 
-    api.unpause(dag_id)
-    api.wait_until_idle(dag_id)
+    api.unpause_and_settle(dag_id)
     created = _backfill(api, dag_id, {"stores": ["redis"]})
     assert created.returncode == 0, created.stderr
     runs = api.wait_for_runs(dag_id, "run_type=backfill", 1)

@@ -65,8 +65,7 @@ def _wait_for_task(api, run_id: str, task_id: str, states: set[str], timeout: fl
 
 def test_a_cleared_task_completes_the_run_after_the_store_is_back(airflow_api, backup_root, redis_to_back_up):
     api = airflow_api
-    api.unpause(DAG)
-    api.wait_until_idle(DAG)
+    api.unpause_and_settle(DAG)
 
     undisturbed = _trigger(api)
     api.wait_until_idle(DAG)
