@@ -45,7 +45,7 @@ def _take(config, store: str, subject: str | None, adapter) -> dict:
 
 def pg_backup(args: dict) -> dict:
     from dbops import connections
-    from dbops.stores.postgres_backup import PostgresDatabaseBackup, PostgresGlobalsBackup
+    from dbops.stores.postgres.backup import PostgresDatabaseBackup, PostgresGlobalsBackup
     from dbops.tasks.backup import GLOBALS_SUBJECT
 
     config = _config()
@@ -80,7 +80,7 @@ def pg_restore(args: dict) -> dict:
 
 def redis_backup(args: dict) -> dict:
     from dbops import connections
-    from dbops.stores.redis_backup import RedisBackup
+    from dbops.stores.redis.backup import RedisBackup
 
     config = _config()
     endpoint = connections.endpoint(config.connections.redis, "redis")

@@ -117,7 +117,7 @@ def _bootstrap_mongo(mongo: dict) -> None:
     import pymongo
 
     from dbops.sqlfiles import load_spec
-    from dbops.stores import mongo as mongo_store
+    from dbops.stores.mongo import bootstrap as mongo_store
 
     with pymongo.MongoClient(host="127.0.0.1", port=int(mongo["port"]), username=mongo["login"],
                              password=mongo["password"], authSource="admin") as client:

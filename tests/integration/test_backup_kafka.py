@@ -18,7 +18,7 @@ import pytest
 from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, Producer
 from confluent_kafka.admin import ConfigSource, NewTopic
 
-from dbops.stores import kafka_backup as kb
+from dbops.stores.kafka.bootstrap import backup as kb
 from tests.support import kafka_admin
 
 pytestmark = pytest.mark.integration

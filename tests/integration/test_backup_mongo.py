@@ -17,7 +17,7 @@ import pytest
 from bson import Decimal128
 
 from dbops.backup.adapter import Endpoint
-from dbops.stores import mongo_backup as mb
+from dbops.stores.mongo.bootstrap import backup as mb
 from dbops.tools import run_tool as real_run_tool
 from tests.support import mongo_client
 

@@ -11,7 +11,7 @@ import pytest
 from psycopg import sql
 
 from dbops.backup.adapter import Endpoint
-from dbops.stores import postgres_backup as pb
+from dbops.stores.postgres.bootstrap import backup as pb
 from dbops.tools import ToolError
 from tests.support import pg_connect
 from tests.support import Log

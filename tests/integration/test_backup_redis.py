@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from dbops.backup.adapter import Endpoint
-from dbops.stores import redis_backup as rb
+from dbops.stores.redis.bootstrap import backup as rb
 from dbops.tools import ToolError
 from tests.support import Log
 

@@ -13,7 +13,8 @@ import uuid
 import pytest
 
 from dbops.sqlfiles import load_spec
-from dbops.stores import kafka, mongo
+from dbops.stores.kafka import bootstrap as kafka
+from dbops.stores.mongo import bootstrap as mongo
 from tests.support import kafka_admin, mongo_client
 
 pytestmark = pytest.mark.integration

@@ -12,7 +12,7 @@ from dbops.config import PostgresSettings
 from dbops.migrations import MigrationError, MigrationRunner, discover
 from dbops.report import StoreReport
 from dbops.sqlfiles import MIGRATIONS_DIR
-from dbops.stores import postgres
+from dbops.stores.postgres import bootstrap as postgres
 
 from tests.support import pg_connect
 

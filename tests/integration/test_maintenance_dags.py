@@ -15,7 +15,7 @@ import pytest
 
 from dbops.migrations import MigrationRunner
 from dbops.report import StoreReport
-from dbops.stores.postgres import migrations
+from dbops.stores.postgres.bootstrap import migrations
 from tests.conftest import run_dag, task_result
 from tests.support import kafka_admin, pg_connect
 
@@ -203,7 +203,7 @@ def test_monitor_backfill_of_a_past_date_measures_nothing(dagbag, target):
 
 def test_health_checks_green_on_the_local_stores(dagbag, target, devstack):
     from dbops.sqlfiles import load_spec
-    from dbops.stores import kafka
+    from dbops.stores.kafka import bootstrap as kafka
 
     admin = kafka_admin(devstack.conn("dbops_kafka"))  # topics as dbops_bootstrap makes them
     kafka.bootstrap(admin, load_spec("kafka_topics.json"), replication_factor=1, timeout=30)

@@ -25,7 +25,7 @@ from dbops.maintenance.journal import Journal, run_rows
 from dbops.maintenance.window import Window
 from dbops.migrations import MigrationRunner
 from dbops.report import StoreReport
-from dbops.stores.postgres import migrations
+from dbops.stores.postgres.bootstrap import migrations
 from tests.support import pg_connect
 
 pytestmark = pytest.mark.integration

@@ -11,7 +11,7 @@ from dbops.config import PLATFORM_SCHEMAS, MonitorSettings
 from dbops.maintenance import sizes
 from dbops.migrations import MigrationRunner
 from dbops.report import StoreReport
-from dbops.stores.postgres import migrations
+from dbops.stores.postgres.bootstrap import migrations
 from tests.support import pg_connect
 
 pytestmark = pytest.mark.integration

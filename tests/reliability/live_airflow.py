@@ -25,7 +25,7 @@ TABLE_ROWS = 300_000
 def _scratch_platform_database(conn: dict, name: str) -> None:
     from dbops.migrations import MigrationRunner
     from dbops.report import StoreReport
-    from dbops.stores.postgres import migrations
+    from dbops.stores.postgres.bootstrap import migrations
 
     with pg_connect(conn, "postgres", autocommit=True) as admin:
         admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))

@@ -16,7 +16,7 @@ import pytest
 from dbops.backup.adapter import Endpoint
 from dbops.backup.repository import STAGING_DIR, BackupRepository, SeriesBusyError
 from dbops.backup.runner import take_backup
-from dbops.stores.redis_backup import RedisBackup
+from dbops.stores.redis.backup import RedisBackup
 from tests.conftest import REPO
 from tests.reliability.live_airflow import backup_manifests, dead_tuples, interval, overlaps, task_instances
 from tests.support import Log

@@ -12,9 +12,9 @@ import pytest
 from dbops.backup import restore
 from dbops.backup.restore import CorruptBackup, run_drill
 from dbops.backup.retention import RetentionPolicy, apply_retention
-from dbops.stores.mongo_backup import MongoBackup
-from dbops.stores.postgres_backup import PostgresDatabaseBackup
-from dbops.stores.redis_backup import RedisBackup
+from dbops.stores.mongo.backup import MongoBackup
+from dbops.stores.postgres.backup import PostgresDatabaseBackup
+from dbops.stores.redis.backup import RedisBackup
 from tests.reliability.faults import backup_now, endpoint_of, fill_redis, redis_endpoint
 from tests.support import Log, mongo_client, pg_connect
 

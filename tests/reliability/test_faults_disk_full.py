@@ -12,7 +12,7 @@ import pytest
 
 from dbops.backup.repository import BackupRepository
 from dbops.backup.runner import BackupSpaceError
-from dbops.stores.redis_backup import RedisBackup
+from dbops.stores.redis.backup import RedisBackup
 from tests.conftest import run_dag, without_retries
 from tests.reliability.faults import backup_now, fill_redis, fingerprint, redis_endpoint, staging_left
 from tests.support import Log

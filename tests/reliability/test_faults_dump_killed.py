@@ -8,8 +8,8 @@ import os
 
 import pytest
 
-from dbops.stores.mongo_backup import MongoBackup
-from dbops.stores.postgres_backup import PostgresDatabaseBackup
+from dbops.stores.mongo.backup import MongoBackup
+from dbops.stores.postgres.backup import PostgresDatabaseBackup
 from dbops.tools import ToolError
 from tests.reliability.faults import (
     assert_verified,
@@ -90,7 +90,7 @@ def test_mongodump_killed_mid_backup(repo, mongo_conn, mongo_database):
 
 
 def test_redis_cli_killed_mid_snapshot(repo, scratch_redis):
-    from dbops.stores.redis_backup import RedisBackup
+    from dbops.stores.redis.backup import RedisBackup
 
     fill_redis(scratch_redis, 100)
     adapter = RedisBackup(redis_endpoint(scratch_redis))

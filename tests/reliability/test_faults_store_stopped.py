@@ -15,7 +15,7 @@ import signal
 
 import pytest
 
-from dbops.stores.redis_backup import RedisBackup
+from dbops.stores.redis.backup import RedisBackup
 from dbops.tools import ToolError
 from tests.reliability.faults import (
     assert_verified,

@@ -156,7 +156,7 @@ import os, sys
 sys.path[:0] = sys.argv[1:3]
 from dbops.backup.adapter import Endpoint
 from dbops.backup.repository import BackupRepository
-from dbops.stores.redis_backup import RedisBackup
+from dbops.stores.redis.backup import RedisBackup
 from tests.reliability.faults import backup_now
 endpoint = Endpoint(host="127.0.0.1", port=int(sys.argv[4]), password=os.environ["FAULT_REDIS_PASSWORD"])
 backup_now(BackupRepository(sys.argv[3]), RedisBackup(endpoint), run_id="scheduled__worker")
@@ -170,7 +170,7 @@ def test_a_worker_process_killed_mid_backup_takes_its_tool_along(scratch_redis, 
     import sys
     from pathlib import Path
 
-    from dbops.stores.redis_backup import RedisBackup
+    from dbops.stores.redis.backup import RedisBackup
     from tests.reliability.faults import assert_verified, backup_now, find_tool_process, redis_endpoint
 
     fill_redis(scratch_redis, 20_000)

@@ -27,7 +27,7 @@ import pytest
 
 from dbops.migrations import MigrationRunner
 from dbops.report import StoreReport
-from dbops.stores.postgres import migrations
+from dbops.stores.postgres.bootstrap import migrations
 from tests.conftest import run_dag, without_retries
 from tests.integration.restore_sources import drop_pg, states
 from tests.offsite_support import empty_prefix, remote_dir, remove_remote

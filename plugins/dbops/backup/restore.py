@@ -345,7 +345,7 @@ def _finish(result: dict[str, Any], log: LogFn) -> dict[str, Any]:
 
 def compare_postgres(expected: dict[str, Any], actual: dict[str, Any]) -> list[str]:
     """Row counts and sampled-row checksums per table (vector columns included), extensions."""
-    from dbops.stores.postgres_backup import describe_differences
+    from dbops.stores.postgres.backup import describe_differences
 
     return describe_differences(expected, actual)
 
@@ -399,7 +399,7 @@ def compare_mongo(
     ``dumped``: documents of this database in the archive (mongodump's counts);
     ``restored``: what mongorestore reported. They must be equal.
     """
-    from dbops.stores.mongo_backup import compare_databases
+    from dbops.stores.mongo.backup import compare_databases
 
     notes: list[str] = []
     problems: list[str] = []
@@ -466,7 +466,7 @@ def compare_redis(expected: dict[str, Any], actual: dict[str, Any]) -> tuple[lis
 def _pg_state(endpoint, database: str) -> tuple[bool, str | None, int]:
     """(exists, comment, other sessions) of a database."""
     from dbops.sqlfiles import load_sql
-    from dbops.stores.postgres_backup import pg_connect
+    from dbops.stores.postgres.backup import pg_connect
 
     with pg_connect(endpoint, "postgres", autocommit=True) as admin:
         row = admin.execute(load_sql("restore/pg_database_marker.sql"), [database]).fetchone()
@@ -497,7 +497,7 @@ def restore_postgres(endpoint, backup: Backup, *, target: str, confirm: str, job
     from psycopg import sql
 
     from dbops.sqlfiles import load_sql
-    from dbops.stores.postgres_backup import describe_database, pg_connect, restore_database
+    from dbops.stores.postgres.backup import describe_database, pg_connect, restore_database
 
     plan = plan_postgres(endpoint, backup, target=target, confirm=confirm)
     expected = source_description(backup)
@@ -546,7 +546,7 @@ def _drop_pg(endpoint, database: str, log: LogFn) -> None:
     from psycopg import sql
 
     from dbops.sqlfiles import load_sql
-    from dbops.stores.postgres_backup import pg_connect
+    from dbops.stores.postgres.backup import pg_connect
 
     if not database.startswith(DRILL_PREFIX):  # never drop anything a drill did not make
         raise ValueError(f"refusing to drop {database!r}: not a drill database")
@@ -571,7 +571,7 @@ def mongo_source_database(backup: Backup, database: str) -> str:
 
 
 def _mongo_state(endpoint, target: str) -> tuple[list[str], dict[str, Any] | None]:
-    from dbops.stores.mongo_backup import client
+    from dbops.stores.mongo.backup import client
 
     with client(endpoint) as mongo:
         names = [n for n in mongo[target].list_collection_names() if not n.startswith("system.")]
@@ -604,7 +604,7 @@ def restore_mongo(endpoint, backup: Backup, *, database: str, target: str, confi
     """``mongorestore --nsFrom database.* --nsTo target.*`` of a (verified) backup, compared with
     the source's description; the target gets a ``_dbops_restore`` marker collection (not
     on a confirmed restore over the live database)."""
-    from dbops.stores.mongo_backup import client, describe_database, restore
+    from dbops.stores.mongo.backup import client, describe_database, restore
 
     plan = plan_mongo(endpoint, backup, database=database, target=target, confirm=confirm)
     expected_all = source_description(backup).get("databases", {})
@@ -647,7 +647,7 @@ def restore_mongo(endpoint, backup: Backup, *, database: str, target: str, confi
 
 
 def _drop_mongo(endpoint, database: str, log: LogFn) -> None:
-    from dbops.stores.mongo_backup import client
+    from dbops.stores.mongo.backup import client
 
     if not database.startswith(DRILL_PREFIX):
         raise ValueError(f"refusing to drop {database!r}: not a drill database")
@@ -674,7 +674,7 @@ class _Scratch:
         self.workdir: Path | None = None
 
     def __enter__(self):
-        from dbops.stores.redis_backup import RDB_FILE, restore_into_scratch
+        from dbops.stores.redis.backup import RDB_FILE, restore_into_scratch
 
         if self.scratch_dir is not None:
             Path(self.scratch_dir).mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -752,7 +752,7 @@ def restore_redis(
     A target with ``maxmemory`` and an eviction policy (the platform's allkeys-lru) may
     evict other keys to make room: restore into a live cache knowing that.
     """
-    from dbops.stores import redis_backup as rb
+    from dbops.stores.redis.bootstrap import backup as rb
 
     plan = plan_redis(target, live=live, tls=bool((target_endpoint.extra or {}).get("ssl")), confirm=confirm)
     expected = source_description(backup)
@@ -855,7 +855,7 @@ def restore_redis(
 
 
 def plan_kafka(backup: Backup, *, topics: tuple[str, ...] | list[str], target: str, confirm: str) -> dict[str, Any]:
-    from dbops.stores.kafka_backup import TOPICS_FILE, is_internal, load_file
+    from dbops.stores.kafka.backup import TOPICS_FILE, is_internal, load_file
 
     document = load_file(backup.path, TOPICS_FILE, "topics_file")
     held = sorted(t for t in document["topics"] if not is_internal(t))
@@ -873,7 +873,7 @@ def restore_kafka(
     their partitions and configs; existing ones are compared and reported, never altered.
     Consumer group offsets are set (on idle groups only) when ``confirm_overwrite`` names
     the Kafka connection, else only reported."""
-    from dbops.stores.kafka_backup import compare_topics, restore_offsets, restore_topics, topic_definitions
+    from dbops.stores.kafka.backup import compare_topics, restore_offsets, restore_topics, topic_definitions
 
     plan = plan_kafka(backup, topics=topics, target=target, confirm=confirm)
     selected = plan["topics"]
@@ -914,7 +914,7 @@ def restore_kafka(
 
 def _delete_topics(admin, names: list[str], timeout: float, log: LogFn) -> list[str]:
     """Delete drill topics that exist; returns those that could not be deleted."""
-    from dbops.stores.kafka import _wait, describe_topics
+    from dbops.stores.kafka.bootstrap import _wait, describe_topics
 
     doomed = [n for n in names if n.startswith(DRILL_PREFIX) and n in describe_topics(admin, timeout)]
     if not doomed:
@@ -933,8 +933,8 @@ def restore_weaviate(
 ) -> dict[str, Any]:
     """Weaviate's own restore API for the backup this record names. Weaviate restores only
     classes that do not exist: existing ones are refused (dbops never deletes a class)."""
-    from dbops.stores.weaviate import WeaviateError, _check, current_classes
-    from dbops.stores.weaviate_backup import RECORD_FILE, WeaviateBackup
+    from dbops.stores.weaviate.bootstrap import WeaviateError, _check, current_classes
+    from dbops.stores.weaviate.backup import RECORD_FILE, WeaviateBackup
 
     record = json.loads((backup.path / RECORD_FILE).read_text())
     wid, backend, classes = record["id"], record["backend"], sorted(record["classes"])
@@ -1063,7 +1063,7 @@ def run_drill(
 
 def drill_postgres(endpoint, *, target: str, jobs: int, log: LogFn) -> Callable[[Backup, DrillComparison], None]:
     """pg_restore into scratch database ``target`` (owned by the restoring role), compare, drop it."""
-    from dbops.stores.postgres_backup import restore_database
+    from dbops.stores.postgres.backup import restore_database
 
     def drill(backup: Backup, found: DrillComparison) -> None:
         expected = source_description(backup)
@@ -1085,7 +1085,7 @@ def drill_postgres(endpoint, *, target: str, jobs: int, log: LogFn) -> Callable[
 def drill_postgres_globals(log: LogFn) -> Callable[[Backup, DrillComparison], None]:
     """Roles are cluster-wide, so there is no scratch target for them: the roles (and their
     superuser and login attributes) in ``globals.sql`` are compared with the source's."""
-    from dbops.stores.postgres_backup import GLOBALS_FILE
+    from dbops.stores.postgres.backup import GLOBALS_FILE
 
     def drill(backup: Backup, found: DrillComparison) -> None:
         text = (backup.path / GLOBALS_FILE).read_text(encoding="utf-8")
@@ -1099,7 +1099,7 @@ def drill_postgres_globals(log: LogFn) -> Callable[[Backup, DrillComparison], No
 
 def drill_mongo(endpoint, *, targets: dict[str, str], log: LogFn) -> Callable[[Backup, DrillComparison], None]:
     """mongorestore each database of the backup into its scratch database, compare, drop it."""
-    from dbops.stores.mongo_backup import restore
+    from dbops.stores.mongo.backup import restore
 
     def drill(backup: Backup, found: DrillComparison) -> None:
         expected_all = source_description(backup).get("databases", {})
@@ -1122,7 +1122,7 @@ def drill_mongo(endpoint, *, targets: dict[str, str], log: LogFn) -> Callable[[B
 
 def drill_redis(*, port: int | None, scratch_dir: Path | None, log: LogFn) -> Callable[[Backup, DrillComparison], None]:
     """Load the RDB into a scratch redis-server, describe it, compare, stop it and remove its folder."""
-    from dbops.stores.redis_backup import RedisBackup
+    from dbops.stores.redis.backup import RedisBackup
 
     def drill(backup: Backup, found: DrillComparison) -> None:
         expected = source_description(backup)
@@ -1138,7 +1138,7 @@ def drill_redis(*, port: int | None, scratch_dir: Path | None, log: LogFn) -> Ca
 
 def drill_kafka(admin_factory: Callable[[], Any], *, timeout: float, log: LogFn) -> Callable[[Backup, DrillComparison], None]:
     """Recreate every topic of the backup as ``dbops_drill_<id>_<topic>``, compare, delete them."""
-    from dbops.stores.kafka_backup import TOPICS_FILE, compare_topics, is_internal, load_file, restore_topics, topic_definitions
+    from dbops.stores.kafka.backup import TOPICS_FILE, compare_topics, is_internal, load_file, restore_topics, topic_definitions
 
     def drill(backup: Backup, found: DrillComparison) -> None:
         admin = admin_factory()

@@ -80,7 +80,7 @@ def _take(store: str, subject: str | None, make_adapter: Callable[[DbopsConfig],
 @task(**on_store("postgres"))
 def postgres_databases() -> list[str]:
     """The databases to back up: the configured list, else every database of the server."""
-    from dbops.stores.postgres_backup import pg_connect
+    from dbops.stores.postgres.backup import pg_connect
 
     selected_params("postgres")
     config = runtime_config()
@@ -113,7 +113,7 @@ def _check_database_names(databases: list[str]) -> None:
 @task(**on_store("postgres"), map_index_template="{{ database }}")
 def backup_postgres(database: str) -> dict:
     """pg_dump -Fd -j of one database, verified (sha256 + pg_restore --list) before it is visible."""
-    from dbops.stores.postgres_backup import PostgresDatabaseBackup
+    from dbops.stores.postgres.backup import PostgresDatabaseBackup
 
     def adapter(config: DbopsConfig):
         endpoint = connections.endpoint(config.connections.postgres, "postgres")
@@ -127,7 +127,7 @@ def backup_postgres(database: str) -> dict:
 @task(**on_store("postgres"))
 def backup_postgres_globals() -> dict:
     """pg_dumpall --globals-only: roles and tablespaces, which per-database dumps lack."""
-    from dbops.stores.postgres_backup import PostgresGlobalsBackup
+    from dbops.stores.postgres.backup import PostgresGlobalsBackup
 
     selected_params("postgres")
     return _take(
@@ -140,7 +140,7 @@ def backup_postgres_globals() -> dict:
 @task(**on_store("mongo"))
 def backup_mongo() -> dict:
     """mongodump --archive --gzip (--oplog on a replica set), credentials in a 0600 --config file."""
-    from dbops.stores.mongo_backup import MongoBackup
+    from dbops.stores.mongo.backup import MongoBackup
 
     selected_params("mongo")
     return _take(
@@ -153,7 +153,7 @@ def backup_mongo() -> dict:
 @task(**on_store("redis"))
 def backup_redis() -> dict:
     """redis-cli --rdb (a forked, non-blocking snapshot; never SAVE), checked by redis-check-rdb."""
-    from dbops.stores.redis_backup import RedisBackup
+    from dbops.stores.redis.backup import RedisBackup
 
     selected_params("redis")
     return _take(
@@ -168,7 +168,7 @@ def backup_redis() -> dict:
 @task(**on_store("kafka"))
 def backup_kafka() -> dict:
     """Topic definitions, configs and consumer group offsets as JSON."""
-    from dbops.stores.kafka_backup import KafkaBackup
+    from dbops.stores.kafka.backup import KafkaBackup
 
     selected_params("kafka")
     return _take(
@@ -183,7 +183,7 @@ def backup_kafka() -> dict:
 @task(**on_store("weaviate"))
 def backup_weaviate() -> dict:
     """Weaviate's backup REST API (create, poll with a timeout); skipped when not configured."""
-    from dbops.stores.weaviate_backup import WeaviateBackup
+    from dbops.stores.weaviate.backup import WeaviateBackup
 
     selected_params("weaviate")
     config = runtime_config()

@@ -50,7 +50,7 @@ def _finish(report: StoreReport) -> dict:
 def bootstrap_postgres() -> dict:
     """Versioned migrations (extensions, schemas, tables, indexes), then the ANN index, then
     the initial admin when a ``dbops_platform_admin`` connection exists (password hashed)."""
-    from dbops.stores import postgres
+    from dbops.stores.postgres import bootstrap as postgres
 
     config, params = _selected("postgres")
     with connections.postgres(config.connections.postgres) as conn:
@@ -66,7 +66,7 @@ def bootstrap_postgres() -> dict:
 def bootstrap_mongo() -> dict:
     """Collections and indexes (TTL included) from include/scripts/mongo_collections.json,
     and the application user when a ``dbops_mongo_app`` connection exists."""
-    from dbops.stores import mongo
+    from dbops.stores.mongo import bootstrap as mongo
 
     config, params = _selected("mongo")
     with connections.mongo(config.connections.mongo, config.mongo.database) as db:
@@ -80,7 +80,7 @@ def bootstrap_mongo() -> dict:
 @task(**on_store("weaviate"))
 def bootstrap_weaviate() -> dict:
     """Classes and properties from include/scripts/weaviate_schema.json, over REST."""
-    from dbops.stores import weaviate
+    from dbops.stores.weaviate import bootstrap as weaviate
 
     config, params = _selected("weaviate")
     connections.require_weaviate(config.connections.weaviate)
@@ -92,7 +92,7 @@ def bootstrap_weaviate() -> dict:
 @task(**on_store("redis"))
 def bootstrap_redis() -> dict:
     """Checks maxmemory, eviction policy and AOF; CONFIG SET only with apply_redis_settings."""
-    from dbops.stores import redis
+    from dbops.stores.redis import bootstrap as redis
 
     config, params = _selected("redis")
     with connections.redis(config.connections.redis) as client:
@@ -105,7 +105,7 @@ def bootstrap_redis() -> dict:
 @task(**on_store("kafka"))
 def bootstrap_kafka() -> dict:
     """Topics with partitions, replication factor (from config) and topic configs."""
-    from dbops.stores import kafka
+    from dbops.stores.kafka import bootstrap as kafka
 
     config, params = _selected("kafka")
     admin = connections.kafka_admin(config.connections.kafka)
@@ -120,28 +120,28 @@ def bootstrap_kafka() -> dict:
 
 
 def _verify_postgres(config: DbopsConfig) -> StoreReport:
-    from dbops.stores import postgres
+    from dbops.stores.postgres import bootstrap as postgres
 
     with connections.postgres(config.connections.postgres) as conn:
         return postgres.verify(conn, config.postgres)
 
 
 def _verify_mongo(config: DbopsConfig) -> StoreReport:
-    from dbops.stores import mongo
+    from dbops.stores.mongo import bootstrap as mongo
 
     with connections.mongo(config.connections.mongo, config.mongo.database) as db:
         return mongo.verify(db, load_spec(MONGO_SPEC))
 
 
 def _verify_redis(config: DbopsConfig) -> StoreReport:
-    from dbops.stores import redis
+    from dbops.stores.redis import bootstrap as redis
 
     with connections.redis(config.connections.redis) as client:
         return redis.verify(client, load_spec(REDIS_SPEC))
 
 
 def _verify_kafka(config: DbopsConfig) -> StoreReport:
-    from dbops.stores import kafka
+    from dbops.stores.kafka import bootstrap as kafka
 
     admin = connections.kafka_admin(config.connections.kafka)
     return kafka.verify(
@@ -153,7 +153,7 @@ def _verify_kafka(config: DbopsConfig) -> StoreReport:
 
 
 def _verify_weaviate(config: DbopsConfig) -> StoreReport:
-    from dbops.stores import weaviate
+    from dbops.stores.weaviate import bootstrap as weaviate
 
     with connections.weaviate(config.connections.weaviate) as api:
         return weaviate.verify(api.session, api.base_url, load_spec(WEAVIATE_SPEC))

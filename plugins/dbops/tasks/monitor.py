@@ -175,7 +175,7 @@ def check_mongo() -> dict:
 def check_kafka() -> dict:
     """Every topic of include/scripts/kafka_topics.json present with its partitions."""
     from dbops.maintenance import health
-    from dbops.stores import kafka
+    from dbops.stores.kafka import bootstrap as kafka
 
     config = _health_start("kafka")
     admin = connections.kafka_admin(config.connections.kafka)

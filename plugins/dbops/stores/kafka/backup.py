@@ -44,7 +44,7 @@ from confluent_kafka.admin import AdminClient, ConfigResource, ConfigSource, New
 from dbops.backup.adapter import Check, DumpResult, LogFn
 from dbops.report import StoreReport
 from dbops.sqlfiles import SCRIPTS_DIR
-from dbops.stores.kafka import _unsupported, _wait, describe_topics
+from dbops.stores.kafka.bootstrap import _unsupported, _wait, describe_topics
 from dbops.tools import write_secret_file
 
 TOPICS_FILE = "topics.json"

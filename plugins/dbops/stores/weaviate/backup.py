@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from dbops.backup.adapter import Check, DumpResult, LogFn
-from dbops.stores.weaviate import WeaviateError, _check, current_classes
+from dbops.stores.weaviate.bootstrap import WeaviateError, _check, current_classes
 
 RECORD_FILE = "weaviate_backup.json"
 SCHEMA_FILE = "schema.json"

@@ -1,0 +1,1 @@
+"""The kafka store: bootstrap, backup and recovery (see adapter.py)."""

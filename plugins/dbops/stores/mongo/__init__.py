@@ -1,0 +1,1 @@
+"""The mongo store: bootstrap, backup and recovery (see adapter.py)."""

@@ -1,0 +1,1 @@
+"""The postgres store: bootstrap, backup and recovery (see adapter.py)."""

@@ -1,0 +1,1 @@
+"""The redis store: bootstrap, backup and recovery (see adapter.py)."""

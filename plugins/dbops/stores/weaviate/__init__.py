@@ -1,0 +1,1 @@
+"""The weaviate store: bootstrap, backup and recovery (see adapter.py)."""
