@@ -595,7 +595,8 @@ _METADATA_KEYS = frozenset(_METADATA_REQUIRED + ("details",))
 def _metadata_fields(metadata: Any) -> dict[str, Any]:
     """The caller's tool facts (a mapping or an adapter.DumpResult), checked."""
     if dataclasses.is_dataclass(metadata) and not isinstance(metadata, type):
-        metadata = dataclasses.asdict(metadata)
+        # the description is its own file (source_description.json), not manifest metadata
+        metadata = {k: v for k, v in dataclasses.asdict(metadata).items() if k != "description"}
     if not isinstance(metadata, Mapping):
         raise TypeError(f"metadata must be a mapping or a DumpResult, got {type(metadata).__name__}")
     unknown = sorted(set(metadata) - _METADATA_KEYS)

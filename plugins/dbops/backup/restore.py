@@ -47,6 +47,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dbops.backup.adapter import (  # noqa: F401  (re-exported: the recovery vocabulary)
+    DrillComparison,
+    DrillEnvironmentError,
+    RestoreFailed,
+    RestorePlan,
+    RestoreRefused,
+    RestoreRequest,
+)
 from dbops.backup.repository import (
     Backup,
     BackupRepository,
@@ -78,20 +86,12 @@ _KAFKA_TOPIC = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 _CONN_ID = re.compile(r"^[A-Za-z0-9_.-]{1,250}$")
 
 
-class RestoreRefused(ValueError):
-    """Refused before any work: the message says why and what to do instead."""
-
-
 class CorruptBackup(RuntimeError):
     """The backup's files no longer match its manifest (``checks`` says which)."""
 
     def __init__(self, message: str, checks: list[CheckResult]) -> None:
         super().__init__(message)
         self.checks = checks
-
-
-class RestoreFailed(RuntimeError):
-    """A restore ran and did not give what it should (the message names every difference)."""
 
 
 # --------------------------------------------------------------------------- names and rules
@@ -193,18 +193,6 @@ def confirm_overwrite(*, target: str, reason: str | None, confirm: str) -> bool:
             f"confirm_overwrite to {target!r} (exactly); or restore into a new target"
         )
     return confirm == target
-
-
-@dataclass(frozen=True)
-class RestoreRequest:
-    """The restore DAG's Params, checked for shape (no I/O): what :func:`check_request` returns."""
-
-    store: str
-    backup_id: str
-    database: str
-    target: str
-    confirm: str
-    topics: tuple[str, ...] = ()
 
 
 def check_request(
@@ -313,11 +301,11 @@ def verify_files(repo: BackupRepository, backup: Backup, log: LogFn) -> list[Che
     return checks
 
 
-def _marker(store: str, source: str | None, backup_id: str) -> str:
+def restore_marker(store: str, source: str | None, backup_id: str) -> str:
     return f"{PG_MARKER_PREFIX}{store}/{source or ''}/{backup_id}"
 
 
-def _summary(result: dict[str, Any]) -> str:
+def restore_summary(result: dict[str, Any]) -> str:
     what = f"{result['store']} backup {result['backup_id']}"
     if result.get("source"):
         what += f" of {result['source']}"
@@ -330,8 +318,8 @@ def _summary(result: dict[str, Any]) -> str:
     return f"{head}; equal to the source as described at backup time"
 
 
-def _finish(result: dict[str, Any], log: LogFn) -> dict[str, Any]:
-    result["summary"] = _summary(result)
+def finish(result: dict[str, Any], log: LogFn) -> dict[str, Any]:
+    result["summary"] = restore_summary(result)
     for note in result.get("notes", []):
         log(f"note: {note}")
     for difference in result["differences"]:
@@ -480,7 +468,7 @@ def plan_postgres(endpoint, backup: Backup, *, target: str, confirm: str) -> dic
     """What restoring ``backup`` into ``target`` would do; refuses an unconfirmed overwrite."""
     check_pg_target(target)
     exists, comment, sessions = _pg_state(endpoint, target)
-    already = exists and comment == _marker("postgres", backup.subject, backup.backup_id)
+    already = exists and comment == restore_marker("postgres", backup.subject, backup.backup_id)
     reason = None
     if exists and not already:
         live = " (the live database of this backup)" if target == backup.subject else ""
@@ -519,12 +507,12 @@ def restore_postgres(endpoint, backup: Backup, *, target: str, confirm: str, job
                 admin.execute(
                     sql.SQL(load_sql("restore/pg_mark_database.sql")).format(
                         database=sql.Identifier(target),
-                        comment=sql.Literal(_marker("postgres", backup.subject, backup.backup_id)),
+                        comment=sql.Literal(restore_marker("postgres", backup.subject, backup.backup_id)),
                     )
                 )
             except psycopg.Error as exc:  # the data is there; only a rerun would not recognise it
                 log(f"could not mark {target} with the backup it holds: {exc}")
-    return _finish(
+    return finish(
         {
             "store": "postgres",
             "backup_id": backup.backup_id,
@@ -582,7 +570,7 @@ def _mongo_state(endpoint, target: str) -> tuple[list[str], dict[str, Any] | Non
 def plan_mongo(endpoint, backup: Backup, *, database: str, target: str, confirm: str) -> dict[str, Any]:
     check_mongo_name(target)
     collections, marker = _mongo_state(endpoint, target)
-    already = bool(marker) and marker.get("backup") == _marker("mongo", database, backup.backup_id)
+    already = bool(marker) and marker.get("backup") == restore_marker("mongo", database, backup.backup_id)
     reason = None
     if collections and not already:
         live = " (the live database of this backup)" if target == database else ""
@@ -625,11 +613,11 @@ def restore_mongo(endpoint, backup: Backup, *, database: str, target: str, confi
             with client(endpoint) as mongo:
                 mongo[target][MONGO_MARKER].replace_one(
                     {"_id": "restore"},
-                    {"_id": "restore", "backup": _marker("mongo", database, backup.backup_id), "at": time.time()},
+                    {"_id": "restore", "backup": restore_marker("mongo", database, backup.backup_id), "at": time.time()},
                     upsert=True,
                 )
     differences, notes = compare_mongo(expected, description, dumped=dumped, restored=restored)
-    return _finish(
+    return finish(
         {
             "store": "mongo",
             "backup_id": backup.backup_id,
@@ -832,7 +820,7 @@ def restore_redis(
                         differences.append(f"key {db}:{_text(key)}: the copy in {target} differs from the backup")
         notes.append(f"{checked} copied key(s) read back from {target} and compared")
     already = copied == 0 and replaced == 0 and same > 0
-    return _finish(
+    return finish(
         {
             "store": "redis",
             "backup_id": backup.backup_id,
@@ -893,7 +881,7 @@ def restore_kafka(
     expected = source_description(backup).get("topics", {})
     actual = topic_definitions(admin, timeout, include_internal=True, names=sorted(created))
     differences += compare_topics({t: expected[t] for t in created if t in expected}, actual)
-    return _finish(
+    return finish(
         {
             "store": "kafka",
             "backup_id": backup.backup_id,
@@ -976,7 +964,7 @@ def restore_weaviate(
         for name in classes
         if name in want and counts.get(name) != want.get(name)
     ]
-    return _finish(
+    return finish(
         {
             "store": "weaviate",
             "backup_id": backup.backup_id,
@@ -994,15 +982,6 @@ def restore_weaviate(
 
 
 # --------------------------------------------------------------------------- drills
-
-
-@dataclass
-class DrillComparison:
-    """What a store's drill found: mismatches, notes, and scratch targets it could not remove."""
-
-    differences: list[str] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-    leftovers: list[str] = field(default_factory=list)
 
 
 def _cleanup(comparison: DrillComparison, what: str, action: Callable[[], Any], log: LogFn) -> None:

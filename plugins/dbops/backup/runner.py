@@ -7,8 +7,9 @@ Order, for one series:
 1. sweep stale staging left by a killed worker;
 2. if this run already made a complete backup of the series, stop (a rerun of a run
    whose backup is complete does nothing, unless ``force``);
-3. dump into a fresh staging folder, describe the live store (for the restore drill),
-   then seal: every sha256 re-read and the tool-level check must pass before the
+3. dump into a fresh staging folder, together with the description of what the dump
+   holds (taken in the dump's own snapshot or read from the artifact: the reference of
+   every drill and restore), then seal: every sha256 re-read and the tool-level check must pass before the
    single rename that makes the backup visible. Any failure leaves nothing visible.
 Retention is a separate step that refuses to run without this run's verified backup.
 """
@@ -25,7 +26,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from dbops.backup.adapter import BackupAdapter
+from dbops.backup.adapter import SeriesBackup
 from dbops.backup.repository import Backup, BackupRepository, RepositoryError
 from dbops.backup.retention import RetentionPolicy, RetentionRefused, apply_retention
 from dbops.tools import LOW_SPACE_BYTES, NO_SPACE, free_bytes, human_bytes
@@ -110,7 +111,7 @@ def _outcome(backup: Backup, seconds: float, reused: bool) -> BackupOutcome:
 
 def take_backup(
     repo: BackupRepository,
-    adapter: BackupAdapter,
+    adapter: SeriesBackup,
     *,
     store: str,
     subject: str | None,
@@ -134,8 +135,11 @@ def take_backup(
             log(f"writing into staging folder {staging.path}")
             try:
                 result = adapter.dump(staging.path, log)
-                description = adapter.describe(log)
-                (staging.path / DESCRIPTION_FILE).write_text(json.dumps(description, indent=1, sort_keys=True, default=str))
+                if not result.description:  # a drill would have nothing to judge the backup by
+                    raise RepositoryError(f"{store}: the dump gave no description of what it holds")
+                (staging.path / DESCRIPTION_FILE).write_text(
+                    json.dumps(result.description, indent=1, sort_keys=True, default=str)
+                )
                 backup = staging.seal(result, check=lambda path, draft: adapter.check(path, draft, log))
             except Exception as exc:
                 full = _space_error(exc, repo, staging.path, f"{store}/{subject}" if subject else store)
@@ -148,7 +152,7 @@ def take_backup(
 
 
 def source_description(backup: Backup) -> dict:
-    """The live store's description recorded right after the dump (for the drill)."""
+    """What the backup holds, as described when it was taken (the reference of drills and restores)."""
     return json.loads((backup.path / DESCRIPTION_FILE).read_text())
 
 

@@ -1,0 +1,41 @@
+"""The one list of stores: ``{store: adapter class}``, imported lazily.
+
+Adding a store is one folder (``dbops/stores/<store>/`` with an ``adapter.py`` implementing
+:class:`dbops.backup.adapter.StoreAdapter`) and one line here. DAG files read the names at
+parse time; the adapter modules (and the store's client libraries) load only when a task
+builds an adapter.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from dbops.backup.adapter import Links, StoreAdapter
+    from dbops.config import DbopsConfig
+
+ADAPTERS: dict[str, str] = {
+    "postgres": "dbops.stores.postgres.adapter:PostgresAdapter",
+    "mongo": "dbops.stores.mongo.adapter:MongoAdapter",
+    "redis": "dbops.stores.redis.adapter:RedisAdapter",
+    "kafka": "dbops.stores.kafka.adapter:KafkaAdapter",
+    "weaviate": "dbops.stores.weaviate.adapter:WeaviateAdapter",
+}
+STORES: tuple[str, ...] = tuple(ADAPTERS)
+# Stores a drill can restore into a scratch target (Weaviate restores classes only under
+# their own names, into a server that lacks them).
+DRILLED_STORES: tuple[str, ...] = ("postgres", "mongo", "redis", "kafka")
+
+
+def adapter_class(store: str) -> type[StoreAdapter]:
+    try:
+        module, _, name = ADAPTERS[store].partition(":")
+    except KeyError:
+        raise ValueError(f"store {store!r} is not one of {', '.join(STORES)}") from None
+    return getattr(importlib.import_module(module), name)
+
+
+def adapter(store: str, config: DbopsConfig, links: Links) -> StoreAdapter:
+    """The adapter of ``store``, configured and able to reach its connections."""
+    return adapter_class(store)(config, links)
