@@ -73,6 +73,10 @@ class Connections(_Section):
     # password, extra {"email": ...}) and the Mongo application user (login, password)
     platform_admin: str = "dbops_platform_admin"
     mongo_app: str = "dbops_mongo_app"
+    # optional scratch clusters for restore drills; absent: the drill uses the production
+    # cluster (scratch databases named dbops_drill_*) and says so in its log
+    drill_postgres: str = "dbops_drill_postgres"
+    drill_mongo: str = "dbops_drill_mongo"
 
 
 class Schedules(_Section):
@@ -117,8 +121,10 @@ class BackupSettings(_Section):
 
 
 class PostgresSettings(_Section):
-    # None: every database of the server except templates.
+    # None: every database of the server except templates, Airflow's metadata database,
+    # dbops' restore targets and drill scratch databases, and exclude_databases.
     databases: list[str] | None = None
+    exclude_databases: list[str] = Field(default_factory=list)
     dump_jobs: int = Field(2, ge=1, le=64)
     # "auto" picks the best method the pg_dump binary supports: zstd, lz4, then gzip.
     compression: str = Field("auto", pattern=r"^(auto|none|gzip|lz4|zstd)(:\d+)?$")
@@ -144,7 +150,9 @@ class RedisSettings(_Section):
 
 
 class WeaviateSettings(_Section):
-    backup_backend: str = "filesystem"
+    # a backend dbops can reach and expire (Weaviate's backup-s3 module); "filesystem"
+    # leaves the backups on the Weaviate server, where dbops cannot expire or ship them
+    backup_backend: str = "s3"
     backup_timeout_s: float = Field(3600.0, gt=0)
 
 
