@@ -111,6 +111,8 @@ class RestoreRequest:
     target: str = ""
     confirm: str = ""
     topics: tuple[str, ...] = ()
+    # Weaviate <= 1.23.12 can corrupt data on restore (Weaviate's own warning): refused unless set
+    accept_unsafe_version: bool = False
 
 
 @dataclass
@@ -161,6 +163,8 @@ class Links(Protocol):
 
     def weaviate(self, conn_id: str) -> AbstractContextManager[Any]: ...
 
+    def s3_client(self, conn_id: str) -> Any: ...
+
 
 class StoreAdapter(Protocol):
     """One store, for the whole life of a backup. Built as ``Adapter(config, links)``."""
@@ -176,6 +180,10 @@ class StoreAdapter(Protocol):
 
     def series_backup(self, subject: str | None) -> SeriesBackup:
         """The backup of one series."""
+
+    def expire(self, backup: Backup, log: LogFn) -> None:
+        """Remove what ``backup`` keeps outside the repository (Weaviate's copy in its backend)
+        before retention deletes its folder; nothing for stores whose backup is all in the folder."""
 
     # restore
     def check_request(self, request: RestoreRequest) -> None:
