@@ -1,8 +1,9 @@
 """MongoDB for the local stack: SecantusDB (a MongoDB-wire-compatible server on WiredTiger).
 
 No real ``mongod`` can be had here (see ENVIRONMENT.md); SecantusDB serves pymongo's CRUD,
-aggregation, unique and TTL indexes. It runs ``--standalone`` (no replica-set
-advertisement) with ``--auth``: SecantusDB implements SCRAM-SHA-256/SHA-1 users and
+aggregation, unique and TTL indexes. It runs without ``--standalone``, i.e. as a
+one-member replica set (``setName`` "secantus", PRIMARY, an oplog in ``local.oplog.rs``)
+so that point-in-time dumps (``mongodump --oplog``) are exercised, and with ``--auth``: SecantusDB implements SCRAM-SHA-256/SHA-1 users and
 role checks, but has no localhost exception. The root user is therefore provisioned
 by a short-lived, unauthenticated instance on the same data directory, bound to
 127.0.0.1 on a free ephemeral port (never the service port), which is stopped before
@@ -92,7 +93,8 @@ class Mongo(Service):
             str(port),
             "--storage-path",
             str(self.data),
-            "--standalone",
+            # no --standalone: the server then runs as a one-member replica set
+            # ("secantus", PRIMARY, with local.oplog.rs), so mongodump --oplog is real here
         ]
         return [*argv, "--auth"] if auth else argv
 
@@ -216,7 +218,7 @@ class Mongo(Service):
                 "schema": DATABASE,
                 "login": ROOT_USER,
                 "password": self.password(),
-                "extra": {"srv": False, "ssl": False, "authSource": "admin"},
+                "extra": {"srv": False, "ssl": False, "authSource": "admin", "directConnection": True},
             }
         }
 

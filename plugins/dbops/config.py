@@ -23,6 +23,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from dbops.stores.registry import STORES
+
 ENV_PREFIX = "DBOPS_"
 CONFIG_FILE_ENV = "DBOPS_CONFIG"
 
@@ -40,12 +42,8 @@ class ConfigError(ValueError):
     """A configuration value is missing or invalid; the message names the key."""
 
 
-class Store(str, Enum):
-    POSTGRES = "postgres"
-    MONGO = "mongo"
-    REDIS = "redis"
-    WEAVIATE = "weaviate"
-    KAFKA = "kafka"
+# The store names come from the one registry of store adapters.
+Store = Enum("Store", [(name.upper(), name) for name in STORES], type=str)
 
 
 ALL_STORES = [s.value for s in Store]
@@ -98,6 +96,11 @@ class BackupSettings(_Section):
     min_keep: int = Field(3, ge=1, le=1000)
     stale_staging_hours: int = Field(12, ge=1)
     stores: list[Store] = Field(default_factory=lambda: list(Store))
+    # Retention trusts no single clock: it refuses when the worker's clock is further than
+    # this from the backups and the scheduler's start of the run...
+    max_clock_skew_minutes: int = Field(15, ge=1, le=1440)
+    # ...or when this run's backup is older than this by the worker's clock (it runs just after it).
+    retention_max_delay_hours: float = Field(12.0, gt=0, le=168)
 
     @field_validator("root")
     @classmethod
@@ -448,6 +451,9 @@ class ExecutorSettings(_Section):
     # Executor queue (Celery, Kubernetes) of each store's heavy tasks; a store not listed
     # uses Airflow's [operators] default_queue.
     queues: dict[Store, str] = Field(default_factory=dict)
+    # execution_timeout of every heavy task (backup, restore, drill, maintenance, bootstrap of
+    # a store): a hung dump fails and alerts instead of holding every later night's run
+    heavy_task_timeout_minutes: int = Field(360, ge=5, le=7 * 24 * 60)
 
     @field_validator("queues")
     @classmethod

@@ -75,12 +75,14 @@ def require_weaviate(conn_id: str) -> None:
 
 @contextmanager
 def postgres(conn_id: str, database: str | None = None) -> Iterator:
-    """A psycopg 3 connection (autocommit off) to ``database`` or the connection's own."""
-    from airflow.providers.postgres.hooks.postgres import PostgresHook
+    """A psycopg 3 connection (autocommit off) to ``database`` or the connection's own.
 
-    get_connection(conn_id)
-    hook = PostgresHook(postgres_conn_id=conn_id, **({"database": database} if database else {}))
-    conn = hook.get_conn()
+    The same way the backup tools reach Postgres (:func:`endpoint`, with the libpq options
+    of the connection's extra): one path from a connection id to the server.
+    """
+    from dbops.stores.postgres.backup import pg_connect
+
+    conn = pg_connect(endpoint(conn_id, "postgres"), database)
     try:
         yield conn
     finally:

@@ -13,9 +13,10 @@ from typing import Any
 
 from airflow.sdk import DAG, Asset, CronTriggerTimetable, Param
 
-from dbops.config import ALL_STORES, DbopsConfig, load_config
+from dbops.config import ALL_STORES, DbopsConfig
+from dbops.runtime import base_config, runtime_config  # noqa: F401  (the tasks' import)
 
-CONFIG: DbopsConfig = load_config()
+CONFIG: DbopsConfig = base_config()
 
 DEFAULT_ARGS: dict[str, Any] = {
     "owner": "dbops",
@@ -101,22 +102,3 @@ def selected_params(store: str) -> dict[str, Any]:
     if store not in params["stores"]:
         raise AirflowSkipException(f"skipped: {store} is not in this run's stores {params['stores']}")
     return params
-
-
-def runtime_config(overrides: dict[str, Any] | None = None) -> DbopsConfig:
-    """The parse-time config plus the ``dbops_config`` Variable (JSON) and ``overrides``."""
-    import json
-
-    from airflow.sdk import Variable
-
-    from dbops.config import ConfigError
-
-    raw = Variable.get("dbops_config", default=None)
-    config = CONFIG
-    if raw:
-        try:
-            variable = json.loads(raw) if isinstance(raw, str) else raw
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"Airflow Variable dbops_config is not valid JSON: {exc}") from None
-        config = config.with_overrides(variable)
-    return config.with_overrides(overrides)

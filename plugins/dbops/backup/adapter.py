@@ -88,8 +88,17 @@ class SeriesBackup(Protocol):
 # --------------------------------------------------------------------------- recovery
 
 
-class RestoreRefused(ValueError):
-    """Refused before any work: the message says why and what to do instead. Never retried."""
+class NotRetryable(Exception):
+    """An error a retry cannot cure (a refusal, a bad name, a checksum mismatch): the task
+    fails at once instead of holding the DAG's only run slot through its retries."""
+
+
+class RestoreRefused(NotRetryable, ValueError):
+    """Refused before any work: the message says why and what to do instead."""
+
+
+class BackupRefused(NotRetryable, ValueError):
+    """A backup that cannot be taken as asked (a database that does not exist, a bad name)."""
 
 
 class RestoreFailed(RuntimeError):

@@ -50,6 +50,7 @@ from typing import Any
 from dbops.backup.adapter import (  # noqa: F401  (re-exported: the recovery vocabulary)
     DrillComparison,
     DrillEnvironmentError,
+    NotRetryable,
     RestoreFailed,
     RestorePlan,
     RestoreRefused,
@@ -86,7 +87,7 @@ _KAFKA_TOPIC = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 _CONN_ID = re.compile(r"^[A-Za-z0-9_.-]{1,250}$")
 
 
-class CorruptBackup(RuntimeError):
+class CorruptBackup(NotRetryable, RuntimeError):
     """The backup's files no longer match its manifest (``checks`` says which)."""
 
     def __init__(self, message: str, checks: list[CheckResult]) -> None:

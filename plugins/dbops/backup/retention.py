@@ -28,12 +28,13 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from dbops.backup.adapter import NotRetryable
 from dbops.backup.repository import Backup, BackupRepository, RepositoryError, as_utc, checks_ok
 
 LogFn = Callable[[str], None]
 
 
-class RetentionRefused(RepositoryError):
+class RetentionRefused(NotRetryable, RepositoryError):
     """Retention was not applied (nothing deleted); the message says why."""
 
 
@@ -137,6 +138,7 @@ def apply_retention(
     new_backup_id: str | None,
     dry_run: bool,
     log: LogFn | None = None,
+    before_delete: Callable[[Backup], None] | None = None,
 ) -> list[Decision]:
     """Evaluate ``policy`` on the series and delete the obsolete backups (unless dry_run).
 
@@ -149,6 +151,9 @@ def apply_retention(
     ``min_keep`` verified ones) are re-read against their manifests: one that changed on
     disk since it was sealed (a flipped byte) gets a failed "verify" result recorded, no
     longer counts, and the decisions are made again without it.
+
+    ``before_delete`` removes what a backup keeps outside the repository (its store's
+    ``expire``); a failure there stops retention before the folder is deleted.
     """
     say = log or (lambda _msg: None)
     backups = repo.list(store, subject)
@@ -184,6 +189,8 @@ def apply_retention(
         if dry_run:
             say(f"dry run: would delete {where} {d.backup.backup_id}: {d.reason}")
         else:
+            if before_delete is not None:
+                before_delete(d.backup)
             repo.delete(d.backup)
             say(f"deleted {where} {d.backup.backup_id}: {d.reason}")
     return decisions
@@ -209,3 +216,53 @@ def _distrust_changed_witnesses(
         say(f"{where} {backup.backup_id} no longer matches its manifest, not counted as a good backup: {failed}")
         distrusted = True
     return distrusted
+
+
+def check_clock(
+    *,
+    now: datetime,
+    new: Backup,
+    newest_other: Backup | None,
+    run_started_at: datetime | None,
+    max_skew: timedelta,
+    max_delay: timedelta,
+    where: str,
+) -> None:
+    """Refuse (RetentionRefused) when the clock retention would judge ages by cannot be trusted.
+
+    Ages are differences between ``now`` and the backups' times, all read from one clock
+    (the worker's); a clock that is days fast makes every backup look old. So ``now`` is
+    held against what other clocks and the repository say:
+
+    - this run's new backup must be recent by ``now`` (taken at most ``max_delay`` ago:
+      retention runs just after it), and not in ``now``'s future;
+    - ``now`` must not be earlier than the newest other backup (a clock set back);
+    - the new backup must have been taken after the run started by the scheduler's clock
+      (``run_started_at``), and within ``max_delay`` of it.
+    """
+    now = as_utc(now, "now")
+    taken = new.taken_at
+    problems = []
+    if taken - now > max_skew:
+        problems.append(f"this run's backup {new.backup_id} is {_age_text(taken - now)} in the future of now ({now:%Y-%m-%dT%H:%M:%SZ})")
+    elif now - taken > max_delay:
+        problems.append(
+            f"this run's backup {new.backup_id} is {_age_text(now - taken)} old by this clock: retention runs only "
+            f"just after it (within {_age_text(max_delay)})"
+        )
+    if newest_other is not None and newest_other.taken_at - now > max_skew:
+        problems.append(f"now ({now:%Y-%m-%dT%H:%M:%SZ}) is earlier than the newest other backup {newest_other.backup_id}")
+    if run_started_at is not None:
+        started = as_utc(run_started_at, "run_started_at")
+        if started - taken > max_skew or taken - started > max_delay:
+            problems.append(
+                f"this run started at {started:%Y-%m-%dT%H:%M:%SZ} by the scheduler's clock, but its backup "
+                f"{new.backup_id} was stamped {_age_text(abs(taken - started))} "
+                f"{'later' if taken > started else 'earlier'} by this worker's clock"
+            )
+    if problems:
+        raise RetentionRefused(
+            f"retention of {where} not applied, nothing deleted: the clock disagrees with the backups: "
+            + "; ".join(problems)
+            + ". Fix the worker's clock (NTP), then clear this task"
+        )

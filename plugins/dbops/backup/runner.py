@@ -28,7 +28,7 @@ from pathlib import Path
 
 from dbops.backup.adapter import SeriesBackup
 from dbops.backup.repository import Backup, BackupRepository, RepositoryError
-from dbops.backup.retention import RetentionPolicy, RetentionRefused, apply_retention
+from dbops.backup.retention import RetentionPolicy, RetentionRefused, apply_retention, check_clock
 from dbops.tools import LOW_SPACE_BYTES, NO_SPACE, free_bytes, human_bytes
 
 LogFn = Callable[[str], None]
@@ -165,17 +165,33 @@ def expire(
     run_id: str,
     dag_id: str,
     now: datetime,
+    run_started_at: datetime | None,
+    max_clock_skew: timedelta,
+    max_delay: timedelta,
     dry_run: bool,
     log: LogFn,
+    before_delete: Callable[[Backup], None] | None = None,
 ) -> dict:
-    """Apply retention to a series after (and only after) this run's backup of it."""
+    """Apply retention to a series after (and only after) this run's backup of it, and only
+    when the clock agrees with the backups (:func:`~dbops.backup.retention.check_clock`)."""
     new = repo.find_by_run(store, subject, run_id, dag_id=dag_id)
     where = f"{store}/{subject}" if subject else store
     if new is None:
         raise RetentionRefused(f"retention of {where} not applied: this run made no complete backup of it")
-    decisions = apply_retention(
-        repo, store, subject, policy, now=now, new_backup_id=new.backup_id, dry_run=dry_run, log=log
+    others = [b for b in repo.list(store, subject) if b.backup_id != new.backup_id]
+    check_clock(
+        now=now,
+        new=new,
+        newest_other=max(others, key=lambda b: b.taken_at, default=None),
+        run_started_at=run_started_at,
+        max_skew=max_clock_skew,
+        max_delay=max_delay,
+        where=where,
     )
+    decisions = apply_retention(
+        repo, store, subject, policy, now=now, new_backup_id=new.backup_id, dry_run=dry_run, log=log,
+        before_delete=before_delete,
+    )  # fmt: skip
     obsolete = [d.backup.backup_id for d in decisions if not d.keep]
     kept = [d.backup.backup_id for d in decisions if d.keep]
     verb = "would delete" if dry_run else "deleted"

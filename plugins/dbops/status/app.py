@@ -45,7 +45,7 @@ def _error(exc: BaseException) -> str:
 
 
 def _config():
-    from dbops.dagkit import runtime_config
+    from dbops.runtime import runtime_config
 
     return runtime_config()
 
@@ -149,7 +149,7 @@ def create_app() -> FastAPI:
         from dbops.backup.repository import utc_now
         from dbops.backup.retention import RetentionPolicy
         from dbops.status import overview
-        from dbops.tasks.offsite import target_connection_id, open_target
+        from dbops.offsite.targets import open_target, target_connection_id
 
         config = _config()
         repo = _repository(config)

@@ -11,6 +11,8 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
+# No dbops import here: config (the core) reads the store names from this module.
+
 if TYPE_CHECKING:
     from dbops.backup.adapter import Links, StoreAdapter
     from dbops.config import DbopsConfig
@@ -19,8 +21,8 @@ ADAPTERS: dict[str, str] = {
     "postgres": "dbops.stores.postgres.adapter:PostgresAdapter",
     "mongo": "dbops.stores.mongo.adapter:MongoAdapter",
     "redis": "dbops.stores.redis.adapter:RedisAdapter",
-    "kafka": "dbops.stores.kafka.adapter:KafkaAdapter",
     "weaviate": "dbops.stores.weaviate.adapter:WeaviateAdapter",
+    "kafka": "dbops.stores.kafka.adapter:KafkaAdapter",
 }
 STORES: tuple[str, ...] = tuple(ADAPTERS)
 # Stores a drill can restore into a scratch target (Weaviate restores classes only under

@@ -18,10 +18,10 @@ from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 from dbops import connections
 from dbops.config import OFFSITE_TARGETS, DbopsConfig
 from dbops.dagkit import runtime_config
+from dbops.offsite.targets import open_target, target_connection_id  # noqa: F401
 
 log = logging.getLogger(__name__)
 TARGETS = list(OFFSITE_TARGETS)
-MIB = 1024 * 1024
 
 
 def _config(params: dict) -> DbopsConfig:
@@ -66,48 +66,6 @@ def encryption(config: DbopsConfig):
         return Encryption(parse_key(text), config.offsite.encryption_chunk_kib * 1024)
     except ValueError as exc:
         raise AirflowFailException(f"{config.offsite.encryption_key}: {exc}") from None
-
-
-def target_connection_id(config: DbopsConfig, target: str) -> str:
-    return config.connections.offsite_ssh if target == "rsync" else config.connections.s3
-
-
-@contextmanager
-def open_target(name: str, config: DbopsConfig) -> Iterator:
-    """The target ``name`` ("rsync" or "s3") built from its Airflow connection."""
-    settings = config.offsite
-    if name == "rsync":
-        from dbops.offsite.rsync import RsyncTarget
-
-        params = connections.ssh_params(config.connections.offsite_ssh, settings.ssh_connect_timeout_s)
-        work_dir = settings.work_dir or config.backup.root / ".offsite-outbox"
-        with RsyncTarget(
-            params,
-            settings.rsync_remote_dir,
-            rsync_path=settings.rsync_path,
-            bwlimit_kib=settings.rsync_bwlimit_kib,
-            io_timeout_s=settings.rsync_timeout_s,
-            compress=settings.rsync_compress,
-            work_dir=work_dir,
-        ) as target:
-            yield target
-    elif name == "s3":
-        from dbops.offsite.s3 import S3Settings, S3Target
-
-        s3 = S3Settings(
-            bucket=settings.s3_bucket,
-            prefix=settings.s3_prefix,
-            storage_class=settings.s3_storage_class,
-            sse=settings.s3_sse,
-            sse_kms_key_id=settings.s3_sse_kms_key_id,
-            multipart_threshold=settings.s3_multipart_threshold_mib * MIB,
-            multipart_chunksize=settings.s3_multipart_chunk_mib * MIB,
-            max_concurrency=settings.s3_max_concurrency,
-        )
-        with S3Target(connections.s3_client(config.connections.s3), s3) as target:
-            yield target
-    else:  # pragma: no cover - Params and config refuse other names
-        raise ValueError(f"unknown offsite target {name!r}")
 
 
 def _selected(target: str) -> tuple[DbopsConfig, dict]:

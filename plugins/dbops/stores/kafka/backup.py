@@ -307,6 +307,8 @@ class KafkaBackup:
                 "configs_from": listing,
                 "include_internal": self.include_internal,
             },
+            # exactly the definitions written in topics.json: what a drill or restore compares with
+            description={**cluster, "taken_at": taken_at, "topics": topics},
         )
 
     def check(self, backup_dir: Path, manifest: dict[str, Any], log: LogFn) -> list[Check]:
@@ -331,15 +333,6 @@ class KafkaBackup:
         for check in checks:
             log(f"kafka check {check.name}: {'ok' if check.ok else 'FAILED'} {check.detail}")
         return checks
-
-    def describe(self, log: LogFn) -> dict[str, Any]:
-        admin = self.admin_factory()
-        result = {
-            **cluster_info(admin, self.timeout),
-            "topics": topic_definitions(admin, self.timeout, include_internal=self.include_internal),
-        }
-        log(f"kafka describe: {len(result['topics'])} topics")
-        return result
 
 
 # ---------------------------------------------------------------------- restore

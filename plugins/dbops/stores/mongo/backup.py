@@ -313,8 +313,40 @@ def sample_checksum(collection, size: int = DEFAULT_SAMPLE_SIZE) -> dict[str, An
     return {"size": n, "sha256": digest.hexdigest()}
 
 
+class DocumentDigest:
+    """An order-independent digest of a collection's documents: the sum (mod 2**256) of the
+    sha256 of each document's raw BSON. The archive and a restored copy give the same value
+    whatever order the documents come in; a changed, lost or duplicated document changes it."""
+
+    MODULUS = 1 << 256
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.total = 0
+
+    def add(self, raw: bytes) -> None:
+        self.total = (self.total + int.from_bytes(hashlib.sha256(raw).digest(), "big")) % self.MODULUS
+        self.count += 1
+
+    def hexdigest(self) -> str:
+        return f"{self.total:064x}"
+
+
+def collection_digest(collection) -> DocumentDigest:
+    """The :class:`DocumentDigest` of a live collection, read as raw BSON (identical bytes)."""
+    from bson.codec_options import CodecOptions
+    from bson.raw_bson import RawBSONDocument
+
+    raw = collection.with_options(codec_options=CodecOptions(document_class=RawBSONDocument))
+    digest = DocumentDigest()
+    for doc in raw.find({}, batch_size=1000):
+        digest.add(doc.raw)
+    return digest
+
+
 def describe_database(db, sample_size: int = DEFAULT_SAMPLE_SIZE) -> dict[str, Any]:
-    """collection -> count, index specs, sample checksum (views: their definition)."""
+    """collection -> count, index specs, digest of every document's raw BSON (views: their
+    definition): the same shape :func:`describe_archive` gives for an archive."""
     collections: dict[str, Any] = {}
     for info in sorted(db.list_collections(), key=lambda i: i["name"]):
         name = info["name"]
@@ -325,10 +357,11 @@ def describe_database(db, sample_size: int = DEFAULT_SAMPLE_SIZE) -> dict[str, A
             collections[name] = {"view_on": options.get("viewOn"), "pipeline": _canonical(options.get("pipeline", []))}
             continue
         coll = db[name]
+        digest = collection_digest(coll)
         collections[name] = {
-            "count": coll.count_documents({}),
+            "count": digest.count,
             "indexes": sorted((index_spec(ix) for ix in coll.list_indexes()), key=lambda s: s["name"]),
-            "sample": sample_checksum(coll, sample_size),
+            "digest": digest.hexdigest(),
         }
     return {"collections": collections}
 
@@ -358,6 +391,11 @@ class ArchiveSummary:
     views: set[str] = field(default_factory=set)
     documents: dict[str, int] = field(default_factory=dict)  # namespace -> documents in body
     closed: set[str] = field(default_factory=set)  # namespaces whose EOF block was seen
+    metadata: dict[str, dict[str, Any]] = field(default_factory=dict)  # namespace -> indexes, options
+    digests: dict[str, DocumentDigest] = field(default_factory=dict)  # namespace -> documents' digest
+    # documents of admin.system.users / admin.system.roles (a real mongod dumps them)
+    security: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    oplog_last: Any = None  # ts of the last oplog entry captured by --oplog
 
     def databases(self) -> list[str]:
         return sorted({ns.split(".", 1)[0] for ns in self.prelude if "." in ns})
@@ -392,14 +430,19 @@ def _ns(doc: dict[str, Any]) -> str:
     return f"{doc.get('db', '')}.{doc.get('collection', '')}"
 
 
-def walk_archive(stream, *, prelude_only: bool = False) -> ArchiveSummary:
+SECURITY_NAMESPACES = ("admin.system.users", "admin.system.roles")
+
+
+def walk_archive(stream, *, prelude_only: bool = False, digest: bool = False) -> ArchiveSummary:
     """Walk a (decompressed) mongodump archive: structure and documents per namespace.
 
     Layout (mongo-tools ``archive``): magic; header BSON; one metadata BSON per
     namespace; terminator; then blocks of ``namespace header BSON, documents...,
     terminator``, each namespace ending with a header whose ``EOF`` is true.
     Documents are checked for framing only (length, trailing NUL): the bytes
-    themselves are covered by gzip's CRC32.
+    themselves are covered by gzip's CRC32. With ``digest``, every document's raw bytes
+    also go into its namespace's :class:`DocumentDigest`, and each namespace's metadata
+    (index specs, options) is parsed: the description of exactly what the archive holds.
     """
     import bson
 
@@ -417,6 +460,10 @@ def walk_archive(stream, *, prelude_only: bool = False) -> ArchiveSummary:
         summary.prelude.append(ns)
         if '"viewOn"' in str(meta.get("metadata", "")):
             summary.views.add(ns)
+        if digest and meta.get("metadata"):
+            from bson import json_util
+
+            summary.metadata[ns] = json_util.loads(meta["metadata"])
     if prelude_only:
         return summary
     announced = set(summary.prelude)
@@ -436,9 +483,16 @@ def walk_archive(stream, *, prelude_only: bool = False) -> ArchiveSummary:
                 raise ArchiveError(f"EOF block of {ns} is not terminated")
             continue
         count = summary.documents.get(ns, 0)
+        hashed = summary.digests.setdefault(ns, DocumentDigest()) if digest and ns != OPLOG_NS else None
         while (length := _read_int32(stream, f"a block of {ns}")) != _TERMINATOR:
-            _read_doc(stream, length, f"a document of {ns}")
+            raw = _read_doc(stream, length, f"a document of {ns}")
             count += 1
+            if hashed is not None:
+                hashed.add(raw)
+                if ns in SECURITY_NAMESPACES:
+                    summary.security.setdefault(ns, []).append(bson.decode(raw))
+            elif digest and ns == OPLOG_NS:
+                summary.oplog_last = bson.decode(raw).get("ts")
         summary.documents[ns] = count
     open_ = [ns for ns in summary.documents if ns not in summary.closed]
     if open_:
@@ -475,7 +529,7 @@ class _GzipSource(io.RawIOBase):
         return len(data)
 
 
-def verify_archive(archive: Path) -> tuple[Check, Check, ArchiveSummary | None]:
+def verify_archive(archive: Path, *, digest: bool = False) -> tuple[Check, Check, ArchiveSummary | None]:
     """One pass: the gzip stream to its very end, and the archive structure inside it."""
     summary: ArchiveSummary | None = None
     structure_error: str | None = None
@@ -483,7 +537,7 @@ def verify_archive(archive: Path) -> tuple[Check, Check, ArchiveSummary | None]:
         source = _GzipSource(gz)
         stream = io.BufferedReader(source, buffer_size=1 << 20)
         try:
-            summary = walk_archive(stream)  # reads to the end of the stream when it succeeds
+            summary = walk_archive(stream, digest=digest)  # reads to the end of the stream when it succeeds
         except ArchiveError as exc:
             structure_error = str(exc)
         except Exception as exc:  # the gzip layer, or bson.errors.InvalidBSON and friends
@@ -510,6 +564,75 @@ def verify_archive(archive: Path) -> tuple[Check, Check, ArchiveSummary | None]:
         f"{len(summary.closed)} namespaces, {sum(summary.documents.values())} documents, every block closed"
     )
     return gz_check, Check("archive_structure", True, detail), summary
+
+
+def _role_pairs(roles: Any) -> list[list[str]]:
+    return sorted([r.get("role"), r.get("db")] for r in roles or [])
+
+
+def _users_and_roles(users: list[dict[str, Any]], roles: list[dict[str, Any]], database: str) -> dict[str, Any]:
+    """Users and roles defined in ``database`` (no credentials), in a comparable form."""
+    return {
+        "users": sorted(
+            ({"user": u.get("user"), "roles": _role_pairs(u.get("roles"))} for u in users if u.get("db") == database),
+            key=lambda u: u["user"],
+        ),
+        "roles": sorted(
+            (
+                {
+                    "role": r.get("role"),
+                    "privileges": _canonical(r.get("privileges", [])),
+                    "roles": _role_pairs(r.get("roles")),
+                }
+                for r in roles
+                if r.get("db") == database
+            ),
+            key=lambda r: r["role"],
+        ),
+    }
+
+
+def security_description(summary: ArchiveSummary, databases: list[str], mongo) -> dict[str, Any]:
+    """Users and roles of the backed-up databases: from the archive's ``admin.system.users``
+    and ``admin.system.roles`` when it holds them (a mongod dumping the whole instance);
+    else, for a server that keeps them outside those collections (SecantusDB), read with
+    ``usersInfo``/``rolesInfo`` right after the dump and marked so (``from``)."""
+    if any(ns in summary.prelude for ns in SECURITY_NAMESPACES):
+        users = summary.security.get("admin.system.users", [])
+        roles = summary.security.get("admin.system.roles", [])
+        found = "archive"
+    else:
+        users, roles = [], []
+        for name in databases:
+            users += mongo[name].command("usersInfo").get("users", [])
+            roles += mongo[name].command("rolesInfo", showPrivileges=True, showBuiltinRoles=False).get("roles", [])
+        found = "server"
+    return {"from": found, **{name: _users_and_roles(users, roles, name) for name in databases}}
+
+
+def describe_archive(summary: ArchiveSummary, databases: list[str], security: dict[str, Any]) -> dict[str, Any]:
+    """database -> the :func:`describe_database` shape, from a walk with ``digest=True``,
+    plus the database's users and roles."""
+    described: dict[str, Any] = {}
+    for name in databases:
+        collections: dict[str, Any] = {}
+        for ns in summary.prelude:
+            db, _, coll = ns.partition(".")
+            if db != name or coll.startswith("system."):
+                continue
+            meta = summary.metadata.get(ns, {})
+            options = meta.get("options") or {}
+            if ns in summary.views:
+                collections[coll] = {"view_on": options.get("viewOn"), "pipeline": _canonical(options.get("pipeline", []))}
+                continue
+            digest = summary.digests.get(ns, DocumentDigest())
+            collections[coll] = {
+                "count": summary.documents.get(ns, 0),
+                "indexes": sorted((index_spec(ix) for ix in meta.get("indexes", [])), key=lambda s: s["name"]),
+                "digest": digest.hexdigest(),
+            }
+        described[name] = {"collections": collections, **security.get(name, {"users": [], "roles": []})}
+    return described
 
 
 # ---------------------------------------------------------------------- the adapter
@@ -552,18 +675,21 @@ class MongoBackup:
         return [self.database]
 
     def dump(self, staging: Path, log: LogFn) -> DumpResult:
+        """mongodump, then the description of what the archive holds, read from the archive.
+
+        On a replica-set member the whole instance is dumped with ``--oplog`` (a point in
+        time, users and roles in ``admin`` included), even when a database is configured:
+        mongodump refuses ``--oplog`` with ``--db``; a restore takes one database out of it.
+        """
         archive = Path(staging) / ARCHIVE
         with client(self.endpoint) as mongo:
             server_version = mongo.admin.command("buildInfo").get("version", "unknown")
             set_name = replica_set_name(mongo)
-            databases = self._databases(mongo)
-        whole = self.database is None
-        oplog = bool(set_name) and whole
-        if set_name and not whole:
-            log(f"mongo: replica set {set_name!r} but a single-database dump: mongodump allows --oplog "
-                "only for the whole instance, so this dump is not point-in-time")
-        elif set_name:
-            log(f"mongo: replica set {set_name!r}: dumping with --oplog (point in time)")
+            self._databases(mongo)  # the configured database must exist
+        whole = self.database is None or bool(set_name)
+        oplog = bool(set_name)
+        if set_name:
+            log(f"mongo: replica set {set_name!r}: dumping the whole instance with --oplog (point in time)")
         else:
             log("mongo: standalone server (no setName): no oplog, the dump is not point-in-time")
         version = tool_version("mongodump", log)
@@ -580,7 +706,7 @@ class MongoBackup:
             argv = dump_argv(
                 self.endpoint,
                 archive,
-                database=self.database,
+                database=None if whole else self.database,
                 oplog=oplog,
                 config=config,
                 parallel_collections=self.parallel_collections,
@@ -590,8 +716,25 @@ class MongoBackup:
         if not archive.is_file():
             raise ToolError(f"mongodump exited 0 but wrote no {ARCHIVE}")
         archive.chmod(0o600)  # the tool (under wine: the umask) decides otherwise
+        # the reference for drills and restores: the archive itself, never a later read
+        gz_check, structure, summary = verify_archive(archive, digest=True)
+        if summary is None:
+            raise ToolError(f"mongodump wrote an archive that does not read back: {gz_check.detail}; {structure.detail}")
+        databases = [d for d in summary.databases() if d not in SYSTEM_DATABASES]
+        with client(self.endpoint) as mongo:
+            security = security_description(summary, databases, mongo)
+        description = {
+            "source": "archive",
+            "server_version": server_version,
+            "replica_set": set_name,
+            "oplog": oplog,
+            "oplog_entries": summary.documents.get(OPLOG_NS, 0),
+            "databases": describe_archive(summary, databases, security),
+            "security_from": security["from"],
+        }
         log(f"mongo: {len(counts)} collections, {sum(counts.values())} documents, "
-            f"{archive.stat().st_size} bytes in {seconds}s")
+            f"{archive.stat().st_size} bytes in {seconds}s; described from the archive "
+            f"({description['oplog_entries']} oplog entries)")
         return DumpResult(
             tool="mongodump",
             tool_version=version,
@@ -599,14 +742,16 @@ class MongoBackup:
             compression="gzip",
             details={
                 "archive": ARCHIVE,
-                "scope": "database" if self.database else "instance",
+                "scope": "instance" if whole else "database",
                 "databases": databases,
+                "database": self.database,
                 "collections": dict(sorted(counts.items())),
                 "documents": sum(counts.values()),
                 "replica_set": set_name,
                 "oplog": oplog,
                 "dump_seconds": seconds,
             },
+            description=description,
         )
 
     def check(self, backup_dir: Path, manifest: dict[str, Any], log: LogFn) -> list[Check]:
@@ -671,18 +816,6 @@ class MongoBackup:
             f"mongorestore accepts the archive and lists its {len(announced)} namespaces ({seconds:.1f}s); "
             "100.3.1's dry run reads the prelude only",
         )
-
-    def describe(self, log: LogFn) -> dict[str, Any]:
-        with client(self.endpoint) as mongo:
-            databases = self._databases(mongo)
-            result = {
-                "server_version": mongo.admin.command("buildInfo").get("version", "unknown"),
-                "databases": {name: describe_database(mongo[name], self.sample_size) for name in databases},
-            }
-        for name, body in result["databases"].items():
-            total = sum(c.get("count", 0) for c in body["collections"].values())
-            log(f"mongo describe {name}: {len(body['collections'])} collections, {total} documents")
-        return result
 
 
 # ---------------------------------------------------------------------- restore

@@ -10,12 +10,11 @@ Limits: the user needs the ``SYNC`` command (servers that rename or forbid it, s
 some managed services, need another path, e.g. BGSAVE where the file is local); in a
 Redis Cluster each primary node is a separate endpoint.
 
-Restoring: Redis only loads an RDB at start-up. dbops restores into a *scratch*
-``redis-server`` it starts itself (:func:`restore_into_scratch`), which a restore drill
-then compares with :meth:`RedisBackup.describe`. Restoring over a live production Redis
-(stop it, put the RDB in place of its ``dir``/``dbfilename`` with AOF off or rewritten,
-start it; or replay a generated command stream with ``redis-cli --pipe``) replaces or
-merges everything clients see: that is an operator action dbops does not do blindly.
+The reference a drill and a restore compare with (``DumpResult.description``) is the
+RDB itself, loaded into a *scratch* ``redis-server`` dbops starts (:class:`ScratchCopy`)
+and described there, never a later read of the live server. Redis only loads an RDB at
+start-up, so restores and drills go through such scratch servers too
+(:mod:`dbops.stores.redis.recovery`).
 """
 
 from __future__ import annotations
@@ -26,6 +25,7 @@ import secrets
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -34,7 +34,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from dbops.backup.adapter import Check, DumpResult, Endpoint, LogFn
+from dbops.backup.adapter import Check, DrillEnvironmentError, DumpResult, Endpoint, LogFn
 from dbops.tools import ToolError, find_tool, human_bytes, run_tool
 
 RDB_FILE = "dump.rdb"
@@ -187,6 +187,79 @@ def describe_differences(expected: dict[str, Any], actual: dict[str, Any]) -> li
     return problems
 
 
+def describe_server(
+    endpoint: Endpoint,
+    log: LogFn,
+    *,
+    match: str | None = None,
+    prefix: str | None = None,
+    sample_all_below: int = SAMPLE_ALL_BELOW,
+) -> dict[str, Any]:
+    """Key counts per database and a deterministic sample of keys: type, expiry flag, value digest.
+
+    Only ever pointed at a server dbops started itself from a backup's RDB (a scratch
+    server), never at the live store: the live store changes while it is read.
+    ``prefix`` (a literal) or ``match`` (a SCAN MATCH glob) restricts the keys looked at.
+    When fewer than ``sample_all_below`` keys of a database match, every one is described;
+    else only those whose sha1 starts with "0" (1 in 16), chosen by name alone, so two
+    servers holding the same data pick the same keys. A server that goes away meanwhile
+    is a ToolError naming it.
+    """
+    try:
+        return _describe(endpoint, log, match=match, prefix=prefix, sample_all_below=sample_all_below)
+    except redis.RedisError as exc:
+        raise ToolError(
+            f"redis at {endpoint.host}:{endpoint.port}: describing failed: {type(exc).__name__}: {exc}"
+        ) from exc
+
+
+def _describe(
+    endpoint: Endpoint, log: LogFn, *, match: str | None, prefix: str | None, sample_all_below: int
+) -> dict[str, Any]:
+    if prefix is not None:
+        match = glob_escape(prefix) + "*"
+    started = time.monotonic()
+    with redis_client(endpoint) as client:
+        info = client.info("server")
+        keyspace = _keyspace(client.info("keyspace"))
+    keys_out: dict[str, Any] = {}
+    matched: dict[str, int] = {}
+    sampled_mode = "all"
+    for db in sorted(keyspace, key=int):
+        with redis_client(endpoint, int(db)) as client:
+            keys = sorted(set(client.scan_iter(match=match, count=1000)))
+            matched[db] = len(keys)
+            if len(keys) >= sample_all_below:
+                sampled_mode = "sha1-prefix-0"
+                keys = [k for k in keys if hashlib.sha1(k).hexdigest().startswith("0")]
+            for start in range(0, len(keys), 200):
+                batch = keys[start : start + 200]
+                with client.pipeline(transaction=False) as pipe:
+                    for key in batch:
+                        pipe.type(key)
+                        pipe.pttl(key)
+                    meta = pipe.execute()
+                for i, key in enumerate(batch):
+                    kind, pttl = _text(meta[2 * i]), int(meta[2 * i + 1])
+                    if kind == "none" or pttl == -2:
+                        continue  # expired since SCAN
+                    digest = value_digest(client, key, kind)
+                    if digest is None:
+                        continue
+                    keys_out[f"{db}:{_text(key)}"] = {"type": kind, "expires": pttl >= 0, "digest": digest}
+    seconds = time.monotonic() - started
+    log(f"described redis {endpoint.host}:{endpoint.port}: {sum(matched.values())} keys matched"
+        f"{' ' + repr(match) if match else ''}, {len(keys_out)} described in {seconds:.1f}s")  # fmt: skip
+    return {
+        "server_version": _text(str(info.get("redis_version", ""))),
+        "databases": keyspace,
+        "match": match,
+        "matched": matched,
+        "sample": sampled_mode,
+        "keys": keys_out,
+    }
+
+
 # --------------------------------------------------------------------------- adapter
 
 
@@ -202,11 +275,13 @@ class RedisBackup:
         timeout: float = 600.0,
         sample_all_below: int = SAMPLE_ALL_BELOW,
         match: str | None = None,
+        scratch_dir: Path | None = None,
     ) -> None:
         self.endpoint = endpoint
         self.timeout = timeout
         self.sample_all_below = sample_all_below
         self.match = match
+        self.scratch_dir = scratch_dir
 
     def __repr__(self) -> str:
         return f"RedisBackup({self.endpoint!r})"
@@ -229,6 +304,16 @@ class RedisBackup:
         return {"info": info, "compression": compression}
 
     def dump(self, staging: Path, log: LogFn) -> DumpResult:
+        """Stream the RDB, then describe *the RDB*: it is loaded into a scratch redis-server
+        (started here, on a free port, removed afterwards) and that server is described.
+
+        The live server keeps changing after its fork wrote the RDB, so reading it again
+        would describe another state than the backup holds, and every drill of a busy
+        store would fail. Describing the artifact costs one load of it (time about the
+        restore's, memory about the data set's) but gives the one reference a drill and a
+        restore may judge by. Keys whose TTL passed before the load are not in it:
+        Redis drops them when it loads, as any restore would.
+        """
         target = Path(staging) / RDB_FILE
         version = run_tool([find_tool("redis-cli"), "--version"], log=log).strip()
         before = self._server_facts()
@@ -252,7 +337,11 @@ class RedisBackup:
         if version_in_file is None:
             raise ToolError(f"{target} does not start with an RDB header")
         size = target.stat().st_size
-        log(f"RDB v{version_in_file} of {human_bytes(size)} in {seconds:.1f}s")
+        log(f"RDB v{version_in_file} of {human_bytes(size)} in {seconds:.1f}s; describing it in a scratch redis-server")
+        described_at = time.monotonic()
+        with ScratchCopy(target, port=None, scratch_dir=self.scratch_dir, prefix="dbops_describe_redis_", log=log) as scratch:
+            description = describe_server(scratch.endpoint, log, match=self.match, sample_all_below=self.sample_all_below)
+        held = description["databases"]
         return DumpResult(
             tool="redis-cli --rdb",
             tool_version=version,
@@ -263,8 +352,11 @@ class RedisBackup:
                 "bytes": size,
                 "rdb_version": version_in_file,
                 "seconds": round(seconds, 3),
-                "keyspace": keyspace,
-                "keys": sum(db["keys"] for db in keyspace.values()),
+                "describe_seconds": round(time.monotonic() - described_at, 3),
+                # what the RDB holds (as loaded), not what the live server held before the fork
+                "keyspace": held,
+                "keys": sum(db["keys"] for db in held.values()),
+                "keys_before_snapshot": sum(db["keys"] for db in keyspace.values()),
                 "used_memory": info.get("used_memory"),
                 "used_memory_human": info.get("used_memory_human"),
                 "maxmemory": info.get("maxmemory"),
@@ -273,6 +365,7 @@ class RedisBackup:
                 "role": info.get("role"),
                 "aof_enabled": info.get("aof_enabled"),
             },
+            description=description,
         )
 
     def check(self, backup_dir: Path, manifest: dict[str, Any], log: LogFn) -> list[Check]:
@@ -306,70 +399,19 @@ class RedisBackup:
         checks.append(Check("redis-check-rdb", ok, detail))
         return checks
 
-    def describe(self, log: LogFn, *, match: str | None = None, prefix: str | None = None) -> dict[str, Any]:
-        """:meth:`_describe`; a server that went away meanwhile is a ToolError naming it."""
-        try:
-            return self._describe(log, match=match, prefix=prefix)
-        except redis.RedisError as exc:
-            raise ToolError(
-                f"redis at {self.endpoint.host}:{self.endpoint.port}: describing the live store failed: "
-                f"{type(exc).__name__}: {exc}"
-            ) from exc
 
-    def _describe(self, log: LogFn, *, match: str | None, prefix: str | None) -> dict[str, Any]:
-        """Key counts per database and a deterministic sample of keys: type, expiry flag, value digest.
+# --------------------------------------------------------------------------- scratch servers
 
-        ``prefix`` (a literal) or ``match`` (a SCAN MATCH glob) restricts the keys looked at.
-        When fewer than ``sample_all_below`` keys match, every one is described; else
-        only those whose sha1 starts with "0" (1 in 16), chosen by name alone, so the
-        source and a restored copy pick the same keys.
-        """
-        if prefix is not None:
-            match = glob_escape(prefix) + "*"
-        match = match or self.match
-        started = time.monotonic()
-        with redis_client(self.endpoint) as client:
-            info = client.info("server")
-            keyspace = _keyspace(client.info("keyspace"))
-        keys_out: dict[str, Any] = {}
-        matched: dict[str, int] = {}
-        sampled_mode = "all"
-        for db in sorted(keyspace, key=int):
-            with redis_client(self.endpoint, int(db)) as client:
-                keys = sorted(set(client.scan_iter(match=match, count=1000)))
-                matched[db] = len(keys)
-                if len(keys) >= self.sample_all_below:
-                    sampled_mode = "sha1-prefix-0"
-                    keys = [k for k in keys if hashlib.sha1(k).hexdigest().startswith("0")]
-                for start in range(0, len(keys), 200):
-                    batch = keys[start : start + 200]
-                    with client.pipeline(transaction=False) as pipe:
-                        for key in batch:
-                            pipe.type(key)
-                            pipe.pttl(key)
-                        meta = pipe.execute()
-                    for i, key in enumerate(batch):
-                        kind, pttl = _text(meta[2 * i]), int(meta[2 * i + 1])
-                        if kind == "none" or pttl == -2:
-                            continue  # expired or deleted since SCAN
-                        digest = value_digest(client, key, kind)
-                        if digest is None:
-                            continue
-                        keys_out[f"{db}:{_text(key)}"] = {"type": kind, "expires": pttl >= 0, "digest": digest}
-        seconds = time.monotonic() - started
-        log(f"described redis {self.endpoint.host}:{self.endpoint.port}: {sum(matched.values())} keys matched"
-            f"{' ' + repr(match) if match else ''}, {len(keys_out)} described in {seconds:.1f}s")  # fmt: skip
-        return {
-            "server_version": _text(str(info.get("redis_version", ""))),
-            "databases": keyspace,
-            "match": match,
-            "matched": matched,
-            "sample": sampled_mode,
-            "keys": keys_out,
-        }
+# How long a scratch redis-server may take to load an RDB: a base for start-up plus the
+# file at a load rate well below what Redis 7 reaches on one slow core (tens of MB/s for
+# many small keys, more for large values), so a big backup is not cut off half-loaded.
+SCRATCH_LOAD_BASE_S = 60.0
+SCRATCH_LOAD_BYTES_PER_S = 5 * 1024 * 1024
 
 
-# --------------------------------------------------------------------------- scratch restore
+def scratch_load_timeout(rdb_bytes: int) -> float:
+    """Seconds a scratch server gets to load an RDB of ``rdb_bytes`` (1 GiB: about 265 s)."""
+    return SCRATCH_LOAD_BASE_S + max(0, rdb_bytes) / SCRATCH_LOAD_BYTES_PER_S
 
 
 def _conf_quote(value: str) -> str:
@@ -386,6 +428,13 @@ def _port_free(port: int) -> bool:
         except OSError:
             return False
     return True
+
+
+def free_port() -> int:
+    """A port on 127.0.0.1 that is free now (the OS's choice)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 class ScratchRedis:
@@ -432,59 +481,80 @@ def _log_tail(path: Path, lines: int = 15) -> str:
 
 
 def restore_into_scratch(
-    rdb_path: Path,
+    rdb_path: Path | None,
     *,
     redis_server_bin: str = "redis-server",
     port: int,
     workdir: Path,
     password: str | None = None,
     log: LogFn,
-    timeout: float = 120.0,
+    timeout: float | None = None,
+    link: bool = False,
 ) -> ScratchRedis:
-    """Start a private ``redis-server`` on 127.0.0.1:``port`` that loads a copy of ``rdb_path``.
+    """Start a private ``redis-server`` on 127.0.0.1:``port`` that loads ``rdb_path`` (None: empty).
 
-    ``workdir`` (created 0700) receives ``dump.rdb`` (a copy, 0600), ``redis.conf`` (0600,
-    it holds the password) and ``redis.log``. The server has no AOF and no save points,
-    so it never writes over the copy; it runs as a child of this process in the
-    foreground. Returns once it answers PING with the data loaded, and its INFO shows
-    it is the process just started (not something else on that port). A password is
-    generated when none is given; it is in ``.endpoint``.
+    ``workdir`` (created 0700) receives ``dump.rdb`` (a copy, 0600; with ``link`` a symlink
+    to ``rdb_path``, which is safe: the server has no save points and no AOF, and Redis
+    replaces its dbfilename by rename, never by writing into it), ``redis.conf`` (0600, it
+    holds the password) and ``redis.log``. It runs as a child of this process in the
+    foreground. Returns once it answers PING with the data loaded, and its INFO shows it
+    is the process just started (not something else on that port). A password is
+    generated when none is given; it is in ``.endpoint``. ``timeout`` (None: grows with
+    the RDB's size, :func:`scratch_load_timeout`) bounds start-up and loading.
+
+    A port in use, a scratch folder that cannot be written and a load that does not
+    finish in time are DrillEnvironmentError (the environment, not the backup); an RDB
+    the server refuses to load is a ToolError.
     """
-    rdb_path = Path(rdb_path)
-    if rdb_version(rdb_path) is None:
-        raise ToolError(f"{rdb_path} is not an RDB file")
     server = find_tool(redis_server_bin) if os.sep not in redis_server_bin else redis_server_bin
+    size = 0
+    if rdb_path is not None:
+        rdb_path = Path(rdb_path)
+        if rdb_version(rdb_path) is None:
+            raise ToolError(f"{rdb_path} is not an RDB file")
+        size = rdb_path.stat().st_size
+    if timeout is None:
+        timeout = scratch_load_timeout(size)
     if not _port_free(port):
-        raise ToolError(f"port {port} on 127.0.0.1 is in use; a scratch Redis needs a free port")
+        raise DrillEnvironmentError(f"port {port} on 127.0.0.1 is in use; a scratch Redis needs a free port")
     workdir = Path(workdir)
-    workdir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    workdir.chmod(0o700)
-    copy = workdir / RDB_FILE
-    copy.unlink(missing_ok=True)
-    shutil.copyfile(rdb_path, copy)
-    copy.chmod(0o600)
     password = password or secrets.token_urlsafe(24)
+    copy = workdir / RDB_FILE
     conf = workdir / "redis.conf"
-    settings = {
-        "bind": "127.0.0.1",
-        "port": str(port),
-        "protected-mode": "yes",
-        "daemonize": "no",
-        "dir": _conf_quote(str(workdir)),
-        "dbfilename": _conf_quote(RDB_FILE),
-        "appendonly": "no",
-        "save": '""',
-        "logfile": '""',
-        "requirepass": _conf_quote(password),
-    }
-    conf.unlink(missing_ok=True)
-    fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write("# dbops scratch instance for a restore; holds the password\n")
-        fh.write("".join(f"{key} {value}\n" for key, value in settings.items()))
-    log_path = workdir / "redis.log"
-    log(f"starting scratch redis-server on 127.0.0.1:{port} in {workdir} with {human_bytes(copy.stat().st_size)} RDB")
-    with open(log_path, "ab") as log_fh:
+    try:
+        workdir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        workdir.chmod(0o700)
+        copy.unlink(missing_ok=True)
+        if rdb_path is not None:
+            if link:
+                copy.symlink_to(rdb_path.resolve())
+            else:
+                shutil.copyfile(rdb_path, copy)
+                copy.chmod(0o600)
+        settings = {
+            "bind": "127.0.0.1",
+            "port": str(port),
+            "protected-mode": "yes",
+            "daemonize": "no",
+            "dir": _conf_quote(str(workdir)),
+            "dbfilename": _conf_quote(RDB_FILE),
+            "appendonly": "no",
+            "save": '""',
+            "logfile": '""',
+            "requirepass": _conf_quote(password),
+        }
+        conf.unlink(missing_ok=True)
+        fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write("# dbops scratch instance for a restore; holds the password\n")
+            fh.write("".join(f"{key} {value}\n" for key, value in settings.items()))
+        log_path = workdir / "redis.log"
+        log_fh = open(log_path, "ab")  # noqa: SIM115 (closed right after the child has it)
+    except OSError as exc:
+        raise DrillEnvironmentError(f"cannot prepare the scratch Redis folder {workdir}: {exc}") from exc
+    what = f"{human_bytes(size)} RDB" if rdb_path is not None else "no data"
+    log(f"starting scratch redis-server on 127.0.0.1:{port} in {workdir} with {what} (load timeout {timeout:.0f}s)")
+    with log_fh:
         process = subprocess.Popen(
             [server, str(conf)], cwd=workdir, stdin=subprocess.DEVNULL, stdout=log_fh, stderr=subprocess.STDOUT
         )
@@ -494,7 +564,10 @@ def restore_into_scratch(
     try:
         while True:
             if process.poll() is not None:
-                raise ToolError(f"scratch redis-server exited with code {process.returncode}:\n{_log_tail(log_path)}")
+                tail = _log_tail(log_path)
+                if "Address already in use" in tail or "Could not create server TCP listening socket" in tail:
+                    raise DrillEnvironmentError(f"scratch redis-server could not listen on 127.0.0.1:{port}:\n{tail}")
+                raise ToolError(f"scratch redis-server exited with code {process.returncode}:\n{tail}")
             try:
                 with redis_client(endpoint, timeout=5) as client:
                     if client.ping():
@@ -504,10 +577,12 @@ def restore_into_scratch(
             except (redis.BusyLoadingError, redis.ConnectionError, redis.TimeoutError):
                 pass
             if time.monotonic() - started > timeout:
-                raise ToolError(f"scratch redis-server not ready after {timeout:.0f}s:\n{_log_tail(log_path)}")
+                raise DrillEnvironmentError(
+                    f"scratch redis-server not ready after {timeout:.0f}s ({what}):\n{_log_tail(log_path)}"
+                )
             time.sleep(0.1)
         if int(info.get("process_id", -1)) != process.pid:
-            raise ToolError(f"127.0.0.1:{port} is answered by another process (pid {info.get('process_id')})")
+            raise DrillEnvironmentError(f"127.0.0.1:{port} is answered by another process (pid {info.get('process_id')})")
     except BaseException:
         scratch.stop(timeout=10)
         raise
@@ -516,3 +591,59 @@ def restore_into_scratch(
         f"{sum(db['keys'] for db in keyspace.values())} keys in {time.monotonic() - started:.1f}s")  # fmt: skip
     return scratch
 
+
+class ScratchCopy:
+    """A scratch redis-server in a fresh folder under ``scratch_dir``, loaded from ``rdb_path``
+    (None: empty); stopped and its folder removed on exit. Yields the :class:`ScratchRedis`.
+
+    ``port`` None: a free one, tried again once if another process takes it meanwhile.
+    """
+
+    def __init__(
+        self,
+        rdb_path: Path | None,
+        *,
+        port: int | None,
+        scratch_dir: Path | None,
+        prefix: str,
+        log: LogFn,
+        link: bool = True,
+        timeout: float | None = None,
+    ) -> None:
+        self.rdb_path, self.port, self.scratch_dir, self.prefix, self.log = rdb_path, port, scratch_dir, prefix, log
+        self.link, self.timeout = link, timeout
+        self.server: ScratchRedis | None = None
+        self.workdir: Path | None = None
+
+    def __enter__(self) -> ScratchRedis:
+        try:
+            if self.scratch_dir is not None:
+                Path(self.scratch_dir).mkdir(mode=0o700, parents=True, exist_ok=True)
+            self.workdir = Path(tempfile.mkdtemp(prefix=self.prefix, dir=self.scratch_dir))
+        except OSError as exc:
+            raise DrillEnvironmentError(f"cannot create a scratch folder in {self.scratch_dir or 'the temp folder'}: {exc}") from exc
+        attempts = 1 if self.port else 2
+        try:
+            for attempt in range(attempts):
+                try:
+                    self.server = restore_into_scratch(
+                        self.rdb_path, port=self.port or free_port(), workdir=self.workdir, log=self.log,
+                        link=self.link, timeout=self.timeout,
+                    )  # fmt: skip
+                    break
+                except DrillEnvironmentError as exc:
+                    if attempt + 1 == attempts or "listen" not in str(exc) and "in use" not in str(exc):
+                        raise
+        except BaseException:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+            raise
+        return self.server
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            if self.server is not None:
+                self.server.stop()
+                self.log(f"stopped scratch redis-server (pid {self.server.pid})")
+        finally:
+            if self.workdir is not None:
+                shutil.rmtree(self.workdir, ignore_errors=True)
