@@ -6,13 +6,9 @@ Replaces `pg_dumpall | gzip`, `mongodump`, `redis-cli SAVE` + copy and `find -mt
 | task | what it does |
 |---|---|
 | `plan` | refuses bad Params and an unsafe backup root before any work; decides what a backfilled run does |
-| `postgres_databases` → `backup_postgres` (one mapped task per database) | `pg_dump -Fd -j` with the best compression the binary has (zstd, lz4, else gzip); credentials in a 0600 passfile |
-| `backup_postgres_globals` | `pg_dumpall --globals-only` (roles, tablespaces) |
-| `backup_mongo` | `mongodump --archive --gzip` (`--oplog` on a replica set); password in a 0600 `--config` file |
-| `backup_redis` | `redis-cli --rdb` (a forked snapshot: never `SAVE`), `REDISCLI_AUTH`, `redis-check-rdb` |
-| `backup_kafka` | topic definitions, configs, consumer group offsets (JSON, schema-checked) |
-| `backup_weaviate` | Weaviate's backup API; **skipped** when no `dbops_weaviate` connection exists |
-| `retention_<store>` | only after that store's backups of this run succeeded and verified: keeps `retention_days`, and always `min_keep` verified backups; updates the Asset `x-dbops://backups/<store>` |
+| `series_postgres` | what the store's backup covers: Postgres every real database (not templates, Airflow's metadata database, dbops' restore targets and drill scratch databases, `postgres.exclude_databases`) plus `_globals` |
+| `backup_<store>` (Postgres: one mapped task per series) | Postgres `pg_dump -Fd -j` in an exported snapshot (best compression the binary has) and `pg_dumpall --globals-only`; Mongo `mongodump --archive --gzip` of the whole instance with `--oplog` on a replica set; Redis `redis-cli --rdb` (never `SAVE`) checked by `redis-check-rdb`; Kafka topic definitions and group offsets; Weaviate's backup API (**skipped** when no `dbops_weaviate` connection exists). Each writes, with the dump, the description of what the dump holds (the drill's reference) |
+| `retention_<store>` | only after that store's backups of this run succeeded and verified, and only when the worker's clock agrees with the backups and with the scheduler's start of the run: keeps `retention_days`, and always `min_keep` verified backups; updates the Asset `x-dbops://backups/<store>` |
 
 Every backup is written into a staging folder, every file's sha256 re-read and the tool's
 own check passed (`pg_restore --list`, archive walk, `redis-check-rdb`, JSON schema)
@@ -36,17 +32,8 @@ old scheduled run also backs up now, under the real time.
 from airflow.sdk import Param
 
 from dbops.dagkit import CONFIG, cron, dbops_dag, stores_param
-from dbops.tasks.backup import (
-    backup_kafka,
-    backup_mongo,
-    backup_postgres,
-    backup_postgres_globals,
-    backup_redis,
-    backup_weaviate,
-    plan,
-    postgres_databases,
-    retention_task,
-)
+from dbops.stores.registry import MULTI_SERIES_STORES, STORES
+from dbops.tasks.backup import backup_task, plan, retention_task, series_task
 
 with dbops_dag(
     "dbops_nightly_backup",
@@ -66,12 +53,10 @@ with dbops_dag(
     },
 ):
     planned = plan()
-    databases = postgres_databases()
-    planned >> databases
-    postgres_done = backup_postgres.expand(database=databases)
-    globals_done = backup_postgres_globals()
-    planned >> globals_done
-    [postgres_done, globals_done] >> retention_task("postgres")(databases)
-    for store, backup in (("mongo", backup_mongo), ("redis", backup_redis), ("kafka", backup_kafka),
-                          ("weaviate", backup_weaviate)):
-        planned >> backup() >> retention_task(store)()
+    for store in STORES:
+        if store in MULTI_SERIES_STORES:
+            series = series_task(store)()
+            planned >> series
+            backup_task(store).expand(subject=series) >> retention_task(store)(series)
+        else:
+            planned >> backup_task(store)(subject=None) >> retention_task(store)([None])

@@ -36,8 +36,9 @@ that exist now.
 
 from airflow.sdk import Param
 
-from dbops.backup.restore import BACKUP_ID_PATTERN, LATEST, STORES
+from dbops.backup.restore import BACKUP_ID_PATTERN, LATEST
 from dbops.dagkit import dbops_dag
+from dbops.stores.registry import STORES
 from dbops.tasks.restore import plan, restore_task
 
 with dbops_dag(
@@ -60,6 +61,9 @@ with dbops_dag(
                                                "type the target's name exactly."),
         "topics": Param([], type="array", items={"type": "string", "pattern": "^[A-Za-z0-9._-]{1,249}$"},
                         uniqueItems=True, title="Kafka topics", description="Kafka: only these topics (empty: all)."),
+        "accept_unsafe_version": Param(False, type="boolean", title="Accept an unsafe Weaviate version",
+                                       description="Weaviate up to 1.23.12 can corrupt data on restore (Weaviate's "
+                                                   "own warning): its restore is refused unless this is set."),
     },
 ):
     planned = plan()

@@ -8,12 +8,9 @@ when the drill failed.
 
 | task | what it does |
 |---|---|
-| `plan` | picks the latest verified backup of every series (every Postgres database, `_globals`, mongo, redis, kafka) once; names newer backups that are not verified |
-| `postgres_series` → `drill_postgres` (one mapped task per series) | files re-verified (sha256), `pg_restore -j` into `dbops_drill_<db>_<backupid>` (owned by the restoring role), exact row counts and checksums of sampled rows per table (vector columns included) and extensions compared, database dropped. `_globals`: roles (superuser, login) in `globals.sql` compared with the source's (roles are cluster-wide: read, not applied) |
-| `drill_mongo` | `mongorestore --nsFrom/--nsTo` into `dbops_drill_<db>_<backupid>`: collections, document counts, indexes (TTL included), sampled documents compared; database dropped |
-| `drill_redis` | the RDB loaded by a scratch `redis-server` on 127.0.0.1: key counts, types, TTL flags and values compared; server stopped, its folder removed |
-| `drill_kafka` | every topic recreated as `dbops_drill_<backupid>_<topic>`: partitions, replication, configs compared; topics deleted |
-| `summary` | reads the drill results of this run back from the sidecars; fails naming every mismatch, every drill that recorded nothing, every newer backup that is not verified |
+| `plan` | picks the latest verified backup of every series (every Postgres database, `_globals`, mongo, redis, kafka) once; names newer backups that are not verified; a selected store with **no** backup is a problem (a wrong root must not look green) |
+| `series_postgres` → `drill_postgres` (one mapped task per series), `drill_<store>` | files re-verified (sha256), then the store's adapter restores into scratch targets (the drill connections `dbops_drill_postgres` / `dbops_drill_mongo` when they exist, else the production cluster, said in the log), compares with the backup's own description (taken in the dump's snapshot or read from the artifact, never a later read of the live store), and removes the scratch targets. Postgres: `pg_restore -j` into `dbops_drill_<db>_<backupid>`, row counts, sampled-row checksums, database-level state; `_globals`: roles compared, not applied. Mongo: one database at a time from the whole-instance archive. Redis: the RDB loaded by a scratch `redis-server`, copied into a second one with the restore's own copy path, every database compared. Kafka: topics recreated as `dbops_drill_<backupid>_<topic>` |
+| `summary` | reads the drill results of this run back from the sidecars; fails naming every mismatch, every drill that recorded nothing, every newer backup that is not verified, and a run that drilled nothing |
 
 A drill that finds a corrupted file, fails to restore, or finds a difference fails loudly
 (its task and `summary` name every mismatch) and records `ok: false`: the backup then
@@ -22,7 +19,9 @@ on it. Tolerated, and reported as notes: documents a Mongo TTL index removed fro
 restored copy (mongorestore must have restored exactly the archive's count), and Redis
 keys with a TTL that expired since the backup. Weaviate is not drilled: it restores
 classes only under their own names, so there is no scratch target on a live server.
-Pools serialise each store's drill with its backups and maintenance.
+A drill stopped by its environment (a port in use, a full disk, an unreachable drill
+cluster) fails as an error of the drill and records nothing: the backup's verdict is
+unchanged. Pools serialise each store's drill with its backups and maintenance.
 
 **Params**: `stores` (which stores to drill). Trigger it from the Airflow UI at any time (e.g. after a restore
 of the backup host); a manual run drills the latest backups like a scheduled one.
@@ -36,16 +35,8 @@ removing scratch targets a killed attempt may have left; a passing rerun records
 """
 
 from dbops.dagkit import CONFIG, cron, dbops_dag, stores_param
-from dbops.tasks.drill import (
-    DRILLED_STORES,
-    drill_kafka,
-    drill_mongo,
-    drill_postgres,
-    drill_redis,
-    plan,
-    postgres_series,
-    summary,
-)
+from dbops.stores.registry import DRILLED_STORES, MULTI_SERIES_STORES
+from dbops.tasks.drill import drill_task, plan, series_task, summary
 
 with dbops_dag(
     "dbops_restore_drill",
@@ -56,9 +47,9 @@ with dbops_dag(
 ):
     planned = plan()
     drills = [
-        drill_postgres.partial(planned=planned).expand(subject=postgres_series(planned)),
-        drill_mongo(planned),
-        drill_redis(planned),
-        drill_kafka(planned),
+        drill_task(store).partial(planned=planned).expand(subject=series_task(store)(planned))
+        if store in MULTI_SERIES_STORES
+        else drill_task(store)(subject=None, planned=planned)
+        for store in DRILLED_STORES
     ]
     drills >> summary(planned)

@@ -148,8 +148,9 @@ class KafkaSettings(_Section):
 
 class RedisSettings(_Section):
     snapshot_timeout_s: float = Field(600.0, gt=0)
-    # Port of the scratch redis-server a restore or drill starts on 127.0.0.1 (None: a free one).
-    scratch_port: int | None = Field(None, ge=1024, le=65535)
+    # Port of the scratch redis-server a restore or drill starts on 127.0.0.1 (None: a free one);
+    # a drill starts two, on this port and the next.
+    scratch_port: int | None = Field(None, ge=1024, le=65534)
 
 
 class WeaviateSettings(_Section):
@@ -157,6 +158,11 @@ class WeaviateSettings(_Section):
     # leaves the backups on the Weaviate server, where dbops cannot expire or ship them
     backup_backend: str = "s3"
     backup_timeout_s: float = Field(3600.0, gt=0)
+    # backend s3: the Airflow connection whose credentials may list and delete in the bucket
+    # Weaviate's backup-s3 module writes to (expiry removes an expired backup's objects), and
+    # that bucket (BACKUP_S3_BUCKET of the server; None: the bucket the backup's status names)
+    s3_connection: str = "dbops_s3"
+    s3_bucket: str | None = None
 
 
 OFFSITE_TARGETS = ("rsync", "s3")

@@ -11,12 +11,25 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from airflow.sdk import DAG, Asset, CronTriggerTimetable, Param
+from airflow.sdk import DAG, Asset, CronTriggerTimetable, ExceptionRetryPolicy, Param, RetryRule
+from airflow.sdk.definitions.retry_policy import RetryAction
 
 from dbops.config import ALL_STORES, DbopsConfig
 from dbops.runtime import base_config, runtime_config  # noqa: F401  (the tasks' import)
 
 CONFIG: DbopsConfig = base_config()
+
+# Errors a retry cannot cure fail at once: a refusal, a bad name, a checksum mismatch, a bad
+# setting. Retrying them only held the DAG's one run slot for ten minutes.
+NEVER_RETRY = ExceptionRetryPolicy(
+    rules=[
+        RetryRule(
+            exception=["dbops.backup.adapter.NotRetryable", "dbops.config.ConfigError"],
+            action=RetryAction.FAIL,
+            reason="a refusal or a mismatch: retrying cannot change it",
+        )
+    ]
+)
 
 DEFAULT_ARGS: dict[str, Any] = {
     "owner": "dbops",
@@ -24,6 +37,7 @@ DEFAULT_ARGS: dict[str, Any] = {
     "retry_delay": timedelta(minutes=2),
     "retry_exponential_backoff": True,
     "max_retry_delay": timedelta(minutes=20),
+    "retry_policy": NEVER_RETRY,
 }
 
 START_DATE = datetime(2026, 1, 1, tzinfo=timezone.utc)
@@ -37,11 +51,16 @@ BACKUP_ASSETS: dict[str, Asset] = {
 }
 
 
-def on_store(store: str) -> dict[str, str]:
-    """Task arguments of heavy work on ``store``: its pool (one at a time per store) and,
-    when configured (``executor.queues``), its executor queue."""
+def on_store(store: str) -> dict[str, Any]:
+    """Task arguments of heavy work on ``store``: its pool (one at a time per store), a time
+    limit (``executor.heavy_task_timeout_minutes``: a hung dump fails and alerts instead of
+    blocking every later night) and, when configured (``executor.queues``), its queue."""
     queue = CONFIG.executor.queues.get(store)
-    return {"pool": f"dbops_{store}", **({"queue": queue} if queue else {})}
+    return {
+        "pool": f"dbops_{store}",
+        "execution_timeout": timedelta(minutes=CONFIG.executor.heavy_task_timeout_minutes),
+        **({"queue": queue} if queue else {}),
+    }
 
 
 def cron(expression: str) -> CronTriggerTimetable:

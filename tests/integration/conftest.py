@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import secrets
+import socket
+import subprocess
+import time
 import uuid
 
 import pytest
+import redis
 from psycopg import sql
 
 from tests.support import pg_connect
@@ -22,3 +28,32 @@ def scratch_pg(devstack):
     finally:
         with pg_connect(conn, "postgres", autocommit=True) as admin:
             admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@pytest.fixture
+def redis_target(tmp_path, monkeypatch):
+    """A private redis-server the operator names as the target (Airflow connection in env)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    password = secrets.token_urlsafe(16)
+    conf = tmp_path / "target.conf"
+    conf.write_text(f'port {port}\nbind 127.0.0.1\nrequirepass "{password}"\nsave ""\nappendonly no\ndir "{tmp_path}"\n')
+    conf.chmod(0o600)
+    proc = subprocess.Popen(["redis-server", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    conn = {"host": "127.0.0.1", "port": port, "password": password}
+    try:
+        for _ in range(100):
+            try:
+                with redis.Redis(host=conn["host"], port=conn["port"], password=conn["password"]) as r:
+                    if r.ping():
+                        break
+            except redis.ConnectionError:
+                time.sleep(0.05)
+        monkeypatch.setenv(
+            "AIRFLOW_CONN_DBOPS_TEST_REDIS_TARGET", json.dumps({"conn_type": "redis", **conn, "extra": {"db": 0}})
+        )
+        yield "dbops_test_redis_target", conn
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)

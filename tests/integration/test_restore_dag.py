@@ -163,35 +163,6 @@ def test_mongo_into_a_new_database_keeps_the_ttl_index_and_equals_the_source(src
 # --------------------------------------------------------------------------- Redis
 
 
-@pytest.fixture
-def redis_target(tmp_path, monkeypatch):
-    """A private redis-server the operator names as the target (Airflow connection in env)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    password = secrets.token_urlsafe(16)
-    conf = tmp_path / "target.conf"
-    conf.write_text(f'port {port}\nbind 127.0.0.1\nrequirepass "{password}"\nsave ""\nappendonly no\ndir "{tmp_path}"\n')
-    conf.chmod(0o600)
-    proc = subprocess.Popen(["redis-server", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    conn = {"host": "127.0.0.1", "port": port, "password": password}
-    try:
-        for _ in range(100):
-            try:
-                with redis_client(conn) as r:
-                    if r.ping():
-                        break
-            except redis.ConnectionError:
-                time.sleep(0.05)
-        monkeypatch.setenv(
-            "AIRFLOW_CONN_DBOPS_TEST_REDIS_TARGET", json.dumps({"conn_type": "redis", **conn, "extra": {"db": 0}})
-        )
-        yield "dbops_test_redis_target", conn
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-
-
 def test_redis_into_a_named_instance_copies_keys_then_refuses_conflicts_without_confirm(src, dag, redis_target, capfd):
     conn_id, conn = redis_target
     with redis_client(conn) as target, redis_client(src.redis) as live:

@@ -105,6 +105,10 @@ class RestoreFailed(RuntimeError):
     """A restore ran and did not give what it should (the message names every difference)."""
 
 
+class StoreNotConfigured(Exception):
+    """The store has no connection here (e.g. no Weaviate): its tasks skip, saying so."""
+
+
 class DrillEnvironmentError(RuntimeError):
     """The drill could not be carried out because of its environment (a port in use, a full
     disk, a scratch cluster that is down): an error of the drill, not a verdict on the backup."""

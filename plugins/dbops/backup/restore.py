@@ -35,6 +35,7 @@ Everything else that differs is a mismatch and is named.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import re
@@ -69,7 +70,6 @@ from dbops.backup.runner import source_description
 LogFn = Callable[[str], None]
 
 LATEST = "latest"
-STORES = ("postgres", "mongo", "redis", "kafka", "weaviate")
 # What the DAG's Param accepts (the JSON schema pattern); check_backup_id is the real check.
 BACKUP_ID_PATTERN = r"^(latest|[0-9]{8}T[0-9]{6}Z(-[1-9][0-9]*)?)$"
 DRILL_PREFIX = "dbops_drill_"
@@ -197,9 +197,19 @@ def confirm_overwrite(*, target: str, reason: str | None, confirm: str) -> bool:
 
 
 def check_request(
-    *, store: str, backup_id: Any, database: str = "", target: str = "", confirm: str = "", topics: Any = ()
+    *,
+    store: str,
+    backup_id: Any,
+    database: str = "",
+    target: str = "",
+    confirm: str = "",
+    topics: Any = (),
+    accept_unsafe_version: bool = False,
 ) -> RestoreRequest:
-    """Every Param that can be judged without I/O; RestoreRefused naming the first bad one."""
+    """The Params that can be judged without I/O and without knowing the store; RestoreRefused
+    naming the first bad one. The store's own rules follow in its adapter's ``check_request``."""
+    from dbops.stores.registry import STORES
+
     if store not in STORES:
         raise RestoreRefused(f"store {store!r} is not one of {', '.join(STORES)}")
     backup_id = check_backup_id(backup_id)
@@ -207,39 +217,12 @@ def check_request(
     for name, value in (("database", database), ("target", target), ("confirm_overwrite", confirm)):
         if not isinstance(value, str):
             raise RestoreRefused(f"{name} must be a string, got {value!r}")
-    if store == "postgres":
-        if database:
-            try:
-                check_subject_name(database)
-            except ValueError:
-                raise RestoreRefused(f"database {database!r} cannot name a backup series (a-z 0-9 _ . -)") from None
-            if database == GLOBALS_SUBJECT:
-                raise RestoreRefused(
-                    "roles (_globals) are cluster-wide: dbops does not change them; an operator applies "
-                    "globals.sql with psql after reading it"
-                )
-        if target:
-            check_pg_target(target)
-    elif store == "mongo":
-        if database:
-            check_mongo_name(database, "database")
-        if target:
-            check_mongo_name(target)
-    elif store == "redis":
-        if not target:
-            raise RestoreRefused(
-                "store redis needs target: the Airflow connection id of the Redis to restore into "
-                "(a scratch instance, or the live one with confirm_overwrite)"
-            )
-        if not _CONN_ID.match(target):
-            raise RestoreRefused(f"target {target!r} is not an Airflow connection id")
     topics = tuple(topics or ())
     if topics and store != "kafka":
         raise RestoreRefused("topics applies to store kafka only")
-    bad = [t for t in topics if not isinstance(t, str) or not _KAFKA_TOPIC.match(t)]
-    if bad:
-        raise RestoreRefused(f"not Kafka topic names: {bad}")
-    return RestoreRequest(store, backup_id, database, target, confirm, topics)
+    if any(not isinstance(t, str) for t in topics):
+        raise RestoreRefused(f"topics must be strings, got {list(topics)}")
+    return RestoreRequest(store, backup_id, database, target, confirm, topics, bool(accept_unsafe_version))
 
 
 # --------------------------------------------------------------------------- the backup
@@ -993,6 +976,27 @@ def _cleanup(comparison: DrillComparison, what: str, action: Callable[[], Any], 
         log(f"could not remove scratch {what}: {exc}")
 
 
+_ENVIRONMENT_ERRNOS = {
+    errno.ENOSPC: "no space left for the drill's scratch copy",
+    errno.EDQUOT: "the drill's scratch copy hit a disk quota",
+    errno.EADDRINUSE: "the drill's port is in use",
+    errno.EACCES: "the drill may not write its scratch folder",
+}
+
+
+def _environment_problem(exc: BaseException) -> str | None:
+    """Why ``exc`` is the drill environment's fault (disk, port, permissions), or None."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in _ENVIRONMENT_ERRNOS:
+            return _ENVIRONMENT_ERRNOS[seen.errno]
+        seen = seen.__cause__ or seen.__context__
+    text = str(exc)
+    if "No space left on device" in text:
+        return _ENVIRONMENT_ERRNOS[errno.ENOSPC]
+    return None
+
+
 def run_drill(
     repo: BackupRepository,
     backup: Backup,
@@ -1006,8 +1010,10 @@ def run_drill(
     """Verify the files, restore into scratch and compare (``drill``), record the ``drill``
     sidecar ``{ok, differences, target, seconds, ...}`` and return it.
 
-    Any failure after the backup was chosen counts against the backup (``ok`` false): a
-    corrupted file, a restore that fails, a difference. The sidecar makes the backup count
+    A failure after the backup was chosen counts against the backup (``ok`` false): a
+    corrupted file, a restore that fails, a difference. A failure of the drill's
+    environment (DrillEnvironmentError from the adapter; a full disk, a port in use) is
+    not a verdict: nothing is recorded and the error goes up. The sidecar makes the backup count
     as not verified until a later drill passes; scratch targets are removed by ``drill``
     itself (in ``finally``), and what it could not remove is reported as ``leftovers``.
     """
@@ -1019,7 +1025,12 @@ def run_drill(
         drill(backup, comparison)
     except CorruptBackup as exc:
         comparison.differences += [f"corrupted: {c['name']}: {c['detail']}" for c in exc.checks if not c["ok"]]
+    except DrillEnvironmentError:
+        raise  # no verdict: the backup's record stays as it was
     except Exception as exc:
+        environment = _environment_problem(exc)
+        if environment:
+            raise DrillEnvironmentError(f"{environment}: {type(exc).__name__}: {exc}") from exc
         comparison.differences.append(f"restore failed: {type(exc).__name__}: {exc}")
     result = {
         "ok": not comparison.differences,

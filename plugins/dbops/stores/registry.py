@@ -28,6 +28,9 @@ STORES: tuple[str, ...] = tuple(ADAPTERS)
 # Stores a drill can restore into a scratch target (Weaviate restores classes only under
 # their own names, into a server that lacks them).
 DRILLED_STORES: tuple[str, ...] = ("postgres", "mongo", "redis", "kafka")
+# Stores backed up as several series (one per database): their backup and drill tasks are
+# mapped over the series; the others' are one task for the whole store.
+MULTI_SERIES_STORES: tuple[str, ...] = ("postgres",)
 
 
 def adapter_class(store: str) -> type[StoreAdapter]:

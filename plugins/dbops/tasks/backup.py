@@ -1,10 +1,10 @@
-"""Tasks of ``dbops_nightly_backup``: plan, one backup task per store (Postgres mapped
-per database), then retention per store, which also publishes the store's Asset."""
+"""Tasks of ``dbops_nightly_backup``, generic over the store registry: ``plan``, then per
+store its series (``series_<store>``), one mapped ``backup_<store>`` task per series in the
+store's pool, and ``retention_<store>``, which also publishes the store's Asset."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from datetime import timedelta
 
 from airflow.sdk import get_current_context, task
@@ -15,13 +15,29 @@ from dbops.config import DbopsConfig
 from dbops.dagkit import BACKUP_ASSETS, on_store, runtime_config, selected_params
 
 log = logging.getLogger(__name__)
-GLOBALS_SUBJECT = "_globals"
 
 
 def repository(config: DbopsConfig):
     from dbops.backup.repository import BackupRepository
 
     return BackupRepository(config.backup.root, allowed_base=config.backup.allowed_base)
+
+
+def store_adapter(store: str, config: DbopsConfig):
+    """The store's adapter, reaching its stores through the Airflow connections."""
+    from dbops.stores.registry import adapter
+
+    return adapter(store, config, connections)
+
+
+def skip_unconfigured(call):
+    """Run ``call()``; a store without a connection skips the task, saying so."""
+    from dbops.backup.adapter import StoreNotConfigured
+
+    try:
+        return call()
+    except StoreNotConfigured as exc:
+        raise AirflowSkipException(f"skipped: {exc}") from None
 
 
 def _run_config(params: dict) -> DbopsConfig:
@@ -38,8 +54,6 @@ def plan() -> dict:
     params, dag_run = context["params"], context["dag_run"]
     config = _run_config(params)
     repo = repository(config)  # refuses an unsafe root before anything is written
-    if "postgres" in params["stores"]:
-        _check_database_names(config.postgres.databases or [])
     if str(dag_run.run_type).lower().endswith("backfill") and not params["force"]:
         newest = {}
         for store in params["stores"]:
@@ -52,177 +66,53 @@ def plan() -> dict:
             "Trigger with force=true to take a backup now (it is named by the time it is taken)."
         )
     log.info("backing up %s into %s (retention %s days, min_keep %s)", params["stores"], repo.root,
-             config.backup.retention_days, config.backup.min_keep)
+             config.backup.retention_days, config.backup.min_keep)  # fmt: skip
     return {"stores": params["stores"], "root": str(repo.root)}
 
 
-def _take(store: str, subject: str | None, make_adapter: Callable[[DbopsConfig], object]) -> dict:
-    from dbops.backup.runner import take_backup
+def series_task(store: str):
+    """``series_<store>`` of a store backed up as several series: what its backup covers
+    tonight (Postgres: every database and ``_globals``)."""
 
-    context = get_current_context()
-    params = context["params"]
-    config = _run_config(params)
-    outcome = take_backup(
-        repository(config),
-        make_adapter(config),
-        store=store,
-        subject=subject,
-        run_id=context["run_id"],
-        dag_id=context["dag"].dag_id,
-        logical_date=context.get("logical_date"),
-        force=params["force"],
-        stale_staging=timedelta(hours=config.backup.stale_staging_hours),
-        log=log.info,
-    )
-    return outcome.to_dict()
+    @task(task_id=f"series_{store}")
+    def series() -> list[str | None]:
+        params = selected_params(store)
+        adapter = store_adapter(store, _run_config(params))
+        subjects = skip_unconfigured(lambda: adapter.series(log.info))
+        log.info("%s: series to back up: %s", store, [s or store for s in subjects])
+        return subjects
+
+    series.__doc__ = f"The series of {store} this run backs up."
+    return series
 
 
-@task(**on_store("postgres"))
-def postgres_databases() -> list[str]:
-    """The databases to back up: the configured list, else every database of the server."""
-    from dbops.stores.postgres.backup import pg_connect
+def backup_task(store: str):
+    """``backup_<store>`` of one series (mapped over them where a store has several), in the store's pool."""
 
-    selected_params("postgres")
-    config = runtime_config()
-    databases = config.postgres.databases
-    if databases is None:
-        endpoint = connections.endpoint(config.connections.postgres, "postgres")
-        with pg_connect(endpoint, endpoint.database or "postgres") as conn:
-            rows = conn.execute(
-                "SELECT datname FROM pg_database WHERE datallowconn AND NOT datistemplate ORDER BY datname"
-            ).fetchall()
-        databases = [r[0] for r in rows]
-    _check_database_names(databases)
-    log.info("databases to back up: %s", databases)
-    return databases
+    @task(task_id=f"backup_{store}", map_index_template="{{ subject or '" + store + "' }}", **on_store(store))
+    def backup(subject: str | None) -> dict:
+        from dbops.backup.runner import take_backup
 
-
-def _check_database_names(databases: list[str]) -> None:
-    from dbops.backup.repository import check_subject_name
-
-    for name in databases:
-        try:
-            check_subject_name(name)
-        except ValueError:
-            raise ValueError(
-                f"database {name!r} cannot name a backup series (lower-case letters, digits, _ . -); "
-                "list the databases to back up in postgres.databases"
-            ) from None
-
-
-@task(**on_store("postgres"), map_index_template="{{ database }}")
-def backup_postgres(database: str) -> dict:
-    """pg_dump -Fd -j of one database, verified (sha256 + pg_restore --list) before it is visible."""
-    from dbops.stores.postgres.backup import PostgresDatabaseBackup
-
-    def adapter(config: DbopsConfig):
-        endpoint = connections.endpoint(config.connections.postgres, "postgres")
-        return PostgresDatabaseBackup(
-            endpoint, database, jobs=config.postgres.dump_jobs, compression=config.postgres.compression
-        )
-
-    return _take("postgres", database, adapter)
-
-
-@task(**on_store("postgres"))
-def backup_postgres_globals() -> dict:
-    """pg_dumpall --globals-only: roles and tablespaces, which per-database dumps lack."""
-    from dbops.stores.postgres.backup import PostgresGlobalsBackup
-
-    selected_params("postgres")
-    return _take(
-        "postgres",
-        GLOBALS_SUBJECT,
-        lambda config: PostgresGlobalsBackup(connections.endpoint(config.connections.postgres, "postgres")),
-    )
-
-
-@task(**on_store("mongo"))
-def backup_mongo() -> dict:
-    """mongodump --archive --gzip (--oplog on a replica set), credentials in a 0600 --config file."""
-    from dbops.stores.mongo.backup import MongoBackup
-
-    selected_params("mongo")
-    return _take(
-        "mongo",
-        None,
-        lambda config: MongoBackup(connections.endpoint(config.connections.mongo, "mongo"), config.mongo.database),
-    )
-
-
-@task(**on_store("redis"))
-def backup_redis() -> dict:
-    """redis-cli --rdb (a forked, non-blocking snapshot; never SAVE), checked by redis-check-rdb."""
-    from dbops.stores.redis.backup import RedisBackup
-
-    selected_params("redis")
-    return _take(
-        "redis",
-        None,
-        lambda config: RedisBackup(
-            connections.endpoint(config.connections.redis, "redis"), timeout=config.redis.snapshot_timeout_s
-        ),
-    )
-
-
-@task(**on_store("kafka"))
-def backup_kafka() -> dict:
-    """Topic definitions, configs and consumer group offsets as JSON."""
-    from dbops.stores.kafka.backup import KafkaBackup
-
-    selected_params("kafka")
-    return _take(
-        "kafka",
-        None,
-        lambda config: KafkaBackup(
-            lambda: connections.kafka_admin(config.connections.kafka), timeout=config.kafka.request_timeout_s
-        ),
-    )
-
-
-@task(**on_store("weaviate"))
-def backup_weaviate() -> dict:
-    """Weaviate's backup REST API (create, poll with a timeout); skipped when not configured."""
-    from dbops.stores.weaviate.backup import WeaviateBackup
-
-    selected_params("weaviate")
-    config = runtime_config()
-    connections.require_weaviate(config.connections.weaviate)
-    with connections.weaviate(config.connections.weaviate) as api:
-        return _take(
-            "weaviate",
-            None,
-            lambda cfg: WeaviateBackup(
-                api.session, api.base_url, backend=cfg.weaviate.backup_backend, timeout=cfg.weaviate.backup_timeout_s
-            ),
-        )
-
-
-def _expire(store: str, subjects: list[str | None]) -> dict:
-    from dbops.backup.repository import utc_now
-    from dbops.backup.retention import RetentionPolicy
-    from dbops.backup.runner import expire
-
-    context = get_current_context()
-    params = context["params"]
-    config = _run_config(params)
-    policy = RetentionPolicy(config.backup.retention_days, config.backup.min_keep)
-    repo = repository(config)
-    results = [
-        expire(
-            repo,
-            store,
-            subject,
-            policy,
+        context = get_current_context()
+        params = selected_params(store)
+        config = _run_config(params)
+        series_backup = skip_unconfigured(lambda: store_adapter(store, config).series_backup(subject))
+        outcome = take_backup(
+            repository(config),
+            series_backup,
+            store=store,
+            subject=subject,
             run_id=context["run_id"],
             dag_id=context["dag"].dag_id,
-            now=utc_now(),
-            dry_run=params["retention_dry_run"],
+            logical_date=context.get("logical_date"),
+            force=params["force"],
+            stale_staging=timedelta(hours=config.backup.stale_staging_hours),
             log=log.info,
         )
-        for subject in subjects
-    ]
-    return {"store": store, "series": results}
+        return outcome.to_dict()
+
+    backup.__doc__ = f"Back up one series of {store}, verified (sha256 + the tool's own check) before it is visible."
+    return backup
 
 
 def retention_task(store: str):
@@ -230,11 +120,36 @@ def retention_task(store: str):
     its success updates the store's Asset (what the offsite sync waits for)."""
 
     @task(task_id=f"retention_{store}", outlets=[BACKUP_ASSETS[store]])
-    def retention(databases: list[str] | None = None) -> dict:
-        selected_params(store)
-        if store == "postgres":
-            return _expire(store, [*(databases or []), GLOBALS_SUBJECT])
-        return _expire(store, [None])
+    def retention(subjects: list[str | None]) -> dict:
+        from dbops.backup.repository import utc_now
+        from dbops.backup.retention import RetentionPolicy
+        from dbops.backup.runner import expire
+
+        context = get_current_context()
+        params = selected_params(store)
+        config = _run_config(params)
+        policy = RetentionPolicy(config.backup.retention_days, config.backup.min_keep)
+        repo = repository(config)
+        adapter = store_adapter(store, config)
+        results = [
+            expire(
+                repo,
+                store,
+                subject,
+                policy,
+                run_id=context["run_id"],
+                dag_id=context["dag"].dag_id,
+                now=utc_now(),
+                run_started_at=getattr(context["dag_run"], "start_date", None),
+                max_clock_skew=timedelta(minutes=config.backup.max_clock_skew_minutes),
+                max_delay=timedelta(hours=config.backup.retention_max_delay_hours),
+                dry_run=params["retention_dry_run"],
+                log=log.info,
+                before_delete=lambda backup: adapter.expire(backup, log.info),
+            )
+            for subject in subjects
+        ]
+        return {"store": store, "series": results}
 
     retention.__doc__ = f"Apply retention to {store} after this run's verified backup; publish its Asset."
     return retention
