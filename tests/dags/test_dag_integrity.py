@@ -79,3 +79,26 @@ def test_params_defaults_are_valid(dagbag, path):
     dag = dagbag.dags[path.stem]
     # raises ParamValidationError when a default does not satisfy its own schema
     dag.params.validate()
+
+
+@pytest.mark.parametrize("path", DAG_FILES, ids=lambda p: p.name)
+def test_heavy_tasks_have_a_time_limit_and_refusals_are_never_retried(dagbag, path):
+    """A hung dump must fail and alert, not hold every later night's run; an error a retry
+    cannot cure (a refusal, a mismatch, a bad setting) fails at once."""
+    from dbops.backup.adapter import BackupRefused, RestoreRefused
+    from dbops.backup.restore import CorruptBackup
+    from dbops.backup.retention import RetentionRefused
+    from dbops.config import ConfigError, load_config
+    from airflow.sdk.definitions.retry_policy import RetryAction
+
+    limit = load_config().executor.heavy_task_timeout_minutes * 60
+    dag = dagbag.dags[path.stem]
+    for t in dag.tasks:
+        if t.pool.startswith("dbops_"):
+            assert t.execution_timeout is not None and t.execution_timeout.total_seconds() == limit, t.task_id
+        policy = t.retry_policy
+        assert policy is not None, t.task_id
+        for never in (RestoreRefused("x"), BackupRefused("x"), CorruptBackup("x", []), RetentionRefused("x"),
+                      ConfigError("x")):  # fmt: skip
+            assert policy.evaluate(never, 1, 3).action == RetryAction.FAIL, (t.task_id, never)
+        assert policy.evaluate(ConnectionError("server went away"), 1, 3).action == RetryAction.DEFAULT
