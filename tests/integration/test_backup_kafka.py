@@ -18,7 +18,7 @@ import pytest
 from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, Producer
 from confluent_kafka.admin import ConfigSource, NewTopic
 
-from dbops.stores.kafka.bootstrap import backup as kb
+from dbops.stores.kafka import backup as kb
 from tests.support import kafka_admin
 
 pytestmark = pytest.mark.integration
@@ -117,6 +117,9 @@ def _dump(cluster, tmp_path: Path, lines: list[str]) -> tuple[kb.KafkaBackup, Pa
     staging = tmp_path / "staging"
     staging.mkdir(mode=0o700)
     result = adapter.dump(staging, lines.append)
+    # the description is the dump's own topics.json content, not a later read of the broker
+    written = json.loads((staging / kb.TOPICS_FILE).read_text())
+    assert result.description["topics"] == written["topics"]
     return adapter, staging, {"details": result.details}
 
 
@@ -173,7 +176,7 @@ def test_dump_check_restore_topics_and_offsets_under_new_names(cluster, tmp_path
 
     report = kb.restore_topics(cluster.admin, staging, topic_map=topic_map, replication_factor=1, log=lines.append)
     assert sorted(c.action for c in report.changes) == ["create", "create"] and not report.problems, report.render()
-    restored = adapter.describe(lines.append)["topics"]
+    restored = kb.topic_definitions(cluster.admin, TIMEOUT)
     assert kb.compare_topics(topics["topics"], restored, topic_map=topic_map) == []
     assert restored[topic_map[events]]["configs"] == {"retention.ms": "3600000"}
     assert restored[topic_map[plain]]["partitions"] == 2
@@ -207,7 +210,7 @@ def test_existing_topics_that_differ_are_reported_never_changed(cluster, tmp_pat
     detail = report.problems[0].detail
     assert "partitions 1, backup 3" in detail and "retention.ms 60000, backup 7200000" in detail
     assert "cleanup.policy <default>, backup delete" in detail
-    now = adapter.describe(lambda _: None)["topics"][target]
+    now = kb.topic_definitions(cluster.admin, TIMEOUT, names=[target])[target]
     assert now["partitions"] == 1 and now["configs"] == {"retention.ms": "60000"}
 
     with pytest.raises(ValueError, match="not in this backup"):
@@ -283,3 +286,155 @@ def test_explicit_configs_from_a_full_listing_keep_only_topic_level_entries():
     # Tansu: only what was set, each labelled a default
     tansu = {"retention.ms": _entry("retention.ms", "3600000", ConfigSource.DEFAULT_CONFIG, True)}
     assert kb.explicit_configs(tansu) == ({"retention.ms": "3600000"}, "listing")
+
+
+# --------------------------------------------------------------------------- the adapter
+
+
+class _Links:
+    """What the task layer passes (dbops.connections), reduced to the local broker."""
+
+    def __init__(self, conn: dict) -> None:
+        self.conn = conn
+        self.asked: list[str] = []
+
+    def kafka_admin(self, conn_id: str):
+        self.asked.append(conn_id)
+        return kafka_admin(self.conn)
+
+
+def _adapter(kafka_conn):
+    from dbops.config import DbopsConfig
+    from dbops.stores.kafka.adapter import KafkaAdapter
+
+    config = DbopsConfig.model_validate({"kafka": {"replication_factor": 1, "request_timeout_s": TIMEOUT}})
+    links = _Links(kafka_conn)
+    return KafkaAdapter(config, links), links
+
+
+def _take(adapter, tmp_path, log):
+    from datetime import timedelta
+
+    from dbops.backup.repository import BackupRepository
+    from dbops.backup.runner import take_backup
+
+    repo = BackupRepository(tmp_path / "repo")
+    take_backup(
+        repo, adapter.series_backup(None), store="kafka", subject=None, run_id=_unique("run"), dag_id="test",
+        logical_date=None, force=False, stale_staging=timedelta(hours=1), log=log,
+    )  # fmt: skip
+    return repo, repo.list("kafka")[-1]
+
+
+class _BusyCluster:
+    """A writer that produces, and creates and deletes topics, for as long as it runs."""
+
+    def __init__(self, cluster) -> None:
+        import threading
+
+        self.cluster, self.stop, self.rounds = cluster, threading.Event(), 0
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        admin = kafka_admin({"extra": {"bootstrap.servers": self.cluster.bootstrap}})
+        producer = Producer({"bootstrap.servers": self.cluster.bootstrap, "linger.ms": 1})
+        while not self.stop.is_set():
+            name = _unique("dbops-test-churn")
+            self.cluster.topics.append(name)
+            admin.create_topics([NewTopic(name, 1, 1)], request_timeout=TIMEOUT)[name].result(timeout=TIMEOUT)
+            for i in range(20):
+                producer.produce(name, value=f"m{i}")
+            producer.flush(10)
+            admin.delete_topics([name], operation_timeout=TIMEOUT)[name].result(timeout=TIMEOUT)
+            self.rounds += 1
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.thread.join(60)
+
+
+def test_adapter_backup_drill_and_restore_judge_the_dump_not_a_later_read_of_a_busy_broker(cluster, kafka_conn, tmp_path):
+    """The description is the dump's topics.json: topics created and deleted by a writer
+    during and after the backup do not make the drill or the restore fail (they did when the
+    description was read from the broker after the dump)."""
+    from dbops.backup.adapter import DrillComparison, RestorePlan, RestoreRequest
+    from dbops.backup.restore import run_drill
+    from dbops.backup.runner import source_description
+
+    adapter, links = _adapter(kafka_conn)
+    kept = _create(cluster, _unique("dbops-test-kept"), 2, {"retention.ms": "3600000"})
+    gone = _create(cluster, _unique("dbops-test-gone"), 3)
+    lines: list[str] = []
+    with _BusyCluster(cluster) as writer:
+        repo, backup = _take(adapter, tmp_path, lines.append)
+        # the cluster moves on: a topic of the backup is deleted after the dump
+        cluster.admin.delete_topics([gone], operation_timeout=TIMEOUT)[gone].result(timeout=TIMEOUT)
+        written = json.loads((backup.path / kb.TOPICS_FILE).read_text())["topics"]
+        assert source_description(backup)["topics"] == written
+        assert {kept, gone} <= set(written)
+
+        assert adapter.series(lines.append) == [None]
+        assert adapter.drillable and "dbops_drill_" in adapter.drill_target(backup)
+        drilled = run_drill(repo, backup, target=adapter.drill_target(backup),
+                            drill=lambda b, found: adapter.drill(b, found, lines.append),
+                            run_id="drill", dag_id="test", log=lines.append)  # fmt: skip
+        assert drilled["ok"], drilled
+        assert not [t for t in cluster.admin.list_topics(timeout=10).topics if t.startswith("dbops_drill_")
+                    and backup.backup_id.lower() in t]  # fmt: skip
+
+        request = RestoreRequest("kafka", backup.backup_id, target="ignored-target", topics=(gone, kept))
+        adapter.check_request(request)
+        assert adapter.restore_subject(request) is None
+        plan = adapter.plan_restore(backup, request, lines.append)
+        assert any("ignored for kafka" in line for line in lines)
+        assert plan.target == "dbops_kafka" and not plan.already and not plan.overwrite and plan.exists
+        assert any(gone in a and a.startswith("create") for a in plan.actions), plan.actions
+        again = RestorePlan.from_dict(json.loads(json.dumps(plan.to_dict())))  # through XCom
+        result = adapter.restore(backup, again, lines.append)
+        assert result["differences"] == [] and result["created_topics"] == [gone], result
+        assert kb.topic_definitions(cluster.admin, TIMEOUT, names=[gone])[gone]["partitions"] == 3
+        rerun = adapter.restore(backup, adapter.plan_restore(backup, request, lines.append), lines.append)
+        assert rerun["already"] and rerun["differences"] == []
+    assert writer.rounds >= 1
+    assert set(links.asked) == {"dbops_kafka"}
+
+
+def test_a_drill_or_compare_still_fails_when_the_restored_topics_differ(cluster, kafka_conn, tmp_path):
+    """Negative: a restored copy that differs from the backup's description fails."""
+    from dbops.backup.adapter import DrillComparison
+    from dbops.backup.runner import DESCRIPTION_FILE
+
+    adapter, _ = _adapter(kafka_conn)
+    topic = _create(cluster, _unique("dbops-test-diff"), 2, {"retention.ms": "3600000"})
+    _, backup = _take(adapter, tmp_path, lambda _: None)
+    description = json.loads((backup.path / DESCRIPTION_FILE).read_text())
+    changed = json.loads(json.dumps(description))
+    changed["topics"][topic]["partitions"] = 4
+    differences, _ = adapter.compare(description, changed)
+    assert differences == [f"topic {topic}: partitions 4, expected 2"]
+
+    # the drill's restored copy (from topics.json) no longer matches a description that says 4
+    # (run_drill would refuse the edited file by its sha256 first: call the store's drill itself)
+    (backup.path / DESCRIPTION_FILE).write_text(json.dumps(changed))
+    found = DrillComparison()
+    adapter.drill(backup, found, lambda _: None)
+    assert any("partitions 2, expected 4" in d for d in found.differences), found.differences
+    assert not found.leftovers and not [t for t in cluster.admin.list_topics(timeout=10).topics
+                                        if t.startswith("dbops_drill_") and topic in t]  # fmt: skip
+
+
+def test_adapter_refuses_bad_topic_names_and_topics_the_backup_lacks(cluster, kafka_conn, tmp_path):
+    from dbops.backup.adapter import RestoreRefused, RestoreRequest
+
+    adapter, _ = _adapter(kafka_conn)
+    _create(cluster, _unique("dbops-test-ref"), 1)
+    with pytest.raises(RestoreRefused, match="not Kafka topic names"):
+        adapter.check_request(RestoreRequest("kafka", "latest", topics=("ok", "bad name/..")))
+    _, backup = _take(adapter, tmp_path, lambda _: None)
+    ghost = _unique("dbops-test-ghost")
+    with pytest.raises(RestoreRefused, match="not in backup"):
+        adapter.plan_restore(backup, RestoreRequest("kafka", backup.backup_id, topics=(ghost,)), lambda _: None)

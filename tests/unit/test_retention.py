@@ -368,3 +368,24 @@ def test_rerun_of_apply_retention_converges(seeded):
     after_first = ids(repo)
     decisions = apply_retention(repo, "redis", None, RetentionPolicy(5, 2), **args)
     assert ids(repo) == after_first and all(d.keep for d in decisions)
+
+
+def test_a_store_that_cannot_expire_a_backup_keeps_its_record(seeded):
+    """What a backup keeps outside the repository (a Weaviate backup on its server) is removed
+    before its folder; when the store cannot remove it, the folder stays and the log says why."""
+    from dbops.backup.adapter import ExpiryRefused
+
+    repo, backups = seeded
+    lines: list[str] = []
+    removed: list[str] = []
+
+    def before_delete(backup: Backup) -> None:
+        if backup.backup_id == backups[0].backup_id:
+            raise ExpiryRefused("the filesystem backend is out of reach")
+        removed.append(backup.backup_id)
+
+    apply_retention(repo, "redis", None, RetentionPolicy(3, 2), now=NOW, new_backup_id=backups[-1].backup_id,
+                    dry_run=False, log=lines.append, before_delete=before_delete)  # fmt: skip
+    left = [b.backup_id for b in repo.list("redis")]
+    assert backups[0].backup_id in left and removed and not set(removed) & set(left)
+    assert any("kept" in line and "out of reach" in line for line in lines)

@@ -105,6 +105,11 @@ class RestoreFailed(RuntimeError):
     """A restore ran and did not give what it should (the message names every difference)."""
 
 
+class ExpiryRefused(Exception):
+    """The store cannot remove what a backup keeps outside the repository (e.g. a Weaviate
+    backup on a backend dbops cannot reach): retention keeps the backup's record, saying why."""
+
+
 class StoreNotConfigured(Exception):
     """The store has no connection here (e.g. no Weaviate): its tasks skip, saying so."""
 

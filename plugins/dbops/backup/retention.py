@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from dbops.backup.adapter import NotRetryable
+from dbops.backup.adapter import ExpiryRefused, NotRetryable
 from dbops.backup.repository import Backup, BackupRepository, RepositoryError, as_utc, checks_ok
 
 LogFn = Callable[[str], None]
@@ -153,7 +153,8 @@ def apply_retention(
     longer counts, and the decisions are made again without it.
 
     ``before_delete`` removes what a backup keeps outside the repository (its store's
-    ``expire``); a failure there stops retention before the folder is deleted.
+    ``expire``): when it refuses (ExpiryRefused) the backup's folder stays, said in the log;
+    any other failure stops retention before the folder is deleted.
     """
     say = log or (lambda _msg: None)
     backups = repo.list(store, subject)
@@ -190,7 +191,11 @@ def apply_retention(
             say(f"dry run: would delete {where} {d.backup.backup_id}: {d.reason}")
         else:
             if before_delete is not None:
-                before_delete(d.backup)
+                try:
+                    before_delete(d.backup)
+                except ExpiryRefused as exc:
+                    say(f"kept {where} {d.backup.backup_id} although obsolete: {exc}")
+                    continue
             repo.delete(d.backup)
             say(f"deleted {where} {d.backup.backup_id}: {d.reason}")
     return decisions
