@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from dbops.backup.adapter import Endpoint
-from dbops.stores.redis.bootstrap import backup as rb
+from dbops.backup.adapter import DrillEnvironmentError, Endpoint
+from dbops.stores.redis import backup as rb
 from dbops.tools import ToolError
 from tests.support import Log
 
@@ -59,12 +59,14 @@ def dumped(redis_endpoint, prefix, tmp_path_factory):
         return real(argv, **kwargs)
 
     log = Log()
-    adapter = rb.RedisBackup(redis_endpoint)
+    # the shared server holds other tests' keys too: describe only this module's
+    adapter = rb.RedisBackup(redis_endpoint, match=rb.glob_escape(prefix) + "*")
     staging = tmp_path_factory.mktemp("redis-staging")
-    source = adapter.describe(log, prefix=prefix)
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(rb, "run_tool", spy)
         result = adapter.dump(staging, log)
+    # the description is the RDB's, loaded into a scratch server during the dump
+    source = result.description
     return {"adapter": adapter, "staging": staging, "result": result, "source": source, "calls": calls, "log": log}
 
 
@@ -102,6 +104,11 @@ def test_dump_check_restore_describe(redis_endpoint, prefix, dumped, tmp_path):
 
     checks = adapter.check(staging, {"details": result.details}, log)
     assert checks and all(c.ok for c in checks), checks
+    # redis-check-rdb's own count agrees with the description taken from the RDB
+    assert "description matches the RDB" in {c.name for c in checks}
+    inflated = {**result.details, "keys": result.details["keys"] + 1}
+    agree = {c.name: c for c in adapter.check(staging, {"details": inflated}, log)}["description matches the RDB"]
+    assert not agree.ok and "keys described, the RDB holds" in agree.detail
 
     # what the source held under the prefix: every type, with the digest of its value
     assert {v["type"] for v in source["keys"].values()} == {"string", "hash", "list", "set", "zset", "stream"}
@@ -113,7 +120,7 @@ def test_dump_check_restore_describe(redis_endpoint, prefix, dumped, tmp_path):
     try:
         assert scratch.running() and scratch.endpoint.port == SCRATCH_PORT
         assert (tmp_path / "scratch" / "redis.conf").stat().st_mode & 0o777 == 0o600
-        restored = rb.RedisBackup(scratch.endpoint).describe(log, prefix=prefix)
+        restored = rb.describe_server(scratch.endpoint, log, prefix=prefix)
         assert rb.describe_differences(source, restored) == []
         assert restored["keys"] == source["keys"]
 
@@ -121,14 +128,14 @@ def test_dump_check_restore_describe(redis_endpoint, prefix, dumped, tmp_path):
         with rb.redis_client(scratch.endpoint) as r:
             r.zadd(prefix + "zset", {"low": 1.25})
             r.xack(prefix + "stream", "readers", r.xrange(prefix + "stream", count=1)[0][0])
-        changed = rb.RedisBackup(scratch.endpoint).describe(log, prefix=prefix)
+        changed = rb.describe_server(scratch.endpoint, log, prefix=prefix)
         assert rb.describe_differences(source, changed) == [
             f"key 0:{prefix}stream: {changed['keys'][f'0:{prefix}stream']} != {source['keys'][f'0:{prefix}stream']}",
             f"key 0:{prefix}zset: {changed['keys'][f'0:{prefix}zset']} != {source['keys'][f'0:{prefix}zset']}",
         ]
 
         # the port is taken now: a second scratch refuses instead of talking to the first
-        with pytest.raises(ToolError, match="in use"):
+        with pytest.raises(DrillEnvironmentError, match="in use"):
             rb.restore_into_scratch(rdb, port=SCRATCH_PORT, workdir=tmp_path / "other", log=log)
     finally:
         scratch.stop()
