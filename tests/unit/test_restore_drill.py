@@ -141,6 +141,26 @@ def test_leftovers_are_reported_but_do_not_blame_the_backup(repo):
     assert result["ok"] is True and result["leftovers"] == ["database dbops_drill_x: OSError: server gone"]
 
 
+def test_a_drill_stopped_by_its_environment_is_no_verdict_on_the_backup(repo):
+    """A port in use or a full disk is an error of the drill: nothing is recorded, the backup
+    stays verified (on today's main it was marked not verified, and `latest` went back a day)."""
+    import errno
+
+    backup = make_backup(repo)
+
+    def port_taken(b, found):
+        raise r.DrillEnvironmentError("port 56390 on 127.0.0.1 is in use")
+
+    def disk_full(b, found):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    for drill in (port_taken, disk_full):
+        with pytest.raises(r.DrillEnvironmentError):
+            r.run_drill(repo, backup, target="t", drill=drill, run_id="run-1", dag_id="d", log=log)
+    stored = repo.list("redis")[0]
+    assert "drill" not in stored.sidecars and stored.verified and repo.latest("redis").backup_id == backup.backup_id
+
+
 # --------------------------------------------------------------------------- comparisons
 
 
