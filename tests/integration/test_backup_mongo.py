@@ -17,7 +17,7 @@ import pytest
 from bson import Decimal128
 
 from dbops.backup.adapter import Endpoint
-from dbops.stores.mongo.bootstrap import backup as mb
+from dbops.stores.mongo import backup as mb
 from dbops.tools import run_tool as real_run_tool
 from tests.support import mongo_client
 
@@ -126,7 +126,7 @@ def _dump(adapter: mb.MongoBackup, tmp_path: Path, log) -> tuple[Path, dict]:
     staging = tmp_path / "staging"
     staging.mkdir(mode=0o700)
     result = adapter.dump(staging, log)
-    return staging, {"details": result.details, "tool_version": result.tool_version}
+    return staging, {"details": result.details, "tool_version": result.tool_version, "description": result.description}
 
 
 # --------------------------------------------------------------------------- round trip
@@ -142,9 +142,12 @@ def test_dump_check_restore_under_another_name_describes_equal(endpoint, mongo, 
     assert archive.read_bytes()[:2] == b"\x1f\x8b"
     assert stat.S_IMODE(archive.stat().st_mode) == 0o600
     details = manifest["details"]
-    assert details["databases"] == [source] and details["scope"] == "database"
-    assert details["collections"] == {f"{source}.events": 240, f"{source}.configs": 5}
-    assert details["oplog"] is False and details["replica_set"] is None  # SecantusDB: standalone
+    # a replica-set member: the whole instance, point in time, whatever database is configured
+    assert source in details["databases"] and details["scope"] == "instance"
+    ours = {ns: n for ns, n in details["collections"].items() if ns.startswith(f"{source}.")}
+    assert ours == {f"{source}.events": 240, f"{source}.configs": 5}
+    assert details["oplog"] is True and details["replica_set"] == "secantus"
+    assert any(arg == "--oplog" for arg in spy.argvs[-1]) and not any(a.startswith("--db") for a in spy.argvs[-1])
     assert manifest["tool_version"].startswith("100.")
 
     checks = adapter.check(staging, manifest, spy.log)
@@ -154,7 +157,7 @@ def test_dump_check_restore_under_another_name_describes_equal(endpoint, mongo, 
     outcome = mb.restore(endpoint, staging, from_db=source, to_db=target, log=spy.log)
     assert outcome["documents_restored"] == 245 and outcome["documents_failed"] == 0
 
-    described = adapter.describe(spy.log)["databases"][source]
+    described = manifest["description"]["databases"][source]  # read from the archive
     assert mb.compare_databases(described, outcome["target"]) == []
     assert mb.compare_databases(described, mb.describe_database(mongo[target])) == []
     events = outcome["target"]["collections"]["events"]
@@ -163,9 +166,8 @@ def test_dump_check_restore_under_another_name_describes_equal(endpoint, mongo, 
     assert indexes["last_updated_ttl"]["expireAfterSeconds"] == 86400
     assert indexes["last_updated_ttl"]["key"] == [["last_updated", 1]]
     assert indexes["task_id_unique"]["unique"] is True
-    assert events["sample"]["size"] == mb.DEFAULT_SAMPLE_SIZE
-    assert events["sample"]["sha256"] == described["collections"]["events"]["sample"]["sha256"]
-    # and the data itself, beyond the sample
+    assert events["digest"] == described["collections"]["events"]["digest"]
+    # and the data itself
     assert list(mongo[target].events.find().sort("_id", 1)) == list(mongo[source].events.find().sort("_id", 1))
 
     # the source is untouched, nothing else was restored (--nsInclude)
@@ -180,7 +182,7 @@ def test_describe_sees_a_difference(endpoint, mongo, scratch, spy, tmp_path):
     mongo[target].events.update_one({"_id": 3}, {"$set": {"n": -1}})
     mongo[target].events.drop_index("last_updated_ttl")
     problems = mb.compare_databases(outcome["target"], mb.describe_database(mongo[target]))
-    assert any("sample" in p for p in problems) and any("indexes" in p for p in problems), problems
+    assert any("digest" in p for p in problems) and any("indexes" in p for p in problems), problems
 
 
 # --------------------------------------------------------------------------- check
@@ -240,8 +242,8 @@ def test_restore_refuses_the_live_namespace_without_drop_and_replaces_it_with_dr
     source, other = scratch(), scratch()
     _seed(mongo, source, count=50)
     adapter = mb.MongoBackup(endpoint, source)
-    staging, _ = _dump(adapter, tmp_path, spy.log)
-    before = adapter.describe(spy.log)["databases"][source]
+    staging, manifest = _dump(adapter, tmp_path, spy.log)
+    before = manifest["description"]["databases"][source]
     calls = len(spy.argvs)
 
     with pytest.raises(ValueError, match="refusing to restore over the live database"):
@@ -359,6 +361,9 @@ def test_an_awkward_password_reaches_mongodump_intact(mongo, scratch, spy, tmp_p
         adapter = mb.MongoBackup(ep, source)
         staging, manifest = _dump(adapter, tmp_path, spy.log)
         assert manifest["details"]["collections"][f"{source}.events"] == 7
+        # read on one database only: no whole-instance dump, and it says it is not point-in-time
+        assert manifest["details"]["scope"] == "database" and manifest["details"]["oplog"] is False
+        assert any("NOT point-in-time" in line for line in spy.lines)
         assert all(c.ok for c in adapter.check(staging, manifest, spy.log))
 
         wrong = mb.MongoBackup(Endpoint(ep.host, ep.port, user, "not-it", None, {"authSource": "admin"}), source)

@@ -81,6 +81,25 @@ def test_mongo_connection_works_with_the_provider_hook(mongo_conn, monkeypatch):
         assert hook.get_collection("any").database.name == "ai_platform"
 
 
+def test_mongo_is_a_one_member_replica_set_with_an_oplog(mongo_conn, monkeypatch):
+    """Started without --standalone: "secantus", PRIMARY, local.oplog.rs; the published
+    connection reaches it directly (directConnection), through the provider's hook too."""
+    from airflow.providers.mongo.hooks.mongo import MongoHook
+
+    assert mongo_conn["extra"]["directConnection"] is True
+    monkeypatch.setenv("AIRFLOW_CONN_DBOPS_MONGO", json.dumps(mongo_conn))
+    with MongoHook(mongo_conn_id="dbops_mongo") as hook:
+        client = hook.get_conn()
+        hello = client.admin.command("hello")
+        assert hello["setName"] == "secantus" and hello["isWritablePrimary"] is True
+        members = client.admin.command("replSetGetStatus")["members"]
+        assert [m["stateStr"] for m in members] == ["PRIMARY"]
+        assert client.local.oplog.rs.find_one() is not None
+        # what a single-database point-in-time restore would need and this server lacks
+        with pytest.raises(Exception, match="applyOps"):
+            client.admin.command("applyOps", [])
+
+
 def test_mongo_requires_authentication(mongo_conn, scratch_dbs):
     from pymongo import MongoClient
     from pymongo.errors import OperationFailure

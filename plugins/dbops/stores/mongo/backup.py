@@ -9,14 +9,20 @@ that no secret is ever in an argv.
 
 What a backup is: one gzip-compressed archive, ``dump.archive.gz``.
 
-- ``database=None`` dumps the whole instance. mongodump 100.x cannot leave a database
-  out (no ``--nsExclude`` for dumps), so ``admin`` (users and roles, which a disaster
-  restore needs) goes in with the rest; ``local`` is never dumped. The manifest's
-  ``databases`` and :meth:`MongoBackup.describe` list the application databases only
-  (everything but admin, local and config).
-- ``--oplog`` (a point-in-time dump) is used when the server is a replica set member
-  (``hello``/``isMaster`` answers a ``setName``) and the dump is of the whole instance:
-  mongodump refuses ``--oplog`` together with ``--db``. Both facts are recorded.
+- On a replica-set member (``hello`` answers a ``setName``) the whole instance is dumped
+  with ``--oplog`` (a point in time), even when a database is configured: mongodump
+  refuses ``--oplog`` together with ``--db``, and a restore takes one database out of the
+  archive (``--nsInclude/--nsFrom/--nsTo``). A user that may not list the instance's
+  databases gets a dump of the configured database alone, logged as not point-in-time.
+  mongodump 100.x cannot leave a database out, so ``admin`` (users and roles, which a
+  disaster restore needs) goes in with the rest; ``local`` is never dumped. The manifest's
+  ``databases`` lists the application databases only (everything but admin, local, config).
+- The description a drill and a restore compare with is read from the archive right after
+  mongodump wrote it (never from the live store afterwards): per collection the count, an
+  order-independent digest of every document's raw BSON and the index specs of the
+  archive's metadata; per database its users and roles (from ``admin.system.users/roles``
+  in the archive, or, where the server keeps them elsewhere as SecantusDB does, from
+  ``usersInfo``/``rolesInfo`` right after the dump).
 
 Checking a backup (cheap, no restore):
 
@@ -199,25 +205,29 @@ def restore_argv(
     endpoint: Endpoint,
     archive: Path,
     *,
-    from_db: str,
-    to_db: str,
+    from_db: str | None = None,
+    to_db: str | None = None,
     drop: bool,
     config: Path | None,
     parallel_collections: int = DEFAULT_PARALLEL_COLLECTIONS,
+    mapping: dict[str, str] | None = None,
 ) -> list[str]:
-    # --nsInclude: without it every other database of a whole-instance archive would be
-    # restored too, under its own (live) name
+    """mongorestore of the databases ``mapping`` names (source -> target), or of ``from_db``
+    as ``to_db``. --nsInclude: without it every other database of a whole-instance archive
+    would be restored too, under its own (live) name. The archive's oplog is not replayed."""
+    mapping = dict(mapping or {from_db: to_db})
     argv = [
         find_tool("mongorestore"),
         *connection_args(endpoint),
         *_config_args(config),
         f"--archive={archive}",
         "--gzip",
-        f"--nsInclude={from_db}.*",
-        f"--nsFrom={from_db}.*",
-        f"--nsTo={to_db}.*",
-        f"--numParallelCollections={parallel_collections}",
     ]
+    for source in mapping:
+        argv.append(f"--nsInclude={source}.*")
+    for source, target in mapping.items():
+        argv += [f"--nsFrom={source}.*", f"--nsTo={target}.*"]
+    argv.append(f"--numParallelCollections={parallel_collections}")
     if drop:
         argv.append("--drop")
     return argv
@@ -270,6 +280,19 @@ def replica_set_name(mongo) -> str | None:
     return reply.get("setName")
 
 
+def _can_list_databases(mongo) -> bool:
+    """Whether this user may dump the whole instance (listDatabases on the cluster)."""
+    from pymongo.errors import OperationFailure
+
+    try:
+        mongo.admin.command("listDatabases", nameOnly=True)
+    except OperationFailure as exc:
+        if exc.code == 13:  # Unauthorized
+            return False
+        raise
+    return True
+
+
 def application_databases(mongo) -> list[str]:
     return sorted(name for name in mongo.list_database_names() if name not in SYSTEM_DATABASES)
 
@@ -299,18 +322,6 @@ def _canonical(doc: Any) -> str:
     from bson import json_util
 
     return json_util.dumps(doc, sort_keys=True, json_options=json_util.CANONICAL_JSON_OPTIONS)
-
-
-def sample_checksum(collection, size: int = DEFAULT_SAMPLE_SIZE) -> dict[str, Any]:
-    """sha256 over the first ``size`` documents by ``_id``, each as canonical Extended JSON
-    with sorted keys: a faithful restore (other database name included) gives the same."""
-    digest = hashlib.sha256()
-    n = 0
-    for doc in collection.find().sort("_id", 1).limit(size):
-        digest.update(_canonical(doc).encode())
-        digest.update(b"\n")
-        n += 1
-    return {"size": n, "sha256": digest.hexdigest()}
 
 
 class DocumentDigest:
@@ -398,7 +409,8 @@ class ArchiveSummary:
     oplog_last: Any = None  # ts of the last oplog entry captured by --oplog
 
     def databases(self) -> list[str]:
-        return sorted({ns.split(".", 1)[0] for ns in self.prelude if "." in ns})
+        # the --oplog namespace (database "") is not a database
+        return sorted({ns.split(".", 1)[0] for ns in self.prelude if "." in ns and ns != OPLOG_NS})
 
 
 def _read_exact(stream, n: int, what: str) -> bytes:
@@ -602,11 +614,18 @@ def security_description(summary: ArchiveSummary, databases: list[str], mongo) -
         roles = summary.security.get("admin.system.roles", [])
         found = "archive"
     else:
+        from pymongo.errors import OperationFailure
+
         users, roles = [], []
-        for name in databases:
-            users += mongo[name].command("usersInfo").get("users", [])
-            roles += mongo[name].command("rolesInfo", showPrivileges=True, showBuiltinRoles=False).get("roles", [])
         found = "server"
+        try:
+            for name in databases:
+                users += mongo[name].command("usersInfo").get("users", [])
+                roles += mongo[name].command("rolesInfo", showPrivileges=True, showBuiltinRoles=False).get("roles", [])
+        except OperationFailure as exc:
+            if exc.code != 13:  # Unauthorized: a backup user without viewUser/viewRole
+                raise
+            users, roles, found = [], [], "unreadable"
     return {"from": found, **{name: _users_and_roles(users, roles, name) for name in databases}}
 
 
@@ -686,10 +705,14 @@ class MongoBackup:
             server_version = mongo.admin.command("buildInfo").get("version", "unknown")
             set_name = replica_set_name(mongo)
             self._databases(mongo)  # the configured database must exist
-        whole = self.database is None or bool(set_name)
-        oplog = bool(set_name)
-        if set_name:
+            instance_readable = self.database is None or _can_list_databases(mongo)
+        whole = self.database is None or (bool(set_name) and instance_readable)
+        oplog = bool(set_name) and whole
+        if oplog:
             log(f"mongo: replica set {set_name!r}: dumping the whole instance with --oplog (point in time)")
+        elif set_name:
+            log(f"mongo: replica set {set_name!r}, but {self.endpoint.login or 'this user'} may not list the "
+                f"instance's databases: dumping {self.database} alone, NOT point-in-time (grant the backup role)")
         else:
             log("mongo: standalone server (no setName): no oplog, the dump is not point-in-time")
         version = tool_version("mongodump", log)
@@ -838,33 +861,72 @@ def restore(
     Into a new (or empty) database by default. Restoring over a database that holds
     collections needs ``drop=True`` (mongorestore drops each restored collection first);
     over the live namespace itself, ``to_db == from_db`` *and* ``drop=True``, explicitly.
-    An oplog in the archive is not replayed: a single-database restore cannot be
-    point-in-time (mongorestore's --oplogReplay is for whole-instance restores).
+    An oplog in the archive is not replayed (see :func:`restore_databases`).
     """
-    for name, value in (("from_db", from_db), ("to_db", to_db)):
-        if not _DB_NAME.match(value or ""):
-            raise ValueError(f"{name}: not a MongoDB database name: {value!r}")
-    if to_db in SYSTEM_DATABASES:
-        raise ValueError(f"refusing to restore into the system database {to_db!r}")
     if to_db == from_db and not drop:
         raise ValueError(
             f"refusing to restore over the live database {from_db!r}: restore into another database "
             f"(to_db), or pass to_db == from_db together with drop=True to replace it on purpose"
         )
+    outcome = restore_databases(
+        endpoint, backup_dir, {from_db: to_db}, drop=drop, log=log,
+        parallel_collections=parallel_collections, timeout=timeout,
+    )  # fmt: skip
+    return {
+        "from_db": from_db,
+        "to_db": to_db,
+        "drop": drop,
+        "documents_restored": outcome["documents_restored"],
+        "documents_failed": outcome["documents_failed"],
+        "seconds": outcome["seconds"],
+        "target": outcome["targets"][to_db],
+    }
+
+
+def restore_databases(
+    endpoint: Endpoint,
+    backup_dir: Path,
+    mapping: dict[str, str],
+    *,
+    drop: bool = False,
+    log: LogFn,
+    parallel_collections: int = DEFAULT_PARALLEL_COLLECTIONS,
+    timeout: float | None = None,
+) -> dict[str, Any]:
+    """One mongorestore of every ``source -> target`` database in ``mapping``; returns the
+    documents restored and each target's :func:`describe_database`.
+
+    ``mongorestore --oplogReplay`` replays the captured oplog only for a whole-instance
+    restore (and SecantusDB answers its applyOps with CommandNotFound): a restore of some
+    databases restores the archive's documents as dumped.
+    """
+    if not mapping:
+        raise ValueError("nothing to restore: no databases named")
+    for from_db, to_db in mapping.items():
+        for name, value in (("from_db", from_db), ("to_db", to_db)):
+            if not _DB_NAME.match(value or ""):
+                raise ValueError(f"{name}: not a MongoDB database name: {value!r}")
+        if to_db in SYSTEM_DATABASES:
+            raise ValueError(f"refusing to restore into the system database {to_db!r}")
+        if to_db == from_db and not drop:
+            raise ValueError(f"refusing to restore over the live database {from_db!r} without drop")
     archive = Path(backup_dir) / ARCHIVE
     if not archive.is_file():
         raise FileNotFoundError(f"{archive}: no MongoDB archive in this backup")
     prelude = read_prelude(archive)
-    if from_db not in prelude.databases():
-        raise ValueError(f"database {from_db!r} is not in this backup (it holds {prelude.databases()})")
+    missing = [d for d in mapping if d not in prelude.databases()]
+    if missing:
+        raise ValueError(f"database {missing[0]!r} is not in this backup (it holds {prelude.databases()})")
     with client(endpoint) as mongo:
-        existing = [n for n in mongo[to_db].list_collection_names() if not n.startswith("system.")]
-        if existing and not drop:
-            raise ValueError(
-                f"target database {to_db!r} already has collections {sorted(existing)[:10]}: restore into a "
-                "new database, or pass drop=True to replace the collections the backup holds"
-            )
-        log(f"mongo restore: {from_db}.* -> {to_db}.*{' (dropping each collection first)' if drop else ''}")
+        for to_db in mapping.values():
+            existing = [n for n in mongo[to_db].list_collection_names() if not n.startswith("system.")]
+            if existing and not drop:
+                raise ValueError(
+                    f"target database {to_db!r} already has collections {sorted(existing)[:10]}: restore into a "
+                    "new database, or pass drop=True to replace the collections the backup holds"
+                )
+        pairs = ", ".join(f"{f}.* -> {t}.*" for f, t in mapping.items())
+        log(f"mongo restore: {pairs}{' (dropping each collection first)' if drop else ''}")
         summary: dict[str, int] = {}
         failures: list[str] = []
 
@@ -879,14 +941,9 @@ def restore(
         started = time.monotonic()
         with tool_config(endpoint) as config:
             argv = restore_argv(
-                endpoint,
-                archive,
-                from_db=from_db,
-                to_db=to_db,
-                drop=drop,
-                config=config,
+                endpoint, archive, mapping=mapping, drop=drop, config=config,
                 parallel_collections=parallel_collections,
-            )
+            )  # fmt: skip
             run_tool(argv, log=capture, timeout=timeout)
         seconds = round(time.monotonic() - started, 3)
         if failures:
@@ -897,16 +954,13 @@ def restore(
             # 100.3.1 exits 0 when inserts fail (duplicate keys, validation): not a success
             raise ToolError(
                 f"mongorestore: {summary['failed']} document(s) failed to restore "
-                f"({summary['restored']} restored) into {to_db!r}"
+                f"({summary['restored']} restored) into {', '.join(mapping.values())}"
             )
-        target = describe_database(mongo[to_db], sample_size)
-    log(f"mongo restore: {summary['restored']} documents into {to_db} in {seconds}s")
+        targets = {to_db: describe_database(mongo[to_db]) for to_db in mapping.values()}
+    log(f"mongo restore: {summary['restored']} documents into {', '.join(mapping.values())} in {seconds}s")
     return {
-        "from_db": from_db,
-        "to_db": to_db,
-        "drop": drop,
         "documents_restored": summary["restored"],
         "documents_failed": summary["failed"],
         "seconds": seconds,
-        "target": target,
+        "targets": targets,
     }
