@@ -11,7 +11,7 @@ import pytest
 from psycopg import sql
 
 from dbops.backup.adapter import Endpoint
-from dbops.stores.postgres.bootstrap import backup as pb
+from dbops.stores.postgres import backup as pb
 from dbops.tools import ToolError
 from tests.support import pg_connect
 from tests.support import Log
@@ -113,7 +113,7 @@ def test_dump_check_restore_roundtrip(source_db, drop_after, tmp_path, private_t
     staging = staging_dir(tmp_path)
 
     result = adapter.dump(staging, log)
-    source_description = adapter.describe(log)
+    source_description = result.description  # read inside the dump's own snapshot
 
     assert result.tool == "pg_dump" and result.tool_version.startswith("pg_dump (PostgreSQL) 16")
     assert result.server_version.startswith("16")
@@ -154,7 +154,7 @@ def test_dump_check_restore_roundtrip(source_db, drop_after, tmp_path, private_t
         c.execute("UPDATE public.items SET embedding = '[3.5,-7,0.2]' WHERE id = 7")
         c.execute("UPDATE public.events_nopk SET n = n + 1 WHERE payload::text = '{\"g\" : 5}'")
         c.commit()
-    changed = pb.PostgresDatabaseBackup(ep, target).describe(log)
+    changed = pb.describe_database(ep, target, log=log)
     assert pb.describe_differences(source_description, changed) == [
         "table public.events_nopk: sampled rows differ",
         "table public.items: sampled rows differ",
@@ -165,9 +165,10 @@ def test_dump_check_restore_roundtrip(source_db, drop_after, tmp_path, private_t
         pb.restore_database(ep, staging, target, log=log)
     with pytest.raises(pb.RestoreRefused, match="cannot be a restore target"):
         pb.restore_database(ep, staging, "postgres", replace=True, log=log)
-    # ... and replace=True restores beside it, then swaps
+    # ... and replace=True restores beside it, then swaps, keeping the old one renamed aside
     again = pb.restore_database(ep, staging, target, replace=True, describe=True, log=log)
-    assert again.replaced
+    drop_after.append(again.set_aside)
+    assert again.replaced and again.set_aside.startswith(f"{target}_dbops_old_")
     assert pb.describe_differences(source_description, again.description) == []
     with pg_connect(conn, "postgres") as c:
         leftovers = c.execute("SELECT datname FROM pg_database WHERE datname LIKE %s", [f"{name}%dbops_restore%"]).fetchall()

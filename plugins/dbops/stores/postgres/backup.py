@@ -11,8 +11,11 @@ worker's environment cannot win. Host, port, user and database go through ``PG*`
 environment variables as well, so a database name can never be taken for an option or
 a connection string.
 
-Consistency: pg_dump exports one snapshot and its ``--jobs`` workers import it
-(synchronized snapshots), so a parallel dump is as consistent as a serial one. It does
+Consistency: dbops exports a snapshot from a REPEATABLE READ transaction, runs
+``pg_dump --snapshot`` in it (its ``--jobs`` workers import the same snapshot), and
+describes the database (tables, row counts, sampled checksums, database-level state) in
+that same transaction while it stays open: the description a drill or a restore compares
+with is exactly what the dump holds, however busy the database is. It does
 not use ``--serializable-deferrable``, which can wait indefinitely for a safe snapshot.
 ``--lock-wait-timeout`` (default 10min) makes a dump fail instead of waiting forever
 for a table someone holds ACCESS EXCLUSIVE.
@@ -24,6 +27,7 @@ support is probed once per binary (see :func:`supported_compressions`).
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 import re
 import shutil
@@ -31,7 +35,7 @@ import subprocess
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -252,12 +256,53 @@ def _sample_query(table: dict[str, Any], limit: int) -> sql.Composed:
     return sql.SQL(load_sql("backup/pg_table_sample.sql")).format(table=ident, order=order, limit=sql.Literal(limit))
 
 
-def describe_database(endpoint: Endpoint, database: str, *, sample_rows: int = 1000, log: LogFn) -> dict[str, Any]:
-    """Exact row counts and a checksum of the first ``sample_rows`` rows (key order) per table.
+def _describe_tables(conn: psycopg.Connection, tables: list[dict[str, Any]], sample_rows: int) -> dict[str, Any]:
+    """Row count and sampled-row checksum of each table, read in ``conn``'s current transaction."""
+    described: dict[str, Any] = {}
+    for table in tables:
+        row = conn.execute(_sample_query(table, sample_rows)).fetchone()
+        assert row is not None
+        described[f"{table['schema_name']}.{table['table_name']}"] = {
+            "rows": int(row[0]),
+            "sampled": int(row[1]),
+            "sample_sha256": row[2],
+            "primary_key": list(table["pk_columns"]),
+        }
+    return described
 
-    Read in one REPEATABLE READ READ ONLY transaction, so all tables are seen at one
-    instant; values are rendered as text under fixed session settings (UTC, ISO dates,
-    shortest exact floats, hex bytea), so a restored copy describes identically.
+
+def _extensions(conn: psycopg.Connection) -> dict[str, str]:
+    with conn.cursor(row_factory=dict_row) as cur:
+        return {r["name"]: r["version"] for r in cur.execute(load_sql("backup/pg_extensions.sql"))}
+
+
+# dbops' own settings on a database (the restore marker): never part of its state
+_DBOPS_SETTING = re.compile(r"^dbops\.", re.IGNORECASE)
+
+
+def database_state(conn: psycopg.Connection, database: str) -> dict[str, Any]:
+    """What a dump without ``--create`` leaves out: owner, encoding and locale, grants,
+    ``ALTER DATABASE ... SET``, ``ALTER ROLE ... IN DATABASE ... SET``, comment, connection
+    limit. Read in ``conn``'s current transaction (for a dump: its snapshot)."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        row = cur.execute(load_sql("backup/pg_database_state.sql"), [database]).fetchone()
+    if row is None:
+        raise ToolError(f"database {database!r} not found in pg_database")
+    state = dict(row)
+    state["settings"] = [s for s in state["settings"] or [] if not _DBOPS_SETTING.match(s)]
+    state["role_settings"] = {r: list(v) for r, v in sorted((state["role_settings"] or {}).items())}
+    return state
+
+
+def describe_database(endpoint: Endpoint, database: str, *, sample_rows: int = 1000, log: LogFn) -> dict[str, Any]:
+    """Exact row counts and a checksum of the first ``sample_rows`` rows (key order) per table,
+    the extensions and the database-level state (:func:`database_state`), now.
+
+    For a restored copy (nobody writes to it). A backup's own description is read inside
+    the dump's snapshot instead (see :meth:`PostgresDatabaseBackup.dump`). Read in one
+    REPEATABLE READ READ ONLY transaction, so all tables are seen at one instant; values
+    are rendered as text under fixed session settings (UTC, ISO dates, shortest exact
+    floats, hex bytea), so a restored copy describes identically.
     """
     started = time.monotonic()
     with pg_connect(endpoint, database) as conn:
@@ -266,22 +311,18 @@ def describe_database(endpoint: Endpoint, database: str, *, sample_rows: int = 1
         conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
         conn.read_only = True
         with conn.transaction():
-            tables = _user_tables(conn)
-            described: dict[str, Any] = {}
-            for table in tables:
-                row = conn.execute(_sample_query(table, sample_rows)).fetchone()
-                assert row is not None
-                described[f"{table['schema_name']}.{table['table_name']}"] = {
-                    "rows": int(row[0]),
-                    "sampled": int(row[1]),
-                    "sample_sha256": row[2],
-                    "primary_key": list(table["pk_columns"]),
-                }
-            with conn.cursor(row_factory=dict_row) as cur:
-                extensions = {r["name"]: r["version"] for r in cur.execute(load_sql("backup/pg_extensions.sql"))}
+            described = _describe_tables(conn, _user_tables(conn), sample_rows)
+            extensions = _extensions(conn)
+            state = database_state(conn, database)
     total = sum(t["rows"] for t in described.values())
     log(f"described {database}: {len(described)} tables, {total} rows in {time.monotonic() - started:.1f}s")
-    return {"database": database, "sample_rows": sample_rows, "tables": described, "extensions": extensions}
+    return {
+        "database": database,
+        "sample_rows": sample_rows,
+        "tables": described,
+        "extensions": extensions,
+        "database_state": state,
+    }
 
 
 def describe_differences(expected: dict[str, Any], actual: dict[str, Any]) -> list[str]:
@@ -426,26 +467,58 @@ class PostgresDatabaseBackup:
         return argv
 
     def dump(self, staging: Path, log: LogFn) -> DumpResult:
+        """pg_dump in a snapshot this method exports, then the description read in that same
+        snapshot (the transaction stays open until both are done): the table list of the
+        manifest and the rows a drill compares with are exactly what the dump holds, however
+        busy the database is."""
         pg_dump = _tool("pg_dump", self.bin_dir)
         version = tool_version(pg_dump)
         compression = resolve_compression(self.compression, pg_dump)
         target = Path(staging) / DUMP_DIR
-        started = time.monotonic()
-        log(f"pg_dump of {self.database} at {self.endpoint.host}:{self.endpoint.port}: "
-            f"directory format, {self.jobs} jobs, compression {compression} ({version})")  # fmt: skip
-        with pg_tool_env(self.endpoint, self.database) as env:
-            argv = self.dump_argv(target, compression, pg_dump, _major(version))
-            run_tool(argv, log=log, env=env, progress_path=target)
-        _restrict(target)
-        seconds = time.monotonic() - started
-        with pg_connect(self.endpoint, self.database) as conn:
-            with conn.cursor(row_factory=dict_row) as cur:
-                facts = cur.execute(load_sql("backup/pg_database_facts.sql")).fetchone()
-            tables = _user_tables(conn)
-        assert facts is not None
+        try:
+            conn = pg_connect(self.endpoint, self.database)
+        except psycopg.OperationalError as exc:  # psycopg's message names no password
+            raise ToolError(f"pg_dump failed: could not connect to {self.database!r} to export its snapshot: {exc}") from None
+        with conn:
+            conn.execute(load_sql("backup/pg_session_deterministic.sql"))
+            conn.commit()
+            conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+            conn.read_only = True
+            with conn.transaction():
+                snapshot = conn.execute(load_sql("backup/pg_export_snapshot.sql")).fetchone()[0]  # type: ignore[index]
+                tables = _user_tables(conn)
+                if self.lock_wait_timeout:
+                    conn.execute(load_sql("backup/pg_lock_timeout.sql"), [self.lock_wait_timeout])
+                for table in tables:  # held until described: nothing dumped can be dropped before
+                    ident = sql.Identifier(table["schema_name"], table["table_name"])
+                    conn.execute(sql.SQL(load_sql("backup/pg_lock_table.sql")).format(table=ident))
+                with conn.cursor(row_factory=dict_row) as cur:
+                    facts = cur.execute(load_sql("backup/pg_database_facts.sql")).fetchone()
+                assert facts is not None
+                state = database_state(conn, self.database)
+                started = time.monotonic()
+                log(f"pg_dump of {self.database} at {self.endpoint.host}:{self.endpoint.port}: directory format, "
+                    f"{self.jobs} jobs, compression {compression}, snapshot {snapshot} ({version})")  # fmt: skip
+                with pg_tool_env(self.endpoint, self.database) as env:
+                    argv = [*self.dump_argv(target, compression, pg_dump, _major(version)), f"--snapshot={snapshot}"]
+                    run_tool(argv, log=log, env=env, progress_path=target)
+                _restrict(target)
+                seconds = time.monotonic() - started
+                described = _describe_tables(conn, tables, self.sample_rows)
+                extensions = _extensions(conn)
         dump_bytes = tree_bytes(target)
+        total = sum(t["rows"] for t in described.values())
         log(f"pg_dump of {self.database} done in {seconds:.1f}s: {human_bytes(dump_bytes)} written "
-            f"for {len(tables)} tables, database size {human_bytes(facts['size_bytes'])}")  # fmt: skip
+            f"for {len(tables)} tables ({total} rows in its snapshot), "
+            f"database size {human_bytes(facts['size_bytes'])}")  # fmt: skip
+        description = {
+            "database": self.database,
+            "snapshot": snapshot,
+            "sample_rows": self.sample_rows,
+            "tables": described,
+            "extensions": extensions,
+            "database_state": state,
+        }
         return DumpResult(
             tool="pg_dump",
             tool_version=version,
@@ -457,16 +530,19 @@ class PostgresDatabaseBackup:
                 "path": DUMP_DIR,
                 "jobs": self.jobs,
                 "lock_wait_timeout": self.lock_wait_timeout,
+                "snapshot": snapshot,
                 "server_version_num": facts["server_version_num"],
                 "encoding": facts["encoding"],
                 "collate": facts["collate"],
                 "ctype": facts["ctype"],
+                "database_state": state,
                 "database_size_bytes": facts["size_bytes"],
                 "dump_bytes": dump_bytes,
                 "seconds": round(seconds, 3),
                 "table_count": len(tables),
                 "tables": [{"schema": t["schema_name"], "name": t["table_name"], "owner": t["owner"]} for t in tables],
             },
+            description=description,
         )
 
     def check(self, backup_dir: Path, manifest: dict[str, Any], log: LogFn) -> list[Check]:
@@ -492,9 +568,6 @@ class PostgresDatabaseBackup:
             except ToolError as exc:
                 checks.append(Check("pg_restore reads all data", False, str(exc)))
         return checks
-
-    def describe(self, log: LogFn) -> dict[str, Any]:
-        return describe_database(self.endpoint, self.database, sample_rows=self.sample_rows, log=log)
 
 
 class PostgresGlobalsBackup:
@@ -546,6 +619,10 @@ class PostgresGlobalsBackup:
                 "roles": [r["name"] for r in roles],
                 "bytes": size,
             },
+            # the roles as read just before pg_dumpall (the drill compares globals.sql with them)
+            description={
+                "roles": {r["name"]: {"superuser": r["superuser"], "can_login": r["can_login"]} for r in roles}
+            },
         )
 
     def check(self, backup_dir: Path, manifest: dict[str, Any], log: LogFn) -> list[Check]:
@@ -568,12 +645,6 @@ class PostgresGlobalsBackup:
         detail = f"missing CREATE ROLE for {missing}" if missing else f"{len(expected)} roles"
         checks.append(Check("roles present", not missing, detail))
         return checks
-
-    def describe(self, log: LogFn) -> dict[str, Any]:
-        with pg_connect(self.endpoint, self.maintenance_db) as conn:
-            with conn.cursor(row_factory=dict_row) as cur:
-                roles = cur.execute(load_sql("backup/pg_roles.sql")).fetchall()
-        return {"roles": {r["name"]: {"superuser": r["superuser"], "can_login": r["can_login"]} for r in roles}}
 
 
 def _sql_ident_text(name: str) -> str:
@@ -598,6 +669,9 @@ class RestoreResult:
     tool_version: str
     seconds: float
     description: dict[str, Any] | None = field(default=None)
+    set_aside: str | None = None  # the old database, renamed and kept (replace=True)
+    ended_sessions: list[dict[str, Any]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # database state that could not be applied
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -614,10 +688,216 @@ def _database_ddl(admin: psycopg.Connection, file: str, **names: str) -> None:
     admin.execute(statement)
 
 
+def _fit_name(head: str, tail: str, limit: int = 63) -> str:
+    """``head + tail`` within ``limit`` bytes (PostgreSQL would silently cut a longer name)."""
+    room = limit - len(tail.encode())
+    return head.encode()[:room].decode(errors="ignore") + tail
+
+
 def _scratch_name(target: str) -> str:
-    suffix = f"__dbops_restore_{uuid.uuid4().hex[:8]}"
-    head = target.encode()[: 63 - len(suffix)].decode(errors="ignore")
-    return head + suffix
+    return _fit_name(target, f"__dbops_restore_{uuid.uuid4().hex[:8]}")
+
+
+def set_aside_name(target: str, tag: str) -> str:
+    """Where an overwrite keeps the old database: ``<target>_dbops_old_<tag>`` (<= 63 bytes)."""
+    return _fit_name(target, f"_dbops_old_{tag.lower()}")
+
+
+# --------------------------------------------------------------------------- database state
+
+
+_LOCALE_PROVIDERS = {"c": "libc", "i": "icu", "b": "builtin"}
+_DATABASE_PRIVILEGES = {"CREATE", "TEMPORARY", "CONNECT"}
+# Settings whose value is a list pg_dump writes element by element (GUC_LIST_QUOTE)
+_LIST_SETTINGS = {
+    "search_path", "temp_tablespaces", "session_preload_libraries", "shared_preload_libraries",
+    "local_preload_libraries", "unix_socket_directories",
+}  # fmt: skip
+
+
+def create_database(admin: psycopg.Connection, database: str, state: dict[str, Any] | None) -> None:
+    """CREATE DATABASE from template0 with the source's encoding and locale (``state``), or
+    the server's defaults when the backup recorded none."""
+    options: list[sql.Composable] = []
+    if state:
+        options.append(sql.SQL("ENCODING {}").format(sql.Literal(state["encoding"])))
+        provider = _LOCALE_PROVIDERS.get(state.get("locale_provider") or "c", "libc")
+        options.append(sql.SQL("LOCALE_PROVIDER {}").format(sql.SQL(provider)))
+        options.append(sql.SQL("LC_COLLATE {} LC_CTYPE {}").format(sql.Literal(state["collate"]), sql.Literal(state["ctype"])))
+        if provider == "icu" and state.get("icu_locale"):
+            options.append(sql.SQL("ICU_LOCALE {}").format(sql.Literal(state["icu_locale"])))
+        if provider == "icu" and state.get("icu_rules"):
+            options.append(sql.SQL("ICU_RULES {}").format(sql.Literal(state["icu_rules"])))
+    statement = sql.SQL(load_sql("backup/pg_create_database_like.sql")).format(
+        database=sql.Identifier(database), options=sql.SQL(" ").join(options)
+    )
+    admin.execute(statement)
+
+
+def split_setting(setting: str) -> tuple[str, list[str]]:
+    """``search_path="$user", public`` -> (``search_path``, [``$user``, ``public``]); other
+    settings keep their value whole."""
+    name, _, value = setting.partition("=")
+    if name.lower() not in _LIST_SETTINGS:
+        return name, [value]
+    items, current, quoted, i = [], "", False, 0
+    while i < len(value):
+        ch = value[i]
+        if quoted:
+            if ch == '"' and value[i + 1 : i + 2] == '"':
+                current += '"'
+                i += 1
+            elif ch == '"':
+                quoted = False
+            else:
+                current += ch
+        elif ch == '"':
+            quoted = True
+        elif ch == ",":
+            items.append(current.strip())
+            current = ""
+        else:
+            current += ch
+        i += 1
+    if current.strip() or items:
+        items.append(current.strip())
+    return name, items
+
+
+def _setting_sql(file: str, setting: str, **idents: str) -> sql.Composed:
+    name, values = split_setting(setting)
+    value = sql.SQL(", ").join(sql.Literal(v) for v in values) if values else sql.Literal("")
+    parts = {k: sql.Identifier(v) for k, v in idents.items()}
+    return sql.SQL(load_sql(f"restore/{file}")).format(name=sql.SQL(".").join(sql.Identifier(n) for n in name.split(".")), value=value, **parts)
+
+
+def state_roles(state: dict[str, Any] | None) -> set[str]:
+    """The roles a database state names (owner, grantees, per-role settings)."""
+    if not state:
+        return set()
+    roles = {state.get("owner")} | set(state.get("role_settings") or {})
+    roles |= {g["grantee"] for g in state.get("grants") or [] if g["grantee"] != "PUBLIC"}
+    return {r for r in roles if r}
+
+
+def absent_roles(conn: psycopg.Connection, roles: set[str]) -> list[str]:
+    """Those of ``roles`` this cluster does not have."""
+    if not roles:
+        return []
+    present = {r[0] for r in conn.execute(load_sql("backup/pg_role_exists.sql"), [sorted(roles)])}
+    return sorted(roles - present)
+
+
+def apply_database_state(
+    admin: psycopg.Connection, database: str, state: dict[str, Any], *, log: LogFn, connection_limit: bool = True
+) -> list[str]:
+    """Owner, settings, per-role settings, grants and comment of the source, on ``database``
+    (``admin``: an autocommit connection to another database). Roles this cluster lacks are
+    skipped and returned as notes; a statement the server refuses is a note too (the
+    comparison then names the difference)."""
+    notes: list[str] = []
+    missing = set(absent_roles(admin, state_roles(state)))
+    db = sql.Identifier(database)
+
+    def run(statement: sql.Composable, what: str) -> None:
+        try:
+            admin.execute(statement)
+        except psycopg.Error as exc:
+            notes.append(f"database state: could not apply {what}: {str(exc).strip()}")
+
+    owner = state.get("owner")
+    if owner and owner in missing:
+        notes.append(f"database owner {owner!r} is not a role of this cluster: the database is owned by the restoring role")
+    elif owner:
+        run(sql.SQL(load_sql("restore/pg_database_owner.sql")).format(database=db, owner=sql.Identifier(owner)), f"owner {owner}")
+    for setting in state.get("settings") or []:
+        run(_setting_sql("pg_database_setting.sql", setting, database=database), f"ALTER DATABASE SET {setting}")
+    for role, settings in sorted((state.get("role_settings") or {}).items()):
+        if role in missing:
+            notes.append(f"settings of role {role!r} in this database not applied: no such role in this cluster")
+            continue
+        for setting in settings:
+            run(_setting_sql("pg_role_database_setting.sql", setting, role=role, database=database),
+                f"ALTER ROLE {role} IN DATABASE SET {setting}")  # fmt: skip
+    grants = state.get("grants")
+    if grants is not None:
+        run(sql.SQL(load_sql("restore/pg_database_revoke_public.sql")).format(database=db), "REVOKE ALL FROM PUBLIC")
+        for grant in grants:
+            grantee, privilege = grant["grantee"], grant["privilege"]
+            if privilege not in _DATABASE_PRIVILEGES:
+                notes.append(f"database privilege {privilege!r} of {grantee} not understood: not granted")
+                continue
+            if grantee in missing:
+                notes.append(f"{privilege} on the database for {grantee!r} not granted: no such role in this cluster")
+                continue
+            statement = sql.SQL(load_sql("restore/pg_database_grant.sql")).format(
+                privilege=sql.SQL(privilege),
+                database=db,
+                grantee=sql.SQL("PUBLIC") if grantee == "PUBLIC" else sql.Identifier(grantee),
+                option=sql.SQL(" WITH GRANT OPTION") if grant.get("grantable") else sql.SQL(""),
+            )
+            run(statement, f"GRANT {privilege} TO {grantee}")
+    if state.get("comment") is not None:
+        run(sql.SQL(load_sql("restore/pg_database_comment.sql")).format(database=db, comment=sql.Literal(state["comment"])), "comment")
+    limit = state.get("connection_limit")
+    if connection_limit and limit is not None and int(limit) != -1:
+        run(sql.SQL(load_sql("restore/pg_database_connection_limit.sql")).format(database=db, limit=sql.Literal(int(limit))),
+            f"connection limit {limit}")  # fmt: skip
+    applied = f"owner {owner}, {len(state.get('settings') or [])} setting(s), {len(grants or [])} grant(s)"
+    log(f"database state applied to {database}: {applied}" + (f"; {len(notes)} note(s)" if notes else ""))
+    return notes
+
+
+def database_sessions(admin: psycopg.Connection, database: str) -> list[dict[str, Any]]:
+    """The sessions connected to ``database`` (pid, user, application, client, state)."""
+    with admin.cursor(row_factory=dict_row) as cur:
+        return cur.execute(load_sql("restore/pg_database_sessions.sql"), [database]).fetchall()
+
+
+def session_text(session: dict[str, Any]) -> str:
+    return f"pid {session['pid']} (user {session['user']}, application {session['application_name'] or '-'})"
+
+
+def _allow_connections(admin: psycopg.Connection, database: str, allow: bool) -> None:
+    admin.execute(sql.SQL(load_sql("restore/pg_allow_connections.sql")).format(
+        database=sql.Identifier(database), allow=sql.Literal(allow)))  # fmt: skip
+
+
+def swap_in(
+    endpoint: Endpoint, copy: str, target: str, keep_old_as: str, *, maintenance_db: str = "postgres", log: LogFn
+) -> list[dict[str, Any]]:
+    """Set ``target`` aside as ``keep_old_as`` (its sessions ended first) and give ``copy`` its
+    name. Returns the sessions that were ended. If a rename fails, the old database gets its
+    name and its connections back."""
+    with pg_connect(endpoint, maintenance_db, autocommit=True) as admin:
+        if _exists(admin, keep_old_as):
+            raise RestoreRefused(f"database {keep_old_as!r} exists already: cannot set {target!r} aside under that name")
+        _allow_connections(admin, target, False)  # no new session between the end of the old ones and the rename
+        renamed = False
+        try:
+            ended = database_sessions(admin, target)
+            for session in ended:
+                admin.execute(load_sql("restore/pg_terminate_session.sql"), [session["pid"]])
+                log(f"ended session {session_text(session)} of {target}")
+            for _ in range(50):  # pg_terminate_backend only signals: wait until they are gone
+                if not database_sessions(admin, target):
+                    break
+                time.sleep(0.1)
+            _database_ddl(admin, "pg_rename_database.sql", old=target, new=keep_old_as)
+            renamed = True
+            _database_ddl(admin, "pg_rename_database.sql", old=copy, new=target)
+        except BaseException:
+            if renamed:
+                _database_ddl(admin, "pg_rename_database.sql", old=keep_old_as, new=target)
+            _allow_connections(admin, target, True)
+            raise
+        _allow_connections(admin, keep_old_as, True)
+    log(f"the old {target} is kept as {keep_old_as} (drop it once the restored copy is accepted); "
+        f"{copy} is now {target}")  # fmt: skip
+    return ended
+
+
+# --------------------------------------------------------------------------- restore
 
 
 def restore_database(
@@ -635,23 +915,29 @@ def restore_database(
     sample_rows: int = 1000,
     maintenance_db: str = "postgres",
     bin_dir: str | Path | None = None,
+    database_state: dict[str, Any] | None = None,
+    keep_old_as: str | None = None,
+    before_swap: Callable[[str, dict[str, Any] | None], None] | None = None,
     log: LogFn,
 ) -> RestoreResult:
     """Restore the dump of ``backup_dir`` into ``target_database`` with ``pg_restore --jobs --exit-on-error``.
 
     - ``create=True`` (default): the target must not exist; it is created from template0
-      and dropped again if the restore fails, so a rerun starts clean.
+      (with the source's encoding and locale when ``database_state`` is given) and dropped
+      again if the restore fails, so a rerun starts clean.
     - An existing target is refused unless ``replace=True``. Then the dump is restored
-      into a new database beside it first; only when that succeeded is the old database
-      dropped (``WITH (FORCE)``: its sessions are ended) and the new one renamed. The old
-      data is never gone before the new data is complete.
+      into a new database beside it first; ``before_swap(copy, description)`` may check it
+      (raising keeps the old database and drops the copy); only then are the old
+      database's sessions ended and it is **renamed aside** (``keep_old_as``, default
+      ``<target>_dbops_old_<time>``), never dropped, and the copy takes its name.
     - ``create=False``: restore into an existing database the caller prepared (e.g. with
       its own owner or locale); it must hold no user tables.
     - Owners are kept (``no_owner=False``): right when restoring as a superuser into a
       cluster that has the roles (restore the globals first). ``no_owner=True`` makes the
       restoring role own everything, for a restore by a non-superuser or into another cluster.
-    - Database-level properties (``ALTER DATABASE ... SET``, database comment and ACL) are
-      not part of a dump made without ``--create``; the target gets the server's defaults.
+    - ``database_state`` (see :func:`database_state`): owner, settings, per-role settings,
+      grants, comment and connection limit of the source are applied to the new database;
+      what this cluster cannot take (a missing role) is returned in ``notes``.
 
     ``postgres``, ``template0`` and ``template1`` are never a target.
     """
@@ -688,8 +974,9 @@ def restore_database(
         restore_into = target_database
         if create:
             restore_into = _scratch_name(target_database) if exists else target_database
-            _database_ddl(admin, "pg_create_database.sql", database=restore_into)
-            log(f"created database {restore_into}")
+            create_database(admin, restore_into, database_state)
+            log(f"created database {restore_into}" + (
+                f" ({database_state['encoding']}, collate {database_state['collate']})" if database_state else ""))  # fmt: skip
 
     conninfo = make_conninfo("", dbname=restore_into)  # quoted: any database name is safe here
     argv = [pg_restore, f"--jobs={jobs}", "--exit-on-error", "--no-password", f"--dbname={conninfo}"]
@@ -701,30 +988,47 @@ def restore_database(
     started = time.monotonic()
     log(f"pg_restore of {source} into {restore_into}: {jobs} jobs, {len(entries)} TOC entries, "
         f"{'owners from the dump' if not no_owner else 'owned by ' + str(endpoint.login)}")  # fmt: skip
+    notes: list[str] = []
+    description = None
     try:
         with pg_tool_env(endpoint) as env:
             run_tool(argv, log=log, env=env)
         if analyze:
             with pg_connect(endpoint, restore_into, autocommit=True) as conn:
                 conn.execute(load_sql("backup/pg_analyze.sql"))
+        if create and database_state:
+            with pg_connect(endpoint, maintenance_db, autocommit=True) as admin:
+                notes = apply_database_state(admin, restore_into, database_state, log=log)
+        if describe or before_swap is not None:
+            description = describe_database(endpoint, restore_into, sample_rows=sample_rows, log=log)
+        if before_swap is not None:
+            before_swap(restore_into, description)
     except BaseException:
         if create:
             try:
                 with pg_connect(endpoint, maintenance_db, autocommit=True) as admin:
                     _database_ddl(admin, "pg_drop_database.sql", database=restore_into)
-                log(f"restore failed: dropped the partly restored database {restore_into}")
+                log(f"restore failed: dropped the partly restored database {restore_into}"
+                    + (f"; {target_database} is untouched" if restore_into != target_database else ""))  # fmt: skip
             except psycopg.Error as exc:  # keep the restore's own error; say what is left behind
                 log(f"restore failed, and dropping the partly restored database {restore_into} failed too: {exc}")
         raise
     seconds = time.monotonic() - started
 
+    set_aside, ended = None, []
     if restore_into != target_database:
-        with pg_connect(endpoint, maintenance_db, autocommit=True) as admin:
-            log(f"replace=True: dropping database {target_database} and renaming {restore_into} to it")
-            _database_ddl(admin, "pg_drop_database.sql", database=target_database)
-            _database_ddl(admin, "pg_rename_database.sql", old=restore_into, new=target_database)
+        set_aside = keep_old_as or set_aside_name(target_database, time.strftime("%Y%m%dt%H%M%Sz", time.gmtime()))
+        try:
+            ended = swap_in(endpoint, restore_into, target_database, set_aside, maintenance_db=maintenance_db, log=log)
+        except BaseException:
+            with pg_connect(endpoint, maintenance_db, autocommit=True) as admin:
+                _database_ddl(admin, "pg_drop_database.sql", database=restore_into)
+            log(f"swap failed: dropped the restored copy {restore_into}; {target_database} is untouched")
+            raise
+        if description is not None:
+            description["database"] = target_database
     log(f"restored {source} into {target_database} in {seconds:.1f}s")
-    result = RestoreResult(
+    return RestoreResult(
         target_database=target_database,
         source_database=source,
         created=create,
@@ -734,7 +1038,28 @@ def restore_database(
         table_data_entries=len(_table_data_payloads(entries)),
         tool_version=version,
         seconds=round(seconds, 3),
+        description=description if describe else None,
+        set_aside=set_aside,
+        ended_sessions=ended,
+        notes=notes,
     )
-    if describe:
-        result.description = describe_database(endpoint, target_database, sample_rows=sample_rows, log=log)
-    return result
+
+
+# --------------------------------------------------------------------------- series names
+
+
+SERIES_NAME = re.compile(r"^[a-z0-9_][a-z0-9_.-]{0,62}$")  # what the repository accepts (check_subject_name)
+RESERVED_SERIES = frozenset({"_globals"})  # the roles' series
+
+
+def series_name(database: str) -> str:
+    """The repository series of a database: its own name when that is a valid series name
+    (a-z 0-9 _ . -), else a readable slug and a short hash of the real name, e.g.
+    ``Sales`` -> ``sales-<8 hex>``, ``my "db"`` -> ``my_db-<8 hex>``. Deterministic, so a
+    restore finds the series from the real name; the real name is kept in the manifest."""
+    if SERIES_NAME.match(database) and ".." not in database and database not in RESERVED_SERIES:
+        return database
+    slug = re.sub(r"[^a-z0-9_.-]+", "_", database.lower())
+    slug = re.sub(r"\.{2,}", ".", slug).strip("._-")[:40] or "db"
+    digest = hashlib.sha1(database.encode()).hexdigest()[:8]
+    return f"{slug}-{digest}"
