@@ -6,6 +6,8 @@ import pytest
 
 from dbops.backup import restore as r
 from dbops.config import ConfigError, DbopsConfig
+from dbops.stores.mongo import recovery as mongo_recovery
+from dbops.stores.postgres import recovery as pg_recovery
 
 ID = "20260301T020000Z"
 
@@ -88,13 +90,13 @@ def test_drill_topics():
 @pytest.mark.parametrize("name", ["postgres", "template0", "template1", "", "x" * 64, "dbops_drill_x", "a\x00b"])
 def test_postgres_targets_that_are_never_allowed(name):
     with pytest.raises(r.RestoreRefused):
-        r.check_pg_target(name)
+        pg_recovery.check_pg_target(name)
 
 
 @pytest.mark.parametrize("name", ["admin", "local", "config", "a.b", "a b", "x" * 64, "", "dbops_drill_x", "$x"])
 def test_mongo_targets_that_are_never_allowed(name):
     with pytest.raises(r.RestoreRefused):
-        r.check_mongo_name(name)
+        mongo_recovery.check_mongo_name(name)
 
 
 # --------------------------------------------------------------------------- confirm rule
@@ -136,26 +138,39 @@ def test_check_request_normalises():
     assert req == r.RestoreRequest("postgres", "latest", "", "", "", ())
 
 
+def check(store: str, **kwargs) -> None:
+    """The generic checks, then the store adapter's own (neither does any I/O)."""
+    from dbops.stores.registry import adapter_class
+
+    request = r.check_request(store=store, **{"backup_id": "latest", **kwargs})
+    adapter_class(store)(DbopsConfig(), links=None).check_request(request)
+
+
 @pytest.mark.parametrize(
-    "kwargs, message",
+    "store, kwargs, message",
     [
-        ({"store": "oracle"}, "store 'oracle'"),
-        ({"store": "postgres", "backup_id": "../../etc"}, "neither 'latest'"),
-        ({"store": "redis"}, "needs target"),
-        ({"store": "redis", "target": "a b"}, "not an Airflow connection id"),
-        ({"store": "postgres", "database": "_globals"}, "cluster-wide"),
-        ({"store": "postgres", "database": "../etc"}, "cannot name a backup series"),
-        ({"store": "postgres", "target": "template1"}, "never a restore target"),
-        ({"store": "mongo", "target": "admin"}, "system database"),
-        ({"store": "mongo", "database": "a.b"}, "not a MongoDB database name"),
-        ({"store": "postgres", "topics": ["t"]}, "kafka only"),
-        ({"store": "kafka", "topics": ["bad topic"]}, "not Kafka topic names"),
+        ("oracle", {}, "store 'oracle'"),
+        ("postgres", {"backup_id": "../../etc"}, "neither 'latest'"),
+        ("redis", {}, "needs target"),
+        ("redis", {"target": "a b"}, "not an Airflow connection id"),
+        ("postgres", {"database": "_globals"}, "cluster-wide"),
+        ("postgres", {"target": "template1"}, "never a restore target"),
+        ("postgres", {"target": "x" * 64}, "longer than 63 bytes"),
+        ("mongo", {"target": "admin"}, "system database"),
+        ("mongo", {"database": "a.b"}, "not a MongoDB database name"),
+        ("postgres", {"topics": ["t"]}, "kafka only"),
+        ("kafka", {"topics": ["bad topic"]}, "not Kafka topic names"),
+        ("weaviate", {"target": "elsewhere"}, "target"),
     ],
 )
-def test_check_request_refuses(kwargs, message):
-    kwargs = {"backup_id": "latest", **kwargs}
+def test_check_request_refuses(store, kwargs, message):
     with pytest.raises(r.RestoreRefused, match=message):
-        r.check_request(**kwargs)
+        check(store, **kwargs)
+
+
+@pytest.mark.parametrize("name", ["Sales", "q4 report", 'the "best" db'])
+def test_odd_postgres_database_names_are_accepted_for_restore(name):
+    check("postgres", database=name)
 
 
 # --------------------------------------------------------------------------- settings
