@@ -5,8 +5,8 @@ they would read (AIRFLOW_CONN_* and DBOPS_* in the environment).
     python -m bench.worker ACTION '{"json": "arguments"}'
 
 Prints one JSON line with the result last. Actions:
-``pg_backup`` (what backup_postgres + backup_postgres_globals do), ``pg_restore`` (what
-restore_postgres does), ``redis_backup``, ``offsite`` (what ship_<target> does) and
+``pg_backup`` (what backup_postgres does for the databases and ``_globals``), ``pg_restore``
+(what restore_postgres does), ``redis_backup``, ``offsite`` (what ship_<target> does) and
 ``dag_test`` (a whole DAG with ``dag.test()``, after an untimed warm-up run; it prints
 ``JOB START`` / ``JOB END`` around the timed run).
 """
@@ -30,61 +30,56 @@ def _config(overrides: dict | None = None):
     return load_config().with_overrides(overrides)
 
 
-def _take(config, store: str, subject: str | None, adapter) -> dict:
-    """What tasks.backup._take does, for a run of the benchmark's own."""
+def _adapter(config, store: str):
+    from dbops import connections
+    from dbops.stores.registry import adapter
+
+    return adapter(store, config, connections)
+
+
+def _take(config, store: str, subject: str | None) -> dict:
+    """What the task backup_<store> does, for a run of the benchmark's own."""
     from dbops.backup.runner import take_backup
     from dbops.tasks.backup import repository
 
     outcome = take_backup(
-        repository(config), adapter, store=store, subject=subject, run_id=f"bench__{uuid.uuid4().hex}",
-        dag_id="dbops_nightly_backup", logical_date=datetime.now(timezone.utc), force=False,
-        stale_staging=timedelta(hours=config.backup.stale_staging_hours), log=log.info,
+        repository(config), _adapter(config, store).series_backup(subject), store=store, subject=subject,
+        run_id=f"bench__{uuid.uuid4().hex}", dag_id="dbops_nightly_backup", logical_date=datetime.now(timezone.utc),
+        force=False, stale_staging=timedelta(hours=config.backup.stale_staging_hours), log=log.info,
     )  # fmt: skip
     return outcome.to_dict()
 
 
 def pg_backup(args: dict) -> dict:
-    from dbops import connections
-    from dbops.stores.postgres.backup import PostgresDatabaseBackup, PostgresGlobalsBackup
-    from dbops.tasks.backup import GLOBALS_SUBJECT
+    from dbops.backup.restore import GLOBALS_SUBJECT
 
     config = _config()
-    endpoint = connections.endpoint(config.connections.postgres, "postgres")
-    outcomes = [
-        _take(config, "postgres", database,
-              PostgresDatabaseBackup(endpoint, database, jobs=config.postgres.dump_jobs,
-                                     compression=config.postgres.compression))
-        for database in args["databases"]
-    ]  # fmt: skip
-    if args.get("globals", True):
-        outcomes.append(_take(config, "postgres", GLOBALS_SUBJECT, PostgresGlobalsBackup(endpoint)))
+    subjects = [*args["databases"], *([GLOBALS_SUBJECT] if args.get("globals", True) else [])]
+    outcomes = [_take(config, "postgres", subject) for subject in subjects]
     return {"backups": outcomes, "total_bytes": sum(o["total_bytes"] for o in outcomes)}
 
 
 def pg_restore(args: dict) -> dict:
-    from dbops import connections
+    """What dbops_restore's plan and restore_postgres do."""
     from dbops.backup import restore as r
     from dbops.tasks.backup import repository
 
     config = _config()
     repo = repository(config)
-    backup = r.resolve_backup(repo, "postgres", args["database"], "latest")
+    adapter = _adapter(config, "postgres")
+    request = r.check_request(store="postgres", backup_id="latest", database=args["database"], target=args["target"])
+    adapter.check_request(request)
+    backup = r.resolve_backup(repo, "postgres", adapter.restore_subject(request), "latest")
+    plan = adapter.plan_restore(backup, request, log.info)
     r.verify_files(repo, backup, log.info)
-    endpoint = connections.endpoint(config.connections.postgres, "postgres")
-    result = r.restore_postgres(endpoint, backup, target=args["target"], confirm="", jobs=config.restore.jobs,
-                                log=log.info)
+    result = adapter.restore(backup, plan, log.info)
     if result["differences"]:
         raise SystemExit(f"restore differs from the source: {result['differences']}")
     return result
 
 
 def redis_backup(args: dict) -> dict:
-    from dbops import connections
-    from dbops.stores.redis.backup import RedisBackup
-
-    config = _config()
-    endpoint = connections.endpoint(config.connections.redis, "redis")
-    return _take(config, "redis", None, RedisBackup(endpoint, timeout=config.redis.snapshot_timeout_s))
+    return _take(_config(), "redis", None)
 
 
 def offsite(args: dict) -> dict:

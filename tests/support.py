@@ -49,3 +49,14 @@ class Log:
     @property
     def text(self) -> str:
         return "\n".join(self.lines)
+
+
+def store_drill(store: str, log=None):
+    """The store adapter's drill (what ``drill_<store>`` runs), reaching the local stores
+    through their Airflow connections (``AIRFLOW_CONN_*`` of the devstack)."""
+    from dbops import connections
+    from dbops.config import load_config
+    from dbops.stores.registry import adapter
+
+    store_adapter = adapter(store, load_config(), connections)
+    return lambda backup, found: store_adapter.drill(backup, found, log or Log())

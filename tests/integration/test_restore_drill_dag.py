@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import pytest
 
-from dbops.backup.adapter import Endpoint
 from dbops.backup.repository import BackupRepository
 from tests.conftest import run_dag, task_result, without_retries
 from tests.integration.restore_sources import STORES, backed_up_sources, kafka_topics, states
-from tests.support import mongo_client, pg_connect
+from tests.support import mongo_client, pg_connect, store_drill
 
 pytestmark = pytest.mark.integration
 
@@ -68,13 +67,14 @@ def test_the_drill_is_green_on_good_backups_records_it_and_leaves_no_scratch(src
 
 def test_a_drill_failing_after_its_restore_removes_the_scratch_and_a_rerun_converges(src, dag, monkeypatch, capfd):
     from dbops.backup import restore as r
+    from dbops.stores.mongo import recovery as mongo_recovery
 
     def broken(*args, **kwargs):
         raise RuntimeError("comparison crashed")
 
     backup_id = src.repo.latest("mongo").backup_id
     with monkeypatch.context() as patch:
-        patch.setattr(r, "compare_mongo", broken)
+        patch.setattr(mongo_recovery, "compare_mongo", broken)
         run = run_dag(dag, {"stores": ["mongo"]})
     st = states(run)
     assert run.state == "failed" and st["drill_mongo"] == "failed" and st["summary"] == "failed", st
@@ -95,12 +95,8 @@ def test_a_drill_failing_after_its_restore_removes_the_scratch_and_a_rerun_conve
     # clearing the failed drill task reruns it on the backup the plan chose: what the task does
     from dbops.tasks.drill import log
 
-    endpoint = Endpoint(host=src.mongo["host"], port=src.mongo["port"], login=src.mongo["login"],
-                        password=src.mongo["password"], extra=src.mongo["extra"])
     backup = r.resolve_backup(src.repo, "mongo", None, backup_id)
-    targets = {src.mongo_db: r.drill_name(src.mongo_db, backup_id)}
-    result = r.run_drill(src.repo, backup, target=sorted(targets.values()),
-                         drill=r.drill_mongo(endpoint, targets=targets, log=log.info),
+    result = r.run_drill(src.repo, backup, target="scratch", drill=store_drill("mongo", log.info),
                          run_id=run.run_id, dag_id=run.dag_id, log=log.info)
     assert result["ok"] is True, result
     assert src.repo.latest("mongo").backup_id == backup_id  # verified again

@@ -255,7 +255,7 @@ def test_a_malformed_connection_uri_is_named(world, dagbag, capfd, monkeypatch):
 
 
 WRONG_PASSWORD = {
-    "postgres": ("backup_postgres[0]", ["password authentication failed"]),
+    "postgres": ("series_postgres", ["password authentication failed"]),
     "redis": ("backup_redis", ["invalid username-password pair"]),
     "mongo": ("backup_mongo", ["authentication failed"]),
 }
@@ -277,7 +277,7 @@ def test_an_unreachable_host_is_named(world, dagbag, capfd, monkeypatch, store):
     conn_id = f"dbops_{store}"
     port = closed_port()
     monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", json.dumps({**_conn(conn_id), "port": port}))
-    failed = "backup_postgres[0]" if store == "postgres" else "backup_redis"
+    failed = "series_postgres" if store == "postgres" else "backup_redis"
     refused_run(world, dagbag.get_dag(BACKUP_DAG), backup_conf(stores=[store]), capfd, failed=failed,
                 says=[str(port), "refused"])  # fmt: skip
 
@@ -341,9 +341,28 @@ def test_a_backup_root_outside_the_allowed_base_is_refused(world, dagbag, capfd,
 
 
 def test_a_database_name_with_quotes_and_semicolons_is_refused_for_backup(world, dagbag, capfd):
-    refused_run(world, dagbag.get_dag(BACKUP_DAG), backup_conf(stores=["postgres"]), capfd, failed="plan",
-                says=[f"database {INJECTION!r} cannot name a backup series"],
+    """Not a database of the server: refused before any backup (globals included), no SQL ran.
+    (A real database with such a name is backed up: see the Postgres recovery tests.)"""
+    refused_run(world, dagbag.get_dag(BACKUP_DAG), backup_conf(stores=["postgres"]), capfd, failed="series_postgres",
+                says=["do not exist", repr(INJECTION)],
                 config={**world.config, "postgres": {"databases": [INJECTION]}})  # fmt: skip
+
+
+def test_a_refusal_fails_at_once_and_is_not_retried(world, dagbag, capfd):
+    """With the DAG's own retries (2, backing off): a database that does not exist cannot
+    appear on a retry. On the old main this held the DAG's only run slot for ten minutes."""
+    import time
+
+    absent = f"dbops_absent_{uuid.uuid4().hex[:8]}"
+    started = time.monotonic()
+    with variable({**world.config, "postgres": {"databases": [absent]}}, back_to=world.config):
+        run = run_dag(dagbag.get_dag(BACKUP_DAG), backup_conf(stores=["postgres"]))
+    seconds = time.monotonic() - started
+    st = states(run)
+    assert run.state == "failed" and st["series_postgres"] == "failed", st
+    series = next(ti for ti in run.get_task_instances() if ti.task_id == "series_postgres")
+    assert series.try_number == 1 and seconds < 120, (series.try_number, seconds)
+    assert absent in "".join(capfd.readouterr())
 
 
 def test_a_maintenance_database_with_quotes_and_semicolons_is_refused(world, dagbag, capfd):

@@ -4,19 +4,17 @@ backup, so it cannot make an older good one obsolete."""
 
 from __future__ import annotations
 
-import uuid
 from datetime import timedelta
 
 import pytest
 
-from dbops.backup import restore
-from dbops.backup.restore import CorruptBackup, run_drill
+from dbops.backup.restore import CorruptBackup, run_drill, verify_files
 from dbops.backup.retention import RetentionPolicy, apply_retention
 from dbops.stores.mongo.backup import MongoBackup
 from dbops.stores.postgres.backup import PostgresDatabaseBackup
 from dbops.stores.redis.backup import RedisBackup
 from tests.reliability.faults import backup_now, endpoint_of, fill_redis, redis_endpoint
-from tests.support import Log, mongo_client, pg_connect
+from tests.support import Log, mongo_client, pg_connect, store_drill
 
 pytestmark = pytest.mark.integration
 
@@ -44,7 +42,7 @@ def postgres_case(repo, pg_conn, pg_database):
         conn.commit()
     endpoint = endpoint_of(pg_conn)
     adapter = PostgresDatabaseBackup(endpoint, pg_database, jobs=1)
-    drill = restore.drill_postgres(endpoint, target=f"dbops_drill_fault_{uuid.uuid4().hex[:8]}", jobs=1, log=Log())
+    drill = store_drill("postgres")
     return adapter, pg_database, drill
 
 
@@ -53,15 +51,14 @@ def mongo_case(repo, mongo_conn, mongo_database):
     with mongo_client(mongo_conn) as client:
         client[mongo_database].items.insert_many([{"i": i, "label": f"item {i}"} for i in range(2000)])
     endpoint = endpoint_of(mongo_conn)
-    target = f"dbops_drill_fault_{uuid.uuid4().hex[:8]}"
-    drill = restore.drill_mongo(endpoint, targets={mongo_database: target}, log=Log())
+    drill = store_drill("mongo")
     return MongoBackup(endpoint, mongo_database), None, drill
 
 
 @pytest.fixture
 def redis_case(repo, scratch_redis):
     fill_redis(scratch_redis, 2000, value_bytes=64)
-    drill = restore.drill_redis(port=None, scratch_dir=None, log=Log())
+    drill = store_drill("redis")
     return RedisBackup(redis_endpoint(scratch_redis)), None, drill
 
 
@@ -83,7 +80,7 @@ def test_a_flipped_byte_is_caught_and_not_counted(store, request, repo):
     assert all(c["ok"] for c in repo.verify(backups[good.backup_id]))
     # a restore refuses it before touching any target
     with pytest.raises(CorruptBackup, match=f"corrupted, refusing to restore it: changed:{victim}"):
-        restore.verify_files(repo, backups[damaged.backup_id], Log())
+        verify_files(repo, backups[damaged.backup_id], Log())
 
     # the restore drill of the damaged backup fails, names the file, and records it
     log = Log()

@@ -62,7 +62,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dbops.backup.adapter import Check, DumpResult, Endpoint, LogFn
+from dbops.backup.adapter import BackupRefused, Check, DumpResult, Endpoint, LogFn
 from dbops.tools import ToolError, find_tool, run_tool, write_secret_file
 
 ARCHIVE = "dump.archive.gz"
@@ -688,8 +688,9 @@ class MongoBackup:
         # back it up (mongodump --db needs no more); a database without collections is
         # not there at all for MongoDB
         if not mongo[self.database].list_collection_names():
-            raise ValueError(
-                f"database {self.database!r} does not exist on {self.endpoint!r}: nothing to back up"
+            raise BackupRefused(
+                f"database {self.database!r} does not exist on {self.endpoint!r}: nothing to back up "
+                "(set mongo.database to the platform's database)"
             )
         return [self.database]
 

@@ -17,6 +17,7 @@ import psycopg
 from psycopg.rows import dict_row
 
 from dbops.backup.adapter import (
+    BackupRefused,
     DrillComparison,
     DrillEnvironmentError,
     Endpoint,
@@ -36,7 +37,6 @@ from dbops.stores.postgres.backup import (
     pg_connect,
     series_name,
 )
-from dbops.tools import ToolError
 
 if TYPE_CHECKING:
     from dbops.backup.repository import Backup
@@ -114,9 +114,19 @@ class PostgresAdapter:
         """The databases (real names) the nightly backup takes."""
         configured = self.config.postgres.databases
         if configured is not None:
+            missing = sorted(set(configured) - set(self._server_databases()))
+            if missing:  # refused before any backup: a retry cannot create them
+                raise BackupRefused(
+                    f"postgres.databases names database(s) that do not exist on "
+                    f"{self.endpoint.host}:{self.endpoint.port}: {missing}; nothing was backed up"
+                )
             log(f"postgres: databases to back up (postgres.databases): {configured}")
             return list(configured)
         return select_databases(self.endpoint, list(self.config.postgres.exclude_databases), log)
+
+    def _server_databases(self) -> list[str]:
+        with pg_connect(self.endpoint, self.endpoint.database or "postgres", autocommit=True) as conn:
+            return [r[0] for r in conn.execute(load_sql("backup/pg_databases.sql"))]
 
     def series(self, log: LogFn) -> list[str | None]:
         databases = self.databases(log)
@@ -124,7 +134,7 @@ class PostgresAdapter:
         for database in databases:
             series = series_name(database)
             if series in by_series:
-                raise ToolError(
+                raise BackupRefused(
                     f"databases {by_series[series]!r} and {database!r} would share backup series {series!r}; "
                     "exclude one in postgres.exclude_databases"
                 )
@@ -136,22 +146,18 @@ class PostgresAdapter:
     def database_of(self, subject: str) -> str:
         """The real database name of a series (the server's, or the configured list's)."""
         configured = self.config.postgres.databases
-        if configured is not None:
-            names = list(configured)
-        else:
-            with pg_connect(self.endpoint, self.endpoint.database or "postgres", autocommit=True) as conn:
-                names = [r[0] for r in conn.execute(load_sql("backup/pg_databases.sql"))]
+        names = list(configured) if configured is not None else self._server_databases()
         matches = [n for n in names if series_name(n) == subject]
         if len(matches) != 1:
             found = "no database" if not matches else f"databases {matches}"
-            raise ToolError(f"backup series {subject!r}: {found} of this server has that series name")
+            raise BackupRefused(f"backup series {subject!r}: {found} of this server has that series name")
         return matches[0]
 
     def series_backup(self, subject: str | None) -> SeriesBackup:
         if subject == GLOBALS_SUBJECT:
             return PostgresGlobalsBackup(self.endpoint, maintenance_db=self.endpoint.database or "postgres")
         if not subject:
-            raise ToolError("postgres backs up one series per database: name the series")
+            raise BackupRefused("postgres backs up one series per database: name the series")
         return PostgresDatabaseBackup(
             self.endpoint,
             self.database_of(subject),

@@ -2,7 +2,7 @@
 
 One series (``None``). The server is reached as ``with links.weaviate(conn_id) as api``
 (``api.session``, ``api.base_url``: REST, because the v4 client refuses servers older than
-1.27); when no connection exists the task layer skips (``links.connection_exists``).
+1.27); when no connection exists, StoreNotConfigured makes the task skip, saying so.
 Not drillable: Weaviate restores classes only under their own names, into a server that
 lacks them, so there is no scratch target. No Airflow import.
 """
@@ -13,7 +13,7 @@ import json
 import os
 from typing import TYPE_CHECKING, Any
 
-from dbops.backup.adapter import DrillComparison, ExpiryRefused, LogFn, RestorePlan, RestoreRefused, RestoreRequest
+from dbops.backup.adapter import DrillComparison, ExpiryRefused, LogFn, RestorePlan, StoreNotConfigured, RestoreRefused, RestoreRequest
 from dbops.stores.weaviate.backup import (
     RECORD_FILE,
     WeaviateApi,
@@ -47,6 +47,10 @@ class WeaviateAdapter:
     def _connect(self):
         return self.links.weaviate(self.conn_id)
 
+    def _require_connection(self) -> None:
+        if not self.links.connection_exists(self.conn_id):
+            raise StoreNotConfigured(f"no Weaviate configured (no Airflow connection {self.conn_id!r})")
+
     def _in_use(self) -> set[str]:
         """Weaviate ids recorded by complete backups in the repository."""
         from dbops.backup.repository import BackupRepository
@@ -71,6 +75,7 @@ class WeaviateAdapter:
     # ------------------------------------------------------------------ backup
 
     def series(self, log: LogFn) -> list[str | None]:
+        self._require_connection()
         return [None]
 
     def series_backup(self, subject: str | None, run_key: str | None = None) -> WeaviateBackup:
@@ -78,6 +83,7 @@ class WeaviateAdapter:
         default the run Airflow names in every task's environment."""
         if subject is not None:
             raise ValueError(f"weaviate has one series (None), not {subject!r}")
+        self._require_connection()
         if run_key is None and os.environ.get("AIRFLOW_CTX_DAG_RUN_ID"):
             run_key = f"{os.environ.get('AIRFLOW_CTX_DAG_ID', '')}/{os.environ['AIRFLOW_CTX_DAG_RUN_ID']}"
         return WeaviateBackup(
@@ -131,6 +137,7 @@ class WeaviateAdapter:
         return None
 
     def plan_restore(self, backup: Backup, request: RestoreRequest, log: LogFn) -> RestorePlan:
+        self._require_connection()
         with self._connect() as link:
             api = WeaviateApi(link.session, link.base_url)
             checked = plan_weaviate(api, backup, accept_unsafe=request.accept_unsafe_version, log=log)
