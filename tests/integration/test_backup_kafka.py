@@ -361,7 +361,7 @@ def test_adapter_backup_drill_and_restore_judge_the_dump_not_a_later_read_of_a_b
     """The description is the dump's topics.json: topics created and deleted by a writer
     during and after the backup do not make the drill or the restore fail (they did when the
     description was read from the broker after the dump)."""
-    from dbops.backup.adapter import DrillComparison, RestorePlan, RestoreRequest
+    from dbops.backup.adapter import RestorePlan, RestoreRequest
     from dbops.backup.restore import run_drill
     from dbops.backup.runner import source_description
 

@@ -4,14 +4,9 @@ real mongorestore, Redis 7, Tansu)."""
 
 from __future__ import annotations
 
-import json
-import secrets
-import socket
-import subprocess
 import time
 
 import pytest
-import redis
 
 from dbops.backup.repository import BackupRepository
 from tests.conftest import run_dag, task_result, without_retries

@@ -227,3 +227,32 @@ class StoreAdapter(Protocol):
     def drill(self, backup: Backup, found: DrillComparison, log: LogFn) -> None:
         """Restore ``backup`` into scratch targets, compare, remove them (also on failure).
         Raises DrillEnvironmentError when the environment, not the backup, stopped it."""
+
+
+class SingleSeriesAdapter:
+    """What a store backed up as one series (the whole store) shares: the constructor, its
+    one series, no restore subject, nothing kept outside the repository. Subclasses set
+    ``store`` and implement the rest of :class:`StoreAdapter`."""
+
+    store: str
+    drillable = True
+
+    def __init__(self, config: DbopsConfig, links: Links) -> None:
+        self.config = config
+        self.links = links
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(connection {getattr(self.config.connections, self.store)!r})"
+
+    def series(self, log: LogFn) -> list[str | None]:
+        return [None]
+
+    def check_series(self, subject: str | None) -> None:
+        if subject is not None:
+            raise BackupRefused(f"{self.store} is backed up as one series (None), not {subject!r}")
+
+    def restore_subject(self, request: RestoreRequest) -> str | None:
+        return None
+
+    def expire(self, backup: Backup, log: LogFn) -> None:
+        """Nothing outside the repository: the whole backup is in its folder."""

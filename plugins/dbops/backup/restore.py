@@ -31,7 +31,6 @@ import hashlib
 import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from dbops.backup.adapter import (  # noqa: F401  (re-exported: the recovery vocabulary)

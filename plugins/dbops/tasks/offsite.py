@@ -8,8 +8,6 @@ and the Airflow connections into targets, and failures into clear task failures.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import timedelta
 
 from airflow.sdk import get_current_context, task

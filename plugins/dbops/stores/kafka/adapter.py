@@ -11,7 +11,14 @@ from typing import TYPE_CHECKING, Any
 
 from confluent_kafka import KafkaException
 
-from dbops.backup.adapter import DrillComparison, DrillEnvironmentError, LogFn, RestorePlan, RestoreRequest
+from dbops.backup.adapter import (
+    DrillComparison,
+    DrillEnvironmentError,
+    LogFn,
+    RestorePlan,
+    RestoreRequest,
+    SingleSeriesAdapter,
+)
 from dbops.backup.restore import DRILL_PREFIX
 from dbops.stores.kafka.backup import TOPICS_FILE, KafkaBackup, compare_topics, load_file, topic_definitions
 from dbops.stores.kafka.recovery import check_topics, drill_kafka, plan_kafka, restore_kafka
@@ -22,13 +29,11 @@ if TYPE_CHECKING:
     from dbops.config import DbopsConfig
 
 
-class KafkaAdapter:
+class KafkaAdapter(SingleSeriesAdapter):
     store = "kafka"
-    drillable = True
 
     def __init__(self, config: DbopsConfig, links: Links) -> None:
-        self.config = config
-        self.links = links
+        super().__init__(config, links)
         self.conn_id = config.connections.kafka
         self.timeout = config.kafka.request_timeout_s
 
@@ -37,24 +42,14 @@ class KafkaAdapter:
 
     # ------------------------------------------------------------------ backup
 
-    def series(self, log: LogFn) -> list[str | None]:
-        return [None]
-
     def series_backup(self, subject: str | None) -> KafkaBackup:
-        if subject is not None:
-            raise ValueError(f"kafka has one series (None), not {subject!r}")
+        self.check_series(subject)
         return KafkaBackup(self._admin, timeout=self.timeout)
-
-    def expire(self, backup: Backup, log: LogFn) -> None:
-        """Nothing: a Kafka backup is entirely in its folder."""
 
     # ------------------------------------------------------------------ restore
 
     def check_request(self, request: RestoreRequest) -> None:
         check_topics(request.topics)
-
-    def restore_subject(self, request: RestoreRequest) -> str | None:
-        return None
 
     def plan_restore(self, backup: Backup, request: RestoreRequest, log: LogFn) -> RestorePlan:
         """The topics to recreate (missing ones) and to compare (existing ones), and whether

@@ -9,42 +9,34 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from dbops.backup.adapter import DrillComparison, Endpoint, Links, LogFn, RestorePlan, RestoreRefused, RestoreRequest
+from dbops.backup.adapter import (
+    DrillComparison,
+    Endpoint,
+    LogFn,
+    RestorePlan,
+    RestoreRefused,
+    RestoreRequest,
+    SingleSeriesAdapter,
+)
 from dbops.backup.restore import default_target, drill_name
 from dbops.stores.mongo import recovery
 from dbops.stores.mongo.backup import MongoBackup
 
 if TYPE_CHECKING:
     from dbops.backup.repository import Backup
-    from dbops.config import DbopsConfig
 
 
-class MongoAdapter:
+class MongoAdapter(SingleSeriesAdapter):
     store = "mongo"
-    drillable = True
-
-    def __init__(self, config: DbopsConfig, links: Links) -> None:
-        self.config = config
-        self.links = links
-
-    def __repr__(self) -> str:
-        return f"MongoAdapter(connection {self.config.connections.mongo!r})"
 
     def _endpoint(self) -> Endpoint:
         return self.links.endpoint(self.config.connections.mongo, "mongo")
 
     # ------------------------------------------------------------------ backup
 
-    def series(self, log: LogFn) -> list[str | None]:
-        return [None]
-
     def series_backup(self, subject: str | None) -> MongoBackup:
-        if subject is not None:
-            raise ValueError(f"mongo has one series (None), not {subject!r}")
+        self.check_series(subject)
         return MongoBackup(self._endpoint(), self.config.mongo.database or None)
-
-    def expire(self, backup: Backup, log: LogFn) -> None:
-        """Nothing outside the repository: the archive is all in the backup's folder."""
 
     # ------------------------------------------------------------------ restore
 
@@ -52,9 +44,6 @@ class MongoAdapter:
         if request.store != self.store:
             raise RestoreRefused(f"a {request.store} request given to the mongo adapter")
         recovery.check_request(request)
-
-    def restore_subject(self, request: RestoreRequest) -> str | None:
-        return None
 
     def plan_restore(self, backup: Backup, request: RestoreRequest, log: LogFn) -> RestorePlan:
         database = recovery.mongo_source_database(backup, request.database, default=self.config.mongo.database)

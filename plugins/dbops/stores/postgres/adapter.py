@@ -28,7 +28,7 @@ from dbops.backup.adapter import (
     RestoreRequest,
     SeriesBackup,
 )
-from dbops.backup.restore import DRILL_PREFIX, GLOBALS_SUBJECT, drill_name
+from dbops.backup.restore import DRILL_PREFIX, GLOBALS_SUBJECT, default_target, drill_name
 from dbops.sqlfiles import load_sql
 from dbops.stores.postgres import recovery
 from dbops.stores.postgres.backup import (
@@ -189,7 +189,7 @@ class PostgresAdapter:
         if wanted and wanted != source:
             raise RestoreRefused(f"backup {backup.backup_id} of series {backup.subject!r} holds database {source!r}, "
                                  f"not {wanted!r}")  # fmt: skip
-        target = request.target or recovery.default_target_name(source, backup.backup_id)
+        target = request.target or default_target(source, backup.backup_id)
         plan = recovery.plan_postgres(self.endpoint, backup, source=source, target=target, confirm=request.confirm)
         for action in plan.actions:
             log(f"plan: {action}")

@@ -123,16 +123,6 @@ def source_database(backup: Backup) -> str:
     return str(details.get("database") or backup.subject or "")
 
 
-def default_target_name(database: str, backup_id: str) -> str:
-    """``<database>_restored_<backupid-lowercase>``; refused when longer than a name may be."""
-    name = f"{database}_restored_{backup_id.lower()}"
-    if len(name.encode()) > PG_MAX_NAME_BYTES:
-        raise RestoreRefused(
-            f"the default target name {name!r} is longer than {PG_MAX_NAME_BYTES} bytes; give a shorter target"
-        )
-    return name
-
-
 # --------------------------------------------------------------------------- comparison
 
 

@@ -8,42 +8,33 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from dbops.backup.adapter import DrillComparison, Links, LogFn, RestorePlan, RestoreRefused, RestoreRequest
+from dbops.backup.adapter import (
+    DrillComparison,
+    LogFn,
+    RestorePlan,
+    RestoreRefused,
+    RestoreRequest,
+    SingleSeriesAdapter,
+)
 from dbops.stores.redis import recovery
 from dbops.stores.redis.backup import RedisBackup
 
 if TYPE_CHECKING:
     from dbops.backup.repository import Backup
-    from dbops.config import DbopsConfig
 
 
-class RedisAdapter:
+class RedisAdapter(SingleSeriesAdapter):
     store = "redis"
-    drillable = True
-
-    def __init__(self, config: DbopsConfig, links: Links) -> None:
-        self.config = config
-        self.links = links
-
-    def __repr__(self) -> str:
-        return f"RedisAdapter(connection {self.config.connections.redis!r})"
 
     # ------------------------------------------------------------------ backup
 
-    def series(self, log: LogFn) -> list[str | None]:
-        return [None]
-
     def series_backup(self, subject: str | None) -> RedisBackup:
-        if subject is not None:
-            raise ValueError(f"redis has one series (None), not {subject!r}")
+        self.check_series(subject)
         return RedisBackup(
             self.links.endpoint(self.config.connections.redis, "redis"),
             timeout=self.config.redis.snapshot_timeout_s,
             scratch_dir=self.config.restore.scratch_dir,
         )
-
-    def expire(self, backup: Backup, log: LogFn) -> None:
-        """Nothing outside the repository: the RDB is all in the backup's folder."""
 
     # ------------------------------------------------------------------ restore
 
@@ -51,9 +42,6 @@ class RedisAdapter:
         if request.store != self.store:
             raise RestoreRefused(f"a {request.store} request given to the redis adapter")
         recovery.check_request(request)
-
-    def restore_subject(self, request: RestoreRequest) -> str | None:
-        return None
 
     def plan_restore(self, backup: Backup, request: RestoreRequest, log: LogFn) -> RestorePlan:
         return recovery.plan_restore(backup, request, links=self.links, live_conn_id=self.config.connections.redis, log=log)

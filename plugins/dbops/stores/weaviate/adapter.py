@@ -13,7 +13,16 @@ import json
 import os
 from typing import TYPE_CHECKING, Any
 
-from dbops.backup.adapter import DrillComparison, ExpiryRefused, LogFn, RestorePlan, StoreNotConfigured, RestoreRefused, RestoreRequest
+from dbops.backup.adapter import (
+    DrillComparison,
+    ExpiryRefused,
+    LogFn,
+    RestorePlan,
+    RestoreRefused,
+    RestoreRequest,
+    SingleSeriesAdapter,
+    StoreNotConfigured,
+)
 from dbops.stores.weaviate.backup import (
     RECORD_FILE,
     WeaviateApi,
@@ -34,13 +43,12 @@ class WeaviateExpiryRefused(ExpiryRefused, WeaviateError):
     """dbops cannot remove this backup from its backend: retention must keep its record."""
 
 
-class WeaviateAdapter:
+class WeaviateAdapter(SingleSeriesAdapter):
     store = "weaviate"
     drillable = False
 
     def __init__(self, config: DbopsConfig, links: Links) -> None:
-        self.config = config
-        self.links = links
+        super().__init__(config, links)
         self.conn_id = config.connections.weaviate
         self.settings = config.weaviate
 
@@ -81,8 +89,7 @@ class WeaviateAdapter:
     def series_backup(self, subject: str | None, run_key: str | None = None) -> WeaviateBackup:
         """``run_key`` names the run, so that its retries reuse its Weaviate backup ids; by
         default the run Airflow names in every task's environment."""
-        if subject is not None:
-            raise ValueError(f"weaviate has one series (None), not {subject!r}")
+        self.check_series(subject)
         self._require_connection()
         if run_key is None and os.environ.get("AIRFLOW_CTX_DAG_RUN_ID"):
             run_key = f"{os.environ.get('AIRFLOW_CTX_DAG_ID', '')}/{os.environ['AIRFLOW_CTX_DAG_RUN_ID']}"
@@ -132,9 +139,6 @@ class WeaviateAdapter:
                 )
         if not isinstance(request.accept_unsafe_version, bool):
             raise RestoreRefused(f"accept_unsafe_version must be true or false, got {request.accept_unsafe_version!r}")
-
-    def restore_subject(self, request: RestoreRequest) -> str | None:
-        return None
 
     def plan_restore(self, backup: Backup, request: RestoreRequest, log: LogFn) -> RestorePlan:
         self._require_connection()
