@@ -32,7 +32,7 @@ def _config(overrides: dict | None = None):
 
 def _adapter(config, store: str):
     from dbops import connections
-    from dbops.stores.registry import adapter
+    from dbops.registry import adapter
 
     return adapter(store, config, connections)
 

@@ -32,7 +32,7 @@ old scheduled run also backs up now, under the real time.
 from airflow.sdk import Param
 
 from dbops.dagkit import CONFIG, cron, dbops_dag, stores_param
-from dbops.stores.registry import MULTI_SERIES_STORES, STORES
+from dbops.registry import MULTI_SERIES_STORES, STORES
 from dbops.tasks.backup import backup_task, plan, retention_task, series_task
 
 with dbops_dag(

@@ -38,7 +38,7 @@ from airflow.sdk import Param
 
 from dbops.backup.restore import BACKUP_ID_PATTERN, LATEST
 from dbops.dagkit import dbops_dag
-from dbops.stores.registry import STORES
+from dbops.registry import STORES
 from dbops.tasks.restore import plan, restore_task
 
 with dbops_dag(

@@ -35,7 +35,7 @@ removing scratch targets a killed attempt may have left; a passing rerun records
 """
 
 from dbops.dagkit import CONFIG, cron, dbops_dag, stores_param
-from dbops.stores.registry import DRILLED_STORES, MULTI_SERIES_STORES
+from dbops.registry import DRILLED_STORES, MULTI_SERIES_STORES
 from dbops.tasks.drill import drill_task, plan, series_task, summary
 
 with dbops_dag(

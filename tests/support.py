@@ -56,7 +56,7 @@ def store_drill(store: str, log=None):
     through their Airflow connections (``AIRFLOW_CONN_*`` of the devstack)."""
     from dbops import connections
     from dbops.config import load_config
-    from dbops.stores.registry import adapter
+    from dbops.registry import adapter
 
     store_adapter = adapter(store, load_config(), connections)
     return lambda backup, found: store_adapter.drill(backup, found, log or Log())

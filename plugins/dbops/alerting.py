@@ -51,7 +51,7 @@ class DbopsAlert(BaseNotifier):
 
     def notify(self, context: Any) -> None:
         from dbops import connections
-        from dbops.dagkit import runtime_config
+        from dbops.runtime import runtime_config
 
         body = self.payload(context)
         log.error("DBOPS ALERT %s.%s (%s): %s", body["dag_id"], body["task_id"], body["run_id"], body["message"])

@@ -23,7 +23,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from dbops.stores.registry import STORES
+from dbops.registry import STORES
 
 ENV_PREFIX = "DBOPS_"
 CONFIG_FILE_ENV = "DBOPS_CONFIG"

@@ -15,7 +15,7 @@ from airflow.sdk import DAG, Asset, CronTriggerTimetable, ExceptionRetryPolicy, 
 from airflow.sdk.definitions.retry_policy import RetryAction
 
 from dbops.config import ALL_STORES, DbopsConfig
-from dbops.runtime import base_config, runtime_config  # noqa: F401  (the tasks' import)
+from dbops.runtime import base_config
 
 CONFIG: DbopsConfig = base_config()
 

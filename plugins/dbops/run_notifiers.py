@@ -194,7 +194,7 @@ class RunAlert(_RunNotifier):
     """``DBOPS ALERT`` in the log, then e-mail and webhook as configured, for the outcomes in ``notify.alert_on``."""
 
     def notify(self, context: Any) -> None:
-        from dbops.dagkit import runtime_config
+        from dbops.runtime import runtime_config
 
         config = runtime_config()
         settings = config.notify
@@ -216,7 +216,7 @@ class RunSummaryEvent(_RunNotifier):
     """The run-summary event to Kafka and/or Mongo when ``notify.kafka_events`` / ``mongo_events`` are on."""
 
     def notify(self, context: Any) -> None:
-        from dbops.dagkit import runtime_config
+        from dbops.runtime import runtime_config
 
         config = runtime_config()
         settings = config.notify

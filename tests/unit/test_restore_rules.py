@@ -140,7 +140,7 @@ def test_check_request_normalises():
 
 def check(store: str, **kwargs) -> None:
     """The generic checks, then the store adapter's own (neither does any I/O)."""
-    from dbops.stores.registry import adapter_class
+    from dbops.registry import adapter_class
 
     request = r.check_request(store=store, **{"backup_id": "latest", **kwargs})
     adapter_class(store)(DbopsConfig(), links=None).check_request(request)

@@ -1,7 +1,7 @@
 """The one interface every store implements, for the whole life of a backup (no Airflow import).
 
 A store adapter (``dbops.stores.<store>.adapter``, registered once in
-:mod:`dbops.stores.registry`) knows one store's standard tools. It
+:mod:`dbops.registry`) knows one store's standard tools. It
 
 - names the **series** a nightly backup writes (Postgres: one per database plus
   ``_globals``; the others: one, ``None``) and gives a :class:`SeriesBackup` for each, which

@@ -163,10 +163,10 @@ def check_request(
 ) -> RestoreRequest:
     """The Params that can be judged without I/O and without knowing the store; RestoreRefused
     naming the first bad one. The store's own rules follow in its adapter's ``check_request``."""
-    from dbops.stores.registry import STORES
+    from dbops.config import ALL_STORES
 
-    if store not in STORES:
-        raise RestoreRefused(f"store {store!r} is not one of {', '.join(STORES)}")
+    if store not in ALL_STORES:
+        raise RestoreRefused(f"store {store!r} is not one of {', '.join(ALL_STORES)}")
     backup_id = check_backup_id(backup_id)
     database, target, confirm = (v or "" for v in (database, target, confirm))
     for name, value in (("database", database), ("target", target), ("confirm_overwrite", confirm)):

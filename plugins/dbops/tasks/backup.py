@@ -12,7 +12,8 @@ from airflow.sdk.exceptions import AirflowSkipException
 
 from dbops import connections
 from dbops.config import DbopsConfig
-from dbops.dagkit import BACKUP_ASSETS, on_store, runtime_config, selected_params
+from dbops.dagkit import BACKUP_ASSETS, on_store, selected_params
+from dbops.runtime import runtime_config
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +26,7 @@ def repository(config: DbopsConfig):
 
 def store_adapter(store: str, config: DbopsConfig):
     """The store's adapter, reaching its stores through the Airflow connections."""
-    from dbops.stores.registry import adapter
+    from dbops.registry import adapter
 
     return adapter(store, config, connections)
 

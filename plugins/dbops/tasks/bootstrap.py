@@ -14,7 +14,8 @@ from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from dbops import connections
 from dbops.config import DbopsConfig
-from dbops.dagkit import on_store, runtime_config, selected_params
+from dbops.dagkit import on_store, selected_params
+from dbops.runtime import runtime_config
 from dbops.report import StoreReport
 from dbops.sqlfiles import load_spec
 

@@ -13,7 +13,8 @@ import logging
 from airflow.sdk import get_current_context, task
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
-from dbops.dagkit import on_store, runtime_config, selected_params
+from dbops.dagkit import on_store, selected_params
+from dbops.runtime import runtime_config
 from dbops.tasks.backup import repository, store_adapter
 
 log = logging.getLogger(__name__)
@@ -25,7 +26,7 @@ def plan() -> dict:
     (a rerun of a drill task drills the same backup). A selected store with no backup at
     all, and newer backups that are not verified, are problems: the summary fails on them."""
     from dbops.backup.restore import series_label, why_unverified
-    from dbops.stores.registry import DRILLED_STORES
+    from dbops.registry import DRILLED_STORES
 
     context = get_current_context()
     params = context["params"]

@@ -20,7 +20,8 @@ from airflow.sdk.exceptions import AirflowFailException
 
 from dbops import connections
 from dbops.config import ConfigError, DbopsConfig
-from dbops.dagkit import on_store, runtime_config
+from dbops.dagkit import on_store
+from dbops.runtime import runtime_config
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 from dbops import connections
 from dbops.alerting import DbopsAlert
 from dbops.config import DbopsConfig
-from dbops.dagkit import runtime_config
+from dbops.runtime import runtime_config
 from dbops.sqlfiles import load_spec
 
 log = logging.getLogger(__name__)

@@ -15,7 +15,7 @@ from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from dbops import connections
 from dbops.config import OFFSITE_TARGETS, DbopsConfig
-from dbops.dagkit import runtime_config
+from dbops.runtime import runtime_config
 from dbops.offsite.targets import open_target, target_connection_id  # noqa: F401
 
 log = logging.getLogger(__name__)

@@ -13,7 +13,8 @@ import logging
 from airflow.sdk import get_current_context, task
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
-from dbops.dagkit import on_store, runtime_config
+from dbops.dagkit import on_store
+from dbops.runtime import runtime_config
 from dbops.tasks.backup import repository, skip_unconfigured, store_adapter
 
 log = logging.getLogger(__name__)

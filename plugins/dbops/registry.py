@@ -9,13 +9,9 @@ builds an adapter.
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING
+from typing import Any
 
 # No dbops import here: config (the core) reads the store names from this module.
-
-if TYPE_CHECKING:
-    from dbops.backup.adapter import Links, StoreAdapter
-    from dbops.config import DbopsConfig
 
 ADAPTERS: dict[str, str] = {
     "postgres": "dbops.stores.postgres.adapter:PostgresAdapter",
@@ -33,7 +29,8 @@ DRILLED_STORES: tuple[str, ...] = ("postgres", "mongo", "redis", "kafka")
 MULTI_SERIES_STORES: tuple[str, ...] = ("postgres",)
 
 
-def adapter_class(store: str) -> type[StoreAdapter]:
+def adapter_class(store: str) -> type:
+    """The adapter class of ``store`` (a :class:`dbops.backup.adapter.StoreAdapter`)."""
     try:
         module, _, name = ADAPTERS[store].partition(":")
     except KeyError:
@@ -41,6 +38,6 @@ def adapter_class(store: str) -> type[StoreAdapter]:
     return getattr(importlib.import_module(module), name)
 
 
-def adapter(store: str, config: DbopsConfig, links: Links) -> StoreAdapter:
+def adapter(store: str, config: Any, links: Any) -> Any:
     """The adapter of ``store``, configured and able to reach its connections."""
     return adapter_class(store)(config, links)
