@@ -3,32 +3,37 @@
 
 Manual only. The backup is chosen by id (or `latest`: the newest *verified* one), its
 files are checked against the manifest again, restored with the store's own tool, and
-the result is compared with the source as it was described right after the dump.
+the result is compared with what the backup holds (its description, taken in the dump's
+own snapshot or read from the artifact: a store written to during the backup does not
+make a good restore fail). Restores never destroy before they have built: the new copy
+is complete and compared before anything old is set aside, and what is set aside is kept.
 
 | task | what it does |
 |---|---|
-| `plan` | refuses, before any work: a bad `backup_id` (`../../etc` is not an id), a backup that does not exist, a target that exists (or is the live Redis) unless `confirm_overwrite` names it exactly; logs what will happen |
-| `restore_postgres` | `pg_restore -j --exit-on-error` into a **new database** `<db>_restored_<backupid>` (or `target`); over an existing one only with confirm: the copy is built beside it, then swapped in. The database is marked (its comment) with the backup it holds |
-| `restore_mongo` | `mongorestore --nsInclude/--nsFrom/--nsTo` into a **new database** `<db>_restored_<backupid>` (or `target`), which gets a small `_dbops_restore` collection naming the backup; over existing collections only with confirm (`--drop`) |
-| `restore_redis` | `target` is the Airflow connection of the Redis to restore into: the RDB is loaded by a scratch `redis-server` on the worker, and its keys copied with `MIGRATE ... COPY` (password via `AUTH2` in the protocol, never argv). Keys the target holds with another value, and the live Redis itself, only with confirm (`REPLACE`); keys not in the backup are never touched |
+| `plan` | refuses, before any work: a bad `backup_id` (`../../etc` is not an id), a backup that does not exist, a target that exists (or is the live Redis) unless `confirm_overwrite` names it exactly; logs what will happen, line by line (what is created, replaced and set aside, which sessions end) |
+| `restore_postgres` | `pg_restore -j --exit-on-error` into a **new database** `<db>_restored_<backupid>` (or `target`), created with the source's encoding and locale, then its database-level state (settings, per-role settings, grants, comment, connection limit). Over an existing database only with confirm: the copy is built and compared beside it; then the old database's sessions are ended (named in the log) and it is **renamed aside** (`<target>_dbops_old_<backupid>`, kept) before the copy takes its name. The target is marked (setting `dbops.restored_from`) with the backup it holds |
+| `restore_mongo` | one database out of the backup (a whole-instance archive on a replica set) with `mongorestore --nsInclude/--nsFrom/--nsTo` into a **new database** `<db>_restored_<backupid>` (or `target`), which gets a small `_dbops_restore` collection naming the backup. Over existing collections only with confirm: restored beside into a scratch database and compared, then the old collections are moved aside (`<target>_dbops_old_<id>`, kept) and the new ones moved in |
+| `restore_redis` | `target` is the Airflow connection of the Redis to restore into: the RDB is loaded by a scratch `redis-server` on the worker, and the keys of **every database** it holds copied into the same database numbers with `MIGRATE ... COPY` (password via `AUTH2` in the protocol, never argv); a key that does not arrive is an error. Keys the target holds with another value, and the live Redis itself, only with confirm (`REPLACE`); keys not in the backup are never touched |
 | `restore_kafka` | recreates the backup's missing topics (or only `topics`) under their own names, with partitions and configs; existing topics are compared and reported, never altered. Consumer group offsets of idle groups are set only when `confirm_overwrite` names the Kafka connection, else reported |
-| `restore_weaviate` | Weaviate's restore API, into classes that do not exist; **skipped** when no `dbops_weaviate` connection exists |
+| `restore_weaviate` | Weaviate's restore API, into classes that do not exist; refused on servers up to 1.23.12 (Weaviate's own warning: they can corrupt data on restore) unless `accept_unsafe_version` is set; **skipped** when no `dbops_weaviate` connection exists |
 
 Each restore task runs in its store's pool (never beside a backup or maintenance of that
 store) and returns its summary (target, counts, differences) as XCom. A restore whose
-result differs from the source fails, naming every difference, and leaves the target
-for inspection.
+result differs from the backup fails, naming every difference, and leaves the target
+for inspection. Refusals and checksum mismatches fail at once (no retries).
 
 **Params**: `store`; `backup_id` (`latest` or `YYYYMMDDTHHMMSSZ[-N]`); `database` (the
-source database of a Postgres series or a Mongo backup; default: the connection's, for
-Mongo the backup's only database); `target` (Postgres/Mongo: the database to restore
-into; Redis: a connection id, required; Kafka: ignored); `confirm_overwrite` (must equal
-the target exactly to overwrite anything); `topics` (Kafka only).
+source database, by its real name, of a Postgres series or a Mongo backup; default: the
+connection's, for Mongo the configured one or the backup's only database); `target`
+(Postgres/Mongo: the database to restore into; Redis: a connection id, required; Kafka:
+ignored); `confirm_overwrite` (must equal the target exactly to overwrite anything);
+`topics` (Kafka only); `accept_unsafe_version` (Weaviate only).
 
 **Rerun**: idempotent. The rerun restores exactly the backup the plan chose. A target that
 already holds this restore (its marker, or for Redis every key already equal, for Kafka
 every topic already there) is reported and compared again, not restored twice; a failed
-restore leaves nothing (pg_restore's partial database is dropped) and is started afresh.
+restore leaves nothing of its own (the partial copy is dropped) and the live target as it
+was, and is started afresh.
 
 **Backfill**: not applicable (manual only, no schedule): a restore always uses the backups
 that exist now.
@@ -51,8 +56,8 @@ with dbops_dag(
         "backup_id": Param(LATEST, type="string", pattern=BACKUP_ID_PATTERN, title="Backup id",
                            description="'latest' (the newest verified backup) or an id such as 20260301T020000Z."),
         "database": Param("", type="string", maxLength=63, title="Source database",
-                          description="Postgres: the database series; Mongo: the database in the backup. "
-                                      "Empty: the connection's (Mongo: the backup's only database)."),
+                          description="Postgres/Mongo: the database in the backup, by its real name. "
+                                      "Empty: the connection's (Mongo: the configured or the backup's only database)."),
         "target": Param("", type="string", maxLength=250, title="Target",
                         description="Postgres/Mongo: database to restore into (default <db>_restored_<backupid>); "
                                     "Redis: the Airflow connection id of the target Redis (required); Kafka: ignored."),
