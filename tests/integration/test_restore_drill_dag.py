@@ -8,7 +8,7 @@ import pytest
 
 from dbops.backup.repository import BackupRepository
 from tests.conftest import run_dag, task_result, without_retries
-from tests.integration.restore_sources import STORES, backed_up_sources, kafka_topics, states
+from tests.integration.restore_sources import STORES, backed_up_sources, kafka_topics, set_config, states
 from tests.support import mongo_client, pg_connect, store_drill
 
 pytestmark = pytest.mark.integration
@@ -63,6 +63,23 @@ def test_the_drill_is_green_on_good_backups_records_it_and_leaves_no_scratch(src
     assert _scratch_left(src) == {"postgres": [], "mongo": [], "kafka": []}
     summary = task_result(run, "summary")
     assert set(summary["drilled"]) == {"postgres/" + src.pg_db, "postgres/_globals", "mongo", "redis", "kafka"}
+
+
+def test_a_drill_that_finds_no_backup_fails(src, dag, tmp_path, capfd):
+    """A wrong backup root must not look green (on the old main: success, "nothing to drill")."""
+    empty = tmp_path / "wrong-root"
+    empty.mkdir(mode=0o700)
+    set_config({**src.config, "backup": {"root": str(empty)}})
+    try:
+        capfd.readouterr()
+        run = run_dag(dag, {"stores": STORES})
+    finally:
+        set_config(src.config)
+    st = states(run)
+    assert run.state == "failed" and st["summary"] == "failed", st
+    out = "".join(capfd.readouterr())
+    for store in STORES:
+        assert f"{store}: no backups in {empty}: nothing to drill" in out, store
 
 
 def test_a_drill_failing_after_its_restore_removes_the_scratch_and_a_rerun_converges(src, dag, monkeypatch, capfd):
