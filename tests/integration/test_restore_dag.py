@@ -100,9 +100,14 @@ def test_postgres_over_an_existing_database_needs_confirm_naming_it(src, dag, ca
     assert result["replaced"] is True and result["differences"] == []
     rows = pg_rows(src.pg, src.pg_db)
     assert len(rows) == 300 and rows[0][1] == "item 1"
+    # the database it replaced is kept aside, as it was, never dropped
+    aside = f"{src.pg_db}_dbops_old_{result['backup_id'].lower()}"
     with pg_connect(src.pg, "postgres") as c:
-        leftovers = c.execute("SELECT datname FROM pg_database WHERE datname LIKE %s", [f"{src.pg_db}%"]).fetchall()
-    assert leftovers == [(src.pg_db,)]
+        leftovers = c.execute("SELECT datname FROM pg_database WHERE datname LIKE %s ORDER BY 1",
+                              [f"{src.pg_db}%"]).fetchall()  # fmt: skip
+    assert leftovers == [(src.pg_db,), (aside,)]
+    assert pg_rows(src.pg, aside) == changed
+    drop_pg(src.pg, aside)
 
 
 def test_malformed_or_missing_backup_ids_are_refused_before_any_work(src, dag, capfd):

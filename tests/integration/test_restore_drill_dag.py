@@ -59,7 +59,7 @@ def test_the_drill_is_green_on_good_backups_records_it_and_leaves_no_scratch(src
     assert mongo["target"] == [f"dbops_drill_{src.mongo_db}_{chosen[('mongo', None)].lower()}"]
     assert any("100 documents restored" in n for n in mongo["notes"])
     redis_notes = src.repo.latest("redis").sidecars["drill"]["notes"]
-    assert any("keys loaded by a scratch redis-server" in n for n in redis_notes)
+    assert any("loaded by a scratch redis-server and copied with MIGRATE into a second one" in n for n in redis_notes)
     assert _scratch_left(src) == {"postgres": [], "mongo": [], "kafka": []}
     summary = task_result(run, "summary")
     assert set(summary["drilled"]) == {"postgres/" + src.pg_db, "postgres/_globals", "mongo", "redis", "kafka"}

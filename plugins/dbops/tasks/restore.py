@@ -52,7 +52,7 @@ def plan() -> dict:
     adapter = store_adapter(params["store"], config)
     request = _request(params, adapter)
     try:
-        subject = adapter.restore_subject(request)
+        subject = skip_unconfigured(lambda: adapter.restore_subject(request))
         backup = r.resolve_backup(repository(config), request.store, subject, request.backup_id)
         planned = skip_unconfigured(lambda: adapter.plan_restore(backup, request, log.info))
     except r.RestoreRefused as exc:

@@ -140,6 +140,10 @@ class WeaviateAdapter(SingleSeriesAdapter):
         if not isinstance(request.accept_unsafe_version, bool):
             raise RestoreRefused(f"accept_unsafe_version must be true or false, got {request.accept_unsafe_version!r}")
 
+    def restore_subject(self, request: RestoreRequest) -> str | None:
+        self._require_connection()  # before a backup is looked for: no connection, no restore
+        return None
+
     def plan_restore(self, backup: Backup, request: RestoreRequest, log: LogFn) -> RestorePlan:
         self._require_connection()
         with self._connect() as link:
