@@ -605,7 +605,22 @@ class PostgresGlobalsBackup:
             run_tool(argv, log=log, env=env)
         _restrict(target)
         size = target.stat().st_size
-        log(f"pg_dumpall --globals-only: {len(roles)} roles, {human_bytes(size)}")
+        # pg_dumpall reads the roles in a snapshot of its own: a role created, dropped or
+        # changed while it ran may or may not be in globals.sql. The reference holds the
+        # roles read the same way before and after it; the others are named, not judged.
+        with pg_connect(self.endpoint, self.maintenance_db) as conn:
+            with conn.cursor(row_factory=dict_row) as cur:
+                after = {r["name"]: r for r in cur.execute(load_sql("backup/pg_roles.sql")).fetchall()}
+        before = {r["name"]: r for r in roles}
+        steady = {
+            name: {"superuser": r["superuser"], "can_login": r["can_login"]}
+            for name, r in before.items()
+            if name in after and (after[name]["superuser"], after[name]["can_login"]) == (r["superuser"], r["can_login"])
+        }
+        changed = sorted((set(before) | set(after)) - set(steady))
+        if changed:
+            log(f"roles changed while pg_dumpall ran (not judged by the drill): {changed}")
+        log(f"pg_dumpall --globals-only: {len(steady)} roles, {human_bytes(size)}")
         return DumpResult(
             tool="pg_dumpall",
             tool_version=version,
@@ -616,13 +631,10 @@ class PostgresGlobalsBackup:
                 "as_role": role["role_name"],
                 "superuser": bool(role["superuser"]),
                 "role_passwords": bool(role["superuser"]),
-                "roles": [r["name"] for r in roles],
+                "roles": sorted(steady),
                 "bytes": size,
             },
-            # the roles as read just before pg_dumpall (the drill compares globals.sql with them)
-            description={
-                "roles": {r["name"]: {"superuser": r["superuser"], "can_login": r["can_login"]} for r in roles}
-            },
+            description={"roles": steady, "changed_during_dump": changed},
         )
 
     def check(self, backup_dir: Path, manifest: dict[str, Any], log: LogFn) -> list[Check]:
