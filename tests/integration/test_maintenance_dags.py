@@ -210,9 +210,10 @@ def test_health_checks_green_on_the_local_stores(dagbag, target, devstack):
     run = run_dag(dagbag.get_dag("dbops_health"), HEALTH)
     states = _states(run)
     assert run.state == "success", states
-    assert states == {"check_postgres": "success", "check_redis": "success", "check_mongo": "skipped",
-                      "check_kafka": "success"}  # the local Mongo is standalone: no replication lag
+    assert states == {"check_postgres": "success", "check_redis": "success", "check_mongo": "success",
+                      "check_kafka": "success"}  # the local Mongo is a one-member replica set
     assert task_result(run, "check_redis")["measured"]["maxmemory"] > 0
+    assert task_result(run, "check_mongo")["measured"]["set"] == "secantus"
     assert task_result(run, "check_kafka")["measured"]["partitions"] == {
         "data-ingestion": 3, "model-events": 3, "system-logs": 3}
 

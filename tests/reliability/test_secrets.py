@@ -333,9 +333,9 @@ def test_backup_files_are_0600_and_folders_0700(every_dag):
 class TempWatcher(threading.Thread):
     """Lists the (private) temporary folder every 5 ms: which credential folders existed."""
 
-    def __init__(self, folder: Path, kill_tool: str | None = None) -> None:
+    def __init__(self, folder: Path, kill_tool: str | None = None, kill_after: str = "") -> None:
         super().__init__(daemon=True)
-        self.folder, self.kill_tool = folder, kill_tool
+        self.folder, self.kill_tool, self.kill_after = folder, kill_tool, kill_after
         self.seen: set[str] = set()
         self.killed: list[int] = []
         self.stop_event = threading.Event()
@@ -349,7 +349,7 @@ class TempWatcher(threading.Thread):
                 self.seen.add(entry.name)
                 for sub in Path(entry.path).glob("*") if entry.is_dir() else []:
                     self.seen.add(f"{entry.name}/{sub.name}")
-            if self.kill_tool and not self.killed and any(n.startswith("dbops-mongotools-") for n in self.seen):
+            if self.kill_tool and not self.killed and any(n.startswith(self.kill_after) for n in self.seen):
                 # the task fails after its credential file was written: its tool is killed
                 for child in me.children(recursive=True):
                     try:
@@ -376,21 +376,31 @@ def private_tmp(monkeypatch):
 
 
 CREDENTIAL_FILES = {  # the folder, the file, what the failure says
-    "postgres": ("dbops-pg-", "pgpass", "does not exist"),
+    "postgres": ("dbops-pg-", "pgpass", "pg_dump failed with exit code -9"),
     "mongo": ("dbops-mongotools-", "tools.yaml", "mongodump failed with exit code -9"),
     "offsite_ssh": ("dbops-ssh-", "id_key", "/proc/dbops-cannot-exist"),
 }
 
 
+def _drop_database(conn: dict, database: str) -> None:
+    with pg_connect(conn, "postgres", autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+
+
 @pytest.mark.parametrize("kind", list(CREDENTIAL_FILES))
 def test_temporary_credential_files_are_removed_when_the_task_fails(devstack, dagbag, tmp_path, private_tmp,
-                                                                   monkeypatch, capfd, kind):  # fmt: skip
+                                                                   monkeypatch, capfd, request, kind):  # fmt: skip
     prefix, name, says = CREDENTIAL_FILES[kind]
     root = tmp_path / "backups"
     config: dict = {"backup": {"root": str(root)}}
-    watcher = TempWatcher(private_tmp, kill_tool="mongodump" if kind == "mongo" else None)
-    if kind == "postgres":  # pg_dump fails: the database does not exist
-        config["postgres"] = {"databases": [f"dbops_missing_{uuid.uuid4().hex[:8]}"]}
+    tool = {"mongo": "mongodump", "postgres": "pg_dump"}.get(kind)
+    watcher = TempWatcher(private_tmp, kill_tool=tool, kill_after=prefix)
+    if kind == "postgres":  # pg_dump is killed while it runs
+        database = f"dbops_secrets_{uuid.uuid4().hex[:8]}"
+        with pg_connect(devstack.conn("dbops_postgres"), "postgres", autocommit=True) as admin:
+            admin.execute(f'CREATE DATABASE "{database}"')
+        request.addfinalizer(lambda: _drop_database(devstack.conn("dbops_postgres"), database))
+        config["postgres"] = {"databases": [database]}
         dag_id, conf, task = "dbops_nightly_backup", {"stores": ["postgres"], "retention_days": 30, "min_keep": 3,
                                                       "retention_dry_run": False, "force": False}, "backup_postgres[0]"
     elif kind == "mongo":  # mongodump is killed while it runs
@@ -417,7 +427,7 @@ def test_temporary_credential_files_are_removed_when_the_task_fails(devstack, da
     assert says in "".join(capfd.readouterr())
     created = sorted(n for n in watcher.seen if n.startswith(prefix) and n.endswith("/" + name))
     assert created, f"no {prefix}*/{name} was seen: {sorted(watcher.seen)}"
-    if kind == "mongo":
+    if tool:
         assert watcher.killed
     assert sorted(p.name for p in private_tmp.iterdir()) == []
     print(kind, "credential files seen while running:", created)

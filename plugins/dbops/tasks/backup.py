@@ -116,6 +116,14 @@ def backup_task(store: str):
     return backup
 
 
+def _run_started_at(dag_run):
+    """When the run started by Airflow's clock (the scheduler's or the API server's, not this
+    worker's): its start, or its run_after when later (``airflow dags test`` of a past date
+    starts the run "at" that date); None when neither is known."""
+    times = [t for t in (getattr(dag_run, "start_date", None), getattr(dag_run, "run_after", None)) if t is not None]
+    return max(times, default=None)
+
+
 def retention_task(store: str):
     """``retention_<store>``: runs only after the store's backups of this run all succeeded;
     its success updates the store's Asset (what the offsite sync waits for)."""
@@ -141,7 +149,7 @@ def retention_task(store: str):
                 run_id=context["run_id"],
                 dag_id=context["dag"].dag_id,
                 now=utc_now(),
-                run_started_at=getattr(context["dag_run"], "start_date", None),
+                run_started_at=_run_started_at(context["dag_run"]),
                 max_clock_skew=timedelta(minutes=config.backup.max_clock_skew_minutes),
                 max_delay=timedelta(hours=config.backup.retention_max_delay_hours),
                 dry_run=params["retention_dry_run"],
