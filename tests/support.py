@@ -37,6 +37,20 @@ def kafka_admin(conn: dict):
     return AdminClient(dict(conn["extra"]))
 
 
+class StaticLinks:
+    """The Links an adapter gets (:class:`dbops.backup.adapter.Links`), over a plain table of
+    endpoints instead of Airflow connections."""
+
+    def __init__(self, endpoints: dict) -> None:
+        self.endpoints = endpoints
+
+    def endpoint(self, conn_id: str, store: str):
+        return self.endpoints[conn_id]
+
+    def connection_exists(self, conn_id: str) -> bool:
+        return conn_id in self.endpoints
+
+
 class Log:
     """A log function that keeps its lines, for asserting on what a task would log."""
 

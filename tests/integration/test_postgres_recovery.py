@@ -30,7 +30,7 @@ from dbops.config import DbopsConfig
 from dbops.stores.postgres import backup as pb
 from dbops.stores.postgres.adapter import PostgresAdapter
 from dbops.tools import ToolError
-from tests.support import Log, pg_connect
+from tests.support import Log, StaticLinks, pg_connect
 
 pytestmark = pytest.mark.integration
 
@@ -45,18 +45,6 @@ INSERT INTO public.events_nopk SELECT 'kind' || (g % 4), g FROM generate_series(
 """
 
 
-class Links:
-    """Connection ids -> endpoints, as the task layer's dbops.connections resolves them."""
-
-    def __init__(self, endpoints: dict[str, Endpoint]) -> None:
-        self.endpoints = endpoints
-
-    def endpoint(self, conn_id: str, store: str) -> Endpoint:
-        return self.endpoints[conn_id]
-
-    def connection_exists(self, conn_id: str) -> bool:
-        return conn_id in self.endpoints
-
 
 def as_endpoint(conn: dict) -> Endpoint:
     return Endpoint(host=conn["host"], port=conn["port"], login=conn["login"], password=conn["password"],
@@ -68,7 +56,7 @@ def make_adapter(conn: dict, *, drill: Endpoint | None = None, **postgres) -> Po
     links = {config.connections.postgres: as_endpoint(conn)}
     if drill is not None:
         links[config.connections.drill_postgres] = drill
-    return PostgresAdapter(config, Links(links))
+    return PostgresAdapter(config, StaticLinks(links))
 
 
 def admin_execute(conn: dict, statement, params=None) -> list:

@@ -23,7 +23,7 @@ from dbops.config import DbopsConfig
 from dbops.stores.redis import backup as rb
 from dbops.stores.redis import recovery
 from dbops.stores.redis.adapter import RedisAdapter
-from tests.support import Log
+from tests.support import Log, StaticLinks
 
 pytestmark = pytest.mark.integration
 
@@ -31,19 +31,6 @@ LIVE = "test_live_redis"
 TARGET = "test_target_redis"
 DBS = (0, 3, 9, 15)
 ODD_NAMES = ["with space", "tab\tand\nnewline", "ünïcødé-键", "glob*[x]?"]
-
-
-class ConnectionTable:
-    """The Links an adapter gets, over a plain table instead of Airflow connections."""
-
-    def __init__(self, endpoints: dict[str, Endpoint]) -> None:
-        self.endpoints = endpoints
-
-    def endpoint(self, conn_id: str, store: str) -> Endpoint:
-        return self.endpoints[conn_id]
-
-    def connection_exists(self, conn_id: str) -> bool:
-        return conn_id in self.endpoints
 
 
 @pytest.fixture
@@ -86,7 +73,7 @@ def make_adapter(endpoints: dict[str, Endpoint], **redis_settings) -> RedisAdapt
     if redis_settings:
         overrides["redis"] = redis_settings
     config = DbopsConfig().with_overrides(overrides)
-    return RedisAdapter(config, ConnectionTable(endpoints))
+    return RedisAdapter(config, StaticLinks(endpoints))
 
 
 def backup_of(adapter: RedisAdapter, root: Path, log: Log, run_id: str = "run1"):

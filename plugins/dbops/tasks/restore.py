@@ -66,8 +66,6 @@ def plan() -> dict:
     else:
         log.info("plan: restore %s into %s%s", what, planned.target,
                  " (confirm_overwrite names it: existing data is replaced)" if planned.overwrite else "")  # fmt: skip
-    for action in planned.actions:
-        log.info("plan: %s", action)
     return {**planned.to_dict(), "path": str(backup.path), "verified": backup.verified}
 
 
