@@ -45,7 +45,6 @@ INSERT INTO public.events_nopk SELECT 'kind' || (g % 4), g FROM generate_series(
 """
 
 
-
 def as_endpoint(conn: dict) -> Endpoint:
     return Endpoint(host=conn["host"], port=conn["port"], login=conn["login"], password=conn["password"],
                     database=conn["schema"])  # fmt: skip
