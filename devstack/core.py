@@ -255,7 +255,7 @@ def _group_alive(pid: int, group: int | None) -> bool:
 def _alive(pid: int) -> bool:
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):  # gone between the listing and the read
         return False
     # a zombie child of ours counts as gone
     if stat.rsplit(")", 1)[1].split()[0] == "Z":
@@ -272,7 +272,7 @@ def _child_or_self(pid: int, timeout: float = 3.0) -> int:
     while time.monotonic() < deadline:
         try:
             children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-        except FileNotFoundError:
+        except (FileNotFoundError, ProcessLookupError):
             return pid
         if children:
             return int(children[0])
