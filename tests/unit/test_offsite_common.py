@@ -147,18 +147,19 @@ def test_without_a_host_key_the_check_stays_on_unless_the_connection_turns_it_of
 
 def test_connection_helpers_read_the_ssh_and_aws_connections(monkeypatch):
     from dbops import connections
+    from dbops.offsite.targets import ssh_params
 
     key = _private_key()
     conn = {"conn_type": "ssh", "host": "offsite.example.org", "port": 2222, "login": "dbops",
             "extra": {"private_key": key, "host_key": HOST_KEY, "no_host_key_check": "false"}}  # fmt: skip
     monkeypatch.setenv("AIRFLOW_CONN_T_OFFSITE", json.dumps(conn))
-    params = connections.ssh_params("t_offsite", connect_timeout=7)
+    params = ssh_params("t_offsite", connect_timeout=7)
     assert (params.host, params.port, params.user, params.connect_timeout) == ("offsite.example.org", 2222, "dbops", 7)
     assert params.private_key == key and params.host_key == HOST_KEY and not params.no_host_key_check
 
     monkeypatch.setenv("AIRFLOW_CONN_T_PASS", json.dumps({**conn, "extra": {**conn["extra"], "private_key_passphrase": "x"}}))
     with pytest.raises(Exception, match="passphrase"):
-        connections.ssh_params("t_pass")
+        ssh_params("t_pass")
 
     s3 = {"conn_type": "aws", "login": "AK", "password": "SK",
           "extra": {"endpoint_url": "http://127.0.0.1:1", "region_name": "eu-west-1",

@@ -8,6 +8,7 @@ from contextlib import contextmanager
 
 from dbops import connections
 from dbops.config import DbopsConfig
+from dbops.offsite.rsync import SSHParams
 
 MIB = 1024 * 1024
 
@@ -23,7 +24,7 @@ def open_target(name: str, config: DbopsConfig) -> Iterator:
     if name == "rsync":
         from dbops.offsite.rsync import RsyncTarget
 
-        params = connections.ssh_params(config.connections.offsite_ssh, settings.ssh_connect_timeout_s)
+        params = ssh_params(config.connections.offsite_ssh, settings.ssh_connect_timeout_s)
         work_dir = settings.work_dir or config.backup.root / ".offsite-outbox"
         with RsyncTarget(
             params,
@@ -52,3 +53,37 @@ def open_target(name: str, config: DbopsConfig) -> Iterator:
             yield target
     else:  # pragma: no cover - Params and config refuse other names
         raise ValueError(f"unknown offsite target {name!r}")
+
+
+def ssh_params(conn_id: str, connect_timeout: int = 15):
+    """The offsite SSH target (:class:`dbops.offsite.rsync.SSHParams`) of an SSH connection.
+
+    Read through the ssh provider's SSHHook, which checks the connection (a host_key
+    together with no_host_key_check is refused, the private key must parse). The key
+    text comes from the extra ``private_key`` (or ``key_file``), the host key from the
+    extra ``host_key``; rsync runs with BatchMode, so a key with a passphrase is refused.
+    """
+    from airflow.providers.ssh.hooks.ssh import SSHHook
+
+    extra = dict(connections.get_connection(conn_id).extra_dejson or {})
+    hook = SSHHook(ssh_conn_id=conn_id)
+    if extra.get("private_key_passphrase"):
+        raise ValueError(
+            f"connection {conn_id!r}: rsync runs non-interactively and cannot use a key with a passphrase; "
+            "use a dedicated key without one (restricted on the offsite host)"
+        )
+    if not hook.username:
+        raise ValueError(f"connection {conn_id!r} has no login")
+    host_key = None
+    if hook.host_key is not None:
+        host_key = f"{hook.host_key.get_name()} {hook.host_key.get_base64()}"
+    return SSHParams(
+        host=hook.remote_host,
+        port=int(hook.port or 22),
+        user=hook.username,
+        private_key=extra.get("private_key") or None,
+        key_file=None if extra.get("private_key") else hook.key_file,
+        host_key=host_key,
+        no_host_key_check=bool(hook.no_host_key_check) and host_key is None,
+        connect_timeout=connect_timeout,
+    )
