@@ -28,7 +28,7 @@ run: stores
 
 ## stop: stop Airflow and every local store started by this project
 stop:
-	@test -x $(PY) && $(PY) -m devstack down airflow postgres redis mongo kafka s3 offsite || true
+	@test -x $(PY) && $(PY) -m devstack down airflow postgres walreceiver redis mongo kafka s3 offsite || true
 
 status:
 	@$(PY) -m devstack status

@@ -2,7 +2,7 @@
 ### dbops_offsite_sync: complete backups offsite by rsync over SSH and to S3, verified
 
 Replaces `rsync -avz --delete /backup/DATE host:/mnt/backup` and `find ... | xargs rm -rf`.
-Runs whenever `dbops_nightly_backup` publishes a new backup of any store (the Assets
+Runs whenever `dbops_nightly_backup` or `dbops_base_backup` publishes a new backup (the Assets
 `x-dbops://backups/<store>`), and by hand.
 
 | task | what it does |
@@ -11,7 +11,9 @@ Runs whenever `dbops_nightly_backup` publishes a new backup of any store (the As
 | `ship_rsync` | every complete, verified local backup not offsite yet goes to `dbops_offsite_ssh` (`offsite.rsync_remote_dir`): key in a 0600 temp file removed afterwards, host key pinned from the connection (`StrictHostKeyChecking=yes`), `rsync --partial-dir` into `<series>/.staging/<id>/`, remote `sha256sum` against the manifest, then one `mv` into place |
 | `ship_s3` | the same to `dbops_s3` (`offsite.s3_bucket`/`s3_prefix`): multipart uploads (`TransferConfig`), objects already there with the same size and sha256 metadata skipped, storage class and SSE from config, `manifest.json` uploaded last |
 | `verify_<target>` | the target's listing against every manifest: every backup expected is complete, every stored file has its size, nothing extra; this run's arrivals (all with `deep_verify`) checked by sha256. Fails, listing every problem, on any mismatch |
+| `ship_wal_<target>`, `verify_wal_<target>` | the sealed WAL of point-in-time recovery (`postgres_wal/`): every sealed file not offsite yet, re-hashed locally first, checked on arrival (rsync: remote sha256sum; S3: size and sha256), the offsite catalog written last; verify: the offsite catalog against the local one, every file's size (content with `deep_verify`), no gap in the chain from the oldest base backup offsite. `dbops_wal_check` ships every 15 minutes too |
 | `retention_<target>` | the local policy on the offsite copy (`offsite.retention_days`, `min_keep` verified backups), only for series whose newest local backup is complete offsite; never deletes a backup missing locally while it is inside the window; removes incomplete uploads nothing will resume |
+| `retention_wal_<target>` | only the offsite WAL before the oldest base backup still offsite (the chain rule of `dbops_base_backup`); nothing when no base backup is offsite. Ships and expiries of WAL share the one-slot pool `dbops_offsite_wal` |
 
 Staging folders, backups without a valid manifest and backups whose latest verify or drill
 failed are never shipped; a backup older than the offsite window is not shipped only to be
@@ -37,9 +39,9 @@ re-creates a backup that retention removed.
 
 from airflow.sdk import AssetAny, Param
 
-from dbops.config import ALL_STORES
-from dbops.dagkit import BACKUP_ASSETS, CONFIG, dbops_dag, dry_run_param, stores_param
+from dbops.dagkit import BACKUP_ASSETS, CONFIG, dbops_dag, dry_run_param
 from dbops.tasks.offsite import TARGETS, plan, retention_task, ship_task, verify_task
+from dbops.tasks.offsite_wal import OFFSITE_STORES, retention_wal_task, ship_wal_task, verify_wal_task
 
 with dbops_dag(
     "dbops_offsite_sync",
@@ -50,7 +52,10 @@ with dbops_dag(
     params={
         "targets": Param(list(CONFIG.offsite.targets), type="array", items={"type": "string", "enum": TARGETS},
                          uniqueItems=True, minItems=1, title="Targets", description="Where to ship."),
-        "stores": stores_param(list(ALL_STORES), "Stores whose backups are shipped, verified and expired."),
+        "stores": Param(list(OFFSITE_STORES), type="array", items={"type": "string", "enum": OFFSITE_STORES},
+                        uniqueItems=True, minItems=1, title="Stores",
+                        description="Stores whose backups are shipped, verified and expired "
+                                    "(postgres_pitr: the base backups of point-in-time recovery, and their WAL)."),
         "retention_days": Param(CONFIG.offsite.retention_days, type="integer", minimum=1, maximum=3650,
                                 title="Offsite retention (days)", description="Keep offsite backups younger than this."),
         "min_keep": Param(CONFIG.offsite.min_keep, type="integer", minimum=1, maximum=1000, title="Min keep",
@@ -67,3 +72,6 @@ with dbops_dag(
         shipped = ship_task(target)()
         planned >> shipped
         retention_task(target)(verify_task(target)(shipped))
+        wal_shipped = ship_wal_task(target)()
+        planned >> wal_shipped
+        retention_wal_task(target)(verify_wal_task(target)(wal_shipped))

@@ -15,6 +15,7 @@ is complete and compared before anything old is set aside, and what is set aside
 | `restore_mongo` | one database out of the backup (a whole-instance archive on a replica set) with `mongorestore --nsInclude/--nsFrom/--nsTo` into a **new database** `<db>_restored_<backupid>` (or `target`), which gets a small `_dbops_restore` collection naming the backup. Over existing collections only with confirm: restored beside into a scratch database and compared, then the old collections are moved aside (`<target>_dbops_old_<id>`, kept) and the new ones moved in |
 | `restore_redis` | `target` is the Airflow connection of the Redis to restore into: the RDB is loaded by a scratch `redis-server` on the worker, and the keys of **every database** it holds copied into the same database numbers with `MIGRATE ... COPY` (password via `AUTH2` in the protocol, never argv); a key that does not arrive is an error. Keys the target holds with another value, and the live Redis itself, only with confirm (`REPLACE`); keys not in the backup are never touched |
 | `restore_kafka` | recreates the backup's missing topics (or only `topics`) under their own names, with partitions and configs; existing topics are compared and reported, never altered. Consumer group offsets of idle groups are set only when `confirm_overwrite` names the Kafka connection, else reported |
+| `restore_postgres_pitr` | with `target_time` (a time with its zone, or `latest`), `target_lsn` or `target_name`: the whole cluster recovered from the newest verified base backup before the target and the WAL archive into a **scratch server** on a free 127.0.0.1 port (`recovery_target_action = promote`; files and WAL segments checked against their sha256 first). `database` empty: the server keeps running, its address in the result. `database` set: that database copied into the live cluster as `target` (default `<db>_restored_<target time>`) through the Postgres restore path above (compared, marked; an existing one only with confirm, set aside), then the scratch server removed. `plan` refuses a target in the future, outside the recovery window (named) or across a WAL gap (the segment named), before any work. See docs/pitr.md |
 | `restore_weaviate` | Weaviate's restore API, into classes that do not exist; refused on servers up to 1.23.12 (Weaviate's own warning: they can corrupt data on restore) unless `accept_unsafe_version` is set; **skipped** when no `dbops_weaviate` connection exists |
 
 Each restore task runs in its store's pool (never beside a backup or maintenance of that
@@ -27,7 +28,8 @@ source database, by its real name, of a Postgres series or a Mongo backup; defau
 connection's, for Mongo the configured one or the backup's only database); `target`
 (Postgres/Mongo: the database to restore into; Redis: a connection id, required; Kafka:
 ignored); `confirm_overwrite` (must equal the target exactly to overwrite anything);
-`topics` (Kafka only); `accept_unsafe_version` (Weaviate only).
+`topics` (Kafka only); `accept_unsafe_version` (Weaviate only); `target_time`, `target_lsn`,
+`target_name` (Postgres point-in-time recovery: at most one; `backup_id` stays `latest`).
 
 **Rerun**: idempotent. The rerun restores exactly the backup the plan chose. A target that
 already holds this restore (its marker, or for Redis every key already equal, for Kafka
@@ -44,6 +46,7 @@ from airflow.sdk import Param
 from dbops.backup.restore import BACKUP_ID_PATTERN, LATEST
 from dbops.dagkit import dbops_dag
 from dbops.registry import STORES
+from dbops.tasks.pitr import restore_postgres_pitr
 from dbops.tasks.restore import plan, restore_task
 
 with dbops_dag(
@@ -66,6 +69,14 @@ with dbops_dag(
                                                "type the target's name exactly."),
         "topics": Param([], type="array", items={"type": "string", "pattern": "^[A-Za-z0-9._-]{1,249}$"},
                         uniqueItems=True, title="Kafka topics", description="Kafka: only these topics (empty: all)."),
+        "target_time": Param("", type="string", maxLength=40, title="Point in time (Postgres)",
+                             description="Point-in-time recovery of the whole cluster from a base backup and the WAL: "
+                                         "a time with its zone (2026-12-01T10:15:00+00:00) or 'latest'. "
+                                         "Empty: restore the pg_dump backup of backup_id."),
+        "target_lsn": Param("", type="string", maxLength=40, title="Point in WAL (Postgres)",
+                            description="Point-in-time recovery up to this LSN (such as 0/3000028) instead of a time."),
+        "target_name": Param("", type="string", maxLength=63, title="Restore point (Postgres)",
+                             description="Point-in-time recovery up to this named restore point (pg_create_restore_point)."),
         "accept_unsafe_version": Param(False, type="boolean", title="Accept an unsafe Weaviate version",
                                        description="Weaviate up to 1.23.12 can corrupt data on restore (Weaviate's "
                                                    "own warning): its restore is refused unless this is set."),
@@ -74,3 +85,4 @@ with dbops_dag(
     planned = plan()
     for store in STORES:
         restore_task(store)(planned)
+    restore_postgres_pitr(planned)

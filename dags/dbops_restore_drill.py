@@ -10,6 +10,7 @@ when the drill failed.
 |---|---|
 | `plan` | picks the latest verified backup of every series (every Postgres database, `_globals`, mongo, redis, kafka) once; names newer backups that are not verified; a selected store with **no** backup is a problem (a wrong root must not look green) |
 | `series_postgres` → `drill_postgres` (one mapped task per series), `drill_<store>` | files re-verified (sha256), then the store's adapter restores into scratch targets (the drill connections `dbops_drill_postgres` / `dbops_drill_mongo` when they exist, else the production cluster, said in the log), compares with the backup's own description (taken in the dump's snapshot or read from the artifact, never a later read of the live store), and removes the scratch targets. Postgres: `pg_restore -j` into `dbops_drill_<db>_<backupid>`, row counts, sampled-row checksums, database-level state; `_globals`: roles compared, not applied. Mongo: one database at a time from the whole-instance archive. Redis: the RDB loaded by a scratch `redis-server`, copied into a second one with the restore's own copy path, every database compared. Kafka: topics recreated as `dbops_drill_<backupid>_<topic>` |
+| `drill_postgres_pitr` | point-in-time recovery (when `pitr.enabled`): the newest verified base backup recovered into a scratch server to a moment between two markers of `dbops.pitr_markers` (written by `dbops_wal_check`; the drill writes two itself when there are not two after the base backup), and exactly the markers committed up to that moment must be there; `pg_verifybackup` on the extracted base first. Recorded beside the base backup (`drill.json`); a missing WAL segment fails it naming the segment |
 | `summary` | reads the drill results of this run back from the sidecars; fails naming every mismatch, every drill that recorded nothing, every newer backup that is not verified, and a run that drilled nothing |
 
 A drill that finds a corrupted file, fails to restore, or finds a difference fails loudly
@@ -37,6 +38,7 @@ removing scratch targets a killed attempt may have left; a passing rerun records
 from dbops.dagkit import CONFIG, cron, dbops_dag, stores_param
 from dbops.registry import DRILLED_STORES, MULTI_SERIES_STORES
 from dbops.tasks.drill import drill_task, plan, series_task, summary
+from dbops.tasks.pitr import drill_postgres_pitr
 
 with dbops_dag(
     "dbops_restore_drill",
@@ -52,4 +54,4 @@ with dbops_dag(
         else drill_task(store)(subject=None, planned=planned)
         for store in DRILLED_STORES
     ]
-    drills >> summary(planned)
+    [*drills, drill_postgres_pitr()] >> summary(planned)

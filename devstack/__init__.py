@@ -5,7 +5,7 @@
     python -m devstack status              one line per service
     python -m devstack env                 write the Airflow environment file and print its path
 
-Stores (the default set): postgres, redis, mongo, kafka, s3, offsite (sshd + rsync target).
+Stores (the default set): postgres, walreceiver (WAL streaming from it), redis, mongo, kafka, s3, offsite (sshd + rsync target).
 ``airflow`` (standalone, with the dbops DAGs and the stores' connections) is started by name.
 Weaviate cannot be run here; no ``dbops_weaviate`` connection is generated.
 """
@@ -18,6 +18,8 @@ from devstack.core import Service
 
 SERVICES = {
     "postgres": "devstack.services.postgres:Postgres",
+    # pg_receivewal into the backup repository (point-in-time recovery); needs postgres
+    "walreceiver": "devstack.services.walreceiver:WalReceiver",
     "redis": "devstack.services.redis:Redis",
     "mongo": "devstack.services.mongo:Mongo",
     "kafka": "devstack.services.kafka:Kafka",

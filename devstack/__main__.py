@@ -20,6 +20,10 @@ def stack_environment() -> dict[str, str]:
         env.update(svc.environment())
     env.setdefault("DBOPS_BACKUP__ROOT", str(state_dir() / "backups"))
     env.setdefault("DBOPS_MONITOR__REPORTS_DIR", str(state_dir() / "reports"))
+    # a point-in-time restore starts a scratch server; postgres refuses root, so here it runs
+    # as the devstack cluster's user, in a folder that user can reach
+    env.setdefault("DBOPS_PITR__SCRATCH_DIR", str(state_dir() / "pitr-scratch"))
+    env.setdefault("DBOPS_PITR__SCRATCH_OS_USER", "dbops-pg")
     return env
 
 

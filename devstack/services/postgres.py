@@ -30,12 +30,22 @@ from devstack.core import (
 
 USER = "dbops-pg"
 DATABASE = "ai_platform"
+# the role the WAL receiver (pg_receivewal) and base backups (pg_basebackup) connect as
+REPLICATION_ROLE = "dbops_replication"
 # settings kept in a file included by postgresql.conf (ALTER SYSTEM still overrides them)
 SETTINGS = {
     "max_connections": "100",
     "track_counts": "on",
     "track_io_timing": "on",
     "log_line_prefix": "'%m [%p] %q%u@%d '",
+    # point-in-time recovery streams WAL over a physical replication slot; these are
+    # PostgreSQL 16's defaults, written out because dbops depends on them (a restart applies them)
+    "wal_level": "replica",
+    "max_wal_senders": "10",
+    "max_replication_slots": "10",
+    # a disk guard for a development machine: a slot whose receiver stays down gives up WAL
+    # beyond this (the WAL check then reports the slot as lost) instead of filling the disk
+    "max_slot_wal_keep_size": "'4GB'",
 }
 CLIENT_TOOLS = (
     "clusterdb createdb createuser dropdb dropuser pg_amcheck pg_basebackup pg_dump "
@@ -150,6 +160,7 @@ class Postgres(Service):
             self.process.adopt(int((self.data / "postmaster.pid").read_text().split()[0]))
         wait_until(self.ready, timeout=60, what="postgres")
         self._ensure_database()
+        self._ensure_replication_role()
 
     def _connect(self, dbname: str = "postgres"):
         import psycopg
@@ -172,6 +183,28 @@ class Postgres(Service):
             if not exists.fetchone():
                 conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(DATABASE)))
                 log(f"postgres: created database {DATABASE}")
+
+    def _ensure_replication_role(self) -> None:
+        """``dbops_replication`` (LOGIN REPLICATION) with the devstack secret as its password.
+
+        The password is hashed here (SCRAM, as psql's \\password does), so neither the
+        statement nor the server log ever holds it in clear. initdb's pg_hba.conf already
+        allows ``host replication all 127.0.0.1/32 scram-sha-256``."""
+        from psycopg import sql
+
+        with self._connect() as conn:
+            verifier = conn.pgconn.encrypt_password(
+                secret("replication_password").encode(), REPLICATION_ROLE.encode(), b"scram-sha-256"
+            ).decode()
+            exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [REPLICATION_ROLE]).fetchone()
+            verb = "ALTER" if exists else "CREATE"
+            conn.execute(
+                sql.SQL("{} ROLE {} WITH LOGIN REPLICATION PASSWORD {}").format(
+                    sql.SQL(verb), sql.Identifier(REPLICATION_ROLE), sql.Literal(verifier)
+                )
+            )
+            if not exists:
+                log(f"postgres: created replication role {REPLICATION_ROLE}")
 
     def ready(self) -> bool:
         try:
@@ -212,5 +245,14 @@ class Postgres(Service):
                 "login": "postgres",
                 "password": secret("postgres_password"),
                 "schema": DATABASE,
-            }
+            },
+            # pg_basebackup and the WAL check's replication-side reads
+            "dbops_postgres_replication": {
+                "conn_type": "postgres",
+                "host": "127.0.0.1",
+                "port": self.port,
+                "login": REPLICATION_ROLE,
+                "password": secret("replication_password"),
+                "schema": DATABASE,
+            },
         }

@@ -1,5 +1,5 @@
 // The DB Ops page: everything shown comes from the JSON API beside the page
-// (api/overview, api/offsite, api/table-sizes). No library, no network beyond the API.
+// (api/overview, api/offsite, api/table-sizes, api/pitr). No library, no network beyond the API.
 "use strict";
 
 const COLORS = ["#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2", "#ca8a04", "#db2777"];
@@ -136,6 +136,84 @@ function maintenanceBlock(data) {
         el("td", { class: "num" }, r.duration_ms ?? "-"), el("td", {}, r.note))))));
 }
 
+// ------------------------------------------------------------------ point-in-time recovery
+
+function seconds(value) {
+  return value === null || value === undefined ? "-" : `${value < 10 ? value.toFixed(1) : Math.round(value)} s`;
+}
+
+function windowBlock(data) {
+  const w = data.window, check = data.last_check;
+  if (!w.earliest || !w.latest) {
+    return el("p", { class: "window bad", "data-proven": "false" },
+      "no recovery window: ", el("span", { class: "window-none" },
+        check.status === "never checked" ? "the WAL check has never run" : "the last WAL check found none"));
+  }
+  return el("p", { class: "window", "data-proven": String(w.proven) },
+    "recoverable from ", el("b", { class: "window-earliest" }, w.earliest),
+    " to ", el("b", { class: "window-latest" }, w.latest), " (UTC) ",
+    w.proven
+      ? el("span", { class: "ok" }, `proven by the WAL check ${age(check.age_s)} ago`)
+      : el("span", { class: "warn" }, `not proven: the last WAL check is ${check.status}`));
+}
+
+function receiverBlock(r) {
+  const good = r.state === "streaming";
+  const label = el("b", { class: `receiver-state ${good ? "ok" : r.state === "starting" ? "warn" : "bad"}` }, r.state);
+  return el("div", { class: "summary receiver" },
+    el("span", {}, "WAL receiver: ", label,
+      r.heartbeat_age_s === null ? "" : ` (heartbeat ${seconds(r.heartbeat_age_s)} ago)`,
+      r.error ? el("span", { class: "bad receiver-error" }, ` ${r.error}`) : ""),
+    el("span", {}, "lag: ", r.lag_s === null
+      ? el("span", { class: "receiver-lag empty" }, "not measured")
+      : el("b", { class: `receiver-lag ${r.lag_over_limit ? "bad" : ""}` }, `${seconds(r.lag_s)} (${size(r.lag_bytes)})`),
+      r.lag_as_of ? ` at the last check` : ""),
+    r.timeline === null ? null : el("span", {}, "timeline: ", el("b", {}, String(r.timeline))),
+    r.last_sealed ? el("span", {}, "last sealed: ", el("b", { class: "last-sealed" }, String(r.last_sealed))) : null);
+}
+
+function checkBlock(check) {
+  if (check.status === "never checked") {
+    return el("div", { class: "check", "data-status": check.status },
+      el("p", { class: "empty" }, "WAL check: never checked (dbops_wal_check has not run yet)"));
+  }
+  const verdict = check.ok ? el("span", { class: "ok" }, "passed") : el("span", { class: "bad" }, `FAILED: ${check.problems.length} problem(s)`);
+  return el("div", { class: `check${check.stale ? " stale" : ""}`, "data-status": check.status },
+    el("p", {}, "last WAL check: ", el("b", { class: "check-at" }, check.at || "-"),
+      check.age_s === null ? "" : ` (${age(check.age_s)} ago${check.stale ? ", stale" : ""}) `, verdict,
+      check.segments === null ? "" : `; ${check.segments} sealed segment(s), ${check.base_backups} base backup(s)`),
+    check.ok ? null : el("ul", { class: "problems bad" }, check.problems.map((p) => el("li", {}, p))));
+}
+
+function baseBackupTable(data) {
+  if (data.base_backups_error) return errorBox(data.base_backups_error);
+  if (data.base_backups.length === 0) return el("p", { class: "empty no-base-backup" }, data.base_backups_status);
+  return el("table", { class: "base-backups" },
+    el("thead", {}, el("tr", {}, ["base backup", "finished (UTC)", "age", "size", "verified", "timeline", "start LSN",
+      "stop LSN", "consistent at", "compression", "pinned", "drill"]
+      .map((h) => el("th", { class: ["age", "size"].includes(h) ? "num" : null }, h)))),
+    el("tbody", {}, data.base_backups.map((b) => el("tr", { "data-backup-id": b.backup_id },
+      el("td", { class: "backup-id" }, b.backup_id),
+      el("td", {}, b.finished_at),
+      el("td", { class: "num" }, age(b.age_seconds)),
+      el("td", { class: "num" }, size(b.total_bytes)),
+      el("td", { class: "verified" }, flag(b.verified, "yes", "no")),
+      el("td", {}, b.details.timeline ?? "-"),
+      el("td", {}, b.details.start_lsn ?? "-"),
+      el("td", {}, b.details.stop_lsn ?? "-"),
+      el("td", {}, b.details.consistent_at ?? "-"),
+      el("td", {}, b.details.compression ?? "-"),
+      el("td", { class: "pinned", title: b.pin_reason }, b.pinned ? "pinned" : ""),
+      el("td", { class: "drill" }, drillText(b.drill))))));
+}
+
+function pitrBlock(data) {
+  if (data.error) return [errorBox(data.error)];
+  if (!data.enabled) return [el("p", { class: "empty pitr-off" }, data.message)];
+  return [windowBlock(data), receiverBlock(data.receiver), checkBlock(data.last_check),
+    el("h3", {}, "Base backups"), baseBackupTable(data)];
+}
+
 // ------------------------------------------------------------------ table sizes
 
 function sizeChart(data) {
@@ -216,6 +294,16 @@ async function loadOffsite() {
   document.body.dataset.offsite = "loaded";
 }
 
+async function loadPitr() {
+  const body = document.getElementById("pitr-body");
+  try {
+    body.replaceChildren(...pitrBlock(await getJSON("api/pitr")));
+  } catch (err) {
+    body.replaceChildren(errorBox(String(err)));
+  }
+  document.body.dataset.pitr = "loaded";
+}
+
 async function loadSizes() {
   const chart = document.getElementById("size-chart");
   try {
@@ -233,4 +321,5 @@ async function loadSizes() {
 }
 
 loadOverview().then(loadOffsite);
+loadPitr();
 loadSizes();

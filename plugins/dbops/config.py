@@ -75,6 +75,8 @@ class Connections(_Section):
     # cluster (scratch databases named dbops_drill_*) and says so in its log
     drill_postgres: str = "dbops_drill_postgres"
     drill_mongo: str = "dbops_drill_mongo"
+    # the replication role base backups connect as (pg_basebackup); absent: ``postgres``
+    postgres_replication: str = "dbops_postgres_replication"
 
 
 class Schedules(_Section):
@@ -86,6 +88,8 @@ class Schedules(_Section):
     table_size_monitor: str = "0 0 * * *"
     restore_drill: str = "0 6 * * 6"
     health: str = "*/10 * * * *"
+    base_backup: str = "30 1 * * *"
+    wal_check: str = "*/15 * * * *"
 
 
 class BackupSettings(_Section):
@@ -135,6 +139,43 @@ class PostgresSettings(_Section):
     statement_timeout: str = "30min"
     ann_index: str = Field("ivfflat", pattern=r"^(ivfflat|hnsw)$")
     ivfflat_lists: int = Field(100, ge=1)
+
+
+class PitrSettings(_Section):
+    """Postgres point-in-time recovery: base backups (pg_basebackup) plus the WAL stream a
+    ``pg_receivewal`` service writes into ``<backup.root>/postgres_wal/``."""
+
+    enabled: bool = True
+    # the physical replication slot the receiver streams from (the server keeps WAL until received)
+    slot: str = Field("dbops_pitr", pattern=r"^[a-z0-9_]{1,63}$")
+    # the WAL check alerts when the receiver is further behind the server than this
+    max_lag_s: float = Field(60.0, gt=0)
+    # ...or when a completed segment is still unsealed (no sha256 in the catalog) after this
+    seal_timeout_s: float = Field(300.0, gt=0)
+    # how the receiver's sealer compresses completed segments
+    wal_compression: str = Field("gzip:1", pattern=r"^(none|gzip(:[1-9])?)$")
+    # pg_basebackup's client-side compression; auto: the best the tools have (zstd, lz4, gzip)
+    base_backup_compression: str = Field("auto", pattern=r"^(auto|none|gzip|lz4|zstd)(:\d+)?$")
+    # a base backup is published only once the WAL up to its end is sealed: wait this long for it
+    wait_for_wal_s: float = Field(300.0, gt=0)
+    # base backups kept: ``backup.retention_days`` (None) or this, never fewer than min_keep verified
+    retention_days: int | None = Field(None, ge=1, le=3650)
+    min_keep: int = Field(2, ge=1, le=1000)
+    # where a restore builds the scratch server's data directory (None: <backup.root>/.scratch)
+    scratch_dir: Path | None = None
+    # the OS user the scratch server runs as when the worker is root (postgres refuses root)
+    scratch_os_user: str | None = None
+    # folder holding postgres and pg_ctl of the server's major (None: beside pg_basebackup on PATH)
+    server_bin: Path | None = None
+    # the database holding dbops.pitr_markers (None: the connection's database)
+    marker_database: str | None = None
+
+    @field_validator("scratch_dir", "server_bin")
+    @classmethod
+    def _absolute(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_absolute():
+            raise ValueError(f"must be an absolute path, got {str(value)!r}")
+        return value
 
 
 class MongoSettings(_Section):
@@ -535,6 +576,7 @@ class DbopsConfig(_Section):
     schedules: Schedules = Schedules()
     backup: BackupSettings = BackupSettings()
     postgres: PostgresSettings = PostgresSettings()
+    pitr: PitrSettings = PitrSettings()
     mongo: MongoSettings = MongoSettings()
     kafka: KafkaSettings = KafkaSettings()
     redis: RedisSettings = RedisSettings()

@@ -47,7 +47,8 @@ START_DATE = datetime(2026, 1, 1, tzinfo=timezone.utc)
 # convention for a user-defined scheme): Airflow then needs no provider's URI normaliser,
 # and parsing a DAG file does not load every provider's asset handlers (~0.17 s).
 BACKUP_ASSETS: dict[str, Asset] = {
-    store: Asset(name=f"dbops_backups_{store}", uri=f"x-dbops://backups/{store}") for store in ALL_STORES
+    store: Asset(name=f"dbops_backups_{store}", uri=f"x-dbops://backups/{store}")
+    for store in [*ALL_STORES, "postgres_pitr"]  # postgres_pitr: dbops_base_backup's base backups
 }
 
 
@@ -56,11 +57,12 @@ def on_store(store: str) -> dict[str, Any]:
     limit (``executor.heavy_task_timeout_minutes``: a hung dump fails and alerts instead of
     blocking every later night) and, when configured (``executor.queues``), its queue."""
     queue = CONFIG.executor.queues.get(store)
-    return {
-        "pool": f"dbops_{store}",
-        "execution_timeout": timedelta(minutes=CONFIG.executor.heavy_task_timeout_minutes),
-        **({"queue": queue} if queue else {}),
-    }
+    return {**in_pool(f"dbops_{store}"), **({"queue": queue} if queue else {})}
+
+
+def in_pool(pool: str) -> dict[str, Any]:
+    """Task arguments of work serialised by ``pool``: the pool and the heavy-task time limit."""
+    return {"pool": pool, "execution_timeout": timedelta(minutes=CONFIG.executor.heavy_task_timeout_minutes)}
 
 
 def cron(expression: str) -> CronTriggerTimetable:

@@ -21,6 +21,8 @@ EXPECTED_SCHEDULES = {
     "dbops_restore": None,
     "dbops_restore_drill": "0 6 * * 6",
     "dbops_health": "*/10 * * * *",
+    "dbops_base_backup": "30 1 * * *",
+    "dbops_wal_check": "*/15 * * * *",
 }
 
 

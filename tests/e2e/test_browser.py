@@ -155,7 +155,7 @@ def test_db_ops_page_shows_the_catalog(ui, airflow_api, backup_root, past_captur
     ui.get_by_role("link", name="DB Ops").click()
     ui.wait_for_url(re.compile(r"/plugin/dbops"))
     frame = ui.frame_locator("iframe")
-    for part in ("overview", "offsite", "sizes"):
+    for part in ("overview", "offsite", "sizes", "pitr"):
         frame.locator(f"body[data-{part}='loaded']").wait_for()
     shot(ui, "04-db-ops-page-in-the-ui")
 
@@ -196,6 +196,22 @@ def test_db_ops_page_shows_the_catalog(ui, airflow_api, backup_root, past_captur
     assert growth_rows.first.locator(".captures").inner_text() == str(len(top["points"]))
     assert growth_rows.first.locator(".growth-1d").inner_text().endswith("/day")
 
+    # point-in-time recovery: the page shows what api/pitr says (whatever state the stack's
+    # receiver and WAL check are in), each part in a state it names
+    pitr = api.get(f"{airflow_api.base_url}/dbops/api/pitr").json()
+    assert pitr["error"] is None, pitr
+    section = frame.locator("#pitr")
+    if not pitr["enabled"]:
+        assert section.locator(".pitr-off").inner_text() == pitr["message"]
+    else:
+        assert section.locator(".receiver-state").inner_text() == pitr["receiver"]["state"]
+        assert section.locator(".check").get_attribute("data-status") == pitr["last_check"]["status"]
+        assert section.locator(".window").get_attribute("data-proven") == str(pitr["window"]["proven"]).lower()
+        rows = section.locator("table.base-backups tr[data-backup-id]")
+        assert rows.locator("td.backup-id").all_inner_texts() == [b["backup_id"] for b in pitr["base_backups"]]
+        if not pitr["base_backups"]:
+            assert section.locator(".no-base-backup").inner_text() == pitr["base_backups_status"]
+
     # the maintenance part shows the API's latest run (or says there is none), never an error box
     if overview["maintenance"] is not None:
         assert frame.locator("#maintenance-report .run-id").inner_text() == overview["maintenance"]["run_id"]
@@ -211,8 +227,9 @@ def test_db_ops_page_shows_the_catalog(ui, airflow_api, backup_root, past_captur
 def test_db_ops_page_and_api_need_the_airflow_login(chromium, airflow_api):
     context = chromium.new_context()
     try:
-        response = context.request.get(f"{airflow_api.base_url}/dbops/api/overview")
-        assert response.status == 401
+        for api in ("overview", "pitr"):
+            response = context.request.get(f"{airflow_api.base_url}/dbops/api/{api}")
+            assert response.status == 401, api
         page = context.new_page()
         page.goto(f"{airflow_api.base_url}/dbops/")
         assert "/auth/login" in page.url

@@ -57,3 +57,24 @@ def redis_target(tmp_path, monkeypatch):
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def pitr_cluster():
+    """The scratch PostgreSQL of the point-in-time recovery tests (tests/pitr_support.py): one
+    per session, set up for WAL streaming; stopped at the end when this session started it."""
+    from tests.pitr_support import PitrCluster
+
+    cluster = PitrCluster.up()
+    yield cluster
+    if cluster.started_here:
+        cluster.down()
+
+
+@pytest.fixture
+def pitr_stack(pitr_cluster, tmp_path):
+    """A WAL receiver (not started yet) streaming from ``pitr_cluster`` into ``tmp_path/backups``
+    over its own replication slot; stopped and its slot dropped afterwards."""
+    stack = pitr_cluster.stack(tmp_path / "backups")
+    yield stack
+    stack.close()

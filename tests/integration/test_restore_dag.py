@@ -38,7 +38,7 @@ def dag(dagbag):
 
 
 DEFAULTS = {"store": "postgres", "backup_id": "latest", "database": "", "target": "", "confirm_overwrite": "",
-            "topics": []}
+            "topics": [], "target_time": "", "target_lsn": "", "target_name": ""}
 
 
 def restore(dag, **conf):

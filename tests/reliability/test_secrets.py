@@ -174,6 +174,7 @@ def every_dag(devstack, dagbag, tmp_path_factory):
         "backup": {"root": str(w.root)},
         "postgres": {"databases": [w.db]},
         "mongo": {"database": w.db},
+        "pitr": {"enabled": False},  # point-in-time recovery has its own tests (a scratch cluster and its receiver)
         "monitor": {"reports_dir": str(w.reports)},
         "offsite": {"rsync_remote_dir": str(w.remote), "s3_prefix": w.prefix, "s3_bucket": bucket},
     }
@@ -190,9 +191,9 @@ def every_dag(devstack, dagbag, tmp_path_factory):
         ("dbops_offsite_sync", {"targets": ["rsync", "s3"], "stores": stores, "retention_days": 30, "min_keep": 3,
                                 "dry_run": False, "retention_dry_run": False, "deep_verify": False}),
         ("dbops_restore", {"store": "postgres", "backup_id": "latest", "database": w.db, "target": "",
-                           "confirm_overwrite": "", "topics": []}),
+                           "confirm_overwrite": "", "topics": [], "target_time": ""}),
         ("dbops_restore", {"store": "mongo", "backup_id": "latest", "database": "", "target": "",
-                           "confirm_overwrite": "", "topics": []}),
+                           "confirm_overwrite": "", "topics": [], "target_time": ""}),
         ("dbops_restore_drill", {"stores": stores}),
         ("dbops_pg_maintenance", {"dry_run": False, "vacuum_full_tables": ["public.items"], "reindex_schemas": [],
                                   "window_minutes": None}),

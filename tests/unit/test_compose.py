@@ -6,7 +6,7 @@
 Compose Specification's JSON schema (vendored: tests/unit/data/compose-spec.json, see the
 README there), and then held to what the deployment must be: Airflow with the CeleryExecutor
 and all its components, the platform's stores at the right versions and settings, a
-healthcheck everywhere, no secret written in the file, the seven dbops connections as valid
+healthcheck everywhere, no secret written in the file, the eight dbops connections as valid
 JSON, and an Airflow image that carries the client tools.
 
 The checkers themselves are tested on broken inputs at the end of this file, so a check that
@@ -31,6 +31,7 @@ REPO = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = REPO / "docker-compose.yaml"
 ENV_EXAMPLE = REPO / ".env.example"
 DOCKERFILE = REPO / "docker" / "airflow" / "Dockerfile"
+SCRIPTS = REPO / "include" / "scripts"
 POOLS_FILE = REPO / "include" / "airflow" / "pools.json"
 REQUIREMENTS = REPO / "requirements.txt"
 SCHEMA_FILE = Path(__file__).parent / "data" / "compose-spec.json"
@@ -46,6 +47,7 @@ AIRFLOW_SERVICES = {
 }
 CONNECTIONS = {
     "AIRFLOW_CONN_DBOPS_POSTGRES": "postgres",
+    "AIRFLOW_CONN_DBOPS_POSTGRES_REPLICATION": "postgres",
     "AIRFLOW_CONN_DBOPS_MONGO": "mongo",
     "AIRFLOW_CONN_DBOPS_REDIS": "redis",
     "AIRFLOW_CONN_DBOPS_KAFKA": "kafka",
@@ -53,7 +55,7 @@ CONNECTIONS = {
     "AIRFLOW_CONN_DBOPS_S3": "aws",
     "AIRFLOW_CONN_DBOPS_OFFSITE_SSH": "ssh",
 }
-DBOPS_POOLS = {"dbops_postgres", "dbops_mongo", "dbops_redis", "dbops_kafka", "dbops_weaviate"}
+DBOPS_POOLS = {"dbops_postgres", "dbops_mongo", "dbops_redis", "dbops_kafka", "dbops_weaviate", "dbops_offsite_wal"}
 BACKUP_ROOT = "/opt/dbops/backups"
 
 # Names of settings and connection fields whose value is a secret.
@@ -574,6 +576,86 @@ def test_offsite_targets(services):
     assert environment["PASSWORD_ACCESS"] == "false"
     assert environment["PUBLIC_KEY"] == "change-me"
     assert "openssh-server-rsync" in environment["DOCKER_MODS"]
+
+
+def test_platform_postgres_is_ready_for_wal_streaming(raw, services):
+    service = services["platform-postgres"]
+    words = command_words(service)
+    assert words[0] == "postgres"
+    settings = dict(words[i + 1].split("=", 1) for i, word in enumerate(words) if word == "-c")
+    assert settings["wal_level"] in ("replica", "logical")
+    assert int(settings["max_wal_senders"]) > 0 and int(settings["max_replication_slots"]) > 0
+    # the replication role and its pg_hba.conf entry: an init script, given as a config
+    (init,) = [c for c in service["configs"] if c["target"].startswith("/docker-entrypoint-initdb.d/")]
+    assert init["target"].endswith(".sh")
+    script = REPO / raw["configs"][init["source"]]["file"]
+    text = script.read_text()
+    assert "CREATE ROLE dbops_replication LOGIN REPLICATION" in text
+    assert "host replication dbops_replication all scram-sha-256" in text
+    assert _env_of(service)["DBOPS_REPLICATION_PASSWORD_FILE"] == "/run/secrets/platform_replication_password"
+    assert service["secrets"] == ["platform_replication_password"]
+
+
+def test_wal_receiver_streams_into_the_backup_repository(raw, services, env):
+    service = services["wal-receiver"]
+    worker = services["airflow-worker"]
+    assert service["image"] == worker["image"] and service["user"] == worker["user"]
+    assert service["restart"] == "unless-stopped"
+    assert depends_on(service)["platform-postgres"] == "service_healthy"
+    assert f"dbops-backups:{BACKUP_ROOT}" in service["volumes"]
+    assert "./plugins:/opt/airflow/plugins:ro" in service["volumes"]
+    environment = _env_of(service)
+    assert environment["PYTHONPATH"] == "/opt/airflow/plugins"
+    assert environment["PGHOST"] == "platform-postgres" and environment["PGUSER"] == "dbops_replication"
+    # the password only as a secret file, turned into a 0600 passfile by the script
+    assert not any(key in environment for key in ("PGPASSWORD", "PGPASSFILE"))
+    assert service["secrets"] == ["platform_replication_password"]
+    assert raw["secrets"]["platform_replication_password"] == {"environment": "PLATFORM_REPLICATION_PASSWORD"}
+    assert "PLATFORM_REPLICATION_PASSWORD" in env
+    assert command_words(service) == ["bash", "/opt/airflow/include/scripts/wal_receiver.sh"]
+    script = (SCRIPTS / "wal_receiver.sh").read_text()
+    assert "umask 077" in script and 'export PGPASSFILE="$passfile"' in script
+    assert "exec python -m dbops.pitr.receiver" in script
+    assert service["healthcheck"]["test"] == ["CMD", "python", "-m", "dbops.pitr.receiver", "--check"]
+    # the role the receiver streams as is the one base backups connect as
+    replication = json.loads(_env_of(worker)["AIRFLOW_CONN_DBOPS_POSTGRES_REPLICATION"])
+    assert (replication["host"], replication["login"]) == ("platform-postgres", "dbops_replication")
+
+
+def test_wal_receiver_settings_are_accepted_by_dbops(services):
+    from dbops.config import load_config
+
+    dbops_env = {k: v for k, v in _env_of(services["wal-receiver"]).items() if k.startswith("DBOPS_")}
+    config = load_config(environ=dbops_env)
+    assert str(config.backup.root) == BACKUP_ROOT
+
+
+def test_wal_receiver_script_writes_a_private_passfile(tmp_path):
+    """The script's passfile, run for real with a stand-in for python: 0600, escaped, no argv."""
+    import os
+    import stat
+    import subprocess
+
+    secret = tmp_path / "password"
+    secret.write_text("p:w\\d")
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    (fake_bin / "python").write_text('#!/bin/sh\ncat "$PGPASSFILE"; stat -c %a "$PGPASSFILE"; echo "$@"\n')
+    (fake_bin / "python").chmod(0o755)
+    result = subprocess.run(
+        ["bash", str(SCRIPTS / "wal_receiver.sh"), "--check"],
+        env={"PATH": f"{fake_bin}:{os.environ['PATH']}", "PGHOST": "platform-postgres", "PGPORT": "5432",
+             "PGUSER": "dbops_replication", "DBOPS_REPLICATION_PASSWORD_FILE": str(secret), "TMPDIR": str(tmp_path)},
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    line, mode, args = result.stdout.splitlines()
+    assert line == "platform-postgres:5432:*:dbops_replication:p\\:w\\\\d"
+    assert mode == "600" and args == "-m dbops.pitr.receiver --check"
+    secret.write_text("")
+    empty = subprocess.run(["bash", str(SCRIPTS / "wal_receiver.sh")], capture_output=True, text=True,
+                           env={"PATH": os.environ["PATH"], "PGHOST": "h", "PGUSER": "u",
+                                "DBOPS_REPLICATION_PASSWORD_FILE": str(secret)})  # fmt: skip
+    assert empty.returncode == 1 and "is empty" in empty.stderr
 
 
 # ----------------------------------------------------------------------------- health, volumes

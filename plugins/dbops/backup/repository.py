@@ -230,7 +230,8 @@ def _as_check(value: Any) -> CheckResult:
 # --------------------------------------------------------------------------- file system helpers
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Make a rename or a new entry in ``path`` durable."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
@@ -814,9 +815,9 @@ class StagingBackup:
             self._write_manifest(draft, backup_id)
             for _rel, path, st in sorted(_walk(self.path), key=lambda t: -t[0].count("/")):
                 if stat.S_ISDIR(st.st_mode):
-                    _fsync_dir(path)
+                    fsync_dir(path)
             os.chmod(self.path, DIR_MODE)
-            _fsync_dir(self.path)
+            fsync_dir(self.path)
             target = self.series / backup_id
             if not os.path.lexists(target):
                 try:
@@ -830,8 +831,8 @@ class StagingBackup:
             backup_id = _free_backup_id(self.series, format_backup_id(taken, seq + 1))
         else:  # pragma: no cover - a thousand writers in one second
             raise RepositoryError(f"no free backup id near {self.backup_id} in {self.series}")
-        _fsync_dir(self.series)
-        _fsync_dir(self.path.parent)
+        fsync_dir(self.series)
+        fsync_dir(self.path.parent)
         self.backup_id = backup_id
         self.path = self.series / backup_id
         self.state = "sealed"
@@ -1084,7 +1085,7 @@ class BackupRepository:
         except BaseException:
             _remove_tree(tmp)
             raise
-        _fsync_dir(current.path)
+        fsync_dir(current.path)
         return _load_backup(current.path, current.store, current.subject)
 
     # ---------------------------------------------------------------- reading
@@ -1200,9 +1201,9 @@ class BackupRepository:
             if not os.path.lexists(target):
                 break
         os.rename(current.path, target)
-        _fsync_dir(series)
+        fsync_dir(series)
         _remove_tree(target)
-        _fsync_dir(deleting)
+        fsync_dir(deleting)
         return current.path
 
     def sweep(
@@ -1238,5 +1239,5 @@ class BackupRepository:
                 _remove_tree(path)
                 removed.append(path)
             if removed:
-                _fsync_dir(folder)
+                fsync_dir(folder)
         return removed

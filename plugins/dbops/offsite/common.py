@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
@@ -32,6 +33,7 @@ STAGING_DIR = ".staging"
 DELETING_DIR = ".deleting"
 # The names a backup folder may hold besides its stored files.
 CONTROL_FILES = (MANIFEST_NAME, ENVELOPE_NAME)
+_PLAIN_PART = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 
 
 class OffsiteError(RuntimeError):
@@ -376,3 +378,41 @@ class Target(Protocol):
 
     def download(self, key: SeriesKey, backup_id: str, dest: Path, log: LogFn) -> TransferStats:
         """Fetch a backup folder's stored files, manifest and envelope into ``dest``."""
+
+
+class FileTarget(Protocol):
+    """Plain file operations under the target's root, for what is not a backup folder (the
+    WAL archive: immutable files published by a catalog written last). ``folder`` and
+    ``rel`` are relative posix paths the caller has checked; names are plain file names."""
+
+    name: str
+
+    def location(self) -> str: ...
+
+    def list_files(self, folder: str, log: LogFn) -> dict[str, int]:
+        """Size of every file directly in ``folder`` (none when it does not exist)."""
+
+    def put_files(self, folder: str, source_dir: Path, files: Sequence[StoredFile], key_id: str | None,
+                  log: LogFn) -> TransferStats:  # fmt: skip
+        """Copy ``source_dir/<stored_path>`` to ``folder/<stored_path>`` (no arrival check)."""
+
+    def check_files(self, folder: str, files: Sequence[StoredFile], key_id: str | None, *, deep: bool,
+                    log: LogFn) -> list[str]:  # fmt: skip
+        """Problems (``<stored_path>: ...``) of the stored files: rsync hashes them on the host;
+        S3 checks size and sha256 metadata, and with ``deep`` reads every object back."""
+
+    def read_file(self, rel: str, log: LogFn) -> bytes | None:
+        """A small file's bytes, None when it does not exist."""
+
+    def write_file(self, rel: str, data: bytes, log: LogFn) -> None:
+        """Replace a small file at once (readers see the old or the new bytes, never a mix)."""
+
+    def delete_files(self, folder: str, names: Sequence[str], log: LogFn) -> None:
+        """Remove these files of ``folder`` (absent ones are no error)."""
+
+
+def check_rel(rel: str) -> str:
+    """A relative posix path of plain parts (for the file operations), else OffsiteError."""
+    if not isinstance(rel, str) or not _safe_inner(rel) or not all(_PLAIN_PART.match(p) for p in rel.split("/")):
+        raise OffsiteError(f"refusing the offsite path {rel!r}: not a relative path of plain names")
+    return rel

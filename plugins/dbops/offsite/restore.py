@@ -26,6 +26,7 @@ from dbops.backup.repository import (
     NotABackupError,
     _validate_manifest,  # the repository's own notion of a complete manifest
     checks_ok,
+    fsync_dir,
 )
 from dbops.offsite.common import (
     ENVELOPE_NAME,
@@ -48,14 +49,6 @@ def _hash(path: Path) -> tuple[int, str]:
             digest.update(block)
             size += len(block)
     return size, digest.hexdigest()
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def fetch_backup(
@@ -140,12 +133,12 @@ def fetch_backup(
         os.chmod(assembled / MANIFEST_NAME, 0o600)
         for folder, _dirs, _files in os.walk(assembled):
             os.chmod(folder, DIR_MODE)
-            _fsync_dir(Path(folder))
+            fsync_dir(Path(folder))
         final = series / backup_id
         if os.path.lexists(final):
             raise OffsiteError(f"{final} appeared while fetching; not replacing it")
         os.rename(assembled, final)
-        _fsync_dir(series)
+        fsync_dir(series)
     finally:
         shutil.rmtree(raw, ignore_errors=True)
         shutil.rmtree(assembled, ignore_errors=True)

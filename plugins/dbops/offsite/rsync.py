@@ -56,6 +56,7 @@ from dbops.offsite.common import (
     StoredFile,
     TransferStats,
     catalog_from_mirror,
+    check_rel,
     plain_files,
     split_backup_path,
     split_staging_path,
@@ -256,6 +257,15 @@ def _sha256_of(path: Path) -> str:
         for block in iter(lambda: fh.read(1024 * 1024), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def _plain_names(names) -> list[str]:
+    names = list(names)
+    for name in names:
+        check_rel(name)
+        if "/" in name:
+            raise OffsiteError(f"refusing the offsite file name {name!r}: not a plain name")
+    return list(names)
 
 
 @dataclass
@@ -543,6 +553,90 @@ class RsyncTarget:
         )
         out = self.session.run(script, log=log)
         return [r for r in out.split("\0") if r]
+
+    # ---------------------------------------------------------------- plain files (FileTarget)
+    # for the WAL archive: rsync into the folder, sha256sum on the host as the arrival
+    # check, small files replaced by one mv (readers see the old or the new file)
+
+    def _path(self, rel: str) -> str:
+        return posixpath.join(self.root, check_rel(rel))
+
+    def list_files(self, folder: str, log: LogFn) -> dict[str, int]:
+        path = self._path(folder)
+        out = self.session.run(
+            f"test -d {_q(path)} || exit 0; cd -- {_q(path)} && find . -mindepth 1 -maxdepth 1 -type f -printf '%s %P\\0'",
+            log=log,
+        )
+        sizes = {}
+        for record in out.split("\0"):
+            if record:
+                size, _, name = record.partition(" ")
+                sizes[name] = int(size)
+        return sizes
+
+    def put_files(self, folder: str, source_dir: Path, files, key_id, log: LogFn) -> TransferStats:
+        names = _plain_names(f.stored_path for f in files)
+        if not names:
+            return TransferStats()
+        path = self._path(folder)
+        self.session.run(f"umask 077 && mkdir -p -- {_q(path)}", log=log)
+        listing = self.session.temp_file("files", "\0".join(names).encode() + b"\0")
+        try:
+            return self._rsync(
+                ["-rtp", "--chmod=D700,F600", f"--partial-dir={PARTIAL_DIR}", f"--files-from={listing}",
+                 "--from0", f"{source_dir}/", self._remote(path + "/")],
+                log,
+            )  # fmt: skip
+        finally:
+            listing.unlink(missing_ok=True)
+
+    def check_files(self, folder: str, files, key_id, *, deep: bool, log: LogFn) -> list[str]:
+        """Size and sha256 of every file, computed on the host (``deep`` changes nothing:
+        the host always reads the bytes)."""
+        names = _plain_names(f.stored_path for f in files)
+        if not names:
+            return []
+        path = self._path(folder)
+        problems = []
+        sizes: dict[str, int] = {}
+        hashes: dict[str, str] = {}
+        for start in range(0, len(names), 500):  # bounded command lines
+            batch = names[start : start + 500]
+            state = self._folder_state(path, batch, log) if self._exists(path, log) else FolderState({}, {})
+            sizes.update({k: v for k, v in state.sizes.items() if k in batch})
+            hashes.update(state.hashes)
+        for f in files:
+            size = sizes.get(f.stored_path)
+            if size is None:
+                problems.append(f"{f.stored_path}: missing")
+            elif size != f.bytes:
+                problems.append(f"{f.stored_path}: {size} bytes, expected {f.bytes}")
+            elif hashes.get(f.stored_path) != f.sha256:
+                problems.append(f"{f.stored_path}: sha256 {hashes.get(f.stored_path)}, expected {f.sha256}")
+        return problems
+
+    def _exists(self, path: str, log: LogFn) -> bool:
+        return self.session.run(f"test -d {_q(path)} && echo yes || true", log=log).strip() == "yes"
+
+    def read_file(self, rel: str, log: LogFn) -> bytes | None:
+        path = self._path(rel)
+        out = self.session.run(f"if [ -f {_q(path)} ]; then printf Y; cat -- {_q(path)}; else printf N; fi", log=log)
+        return out[1:].encode() if out.startswith("Y") else None
+
+    def write_file(self, rel: str, data: bytes, log: LogFn) -> None:
+        path = self._path(rel)
+        folder, name = posixpath.split(path)
+        tmp = posixpath.join(folder, f".{name}.tmp-{secrets.token_hex(4)}")
+        self.session.run(
+            f"set -e; umask 077; mkdir -p -- {_q(folder)}; cat > {_q(tmp)}; mv -f -- {_q(tmp)} {_q(path)}",
+            log=log, stdin=data,
+        )  # fmt: skip
+
+    def delete_files(self, folder: str, names, log: LogFn) -> None:
+        names = _plain_names(names)
+        if names:  # names on stdin: no command line limit, and never parsed by the shell
+            self.session.run(f"cd -- {_q(self._path(folder))} 2>/dev/null || exit 0; xargs -0 -r rm -f --",
+                             log=log, stdin="\0".join(names).encode() + b"\0")  # fmt: skip
 
     # ---------------------------------------------------------------- restore
 

@@ -2,7 +2,8 @@
 
 ``GET /`` is the page (``include/ui/``: HTML, CSS and a small script that draws
 everything from the JSON API, the chart as inline SVG; nothing from a CDN).
-``GET /api/overview``, ``/api/table-sizes`` and ``/api/offsite`` are the JSON it shows.
+``GET /api/overview``, ``/api/table-sizes``, ``/api/offsite`` and ``/api/pitr`` are the JSON it
+shows.
 
 Read-only: the backup repository is only listed, retention is evaluated and not applied,
 the Postgres session is read-only. Each part is computed on its own: an unreadable store
@@ -169,6 +170,25 @@ def create_app() -> FastAPI:
                 log.warning("DB Ops page: offsite target %s unreadable: %s", name, exc)
                 catalogs[name] = _error(exc)
         return overview.offsite_copies(local, catalogs)
+
+    @app.get("/api/pitr")
+    def api_pitr(user: LoggedIn) -> dict[str, Any]:
+        """Point-in-time recovery: the recovery window and the receiver's lag as the last WAL
+        check found them (with its age and problems), the receiver's heartbeat, and the base
+        backups with their drills. Read from the files the PITR tasks write, never measured here."""
+        from dbops.backup.repository import utc_now
+        from dbops.pitr.wal import WAL_DIR
+        from dbops.status import pitr
+
+        config = _config()
+        wal_root = config.backup.root / WAL_DIR
+        try:
+            repo = _repository(config)
+        except (OSError, ValueError, RuntimeError) as exc:
+            return {"enabled": config.pitr.enabled, "wal_root": str(wal_root), "error": _error(exc)}
+        result = pitr.pitr_overview(repo, wal_root, utc_now(), enabled=config.pitr.enabled,
+                                    max_lag_s=config.pitr.max_lag_s)
+        return {**result, "error": None}
 
     return app
 

@@ -117,6 +117,20 @@ def drill_task(store: str):
     return drill
 
 
+def _pitr_drill_of_run(context, repo) -> dict | None:
+    """This run's point-in-time drill as recorded beside its base backup; None when the run
+    did not drill Postgres or point-in-time recovery is off; ``ok: false`` when it recorded nothing."""
+    from dbops.pitr.wal import BASE_STORE
+
+    if "postgres" not in context["params"]["stores"] or not runtime_config().pitr.enabled:
+        return None
+    for backup in reversed(repo.list(BASE_STORE)):
+        drill = backup.sidecars.get("drill") or {}
+        if drill.get("run_id") == context["run_id"]:
+            return {k: drill.get(k) for k in ("ok", "backup_id", "target", "seconds", "differences")}
+    return {"ok": False, "differences": ["the point-in-time drill recorded nothing in this run (see drill_postgres_pitr)"]}
+
+
 @task(trigger_rule="all_done")
 def summary(planned: dict) -> dict:
     """Every drill result of this run, read back from the drill sidecars; fails naming every
@@ -138,6 +152,11 @@ def summary(planned: dict) -> dict:
         results[label] = {k: drill.get(k) for k in ("ok", "backup_id", "target", "seconds", "differences", "leftovers")}
         problems += [f"{series_label(store, subject or None)}/{backup_id}: {d}" for d in drill.get("differences", [])]
         problems += [f"{label}/{backup_id}: scratch target not removed: {d}" for d in drill.get("leftovers", [])]
+    pitr = _pitr_drill_of_run(context, repo)
+    if pitr is not None:
+        results["postgres point-in-time"] = pitr
+        if not pitr.get("ok"):
+            problems += [f"postgres point-in-time: {d}" for d in pitr.get("differences") or ["failed or recorded nothing (see drill_postgres_pitr)"]]
     if not planned["backups"] and not problems:
         problems.append("nothing was drilled: no store of this run has a backup")
     for note in planned["notes"]:

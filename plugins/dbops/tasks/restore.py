@@ -16,6 +16,7 @@ from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 from dbops.dagkit import on_store
 from dbops.runtime import runtime_config
 from dbops.tasks.backup import repository, skip_unconfigured, store_adapter
+from dbops.tasks.pitr import pitr_requested, plan_pitr_restore
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,8 @@ def plan() -> dict:
     from dbops.backup import restore as r
 
     params = get_current_context()["params"]
+    if pitr_requested(params):
+        return plan_pitr_restore(params)
     _request(params)  # the generic checks, before an adapter is built for a store name
     config = runtime_config()
     adapter = store_adapter(params["store"], config)
@@ -80,6 +83,8 @@ def restore_task(store: str):
         params = get_current_context()["params"]
         if params["store"] != store:
             raise AirflowSkipException(f"skipped: this run restores {params['store']}")
+        if planned.get("pitr"):
+            raise AirflowSkipException("skipped: this run is a point-in-time recovery (restore_postgres_pitr)")
         config = runtime_config()
         adapter = store_adapter(store, config)
         repo = repository(config)

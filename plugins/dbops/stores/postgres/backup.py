@@ -207,26 +207,31 @@ def dump_tool_supports(compression: str, pg_dump: str | None = None) -> bool:
 
 
 def resolve_compression(compression: str, pg_dump: str | None = None) -> str:
-    """``auto``/``auto:N``/``gzip``/``zstd:9``/``none`` -> the ``METHOD[:LEVEL]`` pg_dump will use.
+    """``auto``/``auto:N``/``gzip``/``zstd:9``/``none`` -> the ``METHOD[:LEVEL]`` pg_dump will use."""
+    return choose_compression(compression, supported_compressions(pg_dump), tool="pg_dump", levels=DEFAULT_LEVELS)
+
+
+def choose_compression(spec: str, supported: frozenset[str], *, tool: str, levels: dict[str, int]) -> str:
+    """``spec`` (``auto``, a method, optionally ``:LEVEL``) -> the ``METHOD:LEVEL`` (or ``none``)
+    of a tool that has the methods ``supported``; ``auto`` takes the best of AUTO_ORDER.
 
     Raises ToolError for a method this binary was built without (asking for zstd where
     only gzip exists is a configuration error, not something to fall back from silently).
     """
-    match = re.fullmatch(r"(auto|none|gzip|lz4|zstd)(?::(\d+))?", compression)
+    match = re.fullmatch(r"(auto|none|gzip|lz4|zstd)(?::(\d+))?", spec or "")
     if not match:
-        raise ToolError(f"compression {compression!r} is not one of auto, none, gzip, lz4, zstd (optionally :LEVEL)")
+        raise ToolError(f"compression {spec!r} is not one of auto, none, gzip, lz4, zstd (optionally :LEVEL)")
     method, level = match.group(1), match.group(2)
-    supported = supported_compressions(pg_dump)
     if method == "auto":
         method = next((m for m in AUTO_ORDER if m in supported), "none")
     elif method not in supported:
         raise ToolError(
-            f"this pg_dump was built without {method} support (it supports: {', '.join(sorted(supported))}); "
+            f"this {tool} was built without {method} support (it supports: {', '.join(sorted(supported))}); "
             "use compression 'auto' or one of those"
         )
     if method == "none":
         return "none"
-    return f"{method}:{int(level) if level is not None else DEFAULT_LEVELS[method]}"
+    return f"{method}:{int(level) if level is not None else levels[method]}"
 
 
 def _compress_arg(resolved: str, pg_dump_major: int) -> str:

@@ -1,0 +1,1 @@
+"""Postgres point-in-time recovery: the WAL archive, base backups, retention and restores."""
