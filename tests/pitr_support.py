@@ -274,9 +274,8 @@ class PitrStack:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def status(self) -> dict[str, Any] | None:
-        from dbops.pitr.receiver import read_status
 
-        return read_status(self.archive)
+        return self.archive.status()
 
     def wait_streaming(self, timeout: float = 30, *, restarts_above: int | None = None) -> dict[str, Any]:
         """Until the heartbeat says streaming (and, when given, after more than that many restarts)."""

@@ -23,6 +23,8 @@ SCHEDULED = {
     "dbops_table_size_monitor": ("0 0 * * *", timedelta(days=1)),
     "dbops_restore_drill": ("0 6 * * 6", timedelta(days=7)),
     "dbops_health": ("*/10 * * * *", timedelta(minutes=10)),
+    "dbops_base_backup": ("30 1 * * *", timedelta(days=1)),
+    "dbops_wal_check": ("*/15 * * * *", timedelta(minutes=15)),
 }
 MANUAL = ("dbops_bootstrap", "dbops_restore")
 

@@ -14,6 +14,7 @@ import os
 import shutil
 import tempfile
 import time
+import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from dbops.backup.repository import BackupRepository
 from dbops.pitr.wal import BASE_STORE, WAL_DIR, WalArchive
 from tests.conftest import run_dag, task_result, without_retries
 from tests.integration.restore_sources import drop_pg, set_config, states
+from tests.offsite_support import empty_prefix, remote_dir, remove_remote
 from tests.pitr_support import PitrCluster, wait_for
 
 pytestmark = pytest.mark.integration
@@ -42,8 +44,13 @@ def fresh(dagbag, dag_id: str):
 
 
 class Platform:
-    def __init__(self, cluster: PitrCluster, root: Path) -> None:
+    def __init__(self, cluster: PitrCluster, root: Path, devstack) -> None:
         self.cluster, self.root = cluster, root
+        # offsite: a folder and a prefix of this module's own (the WAL check ships every run)
+        self.remote = remote_dir(devstack)
+        self.s3 = devstack.service("s3")
+        self.bucket = self.s3.environment()["DBOPS_OFFSITE__S3_BUCKET"]
+        self.prefix = f"test-pitr-dags-{uuid.uuid4().hex[:8]}"
         self.stack = cluster.stack(root / "backups", slot="dbops_pitr_dags")
         self.repo = BackupRepository(root / "backups")
         self.archive = WalArchive(root / "backups" / WAL_DIR)
@@ -53,8 +60,9 @@ class Platform:
             "connections": {"postgres": ADMIN_CONN, "postgres_replication": REPLICATION_CONN},
             "postgres": {"databases": [DB]},
             "pitr": {"slot": self.stack.slot, "scratch_dir": str(self.scratch), "scratch_os_user": "dbops-pg",
-                     "wait_for_wal_s": 60},  # fmt: skip
-        }
+                     "wait_for_wal_s": 60},
+            "offsite": {"rsync_remote_dir": str(self.remote), "s3_bucket": self.bucket, "s3_prefix": self.prefix},
+        }  # fmt: skip
 
     def rows(self, database: str) -> list[int]:
         with self.cluster.connect(database) as conn:
@@ -78,11 +86,11 @@ def _conn(cluster: PitrCluster, login: str, password: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def platform(airflow_db):
+def platform(airflow_db, devstack):
     cluster = PitrCluster.up(CLUSTER_NAME, CLUSTER_PORT)
     root = Path(tempfile.mkdtemp(prefix="dbops-pitr-dags-"))
     root.chmod(0o711)  # the scratch server's user (dbops-pg) passes through to its folder
-    p = Platform(cluster, root)
+    p = Platform(cluster, root, devstack)
     saved = {k: os.environ.get(k) for k in (f"AIRFLOW_CONN_{ADMIN_CONN.upper()}", f"AIRFLOW_CONN_{REPLICATION_CONN.upper()}")}
     os.environ[f"AIRFLOW_CONN_{ADMIN_CONN.upper()}"] = _conn(cluster, cluster.superuser, cluster.superuser_password)
     os.environ[f"AIRFLOW_CONN_{REPLICATION_CONN.upper()}"] = _conn(cluster, cluster.replication_user, cluster.replication_password)
@@ -106,6 +114,8 @@ def platform(airflow_db):
         for key, value in saved.items():
             os.environ.pop(key, None) if value is None else os.environ.__setitem__(key, value)
         shutil.rmtree(root, ignore_errors=True)
+        remove_remote(p.remote)
+        empty_prefix(p.s3.client(), p.bucket, p.prefix)
         if cluster.started_here:
             cluster.down()
 
@@ -134,6 +144,11 @@ def test_base_backup_then_the_wal_check_is_green_with_the_window(platform, dagba
     assert check.state == "success", states(check)
     result = task_result(check, "check_wal")
     assert result["ok"] and result["problems"] == [] and result["base_backups"] == 1
+    # the sealed WAL went offsite in the same run, to both targets, as the local catalog has it
+    sealed = {e.file for e in platform.archive.entries()}
+    assert sealed <= {p.name for p in (platform.remote / "postgres_wal" / "segments").iterdir()}
+    listed = platform.s3.client().list_objects_v2(Bucket=platform.bucket, Prefix=f"{platform.prefix}/postgres_wal/segments/")
+    assert sealed <= {o["Key"].rsplit("/", 1)[1] for o in listed.get("Contents", [])}
     assert result["earliest"] == backup.manifest["details"]["consistent_at"] and result["latest"] >= result["earliest"]
 
 

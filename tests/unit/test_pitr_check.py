@@ -50,7 +50,7 @@ def judge(bases, **given):
         server=server(), server_error=None, header=HEADER,
         status={"state": "streaming", "heartbeat_at": format_time(NOW - timedelta(seconds=3))},
         entries=segments(2, 3, 4, 5), unsealed=[], bases=bases, rehash_problems=[],
-        slot="dbops_pitr", max_lag_s=60.0, seal_timeout_s=300.0, now=NOW,
+        latest_received=NOW - timedelta(seconds=3), end_segno=5, slot="dbops_pitr", max_lag_s=60.0, seal_timeout_s=300.0, now=NOW,
     )  # fmt: skip
     args.update(given)
     return check.evaluate(**args)
@@ -61,7 +61,7 @@ def test_a_streaming_receiver_and_a_complete_chain_pass_with_the_window(bases):
     assert result.ok and result.problems == [], result.problems
     assert result.lag_s == 0.0 and result.segments == 4
     assert result.earliest == bases[0].manifest["details"]["consistent_at"]
-    assert result.latest == format_time(NOW - timedelta(seconds=3))  # the heartbeat of a receiver with no lag
+    assert result.latest == format_time(NOW - timedelta(seconds=3))
 
 
 @pytest.mark.parametrize(
@@ -74,14 +74,15 @@ def test_a_streaming_receiver_and_a_complete_chain_pass_with_the_window(bases):
         ({"server": server(slot_active=False, retained_bytes=123456)}, "not in use: no receiver is streaming (the server keeps 123456 bytes"),
         ({"server": server(system_identifier="1")}, "the WAL archive belongs to system 7345678901234567890, the server is 1"),
         ({"server": None, "server_error": "OperationalError: refused"}, "the server cannot be read: OperationalError: refused"),
-        ({"status": None}, "never reported"),
-        ({"status": {"state": "streaming", "heartbeat_at": format_time(NOW - timedelta(minutes=5))}}, "not running: its last heartbeat is 300 s old"),
-        ({"status": {"state": "error", "error": "system identifier differs", "heartbeat_at": format_time(NOW)}}, "reports an error: system identifier differs"),
+        ({"status": None}, "the WAL receiver is not streaming: no receiver.json"),
+        ({"status": {"state": "streaming", "heartbeat_at": format_time(NOW - timedelta(minutes=5))}}, "the last heartbeat is 300 s old"),
+        ({"status": {"state": "error", "error": "system identifier differs", "heartbeat_at": format_time(NOW)}}, "system identifier differs"),
         ({"server": server(lag_bytes=5_000_000, write_lag_s=95.0)}, "95 s (5000000 bytes) behind the server"),
         ({"unsealed": [("000000010000000000000006", 301.0), ("000000010000000000000007", 20.0)]},
          "1 completed WAL file(s) unsealed for over 300 s: 000000010000000000000006"),
         ({"entries": segments(2, 3, 5)}, "missing 000000010000000000000004"),
         ({"entries": segments(3, 4, 5)}, "000000010000000000000002"),
+        ({"entries": segments(2, 3, 4), "end_segno": 5}, "000000010000000000000005"),  # the one before the growing segment
         ({"rehash_problems": ["sealed WAL file x.gz: sha256 differs"]}, "sealed WAL file x.gz: sha256 differs"),
     ],
 )  # fmt: skip
@@ -102,6 +103,11 @@ def test_no_base_backup_is_a_problem_not_a_pass():
     assert result.earliest is None and result.latest is None
 
 
-def test_a_receiver_that_stopped_leaves_the_window_at_the_newest_sealed_segment(bases):
-    result = judge(bases, status={"state": "starting", "heartbeat_at": format_time(NOW - timedelta(seconds=2))})
-    assert result.latest == format_time(segments(5)[0].sealed_at)
+def test_the_window_starts_at_the_oldest_base_backup_whose_chain_reaches_the_end(tmp_path):
+    repo = BackupRepository(tmp_path / "backups")
+    make_base_backup(repo, NOW - timedelta(hours=9), 1, "0/1000028", "0/1000100")  # its segment 1 was lost
+    make_base_backup(repo, NOW - timedelta(hours=5), 1, "0/2000028", "0/2000100")
+    older, newer = repo.list("postgres_pitr")
+    result = judge([older, newer])
+    assert not result.ok and any(f"base backup {older.backup_id}" in p and "000000010000000000000001" in p for p in result.problems)
+    assert result.earliest == newer.manifest["details"]["consistent_at"]

@@ -17,11 +17,10 @@ from dbops.pitr.receiver import (
     configuration_problems,
     explain_connect_error,
     format_time,
-    heartbeat_problem,
     parse_size,
     utc_now,
 )
-from dbops.pitr.wal import WalArchive, parse_lsn
+from dbops.pitr.wal import WalArchive, heartbeat_problem, parse_lsn
 
 SEGMENT = 16 * 1024 * 1024
 
@@ -109,11 +108,12 @@ def test_an_archive_ahead_of_the_server_is_refused(tmp_path):
 
 def test_the_heartbeat_judgement():
     fresh = {"heartbeat_at": format_time(utc_now()), "state": "streaming"}
-    assert heartbeat_problem(fresh) is None
-    assert "never run" in heartbeat_problem(None)
+    assert heartbeat_problem(fresh, max_age_s=15) is None
+    assert "never run" in heartbeat_problem(None, max_age_s=15)
     stale = dict(fresh, heartbeat_at=format_time(utc_now() - timedelta(seconds=40)))
-    assert "40 s old" in heartbeat_problem(stale)
-    assert "refused" in heartbeat_problem(dict(fresh, state="error", error="refused"))
+    assert "40 s old" in heartbeat_problem(stale, max_age_s=15)
+    assert heartbeat_problem(stale, max_age_s=60) is None
+    assert "refused" in heartbeat_problem(dict(fresh, state="error", error="refused"), max_age_s=15)
 
 
 def test_a_password_comes_only_from_a_private_passfile(tmp_path, monkeypatch):

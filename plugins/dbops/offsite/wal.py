@@ -43,6 +43,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from dbops.backup.adapter import NotRetryable
 from dbops.backup.repository import Backup, format_time, parse_time, utc_now
 from dbops.offsite.common import (
     ENCRYPTED_SUFFIX,
@@ -154,13 +155,17 @@ def read_offsite_catalog(target: FileTarget, log: LogFn) -> OffsiteWalCatalog:
     return parse_offsite_catalog(data, f"{target.location()}/{CATALOG_REL}")
 
 
+class OffsiteArchiveMismatch(OffsiteError, NotRetryable):
+    """The target holds the WAL of another cluster: a retry cannot change that."""
+
+
 def _check_same_archive(catalog: OffsiteWalCatalog, header: Mapping[str, Any], where: str) -> None:
     if catalog.header is None:
         return
     mine = (header["system_identifier"], header["wal_segment_size"])
     theirs = (catalog.header.get("system_identifier"), catalog.header.get("wal_segment_size"))
     if mine != theirs:
-        raise OffsiteError(
+        raise OffsiteArchiveMismatch(
             f"{where} holds the WAL of system {theirs[0]} (segment size {theirs[1]}), the local archive is "
             f"system {mine[0]} (segment size {mine[1]}): a new cluster needs a new offsite folder or prefix; "
             "nothing shipped"

@@ -15,12 +15,12 @@ import json
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from dbops.backup.repository import Backup, format_time, parse_time
-from dbops.pitr.wal import WalArchive, WalEntry, check_chain, parse_lsn
+from dbops.backup.repository import Backup, format_time
+from dbops.pitr.wal import WalArchive, WalEntry, check_chain, heartbeat_problem, parse_lsn
 
 CHECK_FILE = "check.json"
 # the receiver rewrites its heartbeat every few seconds; older than this, it is not running
@@ -106,37 +106,6 @@ def _lag(server: Mapping[str, Any] | None) -> tuple[float | None, int | None]:
     return float(seconds), lag_bytes
 
 
-def _receiver_problems(status: Mapping[str, Any] | None, now: datetime) -> list[str]:
-    if status is None:
-        return ["the WAL receiver has never reported (no receiver.json): is the dbops-wal-receiver service running?"]
-    try:
-        age = (now - parse_time(status["heartbeat_at"])).total_seconds()
-    except (KeyError, ValueError, TypeError):
-        return ["the WAL receiver's heartbeat is unreadable"]
-    if age > HEARTBEAT_MAX_AGE_S:
-        return [f"the WAL receiver is not running: its last heartbeat is {age:.0f} s old"]
-    if status.get("state") == "error":
-        return [f"the WAL receiver reports an error: {status.get('error') or 'unknown'}"]
-    return []
-
-
-def _window(bases: list[Backup], entries: list[WalEntry], status: Mapping[str, Any] | None, lag_s: float | None) -> tuple[str | None, str | None]:
-    """Earliest: the oldest base backup's consistent point; latest: the last WAL received
-    (the heartbeat of a streaming receiver minus its lag), else the newest sealed file."""
-    if not bases:
-        return None, None
-    earliest = base_details(bases[0]).get("consistent_at")
-    latest: datetime | None = max((e.sealed_at for e in entries), default=None)
-    if status and status.get("state") == "streaming" and lag_s is not None:
-        try:
-            heard = parse_time(status["heartbeat_at"]) - timedelta(seconds=lag_s)
-        except (KeyError, ValueError, TypeError):
-            heard = None
-        if heard and (latest is None or heard > latest):
-            latest = heard
-    return earliest, format_time(latest) if latest else None
-
-
 def evaluate(
     *,
     server: Mapping[str, Any] | None,
@@ -147,19 +116,25 @@ def evaluate(
     unsealed: Iterable[tuple[str, float]],
     bases: list[Backup],
     rehash_problems: list[str],
+    latest_received: datetime | None,
+    end_segno: int | None,
     slot: str,
     max_lag_s: float,
     seal_timeout_s: float,
     now: datetime,
 ) -> WalCheck:
-    """Every rule of the WAL check; ``unsealed`` is (file name, age in seconds) of completed
-    files the sealer has not catalogued, ``bases`` the base backups oldest first."""
+    """Every rule of the WAL check. ``unsealed``: (file name, age in seconds) of completed
+    files the sealer has not catalogued; ``bases``: the base backups, oldest first;
+    ``latest_received`` and ``end_segno``: what the archive says was received
+    (:meth:`WalArchive.latest_received`, :meth:`WalArchive.received_end_segno`)."""
     problems: list[str] = []
     if server_error:
         problems.append(f"the server cannot be read: {server_error}")
     elif server is not None:
         problems += _server_problems(server, slot, header)
-    problems += _receiver_problems(status, now)
+    heartbeat = heartbeat_problem(dict(status) if status is not None else None, max_age_s=HEARTBEAT_MAX_AGE_S, now=now)
+    if heartbeat:
+        problems.append(f"the WAL receiver is not streaming: {heartbeat}")
     lag_s, lag_bytes = _lag(server)
     if lag_s is not None and lag_s > max_lag_s:
         problems.append(
@@ -170,14 +145,21 @@ def evaluate(
     if late:
         problems.append(f"{len(late)} completed WAL file(s) unsealed for over {seal_timeout_s:g} s: {', '.join(late[:5])}")
     problems += rehash_problems
+    earliest = None
     if not bases:
         problems.append("no base backup yet: nothing can be recovered (dbops_base_backup takes one)")
     else:
-        oldest = base_details(bases[0])
-        segment_size = int((header or {}).get("wal_segment_size") or oldest.get("wal_segment_size") or 16 * 1024 * 1024)
-        chain = check_chain(entries, int(oldest["timeline"]), parse_lsn(oldest["start_lsn"]), segment_size=segment_size)
-        problems += [f"WAL chain from base backup {bases[0].backup_id}: {p}" for p in chain]
-    earliest, latest = _window(bases, entries, status, lag_s)
+        segment_size = int((header or {}).get("wal_segment_size") or 16 * 1024 * 1024)
+        for base in bases:  # the window starts at the oldest base backup whose chain reaches the end
+            details = base_details(base)
+            start = parse_lsn(details["start_lsn"])
+            end = end_segno if end_segno is not None and end_segno >= start // segment_size else None
+            chain = check_chain(entries, int(details["timeline"]), start, segment_size=segment_size, end_segno=end)
+            if not chain:
+                earliest = details.get("consistent_at")
+                break
+            problems += [f"WAL chain from base backup {base.backup_id}: {p}" for p in chain]
+    latest = format_time(latest_received) if earliest and latest_received else None
     return WalCheck(
         at=format_time(now), ok=not problems, problems=problems, lag_s=lag_s, lag_bytes=lag_bytes,
         earliest=earliest, latest=latest, base_backups=len(bases),

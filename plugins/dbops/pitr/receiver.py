@@ -54,6 +54,7 @@ from pathlib import Path
 from typing import Any
 
 from dbops.pitr.wal import (
+    heartbeat_problem,
     WAL_DIR,
     WalArchive,
     WalConflict,
@@ -303,33 +304,6 @@ def old_timeline_partials(archive: WalArchive) -> list[Path]:
 # --------------------------------------------------------------------------- heartbeat
 
 
-def read_status(archive: WalArchive) -> dict[str, Any] | None:
-    """The receiver's heartbeat, or None when absent or unreadable."""
-    try:
-        value = json.loads(archive.status_path.read_text())
-    except (OSError, ValueError):
-        return None
-    return value if isinstance(value, dict) else None
-
-
-def heartbeat_problem(status: dict[str, Any] | None, *, max_age_s: float = HEARTBEAT_FRESH_S) -> str | None:
-    """Why the heartbeat does not show a streaming receiver (None: it does)."""
-    if status is None:
-        return "no receiver.json: the receiver has never run here"
-    try:
-        heard = datetime.fromisoformat(str(status["heartbeat_at"]).replace("Z", "+00:00"))
-    except (KeyError, ValueError):
-        return "receiver.json has no readable heartbeat_at"
-    age = (utc_now() - heard).total_seconds()
-    if age > max_age_s:
-        return f"the last heartbeat is {age:.0f} s old"
-    if status.get("state") == "stopped":
-        return "the receiver was stopped"
-    if status.get("state") != "streaming":
-        return f"state {status.get('state')!r}: {status.get('error') or 'not streaming yet'}"
-    return None
-
-
 def write_json_private(path: Path, value: dict[str, Any]) -> None:
     """Atomic rewrite, 0600 (tmp + rename)."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
@@ -563,7 +537,7 @@ class Receiver:
         try:
             fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            status = read_status(self.archive) or {}
+            status = self.archive.status() or {}
             log("error", f"another receiver (pid {status.get('pid', '?')}) is streaming into {self.archive.root}", fatal="yes")
             return EXIT_REFUSED
         signal.signal(signal.SIGTERM, self.stop)
@@ -626,7 +600,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_REFUSED
     archive = WalArchive(Path(config.backup.root) / WAL_DIR)
     if args.check:
-        problem = heartbeat_problem(read_status(archive))
+        problem = heartbeat_problem(archive.status(), max_age_s=HEARTBEAT_FRESH_S)
         print(problem or "streaming")
         return 1 if problem else 0
     receiver = Receiver(archive, config.pitr.slot, config.pitr.wal_compression)

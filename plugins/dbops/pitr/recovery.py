@@ -33,7 +33,6 @@ No Airflow import: the task layer passes endpoints and settings in.
 from __future__ import annotations
 
 import errno
-import json
 import os
 import re
 import secrets
@@ -263,58 +262,6 @@ class RecoveryPlan:
         }
 
 
-def _read_status(archive: WalArchive) -> dict[str, Any] | None:
-    try:
-        value = json.loads(archive.status_path.read_text())
-    except (OSError, ValueError):
-        return None
-    return value if isinstance(value, dict) else None
-
-
-def latest_received(archive: WalArchive, entries: list[Any]) -> datetime | None:
-    """When WAL was last received: the newest of the last sealed file's seal time, the growing
-    segment's last write, and the receiver's heartbeat while it says it is streaming."""
-    times: list[datetime] = [e.sealed_at for e in entries if e.kind == "segment"][-1:]
-    partial = archive.partial()
-    if partial is not None:
-        try:
-            times.append(as_utc(datetime.fromtimestamp(partial.stat().st_mtime).astimezone()))
-        except FileNotFoundError:
-            pass
-    status = _read_status(archive)
-    if status and status.get("state") == "streaming" and status.get("heartbeat_at"):
-        try:
-            times.append(parse_time(status["heartbeat_at"]))
-        except ValueError:
-            pass
-    return max(times) if times else None
-
-
-def _received_end_lsn(archive: WalArchive, entries: list[Any], segment_size: int) -> int:
-    """An upper bound of the WAL received: the end of the growing segment, else of the last sealed one."""
-    ends = [segment_start_lsn(e.segno + 1, segment_size) for e in entries if e.kind == "segment"]
-    partial = archive.partial()
-    if partial is not None:
-        parsed = parse_wal_name(partial.name[: -len(".partial")], segment_size)
-        if parsed is not None:
-            ends.append(segment_start_lsn(parsed[1] + 1, segment_size))
-    return max(ends, default=0)
-
-
-def received_end_segno(archive: WalArchive, entries: list[Any], segment_size: int) -> int | None:
-    """The last segment that must be sealed when the receiver is writing a later one: the
-    segment before the growing ``.partial`` (on the newest timeline). A segment missing right
-    before it is a gap, even though it is at the end of the catalog. None without a partial."""
-    partial = archive.partial()
-    parsed = parse_wal_name(partial.name[: -len(".partial")], segment_size) if partial is not None else None
-    if parsed is None:
-        return None
-    newest = max((e.timeline for e in entries), default=None)
-    if newest is not None and parsed[0] != newest:
-        return None
-    return parsed[1] - 1
-
-
 def _chain_problems(entries: list[Any], info: BaseInfo, segment_size: int, end_segno: int | None) -> list[str]:
     start = info.start_lsn // segment_size
     end = end_segno if end_segno is not None and end_segno >= start else None
@@ -343,7 +290,7 @@ def plan_recovery(
     verified = [BaseInfo.of(b) for b in backups if b.verified]
     if not verified:
         raise RecoveryRefused(f"no verified base backup in {repo.series_path(BASE_STORE)} ({len(backups)} unverified)")
-    end_segno = received_end_segno(archive, entries, segment_size)
+    end_segno = archive.received_end_segno(entries, segment_size)
     problems = {info.backup.backup_id: _chain_problems(entries, info, segment_size, end_segno) for info in verified}
     usable = [info for info in verified if not problems[info.backup.backup_id]]
     if not usable:
@@ -353,7 +300,7 @@ def plan_recovery(
             f"newest {newest.backup.backup_id}: {'; '.join(problems[newest.backup.backup_id][:5])}"
         )
     first = min(usable, key=lambda i: i.consistent_at)
-    window = RecoveryWindow(first.consistent_at, latest_received(archive, entries), first.backup.backup_id)
+    window = RecoveryWindow(first.consistent_at, archive.latest_received(entries), first.backup.backup_id)
     if window.latest is not None and window.latest < first.consistent_at:
         window = RecoveryWindow(first.consistent_at, first.consistent_at, first.backup.backup_id)
     notes: list[str] = []
@@ -386,7 +333,7 @@ def plan_recovery(
         chosen = max(fitting, key=lambda i: i.consistent_at)
     elif target.kind == "lsn":
         assert target.lsn is not None
-        end = _received_end_lsn(archive, entries, segment_size)
+        end = archive.received_end_lsn(entries, segment_size)
         if target.lsn > end:
             raise RecoveryRefused(f"target_lsn {target.value} is beyond the WAL received (up to at most {format_lsn(end)}); {where}")
         fitting = [i for i in candidates if i.stop_lsn <= target.lsn]
@@ -567,7 +514,7 @@ def _stage_wal(plan: RecoveryPlan, wal_dir: Path, log: LogFn) -> int:
     decompressed, plus the growing segment (raw) where the target may lie in it."""
     archive = plan.archive
     entries = archive.entries()
-    end_segno = received_end_segno(archive, entries, plan.segment_size)
+    end_segno = archive.received_end_segno(entries, plan.segment_size)
     if end_segno is not None and end_segno < plan.base.start_lsn // plan.segment_size:
         end_segno = None
     try:

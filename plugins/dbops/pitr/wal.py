@@ -45,7 +45,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from dbops.backup.repository import fsync_dir
+from dbops.backup.repository import as_utc, fsync_dir, parse_time, utc_now
 
 WAL_DIR = "postgres_wal"
 BASE_STORE = "postgres_pitr"
@@ -373,6 +373,19 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view) :]
 
 
+class _HashedChunks:
+    """The chunks of an open file, hashed (sha256) and counted as they are read."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd, self.digest, self.size = fd, hashlib.sha256(), 0
+
+    def __iter__(self) -> Iterator[bytes]:
+        for chunk in _read_chunks(self.fd):
+            self.digest.update(chunk)
+            self.size += len(chunk)
+            yield chunk
+
+
 def _hash_file(path: Path) -> tuple[int, str]:
     fd = _open_regular(path)
     try:
@@ -451,6 +464,25 @@ def _gzip_stream(source_fd: int, sink: _Sink, level: int, raw_digest: Any) -> in
 
 
 # ----------------------------------------------------------------------------- the archive
+
+
+def heartbeat_problem(status: dict[str, Any] | None, *, max_age_s: float, now: datetime | None = None) -> str | None:
+    """Why the receiver's heartbeat does not show a streaming receiver (None: it does). A
+    killed receiver cannot say so itself: a heartbeat older than ``max_age_s`` is not running."""
+    if status is None:
+        return "no receiver.json: the receiver has never run here"
+    try:
+        heard = parse_time(str(status["heartbeat_at"]))
+    except (KeyError, ValueError):
+        return "receiver.json has no readable heartbeat_at"
+    age = ((now or utc_now()) - heard).total_seconds()
+    if age > max_age_s:
+        return f"the last heartbeat is {age:.0f} s old"
+    if status.get("state") == "stopped":
+        return "the receiver was stopped"
+    if status.get("state") != "streaming":
+        return f"state {status.get('state')!r}: {status.get('error') or 'not streaming yet'}"
+    return None
 
 
 class WalArchive:
@@ -754,17 +786,9 @@ class WalArchive:
     def _gz_identity(self, sealed: Path, segment_size: int) -> tuple[int, str, str] | None:
         """(size, sha256, raw sha256) of a ``.gz`` holding exactly one segment, None if it does not."""
         fd = _open_regular(sealed)
-        digest, raw_digest, size, raw_size = hashlib.sha256(), hashlib.sha256(), 0, 0
-
-        def counted() -> Iterator[bytes]:
-            nonlocal size
-            for chunk in _read_chunks(fd):
-                digest.update(chunk)
-                size += len(chunk)
-                yield chunk
-
+        sealed_bytes, raw_digest, raw_size = _HashedChunks(fd), hashlib.sha256(), 0
         try:
-            for out in _gunzip_chunks(counted(), segment_size, sealed.name):
+            for out in _gunzip_chunks(sealed_bytes, segment_size, sealed.name):
                 raw_digest.update(out)
                 raw_size += len(out)
         except CorruptWal:
@@ -773,7 +797,7 @@ class WalArchive:
             os.close(fd)
         if raw_size != segment_size:
             return None
-        return size, digest.hexdigest(), raw_digest.hexdigest()
+        return sealed_bytes.size, sealed_bytes.digest.hexdigest(), raw_digest.hexdigest()
 
     def _seal_orphan(self, sealed: Path, catalogued: dict[str, WalEntry], segment_size: int, whole: int) -> WalEntry:
         """A ``<seg>.gz`` nobody catalogued (a crash after its rename, or after a removal's
@@ -890,6 +914,57 @@ class WalArchive:
         found = self.partials()
         return found[-1] if found else None
 
+    # -- what the receiver has received (its heartbeat, the growing segment)
+
+    def status(self) -> dict[str, Any] | None:
+        """The receiver's heartbeat (``receiver.json``), None when absent or unreadable (a torn write is absent)."""
+        try:
+            value = json.loads(self.status_path.read_text())
+        except (OSError, ValueError):
+            return None
+        return value if isinstance(value, dict) else None
+
+    def latest_received(self, entries: Sequence[WalEntry]) -> datetime | None:
+        """When WAL was last received: the newest of the last sealed segment's seal time, the
+        growing segment's last write, and the heartbeat of a receiver that says it streams."""
+        times: list[datetime] = [e.sealed_at for e in entries if e.kind == "segment"][-1:]
+        partial = self.partial()
+        if partial is not None:
+            try:
+                times.append(as_utc(datetime.fromtimestamp(partial.stat().st_mtime).astimezone()))
+            except FileNotFoundError:
+                pass
+        status = self.status()
+        if status and status.get("state") == "streaming" and status.get("heartbeat_at"):
+            try:
+                times.append(parse_time(status["heartbeat_at"]))
+            except ValueError:
+                pass
+        return max(times) if times else None
+
+    def received_end_lsn(self, entries: Sequence[WalEntry], segment_size: int) -> int:
+        """An upper bound of the WAL received: the end of the growing segment, else of the last sealed one."""
+        ends = [segment_start_lsn(e.segno + 1, segment_size) for e in entries if e.kind == "segment" and e.segno is not None]
+        partial = self.partial()
+        if partial is not None:
+            parsed = parse_wal_name(partial.name[: -len(".partial")], segment_size)
+            if parsed is not None:
+                ends.append(segment_start_lsn(parsed[1] + 1, segment_size))
+        return max(ends, default=0)
+
+    def received_end_segno(self, entries: Sequence[WalEntry], segment_size: int) -> int | None:
+        """The last segment that must be sealed while the receiver writes a later one: the one
+        before the growing ``.partial`` (on the newest timeline). A segment missing right
+        before it is a gap, though it is at the end of the catalog. None without a partial."""
+        partial = self.partial()
+        parsed = parse_wal_name(partial.name[: -len(".partial")], segment_size) if partial is not None else None
+        if parsed is None:
+            return None
+        newest = newest_timeline(entries)
+        if newest is not None and parsed[0] != newest:
+            return None
+        return parsed[1] - 1
+
     # -- reading back
 
     def path_of(self, entry: WalEntry) -> Path:
@@ -913,20 +988,13 @@ class WalArchive:
         tmp = dest.with_name(f".{dest.name}{_TMP_MARK}{secrets.token_hex(6)}")
         out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, FILE_MODE)
         try:
-            digest, raw_digest, size, raw_size = hashlib.sha256(), hashlib.sha256(), 0, 0
-
-            def counted() -> Iterator[bytes]:
-                nonlocal size
-                for chunk in _read_chunks(fd):
-                    digest.update(chunk)
-                    size += len(chunk)
-                    yield chunk
-
-            stream = _gunzip_chunks(counted(), segment_size, entry.file) if entry.compressed else counted()
+            sealed_bytes, raw_digest, raw_size = _HashedChunks(fd), hashlib.sha256(), 0
+            stream = _gunzip_chunks(sealed_bytes, segment_size, entry.file) if entry.compressed else sealed_bytes
             for chunk in stream:
                 raw_digest.update(chunk)
                 raw_size += len(chunk)
                 _write_all(out, chunk)
+            size, digest = sealed_bytes.size, sealed_bytes.digest
             if size != entry.size or digest.hexdigest() != entry.sha256:
                 raise CorruptWal(
                     f"{entry.file} does not match the catalog ({size} bytes, sha256 {digest.hexdigest()}; "

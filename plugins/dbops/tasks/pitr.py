@@ -139,13 +139,15 @@ def check_wal() -> dict:
         server_error = f"{type(exc).__name__}: {exc}"
     previous = check.read_json(archive.root / check.CHECK_FILE)
     since = parse_time(previous["at"]) if previous and previous.get("at") else None
-    entries = archive.entries() if archive.catalog_path.exists() else []
+    header = archive.header() if archive.catalog_path.exists() else None
+    entries = archive.entries() if header else []
     rehashed, rehash_problems = check.rehash_new(archive, entries, since)
     result = check.evaluate(
-        server=server, server_error=server_error,
-        status=check.read_json(archive.status_path), header=archive.header() if archive.catalog_path.exists() else None,
+        server=server, server_error=server_error, status=archive.status(), header=header,
         entries=entries, unsealed=check.unsealed_ages(archive, now) if archive.segments.exists() else [],
         bases=base_backups(config), rehash_problems=rehash_problems,
+        latest_received=archive.latest_received(entries),
+        end_segno=archive.received_end_segno(entries, header["wal_segment_size"]) if header else None,
         slot=config.pitr.slot, max_lag_s=config.pitr.max_lag_s, seal_timeout_s=config.pitr.seal_timeout_s, now=now,
     )  # fmt: skip
     result.rehashed = rehashed
