@@ -24,7 +24,7 @@ from pathlib import Path
 
 from bench.env import REPO, Bench, machine, versions
 from bench.report import write_markdown
-from bench.rows import Context, dag_parse, jobs, offsite, postgres, redis
+from bench.rows import Context, dag_parse, jobs, offsite, pitr, postgres, redis
 
 # The order matters: rows reuse the dataset and artifacts of earlier rows, and the memory
 # row measures the small database before the main rows grow it and the large one last.
@@ -37,13 +37,16 @@ STEPS = [
     ("redis_backup", redis.run),
     ("pg_maintenance", jobs.maintenance_row),
     ("nightly", jobs.nightly_row),
+    ("pitr", pitr.rows),
     ("memory_large", lambda ctx: postgres.memory_measure(ctx, ctx.memory_gb[1])),
     ("pg_backup_memory", postgres.memory_row),
+    ("pitr_memory", pitr.memory_row),
     ("dag_parse", dag_parse.run),
 ]
 EXPECTED_ROWS = [
     "pg_backup_vs_dumpall", "pg_backup_vs_floor", "pg_restore", "pg_backup_memory", "redis_backup_stall",
     "pg_maintenance_writer", "offsite_second_sync", "s3_upload", "nightly_all", "dag_parse",
+    "pitr_base_backup", "pitr_restore_time", "pitr_recovery_point", "pitr_repository_bytes", "pitr_memory",
 ]  # fmt: skip
 
 
@@ -60,9 +63,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--only", nargs="+", choices=[name for name, _ in STEPS], metavar="STEP",
                         help="run only these steps (later steps may need earlier ones' artifacts)")
     parser.add_argument("--work", type=Path, help="folder for datasets and artifacts (default bench/data/)")
+    parser.add_argument("--note", help="with --only into the recorded results: a note on the partial run "
+                        "(e.g. that the machine was shared), shown on the page")
     args = parser.parse_args(argv)
     if args.smoke and args.out is None:
         parser.error("--smoke needs --out DIR: a smoke run never overwrites the recorded results")
+    if args.note and not args.only:
+        parser.error("--note is for a partial run (--only)")
     for name in ("scale", "redis_mb", "repetitions"):
         value = getattr(args, name)
         if value is not None and value <= 0:
@@ -96,6 +103,22 @@ def one_run_at_a_time():
     except BlockingIOError:
         raise SystemExit("another benchmark run is in progress (it holds the scratch servers); wait for it") from None
     return handle
+
+
+def merge_partial(recorded: dict, partial: dict, steps: list[str], note: str | None) -> dict:
+    """``recorded`` with the rows (and failures) of a ``--only`` run in place of its own; the
+    partial run's time, settings, machine and note are listed under ``partial_runs``."""
+    new_ids = {row["id"] for row in partial["rows"]}
+    merged = dict(recorded)
+    merged["rows"] = [row for row in recorded["rows"] if row["id"] not in new_ids] + partial["rows"]
+    merged["failures"] = [f for f in recorded.get("failures", []) if f["step"] not in steps] + partial["failures"]
+    merged["missing_rows"] = [r for r in EXPECTED_ROWS if r not in {row["id"] for row in merged["rows"]}]
+    merged["partial_runs"] = [
+        *[run for run in recorded.get("partial_runs", []) if not set(run["rows"]) <= new_ids],
+        {key: partial.get(key) for key in ("started_at", "mode", "seconds", "settings", "machine", "versions")}
+        | {"steps": steps, "rows": sorted(new_ids), "note": note},
+    ]
+    return merged
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -139,6 +162,10 @@ def main(argv: list[str] | None = None) -> int:
     result["seconds"] = round(time.perf_counter() - started, 1)
     missing = [r for r in EXPECTED_ROWS if r not in {row["id"] for row in result["rows"]}]
     result["missing_rows"] = missing
+    if args.only and json_path.exists() and not args.smoke:
+        # a partial run into recorded results replaces its own rows and keeps every other one
+        result = merge_partial(json.loads(json_path.read_text()), result, args.only, args.note)
+        missing = result["missing_rows"]
     json_path.parent.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps(result, indent=2, default=str) + "\n")
     write_markdown(result, md_path)

@@ -30,16 +30,19 @@ class Run:
         return json.loads(lines[-1])
 
 
-def _tree_rss(proc) -> int:
+def _tree_rss(proc, exclude: tuple[str, ...] = (), skip_forks: bool = False) -> int:
     import psutil
 
     total = 0
     try:
         members = [proc, *proc.children(recursive=True)]
+        own_name = proc.name() if skip_forks else None
     except psutil.Error:
         return 0
     for member in members:
         try:
+            if member is not proc and (member.name() in exclude or member.name() == own_name):
+                continue
             total += member.memory_info().rss
         except psutil.Error:
             pass
@@ -54,10 +57,15 @@ def run_measured(
     cwd: str | None = None,
     sample_every: float = 0.05,
     on_line: Callable[[str], None] | None = None,
+    exclude: tuple[str, ...] = (),
+    skip_forks: bool = False,
 ) -> Run:
     """Run ``argv`` to its end: wall seconds and peak RSS of its whole process tree
     (sampled every ``sample_every`` s with psutil). A non-zero exit raises BenchError.
-    ``on_line`` sees each stdout line as it comes (markers of a worker's phases)."""
+    ``on_line`` sees each stdout line as it comes (markers of a worker's phases);
+    child processes named in ``exclude`` are left out of the RSS (a server the worker starts),
+    and with ``skip_forks`` children named like the root process too (a fork of the worker not
+    yet exec'ed shares its pages but would count them twice)."""
     import psutil
 
     started = time.perf_counter()
@@ -84,7 +92,7 @@ def run_measured(
     for reader in readers:
         reader.start()
     while proc.poll() is None:
-        peak = max(peak, _tree_rss(handle))
+        peak = max(peak, _tree_rss(handle, exclude, skip_forks))
         time.sleep(sample_every)
     seconds = time.perf_counter() - started
     for reader in readers:

@@ -18,6 +18,11 @@ HOW_TO_RUN = """\
 - `make bench-smoke`: tiny data, one repetition, into a temporary folder (never this page);
   fails if any pair fails or gives no number. `tests/bench/test_bench_smoke.py` runs it in the suite (CI).
 - `.venv/bin/python -m bench --scale 0.2 --out /tmp/bench`: a medium run.
+- `.venv/bin/python -m bench --only pitr pitr_memory --note "..."`: the point-in-time recovery
+  rows alone, merged into `bench/results/latest.json` and this page in place of their earlier
+  numbers (every other row is kept; the partial run is listed above the table). Their anchor is
+  Barman 3.19.1, installed on first use into its own virtualenv under the local state folder
+  (`bench/barman.py`; never into `.venv`).
 
 Each pair runs side by side in the same run on the same data, in alternating (for three
 sides, rotating) order; the tables give the median of the runs with min and max. The
@@ -25,8 +30,11 @@ old way is the platform's cron scripts (`pg_dumpall | gzip`, `redis-cli SAVE` + 
 `ANALYZE; REINDEX DATABASE; VACUUM FULL`, `rsync -avz --delete`, boto3 defaults), with
 the local connection settings; secrets go through the environment instead of argv.
 The dbops side runs the real task code (`bench/worker.py`: the nightly backup's adapters
-and runner, `restore_postgres`, the offsite targets, `dag.test()`), or the real DAG
-through `airflow dags test`.
+and runner, `restore_postgres`, the offsite targets, `dag.test()`, `take_base_backup`,
+`plan_recovery` + `recover`), or the real DAG through `airflow dags test`. For point-in-time
+recovery the old way is Barman (`barman backup`, `barman recover`, its streaming archiver)
+streaming from the same server at the same time as the dbops receiver (`bench/rows/pitr.py`
+says how each number is taken).
 """
 
 
@@ -62,6 +70,12 @@ def write_markdown(result: dict, path: Path, notes_path: Path = NOTES) -> None:
         *([] if result["mode"] == "full" else [
             f"**Not the full benchmark** ({result['mode']} run, smaller than the issue's sizes): "
             "`make bench` records the real numbers.", ""]),
+        *[line for run in result.get("partial_runs", []) for line in (
+            f"Rows {', '.join(f'`{r}`' for r in run['rows'])} measured in a run of their own "
+            f"({', '.join(run['steps'])}), {run['started_at']} ({run['mode']}, {run['seconds']:.0f} s, "
+            f"{run['settings']['repetitions']} repetition(s), Postgres {run['settings']['postgres_gb']} GB, "
+            f"load average at start {run['machine']['load_average_at_start']})"
+            + (f": {run['note']}" if run.get("note") else "") + ".", "")],
         f"Machine: {machine['cpus']} CPUs, {machine['ram_bytes'] / 1024**3:.0f} GiB RAM, kernel {machine['kernel']}, "
         f"load average at start {machine['load_average_at_start']}.",
         "",

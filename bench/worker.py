@@ -8,7 +8,8 @@ Prints one JSON line with the result last. Actions:
 ``pg_backup`` (what backup_postgres does for the databases and ``_globals``), ``pg_restore``
 (what restore_postgres does), ``redis_backup``, ``offsite`` (what ship_<target> does) and
 ``dag_test`` (a whole DAG with ``dag.test()``, after an untimed warm-up run; it prints
-``JOB START`` / ``JOB END`` around the timed run).
+``JOB START`` / ``JOB END`` around the timed run), ``pitr_base_backup`` (what the base backup
+task does) and ``pitr_restore`` (a point-in-time restore into a scratch server, up to promoted).
 """
 
 from __future__ import annotations
@@ -113,7 +114,59 @@ def dag_test(args: dict) -> dict:
     return {"dag_id": args["dag_id"], "state": state}
 
 
-ACTIONS = {f.__name__: f for f in (pg_backup, pg_restore, redis_backup, offsite, dag_test)}
+def _pitr_endpoints(config):
+    """(admin, replication) endpoints, from the connections the PITR tasks read."""
+    from dbops import connections
+
+    admin = connections.endpoint(config.connections.postgres, "postgres")
+    replication = connections.endpoint(config.connections.postgres_replication, "postgres")
+    return admin, replication
+
+
+def _wal_archive(config):
+    from pathlib import Path
+
+    from dbops.pitr.wal import WAL_DIR, WalArchive
+
+    return WalArchive(Path(config.backup.root) / WAL_DIR)
+
+
+def pitr_base_backup(args: dict) -> dict:
+    """What the base backup task does: take_base_backup, published once its WAL is sealed."""
+    from dbops.pitr.basebackup import take_base_backup
+    from dbops.tasks.backup import repository
+
+    config = _config()
+    admin, replication = _pitr_endpoints(config)
+    backup = take_base_backup(
+        repository(config), _wal_archive(config), endpoint=replication, admin=admin,
+        compression=config.pitr.base_backup_compression, wait_for_wal_s=config.pitr.wait_for_wal_s,
+        run_id=f"bench__{uuid.uuid4().hex}", dag_id="dbops_pitr_base_backup",
+        logical_date=datetime.now(timezone.utc), log=log.info,
+    )  # fmt: skip
+    return {"backup_id": backup.backup_id, "total_bytes": backup.total_bytes, "path": str(backup.path)}
+
+
+def pitr_restore(args: dict) -> dict:
+    """What the point-in-time restore task does: plan_recovery (every refusal first) then
+    recover into a scratch server, returned promoted and left running (the caller stops it).
+    ``target_time`` ISO 8601 with its zone, or None for latest."""
+    from dbops.pitr.recovery import RecoveryTarget, restore_pitr
+    from dbops.tasks.backup import repository
+
+    config = _config()
+    now = datetime.now(timezone.utc)
+    target_time = args.get("target_time")
+    target = RecoveryTarget.parse("time" if target_time else "latest", target_time or "", now=now)
+    _plan, server = restore_pitr(
+        repository(config), _wal_archive(config), target, now=now, scratch_dir=config.pitr.scratch_dir,
+        server_bin=config.pitr.server_bin, os_user=config.pitr.scratch_os_user, log=log.info,
+    )  # fmt: skip
+    return server.to_dict()
+
+
+ACTIONS = {f.__name__: f for f in (pg_backup, pg_restore, redis_backup, offsite, dag_test, pitr_base_backup,
+                                   pitr_restore)}
 
 
 def main() -> int:

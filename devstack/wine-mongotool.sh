@@ -55,7 +55,9 @@ export WINEDLLOVERRIDES="mscoree,mshtml="
 # session starts wineserver and the system processes (services.exe, explorer.exe, ...);
 # they inherit that program's stderr and outlive it by ~3 s, so a caller that reads the
 # tool's output until EOF (subprocess.run(capture_output=True), `$(...)`) would wait for
-# them. wineserver answers 0 when it started a new server, 2 when one already runs.
+# them. wineserver answers 0 when it started a new server, 2 when one already runs. It
+# stays up 30 s after the last client (-p30): a tool started while a server is shutting
+# down after the previous one can fail at once with no output (seen once in a full test run).
 wineserver=""
 for candidate in "$(dirname -- "$(readlink -f -- "$wine")")/wineserver" \
     /usr/lib/wine/wineserver64 /usr/lib/wine/wineserver wineserver64 wineserver; do
@@ -65,7 +67,7 @@ for candidate in "$(dirname -- "$(readlink -f -- "$wine")")/wineserver" \
     fi
 done
 if [[ -n $wineserver && -d $WINEPREFIX ]]; then
-    if "$wineserver" </dev/null >/dev/null 2>&1; then
+    if "$wineserver" -p30 </dev/null >/dev/null 2>&1; then
         "$wine" wineboot </dev/null >/dev/null 2>&1 || true
     fi
 fi
