@@ -13,7 +13,7 @@ import pytest
 from dbops.backup.repository import BackupRepository, format_time
 from dbops.config import DbopsConfig
 from dbops.pitr import check
-from dbops.pitr.wal import BASE_STORE, WAL_DIR
+from dbops.pitr.wal import BASE_STORE, WAL_DIR, WalArchive
 from dbops.status import pitr
 
 UTC = timezone.utc
@@ -76,7 +76,7 @@ def test_window_lag_check_and_base_backups_newest_first_with_drills(repo, wal_ro
     repo.record(newer, "drill", {"ok": False, "target": "2026-12-01T05:00:00Z",
                                  "differences": ["marker 17 missing"]}, now=NOW - timedelta(hours=2))
     write_json(wal_root / check.CHECK_FILE, check_result(NOW - timedelta(minutes=4)))
-    write_json(wal_root / pitr.RECEIVER_FILE, heartbeat(NOW - timedelta(seconds=3)))
+    write_json(WalArchive(wal_root).status_path, heartbeat(NOW - timedelta(seconds=3)))
     before = snapshot(repo.root)
 
     result = pitr.pitr_overview(repo, wal_root, NOW, enabled=True, max_lag_s=60)
@@ -126,7 +126,7 @@ def test_a_failed_check_shows_its_problems_and_a_late_lag(repo, wal_root):
                 "the receiver is 95 s (8000 bytes) behind the server (pitr.max_lag_s 60)"]
     write_json(wal_root / check.CHECK_FILE, check_result(NOW - timedelta(minutes=10), ok=False,
                                                           problems=problems, lag_s=95.0, lag_bytes=8000))
-    write_json(wal_root / pitr.RECEIVER_FILE, heartbeat(NOW - timedelta(seconds=2)))
+    write_json(WalArchive(wal_root).status_path, heartbeat(NOW - timedelta(seconds=2)))
 
     result = pitr.pitr_overview(repo, wal_root, NOW, enabled=True, max_lag_s=60)
 
@@ -183,7 +183,7 @@ def test_a_torn_check_file_reads_as_never_checked(repo, wal_root):
     ({**heartbeat(NOW), "heartbeat_at": None}, "unreadable", False, None),
 ])
 def test_receiver_states(repo, wal_root, beat, state, alive, error):
-    write_json(wal_root / pitr.RECEIVER_FILE, beat)
+    write_json(WalArchive(wal_root).status_path, beat)
 
     receiver = pitr.pitr_overview(repo, wal_root, NOW, enabled=True)["receiver"]
 

@@ -432,13 +432,9 @@ def plan_offsite_wal(
         return [], ["no WAL offsite: nothing to expire"]
     infos = []
     for item in bases:
-        details = item.backup.manifest.get("details", {})
-        try:
-            infos.append(BaseInfo(
-                backup_id=item.backup_id, taken_at=item.backup.finished_at, timeline=int(details["timeline"]),
-                start_lsn=parse_lsn(details["start_lsn"]), stop_lsn=parse_lsn(details["stop_lsn"]),
-                verified=judged(item, None).verified, pinned=False,
-            ))  # fmt: skip
+        try:  # pins are local sidecars, never shipped: offsite nothing is pinned
+            infos.append(BaseInfo.of(item.backup_id, item.backup.taken_at, item.backup.manifest.get("details", {}),
+                                     verified=judged(item, None).verified, pinned=False))  # fmt: skip
         except (KeyError, ValueError, TypeError) as exc:
             return [], [f"base backup {item.backup_id} offsite: its manifest does not say where its WAL is ({exc}); "
                         "nothing expired"]  # fmt: skip

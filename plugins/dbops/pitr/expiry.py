@@ -15,7 +15,7 @@ from typing import Any
 from dbops.backup.repository import Backup, BackupRepository
 from dbops.backup.retention import RetentionRefused, check_clock
 from dbops.pitr.retention import BaseInfo, plan_wal_retention
-from dbops.pitr.wal import BASE_STORE, WalArchive, parse_lsn
+from dbops.pitr.wal import BASE_STORE, WalArchive
 
 LogFn = Callable[[str], None]
 
@@ -23,17 +23,9 @@ LogFn = Callable[[str], None]
 def base_info(backup: Backup) -> BaseInfo:
     """Retention's view of a base backup: its place in the WAL (manifest details), its
     verdict, and whether a ``pin`` sidecar holds it."""
-    details = backup.manifest.get("details") or {}
     pin = backup.sidecars.get("pin") or {}
-    return BaseInfo(
-        backup_id=backup.backup_id,
-        taken_at=backup.taken_at,
-        timeline=int(details["timeline"]),
-        start_lsn=parse_lsn(details["start_lsn"]),
-        stop_lsn=parse_lsn(details["stop_lsn"]),
-        verified=backup.verified,
-        pinned=pin.get("pinned") is True,
-    )
+    return BaseInfo.of(backup.backup_id, backup.taken_at, backup.manifest.get("details") or {},
+                       verified=backup.verified, pinned=pin.get("pinned") is True)  # fmt: skip
 
 
 def expire_pitr(

@@ -191,7 +191,7 @@ def target_from_params(target_time: str = "", target_lsn: str = "", target_name:
 
 
 @dataclass(frozen=True)
-class BaseInfo:
+class RecoveryBase:
     """Where a base backup sits in the WAL (from its manifest's details)."""
 
     backup: Backup
@@ -201,7 +201,7 @@ class BaseInfo:
     consistent_at: datetime
 
     @classmethod
-    def of(cls, backup: Backup) -> BaseInfo:
+    def of(cls, backup: Backup) -> RecoveryBase:
         details = backup.manifest.get("details") or {}
         try:
             return cls(backup, int(details["timeline"]), parse_lsn(details["start_lsn"]), parse_lsn(details["stop_lsn"]),
@@ -237,7 +237,7 @@ class RecoveryPlan:
     repo: BackupRepository
     archive: WalArchive
     target: RecoveryTarget
-    base: BaseInfo
+    base: RecoveryBase
     segment_size: int
     window: RecoveryWindow
     wal_segments: int
@@ -262,7 +262,7 @@ class RecoveryPlan:
         }
 
 
-def _chain_problems(entries: list[Any], info: BaseInfo, segment_size: int, end_segno: int | None) -> list[str]:
+def _chain_problems(entries: list[Any], info: RecoveryBase, segment_size: int, end_segno: int | None) -> list[str]:
     start = info.start_lsn // segment_size
     end = end_segno if end_segno is not None and end_segno >= start else None
     return check_chain(entries, info.timeline, info.start_lsn, segment_size=segment_size, end_segno=end)
@@ -287,7 +287,7 @@ def plan_recovery(
     segment_size = int(header["wal_segment_size"])
     entries = archive.entries()
     backups = repo.list(BASE_STORE)
-    verified = [BaseInfo.of(b) for b in backups if b.verified]
+    verified = [RecoveryBase.of(b) for b in backups if b.verified]
     if not verified:
         raise RecoveryRefused(f"no verified base backup in {repo.series_path(BASE_STORE)} ({len(backups)} unverified)")
     end_segno = archive.received_end_segno(entries, segment_size)
@@ -890,7 +890,7 @@ def drill_pitr(
     if not verified:
         raise RecoveryRefused(f"no verified base backup in {repo.series_path(BASE_STORE)}: the PITR drill has nothing to restore")
     backup = verified[-1]
-    base = BaseInfo.of(backup)
+    base = RecoveryBase.of(backup)
     database = marker_database or live.database or MAINTENANCE_DB
     try:
         ensure_markers(live, database)
@@ -949,7 +949,7 @@ def drill_pitr(
     return {**result, "target_time": target.value, "markers": [first.id, second.id], "marker_database": database}
 
 
-def _wait_received(archive: WalArchive, live: Endpoint, base: BaseInfo, lsn: int, *, timeout_s: float, log: LogFn) -> None:
+def _wait_received(archive: WalArchive, live: Endpoint, base: RecoveryBase, lsn: int, *, timeout_s: float, log: LogFn) -> None:
     """Wait until the WAL up to ``lsn`` is sealed; a gap is not waited for (the plan names it)."""
     segment_size = archive.segment_size
     try:

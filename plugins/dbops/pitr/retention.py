@@ -24,14 +24,16 @@ kept base backup at all nothing is deleted: nothing would anchor the chain.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 from dbops.pitr.wal import (
     WalEntry,
     check_segment_size,
     last_segno_before,
+    parse_lsn,
     segment_name,
     segno_of,
     timeline_lineage,
@@ -49,6 +51,12 @@ class BaseInfo:
     stop_lsn: int
     verified: bool  # its latest verify / PITR drill passed
     pinned: bool
+
+    @classmethod
+    def of(cls, backup_id: str, taken_at: datetime, details: Mapping[str, Any], *, verified: bool, pinned: bool) -> BaseInfo:
+        """From a base backup's manifest details (``timeline``, ``start_lsn``, ``stop_lsn``)."""
+        return cls(backup_id, taken_at, int(details["timeline"]), parse_lsn(details["start_lsn"]),
+                   parse_lsn(details["stop_lsn"]), verified, pinned)  # fmt: skip
 
     def __post_init__(self) -> None:
         if self.taken_at.tzinfo is None or self.taken_at.utcoffset() is None:

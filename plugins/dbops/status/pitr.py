@@ -19,12 +19,11 @@ from typing import Any
 
 from dbops.backup.repository import Backup, BackupRepository, as_utc, format_time, parse_time
 from dbops.pitr import check
-from dbops.pitr.wal import BASE_STORE
+from dbops.pitr.wal import BASE_STORE, WalArchive
 from dbops.status.overview import backup_entry
 
 # the WAL check runs every 15 minutes: a result older than two missed runs is stale
 CHECK_STALE_AFTER_S = 30 * 60
-RECEIVER_FILE = "receiver.json"
 
 NEVER_CHECKED = "never checked"
 NEVER_REPORTED = "never reported"
@@ -141,7 +140,7 @@ def pitr_overview(repo: BackupRepository, wal_root: Path, now: datetime, *, enab
                 "base_backups": [], "base_backups_status": None, "base_backups_error": None}
     raw = check.read_json(wal_root / check.CHECK_FILE)
     checked = last_check(raw, now, stale_after_s)
-    receiver = receiver_state(check.read_json(wal_root / RECEIVER_FILE), now)
+    receiver = receiver_state(WalArchive(wal_root).status(), now)
     receiver["lag_s"], receiver["lag_bytes"], receiver["lag_as_of"] = checked["lag_s"], checked["lag_bytes"], checked["at"]
     receiver["lag_over_limit"] = (max_lag_s is not None and checked["lag_s"] is not None and checked["lag_s"] > max_lag_s)
     window = {

@@ -116,7 +116,7 @@ def backup_task(store: str):
     return backup
 
 
-def _run_started_at(dag_run):
+def run_started_at(dag_run):
     """When the run started by Airflow's clock (the scheduler's or the API server's, not this
     worker's): its start, or its run_after when later (``airflow dags test`` of a past date
     starts the run "at" that date); None when neither is known."""
@@ -149,7 +149,7 @@ def retention_task(store: str):
                 run_id=context["run_id"],
                 dag_id=context["dag"].dag_id,
                 now=utc_now(),
-                run_started_at=_run_started_at(context["dag_run"]),
+                run_started_at=run_started_at(context["dag_run"]),
                 max_clock_skew=timedelta(minutes=config.backup.max_clock_skew_minutes),
                 max_delay=timedelta(hours=config.backup.retention_max_delay_hours),
                 dry_run=params["retention_dry_run"],

@@ -19,7 +19,7 @@ from dbops.alerting import DbopsAlert
 from dbops.config import DbopsConfig
 from dbops.dagkit import BACKUP_ASSETS, on_store
 from dbops.runtime import runtime_config
-from dbops.tasks.backup import _run_started_at, repository
+from dbops.tasks.backup import run_started_at, repository
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ def retention_pitr(made: dict) -> dict:
         new_backup_id=made["backup_id"],
         retention_days=config.pitr.retention_days or config.backup.retention_days,
         min_keep=config.pitr.min_keep,
-        now=utc_now(), run_started_at=_run_started_at(context["dag_run"]),
+        now=utc_now(), run_started_at=run_started_at(context["dag_run"]),
         max_clock_skew=timedelta(minutes=config.backup.max_clock_skew_minutes),
         max_delay=timedelta(hours=config.backup.retention_max_delay_hours),
         dry_run=params["retention_dry_run"], log=log.info,
