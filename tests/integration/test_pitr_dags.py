@@ -160,10 +160,12 @@ def test_restore_to_a_time_copies_exactly_the_rows_committed_before_it(platform,
     platform.insert(21, 30)  # committed after the target: must not be in the copy
     platform.received_now()
     assert platform.rows(DB) == list(range(1, 31))
-    run = run_dag(fresh(dagbag, "dbops_restore"), {
-        "store": "postgres", "backup_id": "latest", "database": DB, "target": COPY, "confirm_overwrite": "",
-        "topics": [], "target_time": target.isoformat(), "target_lsn": "", "target_name": "",
-    })  # fmt: skip
+    with platform.cluster.writer() as writer:  # the live cluster stays busy during the recovery and the copy
+        run = run_dag(fresh(dagbag, "dbops_restore"), {
+            "store": "postgres", "backup_id": "latest", "database": DB, "target": COPY, "confirm_overwrite": "",
+            "topics": [], "target_time": target.isoformat(), "target_lsn": "", "target_name": "",
+        })  # fmt: skip
+    assert writer.rows > 0
     st = states(run)
     assert run.state == "success", st
     assert st["restore_postgres"] == "skipped" and st["restore_postgres_pitr"] == "success", st
@@ -201,7 +203,9 @@ def test_the_drill_dag_drills_point_in_time_recovery_beside_the_dumps(platform, 
     nightly = run_dag(without_retries(dagbag.get_dag("dbops_nightly_backup")), {
         "stores": ["postgres"], "retention_days": 30, "min_keep": 3, "retention_dry_run": False, "force": False})  # fmt: skip
     assert nightly.state == "success", states(nightly)
-    run = run_dag(without_retries(dagbag.get_dag("dbops_restore_drill")), {"stores": ["postgres"]})
+    with platform.cluster.writer() as writer:  # the drill's markers and WAL wait happen under a writer
+        run = run_dag(without_retries(dagbag.get_dag("dbops_restore_drill")), {"stores": ["postgres"]})
+    assert writer.rows > 0
     st = states(run)
     assert run.state == "success", st
     assert st["drill_postgres_pitr"] == "success" and st["summary"] == "success", st
