@@ -111,8 +111,18 @@ def dagbag(airflow_db):
 
 
 def run_dag(dag, conf: dict | None = None, logical_date=None):
-    """``dag.test()`` returning the DagRun; it does not raise on failure, so callers assert."""
-    return dag.test(run_conf=conf or {}, logical_date=logical_date)
+    """``dag.test()`` returning the DagRun; it does not raise on failure, so callers assert.
+
+    ``dag.test()`` writes the run's conf into the Param objects of the DAG and of its tasks
+    (shared with every copy of the DAG): the values they held are put back, so that a later
+    run gets the defaults and not this run's conf."""
+    held = [(param, param.value) for params in [dag.params, *(t.params for t in dag.tasks)]
+            for param in (params.get_param(k) for k in params)]  # fmt: skip
+    try:
+        return dag.test(run_conf=conf or {}, logical_date=logical_date)
+    finally:
+        for param, value in held:
+            param.value = value
 
 
 def task_result(dagrun, task_id: str):

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import os
 import shutil
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -79,6 +82,8 @@ def empty_prefix(client, bucket: str, prefix: str) -> None:
 
 class StubS3:
     """An in-memory stand-in for a boto3 S3 client: the calls S3Target makes, recorded.
+    Objects stored with ``ChecksumAlgorithm=SHA256`` get S3's ``ChecksumSHA256`` (one part);
+    a given ``ChecksumSHA256`` must match the body. The bucket has no Object Lock.
 
     ``fail_upload`` (a callable taking the key) can raise to simulate a dropped connection.
     """
@@ -93,18 +98,27 @@ class StubS3:
     def _store(self, key: str, data: bytes, args: dict | None) -> None:
         args = dict(args or {})
         metadata = args.pop("Metadata", {}) or {}
+        checksum = base64.b64encode(hashlib.sha256(data).digest()).decode()
+        if args.get("ChecksumSHA256") not in (None, checksum):
+            raise self._error("BadDigest", 400, "PutObject")
+        if args.pop("ChecksumAlgorithm", None) == "SHA256" or "ChecksumSHA256" in args:
+            args["ChecksumSHA256"] = checksum
         self.objects[key] = {"data": data, "metadata": dict(metadata), "args": args,
                              "modified": datetime.now(UTC)}  # fmt: skip
 
     @staticmethod
-    def _missing(op: str):
+    def _error(code: str, status: int, op: str):
         from botocore.exceptions import ClientError
 
-        return ClientError({"Error": {"Code": "404", "Message": "Not Found"},
-                            "ResponseMetadata": {"HTTPStatusCode": 404}}, op)  # fmt: skip
+        return ClientError({"Error": {"Code": code, "Message": code},
+                            "ResponseMetadata": {"HTTPStatusCode": status}}, op)  # fmt: skip
+
+    @classmethod
+    def _missing(cls, op: str):
+        return cls._error("404", 404, op)
 
     # -- the client API
-    def head_object(self, Bucket, Key):
+    def head_object(self, Bucket, Key, ChecksumMode=None):
         self.calls.append(("head", Key))
         if Key not in self.objects:
             raise self._missing("HeadObject")
@@ -129,6 +143,9 @@ class StubS3:
     def put_object(self, Bucket, Key, Body, **kwargs):
         self.calls.append(("put", Key))
         self._store(Key, Body if isinstance(Body, bytes) else Body.read(), kwargs)
+
+    def get_object_lock_configuration(self, Bucket):
+        raise self._error("ObjectLockConfigurationNotFoundError", 404, "GetObjectLockConfiguration")
 
     def get_object(self, Bucket, Key):
         import io
@@ -165,3 +182,19 @@ class StubS3:
                     yield {"Uploads": [u for u in stub.uploads if u["Key"].startswith(Prefix)]}
 
         return Paginator()
+
+
+@contextmanager
+def local_repository_gone(root: Path) -> Iterator[None]:
+    """The local repository unavailable, as after the loss of its disk. The tests run as
+    root, for whom ``chmod 000`` does not stop a read: the folder is moved away and a plain
+    file put in its place, so that anything opening the repository fails loudly (and
+    nothing can quietly create an empty one)."""
+    away = root.with_name(root.name + ".away")
+    root.rename(away)
+    root.write_text("the local repository is gone\n")
+    try:
+        yield
+    finally:
+        root.unlink()
+        away.rename(root)

@@ -19,6 +19,7 @@ Endpoint facts: ``cluster.host``, ``.port``, ``.superuser``/``.superuser_passwor
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -109,6 +110,16 @@ class PitrCluster:
             host=self.host, port=self.port, user=self.superuser, password=self.superuser_password,
             dbname=dbname, autocommit=True, connect_timeout=5,
         )  # fmt: skip
+
+    def connection_env(self, admin_conn: str, replication_conn: str) -> dict[str, str]:
+        """Airflow connections (``AIRFLOW_CONN_*``) of this cluster: its superuser as
+        ``admin_conn``, its replication role as ``replication_conn``."""
+        def uri(login: str, password: str) -> str:
+            return json.dumps({"conn_type": "postgres", "host": self.host, "port": self.port, "login": login,
+                               "password": password, "schema": "postgres"})  # fmt: skip
+
+        return {f"AIRFLOW_CONN_{admin_conn.upper()}": uri(self.superuser, self.superuser_password),
+                f"AIRFLOW_CONN_{replication_conn.upper()}": uri(self.replication_user, self.replication_password)}
 
     def system_identifier(self) -> str:
         with self.connect() as conn:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 from devstack.core import (
@@ -149,18 +150,36 @@ class Postgres(Service):
 
     def start(self) -> None:
         if not self.running():
-            self._as_user(
-                str(pg_bin() / "pg_ctl"),
-                "-D", str(self.data),
-                "-l", str(self.logfile),
-                "-o", f"-h 127.0.0.1 -p {self.port} -k {self.sockets}",
-                "-w", "-t", "60",
-                "start",
-            )  # fmt: skip
+            # The fixed ports lie in Linux's ephemeral range: a client socket of another process
+            # can hold the port for a moment (bind: "Address already in use"); wait it out.
+            for attempt in range(10):
+                try:
+                    self._as_user(
+                        str(pg_bin() / "pg_ctl"),
+                        "-D", str(self.data),
+                        "-l", str(self.logfile),
+                        "-o", f"-h 127.0.0.1 -p {self.port} -k {self.sockets}",
+                        "-w", "-t", "60",
+                        "start",
+                    )  # fmt: skip
+                    break
+                except DevstackError:
+                    if attempt == 9 or not self._port_was_taken():
+                        raise
+                    log(f"{self.name}: 127.0.0.1:{self.port} is taken for now; starting again in 3 s")
+                    time.sleep(3)
             self.process.adopt(int((self.data / "postmaster.pid").read_text().split()[0]))
         wait_until(self.ready, timeout=60, what="postgres")
         self._ensure_database()
         self._ensure_replication_role()
+
+    def _port_was_taken(self) -> bool:
+        """Whether the last start failed because its port was in use (the log's last lines)."""
+        try:
+            tail = self.logfile.read_text(errors="replace")[-2000:]
+        except OSError:
+            return False
+        return "Address already in use" in tail and "could not create any TCP/IP sockets" in tail
 
     def _connect(self, dbname: str = "postgres"):
         import psycopg

@@ -1,5 +1,5 @@
 // The DB Ops page: everything shown comes from the JSON API beside the page
-// (api/overview, api/offsite, api/table-sizes, api/pitr). No library, no network beyond the API.
+// (api/recovery, api/overview, api/offsite, api/table-sizes, api/pitr). No library, no network beyond the API.
 "use strict";
 
 const COLORS = ["#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2", "#ca8a04", "#db2777"];
@@ -78,7 +78,8 @@ function backupRow(series, b) {
     el("td", { class: "drill" }, drillText(b.drill)),
     el("td", { class: "offsite", "data-key": `${series.series}/${b.backup_id}` }, el("span", { class: "empty" }, "…")),
     el("td", { class: "retention", title: b.retention.reason },
-      b.retention.keep ? el("span", { class: "ok" }, "keep") : el("span", { class: "warn" }, "would delete")),
+      b.retention.keep ? el("span", { class: "ok" }, "keep") : el("span", { class: "warn" }, "would delete"),
+      b.pinned ? [" ", el("span", { class: "pinned", title: b.pin_reason }, "pinned")] : null),
   );
 }
 
@@ -214,6 +215,32 @@ function pitrBlock(data) {
     el("h3", {}, "Base backups"), baseBackupTable(data)];
 }
 
+// ------------------------------------------------------------------ recovery points
+
+const STATUS_TEXT = { green: "green", late: "late", failed: "FAILED", off: "off" };
+
+function recoveryStore(store) {
+  return el("div", { class: "recovery-store", "data-store": store.store, "data-status": store.status },
+    el("b", { class: "store-name" }, store.store),
+    el("span", { class: `badge ${store.status}` }, STATUS_TEXT[store.status] || store.status),
+    store.reasons.length ? el("ul", { class: "reasons" }, store.reasons.map((r) => el("li", { class: "reason" }, r))) : null);
+}
+
+function recoveryBlock(data) {
+  if (data.error && !data.stores.length) return [errorBox(data.error)];
+  const dag = data.dag || {};
+  const judged = dag.at
+    ? el("span", { class: `dag-result${dag.stale ? " warn" : ""}` },
+        `dbops_recovery_check last judged ${age(dag.age_s)} ago: ${dag.status}${dag.stale ? " (stale: is the DAG paused?)" : ""}`)
+    : el("span", { class: "dag-result warn" }, dag.error || "dbops_recovery_check has not run yet");
+  const l = data.limits || {};
+  return [
+    el("div", { class: "recovery-stores" }, data.stores.map(recoveryStore)),
+    el("p", { class: "meta" }, `Checked now (${data.generated_at || "-"} UTC): newest verified backup under ${l.max_backup_age_hours} h, ` +
+      `offsite copy under ${l.max_offsite_age_hours} h, passed drill under ${l.max_drill_age_days} days, nightly run, staging, disk. `, judged),
+  ];
+}
+
 // ------------------------------------------------------------------ table sizes
 
 function sizeChart(data) {
@@ -269,7 +296,7 @@ async function loadOverview() {
     document.getElementById("generated").textContent = `As of ${data.generated_at || "-"} UTC, backup root ${data.backup_root}.`;
     const p = data.retention_policy;
     document.getElementById("policy").textContent =
-      `Retention: keep ${p.retention_days} days and at least ${p.min_keep} verified backups per series (evaluated now, nothing is deleted here).`;
+      `Retention: keep ${p.retention_days} days, the newest of each of the last ${p.keep_weekly || 0} weeks and ${p.keep_monthly || 0} months, pinned backups, and at least ${p.min_keep} verified backups per series (evaluated now, nothing is deleted here).`;
     stores.replaceChildren(...(data.backup_error ? [errorBox(data.backup_error)] : data.stores.map(storeBlock)));
     report.replaceChildren(maintenanceBlock(data));
     document.body.dataset.overview = "loaded";
@@ -292,6 +319,16 @@ async function loadOffsite() {
     document.getElementById("stores").prepend(errorBox(String(err)));
   }
   document.body.dataset.offsite = "loaded";
+}
+
+async function loadRecovery() {
+  const body = document.getElementById("recovery-body");
+  try {
+    body.replaceChildren(...recoveryBlock(await getJSON("api/recovery")));
+  } catch (err) {
+    body.replaceChildren(errorBox(String(err)));
+  }
+  document.body.dataset.recovery = "loaded";
 }
 
 async function loadPitr() {
@@ -320,6 +357,7 @@ async function loadSizes() {
   document.body.dataset.sizes = "loaded";
 }
 
+loadRecovery();
 loadOverview().then(loadOffsite);
 loadPitr();
 loadSizes();

@@ -90,6 +90,10 @@ class Schedules(_Section):
     health: str = "*/10 * * * *"
     base_backup: str = "30 1 * * *"
     wal_check: str = "*/15 * * * *"
+    # dbops_recovery_check: the age of every recovery point, every 30 minutes
+    recovery_check: str = "*/30 * * * *"
+    # the disaster-recovery drill: every store restored from each offsite target alone
+    dr_drill: str = "0 7 1 * *"
 
 
 class BackupSettings(_Section):
@@ -98,6 +102,10 @@ class BackupSettings(_Section):
     allowed_base: Path | None = None
     retention_days: int = Field(30, ge=1, le=3650)
     min_keep: int = Field(3, ge=1, le=1000)
+    # beyond the daily window: the newest backup of each of the last N calendar weeks
+    # (ISO, UTC) and months; 0 turns a tier off (see dbops.backup.retention)
+    keep_weekly: int = Field(8, ge=0, le=520)
+    keep_monthly: int = Field(12, ge=0, le=240)
     stale_staging_hours: int = Field(12, ge=1)
     stores: list[Store] = Field(default_factory=lambda: list(Store))
     # Retention trusts no single clock: it refuses when the worker's clock is further than
@@ -212,6 +220,8 @@ S3_STORAGE_CLASSES = (
     "GLACIER", "DEEP_ARCHIVE", "GLACIER_IR", "OUTPOSTS", "SNOW", "EXPRESS_ONEZONE",
 )  # fmt: skip
 S3_SSE_MODES = ("AES256", "aws:kms", "aws:kms:dsse")
+# offsite.s3_object_lock: auto (lock when the bucket has Object Lock), off, or a demanded mode
+S3_OBJECT_LOCK_SETTINGS = ("auto", "off", "governance", "compliance")
 _REMOTE_PATH = re.compile(r"^/[A-Za-z0-9._/+-]*$")
 _S3_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _S3_PREFIX = re.compile(r"^([A-Za-z0-9!_.*'()=+-]+(/[A-Za-z0-9!_.*'()=+-]+)*)?$")
@@ -238,9 +248,14 @@ class OffsiteSettings(_Section):
     s3_multipart_threshold_mib: int = Field(64, ge=5, le=5 * 1024)
     s3_multipart_chunk_mib: int = Field(64, ge=5, le=5 * 1024)  # x10000 parts = the largest file
     s3_max_concurrency: int = Field(4, ge=1, le=64)
+    # S3 Object Lock until each copy's expiry (finished_at + retention_days): auto = GOVERNANCE when
+    # the bucket has Object Lock enabled; governance / compliance refuse a bucket without it; off
+    s3_object_lock: str = "auto"
     # retention of the offsite copies: the local policy's rules, its own numbers
     retention_days: int = Field(30, ge=1, le=3650)
     min_keep: int = Field(3, ge=1, le=1000)
+    keep_weekly: int = Field(8, ge=0, le=520)
+    keep_monthly: int = Field(12, ge=0, le=240)
     # incomplete offsite entries that nothing will resume are removed after this long
     stale_staging_hours: int = Field(48, ge=1)
     # sha256 of every offsite backup on every run (default: sizes of all, content of new arrivals)
@@ -252,6 +267,10 @@ class OffsiteSettings(_Section):
     encryption_chunk_kib: int = Field(1024, ge=4, le=65536)
     # where encrypted copies are prepared for rsync (None: <backup.root>/.offsite-outbox)
     work_dir: Path | None = None
+    # where restores and drills from offsite fetch copies (one folder per target; None:
+    # <restore.scratch_dir or the system temp folder>/dbops-offsite-fetch); best off the disk of
+    # backup.root: a restore from offsite must work with that disk gone
+    fetch_dir: Path | None = None
 
     @field_validator("targets")
     @classmethod
@@ -303,6 +322,13 @@ class OffsiteSettings(_Section):
             raise ValueError(f"{value!r} is not one of {list(S3_SSE_MODES)}")
         return value
 
+    @field_validator("s3_object_lock")
+    @classmethod
+    def _object_lock(cls, value: str) -> str:
+        if value not in S3_OBJECT_LOCK_SETTINGS:
+            raise ValueError(f"{value!r} is not one of {list(S3_OBJECT_LOCK_SETTINGS)}")
+        return value
+
     @field_validator("s3_sse_kms_key_id")
     @classmethod
     def _kms_key(cls, value: str | None, info) -> str | None:
@@ -317,7 +343,7 @@ class OffsiteSettings(_Section):
             raise ValueError(f"{value!r} must be variable:<name> or connection:<conn_id>")
         return value
 
-    @field_validator("work_dir")
+    @field_validator("work_dir", "fetch_dir")
     @classmethod
     def _work_dir(cls, path: Path | None) -> Path | None:
         return None if path is None else checked_backup_root(path)
@@ -447,6 +473,40 @@ class MonitorSettings(_Section):
         if bad:
             raise ValueError(f"size limits must be positive byte counts, got {bad}")
         return limits
+
+
+class RecoveryPointSettings(_Section):
+    """dbops_recovery_check and the status at the top of the DB Ops page: how old the newest
+    recovery point of every store may be (Barman's last_backup_maximum_age, for every store)."""
+
+    # the newest verified backup of every store and database
+    max_backup_age_hours: float = Field(26.0, gt=0, le=24 * 366)
+    # the newest copy of every series on every offsite target
+    max_offsite_age_hours: float = Field(50.0, gt=0, le=24 * 366)
+    # the last passed restore drill of every series, and the last passed PITR drill
+    max_drill_age_days: float = Field(8.0, gt=0, le=366)
+    # the last passed DR drill (dbops_dr_drill, monthly) of every store from every offsite target
+    max_dr_drill_age_days: float = Field(35.0, gt=0, le=366)
+    # the newest verified base backup (pitr.enabled)
+    max_base_backup_age_hours: float = Field(26.0, gt=0, le=24 * 366)
+    # the last WAL check (it runs every 15 minutes); older is a warning
+    max_wal_check_age_minutes: float = Field(45.0, gt=0, le=7 * 24 * 60)
+    # the newest scheduled run of dbops_nightly_backup
+    max_nightly_gap_hours: float = Field(26.0, gt=0, le=24 * 366)
+    # an age past this fraction of its limit is "late" (a warning on the page, no alert)
+    late_fraction: float = Field(0.95, gt=0, le=1)
+    # the next backups are expected as big as the newest ones plus this fraction
+    disk_margin: float = Field(0.25, ge=0, le=10)
+    # series not checked, as "store" or "store/subject" (e.g. a dropped database's last backups)
+    ignore_series: list[str] = Field(default_factory=list)
+
+    @field_validator("ignore_series")
+    @classmethod
+    def _series(cls, names: list[str]) -> list[str]:
+        bad = [n for n in names if not re.fullmatch(r"[a-z0-9][a-z0-9_.-]{0,62}(/[a-z0-9_][a-z0-9_.-]{0,62})?", n)]
+        if bad:
+            raise ValueError(f"expected store or store/subject names, got {bad}")
+        return names
 
 
 class HealthSettings(_Section):
@@ -585,6 +645,7 @@ class DbopsConfig(_Section):
     maintenance: MaintenanceSettings = MaintenanceSettings()
     monitor: MonitorSettings = MonitorSettings()
     health: HealthSettings = HealthSettings()
+    recovery_point: RecoveryPointSettings = RecoveryPointSettings()
     restore: RestoreSettings = RestoreSettings()
     notify: NotifySettings = NotifySettings()
     executor: ExecutorSettings = ExecutorSettings()

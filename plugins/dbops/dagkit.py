@@ -60,6 +60,11 @@ def on_store(store: str) -> dict[str, Any]:
     return {**in_pool(f"dbops_{store}"), **({"queue": queue} if queue else {})}
 
 
+# offsite WAL ships (every 15 min), offsite expiries and pin changes never overlap: a retention
+# never reads the pins or the WAL catalog while they change
+OFFSITE_POOL = "dbops_offsite_wal"
+
+
 def in_pool(pool: str) -> dict[str, Any]:
     """Task arguments of work serialised by ``pool``: the pool and the heavy-task time limit."""
     return {"pool": pool, "execution_timeout": timedelta(minutes=CONFIG.executor.heavy_task_timeout_minutes)}

@@ -19,10 +19,13 @@ EXPECTED_SCHEDULES = {
     "dbops_pg_maintenance": "0 3 * * 0",
     "dbops_table_size_monitor": "0 0 * * *",
     "dbops_restore": None,
+    "dbops_pin": None,
     "dbops_restore_drill": "0 6 * * 6",
     "dbops_health": "*/10 * * * *",
     "dbops_base_backup": "30 1 * * *",
     "dbops_wal_check": "*/15 * * * *",
+    "dbops_recovery_check": "*/30 * * * *",
+    "dbops_dr_drill": "0 7 1 * *",
 }
 
 

@@ -155,9 +155,18 @@ def test_db_ops_page_shows_the_catalog(ui, airflow_api, backup_root, past_captur
     ui.get_by_role("link", name="DB Ops").click()
     ui.wait_for_url(re.compile(r"/plugin/dbops"))
     frame = ui.frame_locator("iframe")
-    for part in ("overview", "offsite", "sizes", "pitr"):
+    for part in ("overview", "offsite", "sizes", "pitr", "recovery"):
         frame.locator(f"body[data-{part}='loaded']").wait_for()
     shot(ui, "04-db-ops-page-in-the-ui")
+
+    # recovery points at the top: one badge per store, as api/recovery judges it now
+    recovery = ui.context.request.get(f"{airflow_api.base_url}/dbops/api/recovery").json()
+    shown = frame.locator("#recovery .recovery-store")
+    assert [(b.get_attribute("data-store"), b.get_attribute("data-status")) for b in shown.all()] == [
+        (s["store"], s["status"]) for s in recovery["stores"]]
+    for store in STORES:  # backed up just now: their backup age is green whatever else is judged
+        ages = [c for s in recovery["stores"] if s["store"] == store for c in s["checks"] if c["check"] == "backup_age"]
+        assert ages and all(c["status"] == "green" for c in ages), ages
 
     api = ui.context.request
     overview = api.get(f"{airflow_api.base_url}/dbops/api/overview").json()

@@ -25,8 +25,10 @@ SCHEDULED = {
     "dbops_health": ("*/10 * * * *", timedelta(minutes=10)),
     "dbops_base_backup": ("30 1 * * *", timedelta(days=1)),
     "dbops_wal_check": ("*/15 * * * *", timedelta(minutes=15)),
+    "dbops_recovery_check": ("*/30 * * * *", timedelta(minutes=30)),
+    "dbops_dr_drill": ("0 7 1 * *", timedelta(days=31)),  # the day of the month is not checked below
 }
-MANUAL = ("dbops_bootstrap", "dbops_restore")
+MANUAL = ("dbops_bootstrap", "dbops_restore", "dbops_pin")
 
 # 2026-01-03 is a Saturday: the window holds one drill (Sat 06:00), one maintenance (Sun 03:00),
 # and three nightly/monitor fire times.

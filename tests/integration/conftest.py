@@ -6,8 +6,10 @@ import json
 import secrets
 import socket
 import subprocess
+import threading
 import time
 import uuid
+from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
 import redis
@@ -78,3 +80,26 @@ def pitr_stack(pitr_cluster, tmp_path):
     stack = pitr_cluster.stack(tmp_path / "backups")
     yield stack
     stack.close()
+
+
+@pytest.fixture
+def alerts(monkeypatch):
+    """A webhook receiver behind the Airflow connection dbops_alerts; yields the received bodies."""
+    received: list[dict] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):
+            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("AIRFLOW_CONN_DBOPS_ALERTS", json.dumps(
+        {"conn_type": "http", "host": "127.0.0.1", "port": server.server_port, "schema": "http",
+         "extra": {"endpoint": "/alert"}}))
+    yield received
+    server.shutdown()

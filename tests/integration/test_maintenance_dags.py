@@ -5,10 +5,8 @@ and the real local Redis, Mongo and Kafka."""
 from __future__ import annotations
 
 import json
-import threading
 import time
 from datetime import datetime, timedelta, timezone
-from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import psycopg
 import pytest
@@ -32,29 +30,6 @@ def maint_conf(**params) -> dict:
 
 
 HEALTH = {"stores": ["postgres", "redis", "mongo", "kafka"]}
-
-
-@pytest.fixture
-def alerts(monkeypatch):
-    """A webhook receiver behind the Airflow connection dbops_alerts; yields the received bodies."""
-    received: list[dict] = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self):
-            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-            self.send_response(204)
-            self.end_headers()
-
-        def log_message(self, *args):
-            pass
-
-    server = HTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    monkeypatch.setenv("AIRFLOW_CONN_DBOPS_ALERTS", json.dumps(
-        {"conn_type": "http", "host": "127.0.0.1", "port": server.server_port, "schema": "http",
-         "extra": {"endpoint": "/alert"}}))
-    yield received
-    server.shutdown()
 
 
 @pytest.fixture

@@ -87,7 +87,8 @@ def _seed_old_backups(repo: BackupRepository, store: str, days: int, now: dateti
 
 
 def test_retention_after_a_good_backup_keeps_exactly_the_window(dagbag, dbops_variable, backup_root):
-    dbops_variable({"backup": {"root": str(backup_root)}})
+    # the window alone (weekly and monthly tiers off: tests/unit/test_retention_tiers.py has them)
+    dbops_variable({"backup": {"root": str(backup_root), "keep_weekly": 0, "keep_monthly": 0}})
     now = datetime.now(timezone.utc)
     repo = BackupRepository(backup_root)
     _seed_old_backups(repo, "redis", 40, now)

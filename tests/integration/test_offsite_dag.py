@@ -46,7 +46,8 @@ def offsite_env(devstack, airflow_db, tmp_path, monkeypatch):
     variable = {
         "backup": {"root": str(repo.root)},
         "offsite": {"rsync_remote_dir": str(remote), "s3_prefix": prefix,
-                    "s3_bucket": s3.environment()["DBOPS_OFFSITE__S3_BUCKET"]},
+                    "s3_bucket": s3.environment()["DBOPS_OFFSITE__S3_BUCKET"],
+                    "keep_weekly": 0, "keep_monthly": 0},  # the window alone: counts below
     }  # fmt: skip
     monkeypatch.setenv("AIRFLOW_VAR_DBOPS_CONFIG", json.dumps(variable))
     yield repo, remote, prefix

@@ -3,6 +3,8 @@ private sshd of this test that is killed mid-copy."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import shutil
 import signal
@@ -18,7 +20,7 @@ import pytest
 
 from dbops.backup.repository import BackupRepository, checks_ok
 from dbops.backup.retention import RetentionPolicy
-from dbops.offsite.common import OffsiteVerificationError
+from dbops.offsite.common import OffsiteVerificationError, SeriesKey
 from dbops.offsite.crypto import Encryption
 from dbops.offsite.restore import fetch_backup
 from dbops.offsite.retention import apply_offsite_retention
@@ -355,9 +357,25 @@ def test_restore_from_the_encrypted_offsite_copy(conn, remote, repo, tmp_path):
         assert secret[:48] not in (folder / "toc.dat.enc").read_bytes()
         assert ship(target, repo, encryption=enc)["bytes"]["literal_bytes"] == 0
 
+        envelope = json.loads((folder / "offsite.json").read_text())
+        assert envelope["encryption"]["scheme"] == "aes-256-gcm-chunked-v2" and len(envelope["manifest_mac"]) == 64
+
         restored = BackupRepository(tmp_path / "restored")
         log = Log()
         got = fetch_backup(target, restored, "postgres", "ai_platform", backup.backup_id, encryption=enc, log=log)
+
+        # the download resumes: what is already there intact is not fetched again, a damaged
+        # file with the right size and time is
+        key, dest = SeriesKey("postgres", "ai_platform"), tmp_path / "download"
+        assert target.download(key, backup.backup_id, dest, Log()).files_transferred == 4
+        (dest / "toc.dat.enc").unlink()
+        damaged = dest / "4000.dat.gz.enc"
+        st = damaged.stat()
+        damaged.write_bytes(bytes(st.st_size))
+        os.utime(damaged, ns=(st.st_atime_ns, st.st_mtime_ns))
+        again = target.download(key, backup.backup_id, dest, Log())
+        assert again.files_transferred == 2
+        assert damaged.read_bytes() == (folder / "4000.dat.gz.enc").read_bytes()
     assert (got.path / "toc.dat").read_bytes() == secret
     assert (got.path / "4000.dat.gz").read_bytes() == (backup.path / "4000.dat.gz").read_bytes()
     assert got.manifest == backup.manifest and checks_ok(restored.verify(got))
@@ -381,3 +399,94 @@ def test_incomplete_staging_nothing_will_resume_is_swept(conn, remote, repo):
                                          stale_after=timedelta(hours=48), log=Log())  # fmt: skip
     assert report["incomplete_removed"] == ["redis/20200101T000000Z"]
     assert not orphan.exists() and (remote / "redis" / kept.backup_id).is_dir()
+
+
+# --------------------------------------------------------------------------- integrity of encrypted copies
+
+
+def _rewrite_envelope(folder: Path, change) -> None:
+    path = folder / "offsite.json"
+    data = json.loads(path.read_text())
+    change({f["stored_path"]: f for f in data["files"]})
+    path.write_text(json.dumps(data))  # keeps the offsite user's file
+
+
+def test_a_swapped_or_moved_ciphertext_and_a_changed_manifest_are_caught(conn, remote, repo, tmp_path):
+    """Someone with write access to the offsite host swaps the two stored files of a backup,
+    puts one backup's file into another backup under the same path, and fixes offsite.json
+    to match (sizes and stored sha256): the host's hashes agree, decryption does not."""
+    a = make_backup(repo, "postgres", "ai_platform", files={"toc.dat": 9000, "3001.dat": 9000})
+    b = make_backup(repo, "postgres", "ai_platform", files={"toc.dat": 9000, "3001.dat": 9000})
+    enc = Encryption(os.urandom(32), 4096)
+    series = remote / "postgres" / "ai_platform"
+    fa, fb = series / a.backup_id, series / b.backup_id
+    with rsync_target(conn, remote, work_dir=tmp_path / "outbox") as target:
+        report = ship(target, repo, encryption=enc)
+        check = dict(expected=report["expected"], shipped=[], encryption=enc, log=Log())
+        assert verify_all(target, repo, STORES, deep=True, **check)["authenticated"] == 2
+
+        toc_a, data_a = (fa / "toc.dat.enc").read_bytes(), (fa / "3001.dat.enc").read_bytes()
+        (fa / "toc.dat.enc").write_bytes(data_a)
+        (fa / "3001.dat.enc").write_bytes(toc_a)
+        (fb / "toc.dat.enc").write_bytes(toc_a)  # the same path, from backup a
+
+        def swap(files):
+            files["toc.dat.enc"]["sha256"], files["3001.dat.enc"]["sha256"] = (
+                files["3001.dat.enc"]["sha256"], files["toc.dat.enc"]["sha256"])  # fmt: skip
+
+        _rewrite_envelope(fa, swap)
+        _rewrite_envelope(fb, lambda files: files["toc.dat.enc"].update(sha256=hashlib.sha256(toc_a).hexdigest()))
+        verify_all(target, repo, STORES, deep=False, **check)  # sizes and recorded hashes all agree
+        with pytest.raises(OffsiteVerificationError) as err:
+            verify_all(target, repo, STORES, deep=True, **check)
+        problems = sorted(err.value.problems)
+        assert sorted(p.split(": does not decrypt: ")[0] for p in problems) == sorted([
+            f"postgres/ai_platform/{a.backup_id}: 3001.dat.enc", f"postgres/ai_platform/{a.backup_id}: toc.dat.enc",
+            f"postgres/ai_platform/{b.backup_id}: toc.dat.enc"])  # fmt: skip
+        assert all("encrypted for another file or backup" in p for p in problems), problems
+
+        with pytest.raises(OffsiteVerificationError, match="another file or backup"):  # download + decrypt
+            fetch_backup(target, BackupRepository(tmp_path / "restored"), "postgres", "ai_platform", a.backup_id,
+                         encryption=enc, log=Log())  # fmt: skip
+
+        # the manifest itself: any change (here one byte, same parsed content) breaks its mac
+        with open(fb / "manifest.json", "ab") as fh:
+            fh.write(b"\n")
+        with pytest.raises(OffsiteVerificationError, match=f"{b.backup_id}: manifest.json does not match its manifest_mac"):
+            verify_all(target, repo, STORES, deep=False, **check)
+        # without the key nothing can be authenticated: said so, not counted as checked
+        blind = verify_all(target, repo, STORES, deep=False, **{**check, "encryption": None})
+        assert blind["authenticated"] == 0 and len(blind["unauthenticated"]) == 2
+        assert "2 manifests NOT authenticated" in blind["summary"]
+
+
+def test_the_outbox_is_emptied_after_a_failed_encrypted_ship(conn, remote, repo, tmp_path):
+    """Failing midway (the host refuses the folder; the arrival check fails) leaves no
+    encrypted copy behind on the worker; the rerun publishes."""
+    backup = make_backup(repo, "redis", files={"dump.rdb": 50_000})
+    enc = Encryption(os.urandom(32), 4096)
+    outbox = tmp_path / "outbox"
+    locked = remote / "locked"  # root's, not writable by the offsite user
+    locked.mkdir(parents=True, mode=0o755)
+    with rsync_target(conn, locked / "inner", work_dir=outbox) as target:
+        with pytest.raises(ToolError):
+            ship(target, repo, encryption=enc)
+    assert outbox.is_dir() and not any(outbox.iterdir())
+
+    # a rotten stored copy already staged with the right size and time: rsync trusts it
+    staging = remote / "redis" / ".staging" / backup.backup_id
+    staging.mkdir(parents=True)
+    rotten = staging / "dump.rdb.enc"
+    rotten.write_bytes(os.urandom(enc.stored_size(50_000)))
+    st = (backup.path / "dump.rdb").stat()
+    os.utime(rotten, ns=(st.st_atime_ns, st.st_mtime_ns))
+    for path in (remote, remote / "redis", staging.parent, staging, rotten):
+        shutil.chown(path, conn["login"], conn["login"])
+    with rsync_target(conn, remote, work_dir=outbox) as target:
+        with pytest.raises(OffsiteVerificationError, match="dump.rdb.enc: sha256"):
+            ship(target, repo, encryption=enc)
+        assert not any(outbox.iterdir())
+        assert ship(target, repo, encryption=enc)["shipped"] == [f"redis/{backup.backup_id}"]
+    assert not any(outbox.iterdir())
+    published = remote / "redis" / backup.backup_id
+    assert sorted(p.name for p in published.iterdir()) == ["dump.rdb.enc", "manifest.json", "offsite.json"]

@@ -3,6 +3,8 @@ SeaweedFS of this test that is killed mid-upload."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import os
 import random
@@ -18,7 +20,7 @@ import pytest
 
 from dbops.backup.repository import BackupRepository, checks_ok
 from dbops.backup.retention import RetentionPolicy
-from dbops.offsite.common import OffsiteVerificationError
+from dbops.offsite.common import OffsiteError, OffsiteVerificationError, SeriesKey, StagingEntry
 from dbops.offsite.crypto import Encryption
 from dbops.offsite.restore import fetch_backup
 from dbops.offsite.retention import apply_offsite_retention
@@ -71,7 +73,17 @@ def verify(target, repo, report=None, **kwargs):
                       **kwargs)  # fmt: skip
 
 
-def test_full_sync_in_multipart_with_a_storage_class_then_a_second_sync_uploads_nothing(s3, repo):
+def _composite(data: bytes, part: int) -> str:
+    """S3's SHA256 checksum of ``data`` uploaded in parts of ``part`` bytes."""
+    digests = b"".join(hashlib.sha256(data[i:i + part]).digest() for i in range(0, len(data), part))
+    return f"{base64.b64encode(hashlib.sha256(digests).digest()).decode()}-{-(-len(data) // part)}"
+
+
+def _sha_b64(data: bytes) -> str:
+    return base64.b64encode(hashlib.sha256(data).digest()).decode()
+
+
+def test_full_sync_in_multipart_with_a_storage_class_then_a_second_sync_uploads_nothing(s3, repo, tmp_path):
     client, bucket, prefix = s3
     big = make_backup(repo, "postgres", "ai_platform", files={"toc.dat": 4000, "3001.dat.gz": 12 * MIB + 123})
     small = make_backup(repo, "redis", files={"dump.rdb": 100_000})
@@ -81,10 +93,17 @@ def test_full_sync_in_multipart_with_a_storage_class_then_a_second_sync_uploads_
     assert first["bytes"]["literal_bytes"] == big.total_bytes + small.total_bytes
     verify(target, repo, first, deep=True)
 
-    head = client.head_object(Bucket=bucket, Key=f"{prefix}/postgres/ai_platform/{big.backup_id}/3001.dat.gz")
+    folder = f"{prefix}/postgres/ai_platform/{big.backup_id}/"
+    head = client.head_object(Bucket=bucket, Key=folder + "3001.dat.gz", ChecksumMode="ENABLED")
     assert head["ETag"].strip('"').endswith("-3")  # uploaded in three 5 MiB parts
     assert head["StorageClass"] == "STANDARD_IA"
-    assert head["Metadata"]["sha256"] == next(f["sha256"] for f in big.manifest["files"] if f["path"] == "3001.dat.gz")
+    # S3's own checksums: the composite of the parts, and the plain sha256 of a single PUT
+    data = (big.path / "3001.dat.gz").read_bytes()
+    assert head["ChecksumSHA256"] == _composite(data, 5 * MIB)
+    small_head = client.head_object(Bucket=bucket, Key=folder + "toc.dat", ChecksumMode="ENABLED")
+    assert small_head["ChecksumSHA256"] == _sha_b64((big.path / "toc.dat").read_bytes())
+    record = json.loads(client.get_object(Bucket=bucket, Key=folder + "s3-checksums.json")["Body"].read())
+    assert record["checksums"]["3001.dat.gz"] == _composite(data, 5 * MIB)
     manifest = client.get_object(Bucket=bucket, Key=f"{prefix}/redis/{small.backup_id}/manifest.json")["Body"].read()
     assert manifest == (small.path / "manifest.json").read_bytes()
 
@@ -93,23 +112,61 @@ def test_full_sync_in_multipart_with_a_storage_class_then_a_second_sync_uploads_
     assert second["bytes"]["bytes_sent"] == 0
     assert second["wire_bytes"] == second["catalog_bytes"] < 20_000
 
+    # a download resumed into the same folder fetches only what is missing or differs
+    dest = tmp_path / "download"
+    key = SeriesKey("postgres", "ai_platform")
+    assert target.download(key, big.backup_id, dest, Log()).files_transferred == 4  # 2 files, manifest, envelope
+    (dest / "toc.dat").write_bytes(os.urandom(4000))  # same size, other bytes
+    again = target.download(key, big.backup_id, dest, Log())
+    assert again.files_skipped == 1 and again.matched_bytes == len(data)  # the 12 MiB file stayed
+    assert again.bytes_received < 20_000
+    assert (dest / "toc.dat").read_bytes() == (big.path / "toc.dat").read_bytes()
 
-def test_verify_sees_an_overwritten_object_and_deep_verify_sees_rot(s3, repo):
+
+def test_a_changed_object_is_caught_by_s3_checksums_and_by_deep_verify(s3, repo):
     client, bucket, prefix = s3
-    backup = make_backup(repo, "redis", files={"dump.rdb": 200_000})
+    backup = make_backup(repo, "redis", files={"dump.rdb": 200_000, "aof.bin": 11 * MIB})
     target = s3_target(client, bucket, prefix)
     report = ship(target, repo)
-    key = f"{prefix}/redis/{backup.backup_id}/dump.rdb"
-    original = client.head_object(Bucket=bucket, Key=key)["Metadata"]
-
-    client.put_object(Bucket=bucket, Key=key, Body=os.urandom(200_000), Metadata=original)  # rot, metadata kept
     verify(target, repo, report)
+    key = f"{prefix}/redis/{backup.backup_id}/dump.rdb"
+    original = client.get_object(Bucket=bucket, Key=key)
+    body, metadata = original["Body"].read(), original["Metadata"]
+
+    # other bytes of the same size, our metadata copied: S3's checksum tells
+    client.put_object(Bucket=bucket, Key=key, Body=os.urandom(200_000), Metadata=metadata, ChecksumAlgorithm="SHA256")
+    with pytest.raises(OffsiteVerificationError, match="dump.rdb: S3's SHA256 checksum .*, expected"):
+        verify(target, repo, report)
     with pytest.raises(OffsiteVerificationError, match="dump.rdb: stored sha256"):
         verify(target, repo, report, deep=True)
+    # written without a SHA256 checksum (boto3's default CRC32): re-read, never passed
+    client.put_object(Bucket=bucket, Key=key, Body=os.urandom(200_000), Metadata=metadata)
+    log = Log()
+    with pytest.raises(OffsiteVerificationError, match=r"dump.rdb: re-read \(no SHA256 checksum from S3\)"):
+        verify_all(target, repo, STORES, expected=report["expected"], shipped=report["shipped"], deep=False,
+                   encryption=None, log=log)  # fmt: skip
+    assert "dump.rdb: no SHA256 checksum from S3: re-reading" in log.text
+    client.put_object(Bucket=bucket, Key=key, Body=body, Metadata=metadata, ChecksumAlgorithm="SHA256")
+    verify(target, repo, report)  # the right bytes again
 
-    client.put_object(Bucket=bucket, Key=key, Body=os.urandom(200_000))  # replaced by something else
-    with pytest.raises(OffsiteVerificationError, match="sha256 metadata None"):
+    # a multipart object rewritten in parts of the same size: its composite differs from the record
+    big_key = f"{prefix}/redis/{backup.backup_id}/aof.bin"
+    other = repo.root.parent / "other.bin"
+    other.write_bytes(os.urandom(11 * MIB))
+    client.upload_file(str(other), bucket, big_key, ExtraArgs={"ChecksumAlgorithm": "SHA256"},
+                       Config=target.transfer_config())  # fmt: skip
+    with pytest.raises(OffsiteVerificationError, match="aof.bin: S3's SHA256 checksum .*-3, expected .*-3"):
         verify(target, repo, report)
+
+
+def test_the_arrival_check_refuses_bytes_that_are_not_the_manifests(s3, repo):
+    client, bucket, prefix = s3
+    backup = make_backup(repo, "redis", files={"dump.rdb": 50_000})
+    (backup.path / "dump.rdb").write_bytes(os.urandom(50_000))  # changed after sealing, same size
+    target = s3_target(client, bucket, prefix)
+    with pytest.raises(OffsiteVerificationError, match="dump.rdb: S3's SHA256 checksum .*, expected"):
+        ship(target, repo)
+    assert target.catalog(Log()).count() == 0  # manifest not uploaded
 
 
 def test_offsite_retention_on_a_forty_day_catalog(s3, repo):
@@ -148,6 +205,16 @@ def test_restore_from_the_encrypted_s3_copy(s3, repo, tmp_path):
     envelope = json.loads(client.get_object(Bucket=bucket, Key=f"{prefix}/mongo/{backup.backup_id}/offsite.json")
                           ["Body"].read())  # fmt: skip
     assert envelope["encryption"]["key_id"] == enc.key_id and all(f["sha256"] for f in envelope["files"])
+    assert envelope["manifest_mac"] == enc.manifest_mac((backup.path / "manifest.json").read_bytes())
+    # the encrypted stream's sha256, known only after its upload, is what S3's checksum holds (in two parts)
+    oplog = client.get_object(Bucket=bucket, Key=f"{prefix}/mongo/{backup.backup_id}/oplog.bson.enc",
+                              ChecksumMode="ENABLED")  # fmt: skip
+    stored_oplog = oplog["Body"].read()
+    assert oplog["ChecksumSHA256"] == _composite(stored_oplog, 5 * MIB)
+    assert next(f["sha256"] for f in envelope["files"] if f["path"] == "oplog.bson") == \
+        hashlib.sha256(stored_oplog).hexdigest()  # fmt: skip
+    verify_all(target, repo, ["mongo"], expected=report["expected"], shipped=report["shipped"], deep=False,
+               encryption=enc, log=Log())  # fmt: skip
 
     restored = BackupRepository(tmp_path / "restored")
     got = fetch_backup(target, restored, "mongo", None, backup.backup_id, encryption=enc, log=Log())
@@ -274,3 +341,55 @@ def test_an_upload_interrupted_by_a_killed_server_resumes_and_never_looks_comple
     aborted = target.housekeeping(timedelta(seconds=1), datetime.now(UTC) + timedelta(minutes=5), Log())
     assert aborted == [f"{folder}b-big.rdb"]
     assert not client.list_multipart_uploads(Bucket="offsite", Prefix="dbops/").get("Uploads")
+
+
+def test_object_lock_keeps_a_copy_until_its_expiry_and_retention_cannot_delete_it_before(private_s3, repo):
+    """On a private SeaweedFS: a bucket takes ~7 of the shared one's 20 volumes, and a
+    locked object cannot be removed before its time."""
+    from botocore.exceptions import ClientError
+
+    client, bucket, prefix = private_s3.client(), "locked", "dbops"
+    client.create_bucket(Bucket=bucket, ObjectLockEnabledForBucket=True)
+    # a copy whose offsite expiry (finished_at + 1 day) is 8 s away
+    backup = make_backup(repo, "redis", files={"dump.rdb": 30_000},
+                         finished=datetime.now(UTC) - timedelta(days=1) + timedelta(seconds=8))  # fmt: skip
+    until = backup.finished_at + timedelta(days=1)
+    target = s3_target(client, bucket, prefix, retention_days=1)  # object_lock "auto"
+    log = Log()
+    target.ship(backup, None, log)
+    assert "locked (GOVERNANCE) until" in log.text
+    folder = f"{prefix}/redis/{backup.backup_id}/"
+    for name in ("dump.rdb", "s3-checksums.json", "offsite.json", "manifest.json"):
+        head = client.head_object(Bucket=bucket, Key=folder + name)
+        assert head["ObjectLockMode"] == "GOVERNANCE", name
+        assert until <= head["ObjectLockRetainUntilDate"] < until + timedelta(seconds=2), name
+    # SeaweedFS enforces the lock: the version cannot be deleted, only hidden by a newer one
+    version = client.head_object(Bucket=bucket, Key=folder + "dump.rdb")["VersionId"]
+    with pytest.raises(ClientError, match="AccessDenied"):
+        client.delete_object(Bucket=bucket, Key=folder + "dump.rdb", VersionId=version)
+    # offsite retention cannot delete it before its expiry, and says so (no delete marker either)
+    with pytest.raises(OffsiteError, match="under S3 Object Lock, nothing deleted: 4 object versions locked"):
+        target.delete(SeriesKey("redis"), backup.backup_id, Log())
+    assert target.catalog(Log()).count() == 1
+    # a demanded mode on a bucket without Object Lock is refused before anything is uploaded
+    plain = s3_target(client, "offsite", prefix, object_lock="compliance")
+    with pytest.raises(OffsiteError, match="has no Object Lock"):
+        plain.ship(backup, None, Log())
+    assert not client.list_objects_v2(Bucket="offsite").get("Contents")
+
+    # an incomplete folder: what is not locked goes now, the locked rest once its lock expired
+    stray = f"{prefix}/redis/20200101T000000Z/"
+    client.put_object(Bucket=bucket, Key=stray + "a.bin", Body=b"a", ChecksumAlgorithm="SHA256",
+                      ObjectLockMode="GOVERNANCE", ObjectLockRetainUntilDate=until)  # fmt: skip
+    client.put_object(Bucket=bucket, Key=stray + "b.bin", Body=b"b", ChecksumAlgorithm="SHA256")
+    entry = StagingEntry(SeriesKey("redis"), "20200101T000000Z", None)
+    log = Log()
+    target.remove_incomplete(entry, log)
+    assert [o["Key"] for o in client.list_objects_v2(Bucket=bucket, Prefix=stray)["Contents"]] == [stray + "a.bin"]
+    assert "1 object versions under Object Lock stay until it expires" in log.text
+
+    time.sleep(max(0.0, (until - datetime.now(UTC)).total_seconds()) + 1)
+    target.delete(SeriesKey("redis"), backup.backup_id, Log())  # expired: every version goes
+    target.remove_incomplete(entry, Log())
+    listed = client.list_object_versions(Bucket=bucket, Prefix=prefix + "/")
+    assert not listed.get("Versions") and not listed.get("DeleteMarkers")

@@ -17,9 +17,10 @@ from pathlib import Path
 import pytest
 
 from dbops.backup.repository import BackupRepository, checks_ok
-from dbops.backup.retention import RetentionPolicy
+from dbops.backup.retention import RetentionPolicy, pin_record
 from dbops.offsite.common import OffsiteError, OffsiteVerificationError, SeriesKey
-from dbops.offsite.crypto import Encryption
+from dbops.offsite.crypto import DecryptionError, Encryption, file_context
+from dbops.offsite.pins import read_pins, series_pins, set_pin
 from dbops.offsite.restore import fetch_backup
 from dbops.offsite.retention import apply_offsite_retention
 from dbops.offsite.rsync import RsyncTarget
@@ -166,9 +167,15 @@ def test_encrypted_wal_is_stored_encrypted_and_decrypts_to_the_sealed_file(targe
     for e in entries:
         stored = target.raw(f"{SEGMENTS_REL}/{e.file}.enc")
         assert archive.path_of(e).read_bytes()[:4096] not in stored
+        assert stored[:8] == b"DBOPSAE2"
         plain = io.BytesIO()
-        encryption.decrypt_stream(io.BytesIO(stored), plain)
+        contexts = {x.file: file_context(WAL_DIR, None, archive.header()["system_identifier"], x.file, x.sha256)
+                    for x in entries}  # fmt: skip
+        encryption.decrypt_stream(io.BytesIO(stored), plain, contexts[e.file])
         assert hashlib.sha256(plain.getvalue()).hexdigest() == e.sha256
+        other = next(x for x in entries if x.file != e.file)  # a segment stored under another's name
+        with pytest.raises(DecryptionError, match=f"{other.file}: .*another file or backup"):
+            encryption.decrypt_stream(io.BytesIO(stored), io.BytesIO(), contexts[other.file])
     assert ship_wal(target, archive, encryption, Log(), work_dir=tmp_path / "outbox")["shipped"] == []
     assert verify_wal(target, archive, deep=True, log=Log()) == []
     assert not any((tmp_path / "outbox").iterdir())  # the outbox does not keep copies
@@ -256,6 +263,42 @@ def test_base_backups_ship_verify_restore_and_expire_with_their_wal(target, tmp_
     assert checks_ok(fresh.verify(back))
     assert (back.path / "base.tar.gz").read_bytes() == (bases[-1].path / "base.tar.gz").read_bytes()
     assert back.manifest["details"]["start_lsn"] == bases[-1].manifest["details"]["start_lsn"]
+
+
+@pytest.mark.parametrize("target", ["rsync"], indirect=True)  # pins.json is read the same on S3
+def test_a_base_backup_pinned_in_pins_json_keeps_its_wal_offsite_and_newer_wal_still_expires(target, tmp_path):
+    now = datetime.now(UTC)
+    repo = BackupRepository(tmp_path / "backups")
+    archive = make_archive(repo.root)
+    # base i starts (and stops) in segment 2*(i+1); the oldest is pinned, only in pins.json
+    pinned, _middle, newest = [make_base(repo, now - timedelta(days=d, hours=1), 2 * (i + 1), size=2000)
+                              for i, d in enumerate((4, 3, 0))]  # fmt: skip
+    seal_segments(archive, 1, range(2, 8), compression="none")
+    stores = [BASE_STORE]
+    ship_all(target, repo, stores, RetentionPolicy(30, 1), encryption=None, now=now, dry_run=False, log=Log())
+    ship_wal(target, archive, None, Log())
+    set_pin(target, SeriesKey(BASE_STORE), pinned.backup_id, {"reason": "audit", "by": "manual__t"}, now=now,
+            log=Log())  # fmt: skip
+    result = apply_offsite_retention(target, target.catalog(Log()), repo, stores, RetentionPolicy(2, 1), now=now,
+                                     dry_run=False, stale_after=timedelta(hours=48), log=Log())  # fmt: skip
+    assert result["series"][0]["kept"] == [pinned.backup_id, newest.backup_id]
+    remaining = [item for item in target.catalog(Log()).all() if item.key == SeriesKey(BASE_STORE)]
+    wal = read_offsite_catalog(target, Log())
+    pins = series_pins(read_pins(target, Log()), SeriesKey(BASE_STORE))
+
+    unpinned = plan_offsite_wal(remaining, wal, now=now, retention_days=2, min_keep=1, local=repo.list(BASE_STORE))
+    assert unpinned[0] == [] and "nothing expired" in unpinned[1][0]  # the pin unseen: expiry would stop
+    names, reasons = plan_offsite_wal(remaining, wal, now=now, retention_days=2, min_keep=1, pins=pins,
+                                      local=repo.list(BASE_STORE))  # fmt: skip
+    assert names == [segment_name(1, s, SEGMENT) for s in (3, 4, 5)], reasons  # 2: the pinned one's; 6, 7: newest's
+    expire_wal(target, names, Log())
+    assert sorted(e.segno for e in read_offsite_catalog(target, Log()).entries()) == [2, 6, 7]
+
+    # a local pin sidecar counts the same (the local repository's copy of the pin)
+    repo.record(next(b for b in repo.list(BASE_STORE) if b.backup_id == pinned.backup_id), "pin",
+                pin_record("audit", "manual__t"))  # fmt: skip
+    assert plan_offsite_wal(remaining, wal, now=now, retention_days=2, min_keep=1,
+                            local=repo.list(BASE_STORE))[0] == names  # fmt: skip
 
 
 def test_offsite_catalog_is_written_last(target, tmp_path):

@@ -80,20 +80,15 @@ class Platform:
         self.stack.wait_sealed(segment, timeout=60)
 
 
-def _conn(cluster: PitrCluster, login: str, password: str) -> str:
-    return json.dumps({"conn_type": "postgres", "host": cluster.host, "port": cluster.port, "login": login,
-                       "password": password, "schema": "postgres"})  # fmt: skip
-
-
 @pytest.fixture(scope="module")
 def platform(airflow_db, devstack):
     cluster = PitrCluster.up(CLUSTER_NAME, CLUSTER_PORT)
     root = Path(tempfile.mkdtemp(prefix="dbops-pitr-dags-"))
     root.chmod(0o711)  # the scratch server's user (dbops-pg) passes through to its folder
     p = Platform(cluster, root, devstack)
-    saved = {k: os.environ.get(k) for k in (f"AIRFLOW_CONN_{ADMIN_CONN.upper()}", f"AIRFLOW_CONN_{REPLICATION_CONN.upper()}")}
-    os.environ[f"AIRFLOW_CONN_{ADMIN_CONN.upper()}"] = _conn(cluster, cluster.superuser, cluster.superuser_password)
-    os.environ[f"AIRFLOW_CONN_{REPLICATION_CONN.upper()}"] = _conn(cluster, cluster.replication_user, cluster.replication_password)
+    env = cluster.connection_env(ADMIN_CONN, REPLICATION_CONN)
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
     with cluster.connect() as conn:
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(DB)))
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(DB)))

@@ -37,8 +37,8 @@ def dag(dagbag):
     return without_retries(dagbag.get_dag("dbops_restore"))
 
 
-DEFAULTS = {"store": "postgres", "backup_id": "latest", "database": "", "target": "", "confirm_overwrite": "",
-            "topics": [], "target_time": "", "target_lsn": "", "target_name": ""}
+DEFAULTS = {"store": "postgres", "source": "local", "backup_id": "latest", "database": "", "target": "",
+            "confirm_overwrite": "", "topics": [], "target_time": "", "target_lsn": "", "target_name": ""}
 
 
 def restore(dag, **conf):

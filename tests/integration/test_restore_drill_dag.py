@@ -39,7 +39,7 @@ def _scratch_left(src) -> dict[str, list[str]]:
 def test_the_drill_is_green_on_good_backups_records_it_and_leaves_no_scratch(src, dag):
     series = {("postgres", src.pg_db), ("postgres", "_globals"), ("mongo", None), ("redis", None), ("kafka", None)}
     chosen = {s: src.repo.latest(*s).backup_id for s in series}
-    run = run_dag(dag, {"stores": STORES})
+    run = run_dag(dag, {"stores": STORES, "source": "local"})
     st = states(run)
     assert run.state == "success", st
     assert st["drill_postgres[0]"] == st["drill_postgres[1]"] == "success"
@@ -72,7 +72,7 @@ def test_a_drill_that_finds_no_backup_fails(src, dag, tmp_path, capfd):
     set_config({**src.config, "backup": {"root": str(empty)}})
     try:
         capfd.readouterr()
-        run = run_dag(dag, {"stores": STORES})
+        run = run_dag(dag, {"stores": STORES, "source": "local"})
     finally:
         set_config(src.config)
     st = states(run)
@@ -92,7 +92,7 @@ def test_a_drill_failing_after_its_restore_removes_the_scratch_and_a_rerun_conve
     backup_id = src.repo.latest("mongo").backup_id
     with monkeypatch.context() as patch:
         patch.setattr(mongo_recovery, "compare_mongo", broken)
-        run = run_dag(dag, {"stores": ["mongo"]})
+        run = run_dag(dag, {"stores": ["mongo"], "source": "local"})
     st = states(run)
     assert run.state == "failed" and st["drill_mongo"] == "failed" and st["summary"] == "failed", st
     drill = src.repo.list("mongo")[-1].sidecars["drill"]
@@ -104,7 +104,7 @@ def test_a_drill_failing_after_its_restore_removes_the_scratch_and_a_rerun_conve
 
     # a new run has no verified mongo backup left to drill, and says why
     capfd.readouterr()
-    again = run_dag(dag, {"stores": ["mongo"]})
+    again = run_dag(dag, {"stores": ["mongo"], "source": "local"})
     st = states(again)
     assert again.state == "failed" and st["drill_mongo"] == "skipped" and st["summary"] == "failed", st
     assert f"mongo: no verified backup to drill (newest {backup_id}: drill failed" in "".join(capfd.readouterr())
@@ -129,7 +129,7 @@ def test_a_flipped_byte_fails_the_drill_and_the_backup_is_no_longer_verified(src
     path.write_bytes(bytes(data))
 
     capfd.readouterr()
-    run = run_dag(dag, {"stores": ["postgres"]})
+    run = run_dag(dag, {"stores": ["postgres"], "source": "local"})
     st = states(run)
     out = "".join(capfd.readouterr())
     assert run.state == "failed", st
@@ -149,7 +149,8 @@ def test_a_flipped_byte_fails_the_drill_and_the_backup_is_no_longer_verified(src
     # a restore of "latest" now refuses: there is no verified backup left
     restore = without_retries(dagbag.get_dag("dbops_restore"))
     capfd.readouterr()
-    run = run_dag(restore, {"store": "postgres", "backup_id": "latest", "database": src.pg_db, "target": "",
-                            "confirm_overwrite": "", "topics": []})
+    run = run_dag(restore, {"store": "postgres", "source": "local", "backup_id": "latest", "database": src.pg_db,
+                            "target": "", "confirm_overwrite": "", "topics": [], "target_time": "", "target_lsn": "",
+                            "target_name": ""})  # fmt: skip
     assert run.state == "failed" and states(run)["plan"] == "failed"
     assert f"no verified backup of postgres/{src.pg_db}" in "".join(capfd.readouterr())

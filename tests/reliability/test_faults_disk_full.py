@@ -53,7 +53,7 @@ def test_a_full_disk_fails_clearly_cleans_staging_keeps_old_backups_and_skips_re
     seed_old_backups(repo, 3, datetime.now(timezone.utc))
     before = fingerprint(root)
     fill_redis(scratch_redis, 4000)  # a ~4 MiB RDB for a 2 MiB disk
-    dbops_variable({"backup": {"root": str(root)}})
+    dbops_variable({"backup": {"root": str(root), "keep_weekly": 0, "keep_monthly": 0}})  # the window alone
     conn = {"conn_type": "redis", "host": "127.0.0.1", "port": scratch_redis.port, "password": scratch_redis.password}
     monkeypatch.setenv("AIRFLOW_CONN_DBOPS_REDIS", json.dumps(conn))
     dag = without_retries(dagbag.get_dag("dbops_nightly_backup"))

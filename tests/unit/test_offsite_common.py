@@ -79,6 +79,36 @@ def test_a_bad_envelope_is_refused(change, message):
         Envelope.from_dict({**env.to_dict(), **change})
 
 
+def test_the_manifest_mac_is_kept_and_checked():
+    from dbops.offsite.crypto import Encryption
+
+    enc = Encryption(bytes(range(32)), 4096)
+    manifest = json.dumps(_manifest()).encode()
+    sealed = Envelope("m1", tuple(plain_files(_manifest())), enc.describe(), "rsync", datetime(2024, 1, 1, tzinfo=UTC),
+                      manifest_mac=enc.manifest_mac(manifest))  # fmt: skip
+    again = Envelope.from_dict(json.loads(sealed.to_bytes()))
+    assert again == sealed and again.check_manifest_mac(manifest, enc) == []
+    # a manifest changed offsite (a file dropped), or the mac stripped, or checked without the key
+    dropped = json.dumps({**_manifest(), "files": _manifest()["files"][:1]}).encode()
+    assert "does not match its manifest_mac" in again.check_manifest_mac(dropped, enc)[0]
+    stripped = Envelope.from_dict({**sealed.to_dict(), "manifest_mac": None})
+    assert "has no manifest_mac" in stripped.check_manifest_mac(manifest, enc)[0]
+    assert "no encryption key was given" in again.check_manifest_mac(manifest, None)[0]
+    other = Encryption(bytes(32), 4096)
+    assert f"the key given has id {other.key_id}" in again.check_manifest_mac(manifest, other)[0]
+    with pytest.raises(ValueError, match="manifest_mac is not 64 hex digits"):
+        Envelope.from_dict({**sealed.to_dict(), "manifest_mac": "abc"})
+    # an envelope written before the field existed still parses; unencrypted: nothing to check
+    old = {k: v for k, v in sealed.to_dict().items() if k != "manifest_mac"}
+    assert Envelope.from_dict(old).manifest_mac is None
+    plain = Envelope("m1", tuple(plain_files(_manifest())), None, "s3", datetime(2024, 1, 1, tzinfo=UTC))
+    assert plain.check_manifest_mac(manifest, enc) == [] and plain.check_manifest_mac(manifest, None) == []
+    # a v1 copy made before macs existed has none to check; a v2 one claiming v1 is refused on decryption
+    legacy = Envelope.from_dict({**old, "encryption": {**enc.describe(), "scheme": "aes-256-gcm-chunked-v1"}})
+    assert legacy.legacy_unauthenticated and legacy.check_manifest_mac(manifest, enc) == []
+    assert not stripped.legacy_unauthenticated
+
+
 def test_rsync_stats_are_read_with_or_without_separators():
     text = """
 Number of regular files transferred: 2
@@ -98,6 +128,46 @@ def test_remote_dirs_must_be_plain_absolute_and_not_system_folders():
     for bad in ("srv/x", "/", "/etc", "/srv/../etc", "/srv/a b", "/srv/$(rm -rf ~)", "/srv/x;y"):
         with pytest.raises(ValueError):
             check_remote_dir(bad)
+
+
+def test_the_publish_script_flushes_everything_before_the_rename_and_the_folders_after(tmp_path):
+    """The remote publish script, run here by ``sh`` with a ``sync`` that records what it
+    flushes and whether the backup was visible yet (then runs the real one)."""
+    import shutil
+    import subprocess
+
+    from dbops.offsite.rsync import RsyncTarget
+
+    root = tmp_path / "offsite"
+    key, bid = SeriesKey("postgres", "ai_platform"), "20240101T020000Z"
+    staged = root / "postgres" / "ai_platform" / ".staging" / bid
+    (staged / "sub").mkdir(parents=True)
+    (staged / "toc.dat").write_bytes(b"toc")
+    (staged / "sub" / "a.dat").write_bytes(b"a")
+    (staged / ".rsync-partial").mkdir()
+    bin_dir, record = tmp_path / "bin", tmp_path / "synced"
+    bin_dir.mkdir()
+    final = staged.parent.parent / bid
+    (bin_dir / "sync").write_text(
+        "#!/bin/sh\n"
+        f'for a in "$@"; do [ "$a" = -- ] && continue; if [ -e {final} ]; then w=after; else w=before; fi; '
+        f'echo "$w $(realpath "$a")" >> {record}; done\n'
+        f'exec {shutil.which("sync")} "$@"\n'
+    )
+    (bin_dir / "sync").chmod(0o755)
+    target = RsyncTarget(SSHParams(host="h", user="u", private_key="K"), str(root))
+    script = target._publish_script(key, bid, extras=[])
+    subprocess.run(["sh", "-c", script], input=b'{"ok": true}', check=True,
+                   env={**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"})  # fmt: skip
+    assert (final / "offsite.json").read_bytes() == b'{"ok": true}' and not (final / ".rsync-partial").exists()
+    lines = record.read_text().splitlines()
+    before = {line.split(" ", 1)[1] for line in lines if line.startswith("before ")}
+    after = {line.split(" ", 1)[1] for line in lines if line.startswith("after ")}
+    assert before == {str(staged / x).rstrip("/.") for x in (".", "sub", "toc.dat", "sub/a.dat", "offsite.json")}
+    assert after == {str(final.parent), str(final.parent / ".staging"), str(root / "postgres"), str(root)}
+    # the rerun of a publish that already happened refuses to replace it
+    again = subprocess.run(["sh", "-c", script], input=b"{}", capture_output=True)
+    assert again.returncode == 3 and b"already exists offsite" in again.stderr
 
 
 # --------------------------------------------------------------------------- SSH

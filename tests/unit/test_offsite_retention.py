@@ -134,3 +134,43 @@ def test_property_never_deletes_inside_the_window_nor_below_min_keep(ages, local
     for backup_id in gone:  # whatever goes has min_keep verified newer copies left offsite
         newer = [b for b in verified if b.finished_at > by_id[backup_id].finished_at and b.backup_id not in gone]
         assert len(newer) >= min_keep
+
+
+# ----------------------------------------------------------------------------- pins and tiers offsite
+
+
+def test_a_backup_pinned_locally_or_in_pins_json_is_never_deleted_offsite():
+    backups = daily(60)
+    pinned_locally = backups[2]
+    backups[2] = Backup(path=pinned_locally.path, store="redis", backup_id=pinned_locally.backup_id,
+                        finished_at=pinned_locally.finished_at, manifest=pinned_locally.manifest,
+                        sidecars={"pin": {"ok": True, "pinned": True, "reason": "audit", "at": format_time(NOW)}})  # fmt: skip
+    gone_locally = backups[5]  # pinned only offsite, and no longer in the local repository
+    still_local = [b for b in backups if b is not gone_locally]
+    decisions, refused = plan_series(KEY, map(offsite, backups), still_local, POLICY, NOW,
+                                     {gone_locally.backup_id: "legal hold (pinned in pins.json of the target)"})  # fmt: skip
+    assert refused is None
+    by_id = {d.backup_id: d for d in decisions}
+    assert by_id[backups[2].backup_id].keep and by_id[backups[2].backup_id].reason.startswith("pinned: audit")
+    assert by_id[gone_locally.backup_id].keep and by_id[gone_locally.backup_id].reason.startswith("pinned: legal hold")
+    assert len(deleted(decisions)) == 28
+    # the local pin travels with judged() (what shipping plans with, too)
+    assert judged(offsite(backups[2]), backups[2]).sidecars["pin"]["reason"] == "audit"
+
+
+def test_offsite_tiers_keep_the_newest_of_each_week_and_month():
+    backups = daily(120)
+    decisions, _ = plan_series(KEY, map(offsite, backups), backups, RetentionPolicy(7, 3, 4, 3), NOW)
+    tiered = [d for d in decisions if d.keep and d.reason.startswith(("weekly", "monthly"))]
+    # NOW is Saturday 2024-06-15: weeks W21..W24 (W24's and W23's newest inside the 7 days),
+    # months April..June (June's newest inside the window)
+    assert [d.backup_id[:8] for d in tiered] == ["20240430", "20240526", "20240531", "20240602"]
+    assert len(deleted(decisions)) == 120 - 7 - 4
+
+
+def test_pitr_base_backups_get_no_tiers_offsite():
+    from dbops.offsite.retention import series_policy
+
+    tiered = RetentionPolicy(30, 3, 8, 12)
+    assert series_policy(tiered, SeriesKey("postgres_pitr")) == RetentionPolicy(30, 3)
+    assert series_policy(tiered, SeriesKey("postgres", "ai_platform")) is tiered

@@ -281,3 +281,28 @@ def test_plan_shipping_ships_the_newest_first(s3, repo):
     plan = plan_shipping(repo, target(s3).catalog(Log()), STORES, POLICY, NOW)
     ids = [b.backup_id for b in plan.to_ship]
     assert ids == sorted(ids, reverse=True)
+
+
+def test_shipping_judges_each_series_as_offsite_retention_does(s3, repo):
+    """A backup kept offsite only by the monthly tier is shipped; a PITR base backup of the
+    same age is not (offsite retention gives base backups no tiers), and both agree with
+    what retention then keeps."""
+    tiered = RetentionPolicy(2, 1, keep_monthly=3)
+    old = NOW - timedelta(days=40)  # outside the window, inside the 3-month tier (its month's newest)
+    redis_old = make_backup(repo, "redis", finished=old)
+    redis_new = make_backup(repo, "redis", finished=NOW - timedelta(hours=1))
+    base_old = make_backup(repo, "postgres_pitr", finished=old)
+    base_new = make_backup(repo, "postgres_pitr", finished=NOW - timedelta(hours=1))
+    plan = plan_shipping(repo, target(s3).catalog(Log()), ["redis", "postgres_pitr"], tiered, NOW)
+    assert {b.backup_id for b in plan.to_ship if b.store == "redis"} == {redis_old.backup_id, redis_new.backup_id}
+    assert [b.backup_id for b in plan.to_ship if b.store == "postgres_pitr"] == [base_new.backup_id]
+    [(skipped, why)] = plan.not_shipped
+    assert skipped.backup_id == base_old.backup_id and "expire it at once" in why and "tier" not in why
+
+    report = ship_all(target(s3), repo, ["redis", "postgres_pitr"], tiered, encryption=None, now=NOW,
+                      dry_run=False, log=Log())  # fmt: skip
+    kept = apply_offsite_retention(target(s3), target(s3).catalog(Log()), repo, ["redis", "postgres_pitr"], tiered,
+                                   now=NOW, dry_run=False, stale_after=timedelta(hours=48), log=Log())  # fmt: skip
+    assert all(not s["obsolete"] for s in kept["series"])  # nothing shipped only to be deleted
+    assert sorted(report["shipped"]) == sorted([f"redis/{redis_old.backup_id}", f"redis/{redis_new.backup_id}",
+                                                f"postgres_pitr/{base_new.backup_id}"])  # fmt: skip

@@ -195,5 +195,5 @@ def expire(
     obsolete = [d.backup.backup_id for d in decisions if not d.keep]
     kept = [d.backup.backup_id for d in decisions if d.keep]
     verb = "would delete" if dry_run else "deleted"
-    log(f"{where}: kept {len(kept)}, {verb} {len(obsolete)} (retention {policy.retention_days} days, min_keep {policy.min_keep})")
+    log(f"{where}: kept {len(kept)}, {verb} {len(obsolete)} ({policy.describe()})")
     return {"series": where, "kept": kept, "obsolete": obsolete, "dry_run": dry_run}

@@ -3,6 +3,7 @@ transfer statistics, and the target interface."""
 
 from __future__ import annotations
 
+import hmac
 import json
 import os
 import re
@@ -34,6 +35,9 @@ DELETING_DIR = ".deleting"
 # The names a backup folder may hold besides its stored files.
 CONTROL_FILES = (MANIFEST_NAME, ENVELOPE_NAME)
 _PLAIN_PART = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+# copies encrypted before manifests were authenticated carry this scheme and no mac
+_LEGACY_SCHEME = "aes-256-gcm-chunked-v1"
 
 
 class OffsiteError(RuntimeError):
@@ -136,13 +140,16 @@ class StoredFile:
 class Envelope:
     """``offsite.json``: how each manifest file was stored, written before the backup is
     published offsite. ``ok`` is always true: a copy that failed its arrival check is
-    never published."""
+    never published. ``manifest_mac`` (encrypted copies): the key's HMAC of the exact bytes
+    of ``manifest.json`` (:meth:`dbops.offsite.crypto.Encryption.manifest_mac`), so the
+    manifest cannot be changed offsite without the key."""
 
     manifest_sha256: str
     files: tuple[StoredFile, ...]
     encryption: Mapping[str, Any] | None
     target: str
     shipped_at: datetime
+    manifest_mac: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -153,6 +160,7 @@ class Envelope:
             "encryption": dict(self.encryption) if self.encryption else None,
             "target": self.target,
             "shipped_at": format_time(self.shipped_at),
+            "manifest_mac": self.manifest_mac,
             "files": [asdict(f) for f in self.files],
         }
 
@@ -186,13 +194,49 @@ class Envelope:
         encryption = data.get("encryption")
         if encryption is not None and not isinstance(encryption, Mapping):
             raise ValueError("offsite.json encryption is not an object")
+        mac = data.get("manifest_mac")
+        if mac is not None and not (isinstance(mac, str) and _HEX64.match(mac)):
+            raise ValueError("offsite.json manifest_mac is not 64 hex digits")
         return cls(
             manifest_sha256=str(data.get("manifest_sha256")),
             files=tuple(files),
             encryption=encryption,
             target=str(data.get("target")),
             shipped_at=parse_time(data.get("shipped_at")),
+            manifest_mac=mac,
         )
+
+    @property
+    def legacy_unauthenticated(self) -> bool:
+        """Encrypted before manifests were authenticated (v1, no mac): nothing to check."""
+        return bool(self.encryption) and self.manifest_mac is None and \
+            self.encryption.get("scheme") == _LEGACY_SCHEME  # fmt: skip
+
+    def check_manifest_mac(self, manifest_bytes: bytes, encryption: Any) -> list[str]:
+        """Problems authenticating ``manifest_bytes`` (the exact bytes of ``manifest.json``)
+        with ``encryption`` (an :class:`~dbops.offsite.crypto.Encryption` or None).
+
+        An encrypted copy needs a mac and the key that made it; a wrong mac means the
+        manifest was changed offsite (or belongs to another copy). An unencrypted copy has
+        no mac (nothing to check), and a v1 copy made before macs existed neither (see
+        :attr:`legacy_unauthenticated`: its files still decrypt only under their context)."""
+        if not self.encryption and self.manifest_mac is None:
+            return []
+        if self.legacy_unauthenticated:
+            return []
+        wanted = (self.encryption or {}).get("key_id")
+        if encryption is None:
+            return [f"the manifest cannot be authenticated: the copy is encrypted (key id {wanted}) "
+                    "and no encryption key was given"]  # fmt: skip
+        if wanted is not None and wanted != encryption.key_id:
+            return [f"the manifest cannot be authenticated: the copy was encrypted with key id {wanted}, "
+                    f"the key given has id {encryption.key_id}"]  # fmt: skip
+        if self.manifest_mac is None:
+            return ["offsite.json of an encrypted copy has no manifest_mac: the manifest is not authenticated"]
+        if not hmac.compare_digest(self.manifest_mac, encryption.manifest_mac(bytes(manifest_bytes))):
+            return ["manifest.json does not match its manifest_mac: the manifest was changed offsite "
+                    "or belongs to another copy"]  # fmt: skip
+        return []
 
     def check_against(self, manifest: Mapping[str, Any]) -> list[str]:
         """Problems of this envelope with respect to the manifest it says it wraps."""
@@ -238,6 +282,7 @@ class OffsiteBackup:
     backup: Backup  # listed from the catalog mirror: path points into the mirror
     envelope: Envelope | None  # None: offsite.json missing or unreadable (see envelope_problem)
     envelope_problem: str = ""
+    manifest_bytes: bytes = field(default=b"", repr=False)  # manifest.json as stored (its mac covers these)
 
     @property
     def backup_id(self) -> str:
@@ -303,7 +348,10 @@ def catalog_from_mirror(mirror: Path) -> dict[SeriesKey, dict[str, OffsiteBackup
                         envelope = Envelope.from_dict(raw)
                     except (ValueError, TypeError) as exc:
                         problem = f"offsite.json unusable: {exc}"
-                found.setdefault(key, {})[backup.backup_id] = OffsiteBackup(key, backup, envelope, problem)
+                raw_manifest = (backup.path / MANIFEST_NAME).read_bytes()
+                found.setdefault(key, {})[backup.backup_id] = OffsiteBackup(
+                    key, backup, envelope, problem, raw_manifest
+                )
     return found
 
 

@@ -1,22 +1,36 @@
-"""Client-side encryption of offsite copies: AES-256-GCM in chunks, streaming, authenticated.
+"""Client-side encryption of offsite copies: AES-256-GCM in chunks, streaming, authenticated,
+each record bound to the file and backup it belongs to.
 
-Format of an encrypted file (scheme ``aes-256-gcm-chunked-v1``)::
+Format of an encrypted file (scheme ``aes-256-gcm-chunked-v2``, written for every new file)::
 
-    header  = "DBOPSAE1" | chunk_bytes (u32, big-endian) | salt (16 bytes) | key id (8 bytes)
+    header  = "DBOPSAE2" | chunk_bytes (u32, big-endian) | salt (16 bytes) | key id (8 bytes)
     records = AES-GCM(chunk) for each plaintext chunk of chunk_bytes, then one final
               record holding the remaining 0..chunk_bytes-1 bytes; each record is its
               ciphertext plus a 16-byte tag
 
-* file key = HKDF-SHA256(master key, salt, "dbops-offsite aes-256-gcm-chunked-v1");
-  nonce of record i = 4 zero bytes | i (u64); associated data = header | i | final flag.
-  Records cannot be reordered, dropped, truncated or moved between files, and a file
-  cut at a record boundary fails (no final record).
-* The salt is HMAC-SHA256(master key, "salt" | context)[:16], where the context names the
-  backup, the file and the plaintext's sha256: the same file encrypts to the same bytes
-  every time (so an interrupted rsync resumes and a rerun transfers nothing new), and a
-  different plaintext always gets a different file key (no nonce reuse).
+* The context names the file: store, subject, backup id (for WAL: the archive's system
+  identifier), path in the backup and the plaintext's sha256 (:func:`file_context`).
+* file key = HKDF-SHA256(master key, salt, "dbops-offsite aes-256-gcm-chunked-v2");
+  nonce of record i = 4 zero bytes | i (u64);
+  associated data = header | SHA-256(context) | i (u64) | final flag (1 byte).
+  A record cannot be reordered, dropped, truncated or moved to another file, and a whole
+  file moved to another path or another backup (or renamed together with the catalog
+  entries that describe it) fails to decrypt: the reader must name the file it expects.
+  A file cut at a record boundary fails (no final record).
+* The salt is HMAC-SHA256(master key, "salt" | context)[:16]: the same file encrypts to
+  the same bytes every time (so an interrupted rsync resumes and a rerun transfers nothing
+  new), and a different plaintext always gets a different file key (no nonce reuse). The
+  reader recomputes it from the context it expects and names a mismatch before decrypting.
 * Nothing is held in memory beyond one chunk. Plaintext sizes and hashes stay visible in
   the manifest (it is the offsite catalog); the data itself does not.
+* The manifest of an encrypted copy is authenticated by :meth:`Encryption.manifest_mac`
+  (HMAC-SHA256 under a key derived from the master key by HKDF, hex) kept in
+  ``offsite.json``: a manifest changed offsite (other sizes or sha256 to match other
+  files) is caught before anything is restored from it.
+
+``aes-256-gcm-chunked-v1`` (magic "DBOPSAE1", associated data without the context: the
+same layout otherwise) is still read, for copies made before; its salt is checked against
+the expected context the same way, so a v1 file moved elsewhere is refused too.
 """
 
 from __future__ import annotations
@@ -36,15 +50,18 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-SCHEME = "aes-256-gcm-chunked-v1"
-MAGIC = b"DBOPSAE1"
+SCHEME = "aes-256-gcm-chunked-v2"
+MAGIC = b"DBOPSAE2"
+SCHEME_V1 = "aes-256-gcm-chunked-v1"  # read only: copies made before v2
+MAGIC_V1 = b"DBOPSAE1"
 _HEADER = struct.Struct("!8sI16s8s")
 HEADER_BYTES = _HEADER.size  # 36
 TAG_BYTES = 16
 KEY_BYTES = 32
 MIN_CHUNK = 4096
 MAX_CHUNK = 64 * 1024 * 1024
-_HKDF_INFO = b"dbops-offsite " + SCHEME.encode()
+_HKDF_INFO = {MAGIC: b"dbops-offsite " + SCHEME.encode(), MAGIC_V1: b"dbops-offsite " + SCHEME_V1.encode()}
+_MAC_INFO = b"dbops-offsite manifest mac v1"
 
 
 class DecryptionError(ValueError):
@@ -97,6 +114,14 @@ class Encryption:
         """What the envelope records (no secret): scheme, key id, chunk size."""
         return {"scheme": SCHEME, "key_id": self.key_id, "chunk_bytes": self.chunk_bytes}
 
+    def manifest_mac(self, manifest_bytes: bytes) -> str:
+        """HMAC-SHA256 (hex) of a manifest's exact bytes, under a key derived from the master
+        key for this purpose only (never the file keys)."""
+        if not isinstance(manifest_bytes, bytes):
+            raise TypeError("manifest_mac takes the manifest's bytes")
+        hkdf = HKDF(algorithm=hashes.SHA256(), length=KEY_BYTES, salt=None, info=_MAC_INFO)
+        return hmac.new(hkdf.derive(self._key), manifest_bytes, hashlib.sha256).hexdigest()
+
     def stored_size(self, plain_bytes: int) -> int:
         full, rest = divmod(plain_bytes, self.chunk_bytes)
         return HEADER_BYTES + full * (self.chunk_bytes + TAG_BYTES) + rest + TAG_BYTES
@@ -106,18 +131,21 @@ class Encryption:
     def _salt(self, context: str) -> bytes:
         return hmac.new(self._key, b"salt\0" + context.encode("utf-8"), hashlib.sha256).digest()[:16]
 
-    def _aead(self, salt: bytes) -> AESGCM:
-        hkdf = HKDF(algorithm=hashes.SHA256(), length=KEY_BYTES, salt=salt, info=_HKDF_INFO)
+    def _aead(self, salt: bytes, magic: bytes = MAGIC) -> AESGCM:
+        hkdf = HKDF(algorithm=hashes.SHA256(), length=KEY_BYTES, salt=salt, info=_HKDF_INFO[magic])
         return AESGCM(hkdf.derive(self._key))
 
     @staticmethod
-    def _nonce_aad(header: bytes, index: int, final: bool) -> tuple[bytes, bytes]:
-        return b"\0\0\0\0" + struct.pack("!Q", index), header + struct.pack("!QB", index, 1 if final else 0)
+    def _nonce_aad(header: bytes, index: int, final: bool, context: str | None) -> tuple[bytes, bytes]:
+        """Nonce and associated data of record ``index``; ``context`` None: the v1 form."""
+        bound = b"" if context is None else hashlib.sha256(context.encode("utf-8")).digest()
+        return b"\0\0\0\0" + struct.pack("!Q", index), header + bound + struct.pack("!QB", index, 1 if final else 0)
 
     # ---------------------------------------------------------------- encrypt
 
     def encrypt_chunks(self, src: BinaryIO, context: str) -> Iterator[bytes]:
         """The header, then one record per chunk of ``src`` (streaming)."""
+        _check_context(context)
         salt = self._salt(context)
         header = _HEADER.pack(MAGIC, self.chunk_bytes, salt, bytes.fromhex(self.key_id))
         aead = self._aead(salt)
@@ -126,7 +154,7 @@ class Encryption:
         while True:
             chunk = _read_exactly(src, self.chunk_bytes)
             final = len(chunk) < self.chunk_bytes
-            nonce, aad = self._nonce_aad(header, index, final)
+            nonce, aad = self._nonce_aad(header, index, final, context)
             yield aead.encrypt(nonce, chunk, aad)
             if final:
                 return
@@ -151,50 +179,69 @@ class Encryption:
 
     # ---------------------------------------------------------------- decrypt
 
-    def decrypt_stream(self, src: BinaryIO, dst: BinaryIO) -> tuple[int, str]:
-        """Decrypt ``src`` into ``dst``; returns (plaintext bytes, plaintext sha256).
+    def decrypt_stream(self, src: BinaryIO, dst: BinaryIO, context: str, *,
+                       scheme: str | None = None) -> tuple[int, str]:  # fmt: skip
+        """Decrypt ``src``, the stored copy of the file ``context`` names (the context its
+        encryption used), into ``dst``; returns (plaintext bytes, plaintext sha256).
+        ``scheme``: the one the copy's envelope records, when known (a v2 file presented
+        as v1, whose manifest carries no mac, is refused).
 
-        Raises :class:`DecryptionError` before writing anything unauthenticated: each
-        record is written only after its tag checked. A caller writing into a staging
-        file must discard it on error (the restore does).
+        Raises :class:`DecryptionError` naming the file before writing anything
+        unauthenticated: each record is written only after its tag checked. A caller
+        writing into a staging file must discard it on error (the restore does).
         """
+        _check_context(context)
+        name = context_label(context)
         header = _read_exactly(src, HEADER_BYTES)
         if len(header) < HEADER_BYTES:
-            raise DecryptionError("too short to be an encrypted dbops file")
+            raise DecryptionError(f"{name}: too short to be an encrypted dbops file")
         magic, chunk_bytes, salt, key_id = _HEADER.unpack(header)
-        if magic != MAGIC:
-            raise DecryptionError("not an encrypted dbops file (bad magic)")
+        if magic not in _HKDF_INFO:
+            raise DecryptionError(f"{name}: not an encrypted dbops file (bad magic)")
+        found = SCHEME if magic == MAGIC else SCHEME_V1
+        if scheme is not None and scheme != found:
+            raise DecryptionError(f"{name}: the file is {found}, its envelope says {scheme}")
         if key_id.hex() != self.key_id:
-            raise DecryptionError(f"encrypted with key id {key_id.hex()}, this key's id is {self.key_id}")
+            raise DecryptionError(f"{name}: encrypted with key id {key_id.hex()}, this key's id is {self.key_id}")
         if not MIN_CHUNK <= chunk_bytes <= MAX_CHUNK:
-            raise DecryptionError(f"implausible chunk size {chunk_bytes}")
-        aead = self._aead(salt)
+            raise DecryptionError(f"{name}: implausible chunk size {chunk_bytes}")
+        if not hmac.compare_digest(salt, self._salt(context)):
+            raise DecryptionError(
+                f"{name}: this ciphertext was encrypted for another file or backup "
+                "(moved, swapped or renamed offsite); refusing it"
+            )
+        aead = self._aead(salt, magic)
+        bound = context if magic == MAGIC else None
         digest, size, index = hashlib.sha256(), 0, 0
         record_bytes = chunk_bytes + TAG_BYTES
         while True:
             record = _read_exactly(src, record_bytes)
             final = len(record) < record_bytes
             if final and len(record) < TAG_BYTES:
-                raise DecryptionError("truncated: the final record is missing")
-            nonce, aad = self._nonce_aad(header, index, final)
+                raise DecryptionError(f"{name}: truncated: the final record is missing")
+            nonce, aad = self._nonce_aad(header, index, final, bound)
             try:
                 plain = aead.decrypt(nonce, record, aad)
             except InvalidTag:
-                raise DecryptionError(f"record {index} failed authentication (tampered or truncated)") from None
+                raise DecryptionError(
+                    f"{name}: record {index} failed authentication (tampered, truncated, or not this file's)"
+                ) from None
             dst.write(plain)
             digest.update(plain)
             size += len(plain)
             if final:
                 if src.read(1):
-                    raise DecryptionError("data after the final record")
+                    raise DecryptionError(f"{name}: data after the final record")
                 return size, digest.hexdigest()
             index += 1
 
-    def decrypt_file(self, src: Path, dst: Path) -> tuple[int, str]:
+    def decrypt_file(self, src: Path, dst: Path, context: str, *, scheme: str | None = None) -> tuple[int, str]:
+        """:meth:`decrypt_stream` from ``src`` into a new 0600 file ``dst`` (removed on failure)."""
+        _check_context(context)
         fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
         try:
             with open(src, "rb") as fin, os.fdopen(fd, "wb") as fout:
-                result = self.decrypt_stream(fin, fout)
+                result = self.decrypt_stream(fin, fout, context, scheme=scheme)
                 fout.flush()
                 os.fsync(fout.fileno())
             return result
@@ -204,8 +251,21 @@ class Encryption:
 
 
 def file_context(store: str, subject: str | None, backup_id: str, path: str, plain_sha256: str) -> str:
-    """What a file's salt is bound to (see the module docstring)."""
+    """What a file's salt and records are bound to (see the module docstring)."""
     return "\0".join((store, subject or "", backup_id, path, plain_sha256))
+
+
+def context_label(context: str) -> str:
+    """``store/[subject/]backup_id/path`` of a :func:`file_context`, for messages."""
+    parts = context.split("\0")
+    if len(parts) == 5:
+        return "/".join(p for p in parts[:4] if p)
+    return repr(context)
+
+
+def _check_context(context: str) -> None:
+    if not isinstance(context, str) or not context:
+        raise ValueError("encryption and decryption need the file's context (file_context(...))")
 
 
 class EncryptingReader:

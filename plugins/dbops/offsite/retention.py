@@ -1,9 +1,16 @@
 """Offsite retention: the local policy (:class:`RetentionPolicy`) applied to a target's copy.
 
-* The same rules as locally: keep what is younger than ``retention_days``; keep the
-  newest ``min_keep`` verified backups whatever their age. An offsite copy counts as
-  verified when its arrival was checked (a valid ``offsite.json`` matching its manifest)
-  and the local copy, if still there, is not known bad (a failed verify or drill).
+* The same rules as locally, with the offsite numbers (``offsite.retention_days``,
+  ``min_keep``, ``keep_weekly``, ``keep_monthly``): the window, the weekly and monthly
+  tiers and the newest ``min_keep`` verified backups. An offsite copy counts as verified
+  when its arrival was checked (a valid ``offsite.json`` matching its manifest) and the
+  local copy, if still there, is not known bad (a failed verify or drill).
+* The base backups of point-in-time recovery (``postgres_pitr``) get no tiers offsite, as
+  locally (:mod:`dbops.pitr.retention`): a base backup far older than the window would
+  hold the offsite WAL chain to it (:func:`series_policy`).
+* Pins: a backup pinned locally (its ``pin`` sidecar) or in the target's ``pins.json``
+  (:mod:`dbops.offsite.pins`) is never deleted offsite. An unreadable ``pins.json``
+  refuses retention on that target (nothing deleted).
 * Offsite retention is independent of local deletions (no ``rsync --delete``
   mirroring): a backup deleted locally stays offsite until the offsite policy expires
   it, and a backup missing locally is never deleted while it is inside the window.
@@ -25,6 +32,8 @@ from datetime import datetime, timedelta
 from dbops.backup.repository import Backup, BackupRepository, as_utc, format_time
 from dbops.backup.retention import RetentionPolicy
 from dbops.offsite.common import Catalog, LogFn, OffsiteBackup, SeriesKey, StagingEntry, Target
+from dbops.offsite.pins import read_pins, series_pins
+from dbops.pitr.wal import BASE_STORE
 
 
 @dataclass(frozen=True)
@@ -40,14 +49,25 @@ class OffsiteDecision:
         return f"{'keep' if self.keep else 'delete'} {self.key}/{self.backup_id}{where}: {self.reason}"
 
 
+def series_policy(policy: RetentionPolicy, key: SeriesKey) -> RetentionPolicy:
+    """The policy for one series offsite: without the weekly and monthly tiers for the PITR
+    base backups (their WAL retention keeps the chain from the oldest kept one)."""
+    if key.store == BASE_STORE and (policy.keep_weekly or policy.keep_monthly):
+        return dataclasses.replace(policy, keep_weekly=0, keep_monthly=0)
+    return policy
+
+
 def judged(item: OffsiteBackup, local: Backup | None) -> Backup:
     """The offsite copy as a Backup the policy can judge: ``verified`` means it arrived
-    intact and the local copy (if any) is not known bad."""
+    intact and the local copy (if any) is not known bad; the local copy's pin comes along."""
     ok = item.envelope is not None and not item.envelope.check_against(item.backup.manifest)
     if local is not None and not local.verified:
         ok = False
     at = item.envelope.shipped_at if item.envelope is not None else item.backup.finished_at
-    return dataclasses.replace(item.backup, sidecars={"verify": {"ok": ok, "at": format_time(at)}})
+    sidecars = {"verify": {"ok": ok, "at": format_time(at)}}
+    if local is not None and "pin" in local.sidecars:
+        sidecars["pin"] = local.sidecars["pin"]
+    return dataclasses.replace(item.backup, sidecars=sidecars)
 
 
 def plan_series(
@@ -56,9 +76,11 @@ def plan_series(
     local: Iterable[Backup],
     policy: RetentionPolicy,
     now: datetime,
+    pins: dict[str, str] | None = None,
 ) -> tuple[list[OffsiteDecision], str | None]:
     """One decision per offsite backup of the series (oldest first), and why retention
-    is refused for the series (None when it may delete)."""
+    is refused for the series (None when it may delete). ``pins``: the series' pins in
+    the target's pins.json (backup id -> reason); local pins come with the local backups."""
     now = as_utc(now, "now")
     offsite = list(offsite)
     local_by_id = {b.backup_id: b for b in local}
@@ -73,7 +95,7 @@ def plan_series(
         if arrived is None or not judged(arrived, newest).verified:
             refused = f"the newest local backup {newest.backup_id} is not complete offsite yet"
     decisions = []
-    for d in policy.evaluate([judged(o, local_by_id.get(o.backup_id)) for o in offsite], now):
+    for d in policy.evaluate([judged(o, local_by_id.get(o.backup_id)) for o in offsite], now, pins=pins):
         backup = d.backup
         is_local = backup.backup_id in local_by_id
         keep, reason = d.keep, d.reason
@@ -115,15 +137,19 @@ def apply_offsite_retention(
     log: LogFn,
 ) -> dict:
     """Evaluate and (unless ``dry_run``) apply the policy to every series of ``stores``
-    on the target; returns what was kept, deleted (or would be) and refused."""
+    on the target; returns what was kept, deleted (or would be) and refused. The target's
+    pins.json is read first: unreadable, nothing is deleted (PinsUnreadable)."""
     stores = set(stores)
+    pins = read_pins(target, log)
     verb = "would delete" if dry_run else "deleted"
     report: dict = {"target": target.name, "dry_run": dry_run, "series": [], "incomplete_removed": []}
     for key in catalog.series():
         if key.store not in stores:
             continue
         offsite = list(catalog.backups[key].values())
-        decisions, refused = plan_series(key, offsite, repo.list(key.store, key.subject), policy, now)
+        judge = series_policy(policy, key)
+        decisions, refused = plan_series(key, offsite, repo.list(key.store, key.subject), judge, now,
+                                         series_pins(pins, key))  # fmt: skip
         deleted = []
         for d in decisions:
             log(("dry run: " if dry_run and not d.keep else "") + d.line())
@@ -135,11 +161,11 @@ def apply_offsite_retention(
         if refused:
             log(f"{key}: offsite retention refused, nothing deleted: {refused}")
         kept = [d.backup_id for d in decisions if d.keep]
-        log(f"{key} on {target.name}: kept {len(kept)}, {verb} {len(deleted)} "
-            f"(retention {policy.retention_days} days, min_keep {policy.min_keep})")  # fmt: skip
+        log(f"{key} on {target.name}: kept {len(kept)}, {verb} {len(deleted)} ({judge.describe()})")
         report["series"].append(
             {"series": key.rel, "kept": kept, "obsolete": deleted, "refused": refused,
-             "missing_locally": [d.backup_id for d in decisions if not d.local]}
+             "missing_locally": [d.backup_id for d in decisions if not d.local],
+             "pinned": [d.backup_id for d in decisions if d.reason.startswith("pinned: ")]}
         )  # fmt: skip
     for entry, why in incomplete_to_remove(catalog, repo, stale_after=stale_after, now=now):
         if entry.key.store not in stores:

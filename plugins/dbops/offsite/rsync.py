@@ -14,10 +14,20 @@ while one is removed.
 * Arrival check before publication: a remote listing (sizes) and ``sha256sum`` of every
   stored file and of ``manifest.json``; only then ``offsite.json`` is written and the
   folder renamed into place with one ``mv``.
+* Durable publication: every staged file and folder is flushed to disk (``sync FILE...``)
+  before the rename, and the folders holding the backup after it, so a power loss on the
+  host never leaves a complete-looking backup whose files were still in its page cache.
+* Encrypted copies are prepared in ``work_dir`` (the outbox), removed after the ship
+  whether it succeeded or failed (the bytes are deterministic: a rerun encrypts them
+  again and rsync resumes on the host's partial file).
+* Download (restore) is resumable: called again into the same folder, it fetches only
+  what is missing or differs (``--checksum`` against what is already there, partial
+  files kept in ``.rsync-partial``).
 
-Remote commands are POSIX ``sh`` with GNU ``find -printf`` and ``sha256sum -z``
-(Debian/Ubuntu/RHEL coreutils and findutils); every path is shell-quoted, and every
-name in it was validated (store, subject, backup id) or comes from the manifest.
+Remote commands are POSIX ``sh`` with GNU ``find -printf``, ``sha256sum -z`` and ``sync
+FILE...`` (Debian/Ubuntu/RHEL coreutils >= 8.24 and findutils; an older ``sync`` ignores
+its arguments and flushes everything, which is durable too); every path is shell-quoted,
+and every name in it was validated (store, subject, backup id) or comes from the manifest.
 """
 
 from __future__ import annotations
@@ -33,6 +43,7 @@ import shlex
 import shutil
 import subprocess
 import tempfile
+import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -61,7 +72,7 @@ from dbops.offsite.common import (
     split_backup_path,
     split_staging_path,
 )
-from dbops.offsite.crypto import Encryption, file_context
+from dbops.offsite.crypto import DecryptionError, Encryption, file_context
 from dbops.tools import find_tool, human_bytes, run_tool, write_secret_file
 
 PARTIAL_DIR = ".rsync-partial"
@@ -251,14 +262,6 @@ def _q(value: str) -> str:
     return shlex.quote(value)
 
 
-def _sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1024 * 1024), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _plain_names(names) -> list[str]:
     names = list(names)
     for name in names:
@@ -403,12 +406,15 @@ class RsyncTarget:
 
     # ---------------------------------------------------------------- shipping
 
-    def _outbox(self, backup: Backup, encryption: Encryption, log: LogFn) -> tuple[Path, list[StoredFile]]:
-        """The backup encrypted into ``work_dir`` (deterministic bytes, source mtimes)."""
+    def _outbox_path(self, backup: Backup) -> Path:
         if self.work_dir is None:
             raise OffsiteError("encryption over rsync needs a work_dir for the encrypted copy")
+        return self.work_dir.joinpath(*SeriesKey.of(backup).parts, backup.backup_id)
+
+    def _outbox(self, backup: Backup, encryption: Encryption, outbox: Path, manifest: bytes,
+                log: LogFn) -> list[StoredFile]:  # fmt: skip
+        """The backup encrypted into ``outbox`` (deterministic bytes, source mtimes)."""
         key = SeriesKey.of(backup)
-        outbox = self.work_dir.joinpath(*key.parts, backup.backup_id)
         outbox.mkdir(parents=True, exist_ok=True, mode=0o700)
         files = []
         for entry in backup.manifest["files"]:
@@ -423,16 +429,43 @@ class RsyncTarget:
             st = os.stat(src)
             os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns))
             files.append(StoredFile(entry["path"], stored_path, size, digest, entry["bytes"], entry["sha256"]))
-        shutil.copy2(backup.path / MANIFEST_NAME, outbox / MANIFEST_NAME)
+        fd = os.open(outbox / MANIFEST_NAME, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(manifest)
+        st = os.stat(backup.path / MANIFEST_NAME)
+        os.utime(outbox / MANIFEST_NAME, ns=(st.st_atime_ns, st.st_mtime_ns))
         log(f"encrypted {len(files)} files of {key}/{backup.backup_id} into {outbox} ({encryption!r})")
-        return outbox, files
+        return files
+
+    def _remove_outbox(self, outbox: Path) -> None:
+        shutil.rmtree(outbox, ignore_errors=True)
+        for parent in outbox.parents:  # the empty series folders of the outbox
+            if parent == self.work_dir or not str(parent).startswith(str(self.work_dir)):
+                break
+            try:
+                parent.rmdir()
+            except OSError:
+                break
 
     def ship(self, backup: Backup, encryption: Encryption | None, log: LogFn) -> tuple[Envelope, TransferStats]:
+        """Copy, check on arrival, publish durably. The outbox of an encrypted copy is
+        removed afterwards, also when the ship failed (it holds a whole backup)."""
+        outbox = self._outbox_path(backup) if encryption is not None else None
+        try:
+            return self._ship(backup, encryption, outbox, log)
+        finally:
+            if outbox is not None:
+                self._remove_outbox(outbox)
+
+    def _ship(self, backup: Backup, encryption: Encryption | None, outbox: Path | None,
+              log: LogFn) -> tuple[Envelope, TransferStats]:  # fmt: skip
         key = SeriesKey.of(backup)
         where = f"{key}/{backup.backup_id}"
-        outbox = None
+        # one read of the manifest: the bytes sent, checked on arrival and authenticated
+        manifest = (backup.path / MANIFEST_NAME).read_bytes()
         if encryption is not None:
-            outbox, files = self._outbox(backup, encryption, log)
+            assert outbox is not None
+            files = self._outbox(backup, encryption, outbox, manifest, log)
             source = outbox
         else:
             source, files = backup.path, plain_files(backup.manifest)
@@ -442,6 +475,7 @@ class RsyncTarget:
             encryption=encryption.describe() if encryption else None,
             target=self.name,
             shipped_at=utc_now(),
+            manifest_mac=encryption.manifest_mac(manifest) if encryption else None,
         )
         staging = self.staging_dir(key, backup.backup_id)
         names = [f.stored_path for f in files] + [MANIFEST_NAME]
@@ -459,7 +493,7 @@ class RsyncTarget:
             f"{human_bytes(stats.matched_bytes)} already there, {human_bytes(stats.bytes_sent)} on the wire")  # fmt: skip
 
         # the arrival check, in the staging folder: nothing is published unless it passes
-        manifest_sha = _sha256_of(backup.path / MANIFEST_NAME)
+        manifest_sha = hashlib.sha256(manifest).hexdigest()
         state = self._folder_state(staging, names, log)
         problems, extras = _compare(state, files, manifest_sha, allow=(PARTIAL_DIR + "/",))
         if problems:
@@ -468,30 +502,33 @@ class RsyncTarget:
                 self.session.run(f"cd -- {_q(staging)} && rm -f -- {' '.join(map(_q, bad))}", log=log)
             raise OffsiteVerificationError(f"rsync arrival check of {where} failed, not published", problems)
 
-        series = self.series_dir(key)
         bid = backup.backup_id
+        publish = self._publish_script(key, bid, extras)
+        self.session.run(publish, log=log, stdin=envelope.to_bytes())
+        log(f"published {where} at {self.backup_dir(key, bid)} (sizes and sha256 of {len(files)} files checked, "
+            "flushed to disk on the host)")  # fmt: skip
+        return envelope, stats
+
+    def _publish_script(self, key: SeriesKey, bid: str, extras: list[str]) -> str:
+        """The remote ``sh`` script that publishes the checked staging folder of ``bid``,
+        reading ``offsite.json`` from stdin: every staged file and folder flushed to disk
+        before the one ``mv``, the folders holding the result after it."""
+        series = self.series_dir(key)
         stage_rel = f"{STAGING_DIR}/{bid}"
         remove = " ".join(_q(f"{stage_rel}/{x}") for x in [PARTIAL_DIR, *extras])
-        publish = (
+        envelope_tmp = stage_rel + "/." + ENVELOPE_NAME + ".tmp"
+        holders = [series, posixpath.join(series, STAGING_DIR)]
+        holders += [posixpath.join(self.root, *key.parts[:n]) for n in range(len(key.parts) - 1, -1, -1)]
+        return (
             f"set -e; umask 077; cd -- {_q(series)}; "
             f"if [ -e {_q(bid)} ]; then echo 'backup {bid} already exists offsite, not replacing it' >&2; exit 3; fi; "
             f"rm -rf -- {remove}; "
-            f"cat > {_q(stage_rel + '/.' + ENVELOPE_NAME + '.tmp')}; "
-            f"mv -f -- {_q(stage_rel + '/.' + ENVELOPE_NAME + '.tmp')} {_q(stage_rel + '/' + ENVELOPE_NAME)}; "
-            f"mv -- {_q(stage_rel)} {_q(bid)}"
+            f"cat > {_q(envelope_tmp)}; "
+            f"mv -f -- {_q(envelope_tmp)} {_q(stage_rel + '/' + ENVELOPE_NAME)}; "
+            f"find {_q(stage_rel)} -exec sync -- {{}} +; "
+            f"mv -- {_q(stage_rel)} {_q(bid)}; "
+            f"sync -- {' '.join(map(_q, holders))}"
         )
-        self.session.run(publish, log=log, stdin=envelope.to_bytes())
-        log(f"published {where} at {self.backup_dir(key, bid)} (sizes and sha256 of {len(files)} files checked)")
-        if outbox is not None:
-            shutil.rmtree(outbox, ignore_errors=True)
-            for parent in outbox.parents:  # the empty series folders of the outbox
-                if parent == self.work_dir or not str(parent).startswith(str(self.work_dir)):
-                    break
-                try:
-                    parent.rmdir()
-                except OSError:
-                    break
-        return envelope, stats
 
     # ---------------------------------------------------------------- checks
 
@@ -518,13 +555,68 @@ class RsyncTarget:
     def verify_content(
         self, item: OffsiteBackup, *, deep: bool, encryption: Encryption | None, log: LogFn
     ) -> list[str]:
-        """sha256 of every stored file (and the manifest) on the host, against the envelope."""
-        assert item.envelope is not None
+        """sha256 of every stored file (and the manifest) on the host, against the envelope;
+        with ``deep`` and the copy's key at hand, every encrypted file is also read back and
+        decrypted under the context of the file it is meant to be (a ciphertext swapped or
+        moved offsite, even with a matching offsite.json, fails here)."""
+        envelope = item.envelope
+        assert envelope is not None
         folder = self.backup_dir(item.key, item.backup_id)
-        names = [f.stored_path for f in item.envelope.files]
+        names = [f.stored_path for f in envelope.files]
         state = self._folder_state(folder, names, log)
-        problems, extras = _compare(state, item.envelope.files, None, allow=())
-        return problems + [f"{x}: not part of the backup" for x in extras]
+        problems, extras = _compare(state, envelope.files, None, allow=())
+        problems += [f"{x}: not part of the backup" for x in extras]
+        if deep and envelope.encryption:
+            wanted = envelope.encryption.get("key_id")
+            if encryption is None or encryption.key_id != wanted:
+                log(f"{item.key}/{item.backup_id}: not decrypted by the deep check: encrypted with key id {wanted}, "
+                    f"{'no key' if encryption is None else 'key id ' + encryption.key_id} given")  # fmt: skip
+            else:
+                for f in envelope.files:
+                    if any(p.startswith(f.stored_path + ":") for p in problems):
+                        continue  # already known bad
+                    context = file_context(item.key.store, item.key.subject, item.backup_id, f.path, f.plain_sha256)
+                    problem = self._decrypts(posixpath.join(folder, f.stored_path), f, encryption, context,
+                                             envelope.encryption.get("scheme"))  # fmt: skip
+                    if problem:
+                        problems.append(f"{f.stored_path}: {problem}")
+        return problems
+
+    def _decrypts(self, path: str, f: StoredFile, encryption: Encryption, context: str,
+                  scheme: str | None) -> str | None:  # fmt: skip
+        """Stream ``path`` from the host through the decryption (nothing written); the problem or None."""
+        argv = [*self.session.ssh_argv(), self.session.destination, "sh -c " + _q(f"cat -- {_q(path)}")]
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        errors: list[bytes] = []
+        reader = threading.Thread(target=lambda: errors.append(proc.stderr.read()),  # type: ignore[union-attr]
+                                  daemon=True)  # fmt: skip
+        reader.start()
+        problem, read_to_end = None, False
+        try:
+            size, digest = encryption.decrypt_stream(proc.stdout, _Discard(), context,  # type: ignore[arg-type]
+                                                     scheme=scheme)  # fmt: skip
+            read_to_end = True
+        except DecryptionError as exc:
+            problem = f"does not decrypt: {exc}"
+        finally:
+            if proc.poll() is None and not read_to_end:
+                proc.kill()  # the rest is not needed
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            reader.join(timeout=5)
+            proc.stdout.close()  # type: ignore[union-attr]
+        if proc.returncode not in (0, -9) or (proc.returncode == -9 and problem is None):
+            # a transport failure, not the data: a truncated stream must not read as tampering
+            text = b"".join(errors).decode(errors="replace").strip()
+            return f"could not be read back from the host (exit {proc.returncode}): {text[-300:]}"
+        if problem is not None:
+            return problem
+        if size != f.plain_bytes or digest != f.plain_sha256:
+            return f"decrypts to {size} bytes sha256 {digest}, the manifest says {f.plain_bytes} {f.plain_sha256}"
+        return None
 
     # ---------------------------------------------------------------- removal
 
@@ -582,13 +674,17 @@ class RsyncTarget:
         self.session.run(f"umask 077 && mkdir -p -- {_q(path)}", log=log)
         listing = self.session.temp_file("files", "\0".join(names).encode() + b"\0")
         try:
-            return self._rsync(
+            stats = self._rsync(
                 ["-rtp", "--chmod=D700,F600", f"--partial-dir={PARTIAL_DIR}", f"--files-from={listing}",
                  "--from0", f"{source_dir}/", self._remote(path + "/")],
                 log,
             )  # fmt: skip
         finally:
             listing.unlink(missing_ok=True)
+        # on disk before a catalog written later can name them (names on stdin, as in delete_files)
+        self.session.run(f"cd -- {_q(path)} && xargs -0 -r sync -- && sync -- .", log=log,
+                         stdin="\0".join(names).encode() + b"\0")  # fmt: skip
+        return stats
 
     def check_files(self, folder: str, files, key_id, *, deep: bool, log: LogFn) -> list[str]:
         """Size and sha256 of every file, computed on the host (``deep`` changes nothing:
@@ -628,7 +724,8 @@ class RsyncTarget:
         folder, name = posixpath.split(path)
         tmp = posixpath.join(folder, f".{name}.tmp-{secrets.token_hex(4)}")
         self.session.run(
-            f"set -e; umask 077; mkdir -p -- {_q(folder)}; cat > {_q(tmp)}; mv -f -- {_q(tmp)} {_q(path)}",
+            f"set -e; umask 077; mkdir -p -- {_q(folder)}; cat > {_q(tmp)}; sync -- {_q(tmp)}; "
+            f"mv -f -- {_q(tmp)} {_q(path)}; sync -- {_q(folder)}",
             log=log, stdin=data,
         )  # fmt: skip
 
@@ -641,12 +738,22 @@ class RsyncTarget:
     # ---------------------------------------------------------------- restore
 
     def download(self, key: SeriesKey, backup_id: str, dest: Path, log: LogFn) -> TransferStats:
+        """The backup folder into ``dest``; resumable: called again with the same ``dest``
+        after a failure, files already there with the same size and checksum are not sent
+        again, and a partial file (kept in ``.rsync-partial``) is completed."""
         dest.mkdir(parents=True, exist_ok=True, mode=0o700)
         return self._rsync(
-            ["-rtp", "--chmod=D700,F600", f"--partial-dir={PARTIAL_DIR}",
+            ["-rtp", "--checksum", "--chmod=D700,F600", f"--partial-dir={PARTIAL_DIR}",
              self._remote(self.backup_dir(key, backup_id) + "/"), f"{dest}/"],
             log,
         )  # fmt: skip
+
+
+class _Discard:
+    """A sink for a check that only needs the decryption's size and sha256."""
+
+    def write(self, data: bytes) -> int:
+        return len(data)
 
 
 def _compare(

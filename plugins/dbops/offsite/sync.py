@@ -1,17 +1,21 @@
 """Shipping and verifying: the steps of a sync, for any target.
 
 ship: read the target's catalog; for every series of the chosen stores, ship the local
-complete, verified backups that are not offsite yet and that the offsite policy would
-keep (so a backup older than the offsite window is not shipped only to be expired), the
-newest first. A backup already offsite is never sent again: a second sync with nothing
-new transfers nothing but the catalog's manifests. An offsite backup with the same id
-and another manifest is a conflict and is never overwritten.
+complete, verified backups that are not offsite yet and that offsite retention would
+keep (the same policy for the series, :func:`dbops.offsite.retention.series_policy`: a
+backup outside the offsite window and its tiers, or a PITR base backup outside the window,
+is not shipped only to be expired), the newest first. A backup already offsite is never
+sent again: a second sync with nothing new transfers nothing but the catalog's manifests.
+An offsite backup with the same id and another manifest is a conflict and is never
+overwritten.
 
 verify: read the catalog again and check it against the manifests: every backup this
 sync expected is complete offsite; every offsite backup's envelope matches its manifest
-and every stored file has the recorded size, with nothing extra; the backups shipped by
-this run (or all, with ``deep``) are checked by content (sha256 where the target can
-tell). Any mismatch fails loudly, listing every problem.
+and every stored file has the recorded size, with nothing extra; the manifest of every
+encrypted copy is authenticated by its ``manifest_mac`` (when the copy's key is at hand);
+the backups shipped by this run (or all, with ``deep``) are checked by content (sha256
+where the target can tell; with ``deep`` and the key, decrypted under each file's own
+context). Any mismatch fails loudly, listing every problem.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ from dbops.offsite.common import (
     TransferStats,
 )
 from dbops.offsite.crypto import HEADER_BYTES, TAG_BYTES, Encryption
-from dbops.offsite.retention import judged
+from dbops.offsite.retention import judged, series_policy
 from dbops.tools import human_bytes
 
 
@@ -83,7 +87,8 @@ def plan_shipping(
             continue
         local_by_id = {b.backup_id: b for b in repo.list(key.store, key.subject)}
         what_if = [judged(o, local_by_id.get(o.backup_id)) for o in offsite.values()] + candidates
-        decisions = {d.backup.backup_id: d for d in policy.evaluate(what_if, now)}
+        judge = series_policy(policy, key)  # as offsite retention judges the series (no tiers for PITR bases)
+        decisions = {d.backup.backup_id: d for d in judge.evaluate(what_if, now)}
         for backup in candidates:
             decision = decisions[backup.backup_id]
             if decision.keep:
@@ -193,6 +198,8 @@ def verify_all(
         if catalog.get(key, backup_id) is None:
             problems.append(f"{name}: not complete offsite after the sync")
     checked = content_checked = 0
+    authenticated: list[str] = []
+    unauthenticated: dict[str, str] = {}  # where -> why the manifest mac could not be checked
     for item in catalog.all():
         if item.key.store not in stores:
             continue
@@ -205,6 +212,14 @@ def verify_all(
             problems.append(f"{where}: {item.envelope_problem}")
             continue
         problems += [f"{where}: {p}" for p in item.envelope.check_against(item.backup.manifest)]
+        why = _mac_not_checkable(item.envelope, encryption)
+        if why:
+            unauthenticated[where] = why
+        elif item.envelope.encryption or item.envelope.manifest_mac:
+            bad = item.envelope.check_manifest_mac(item.manifest_bytes, encryption)
+            problems += [f"{where}: {p}" for p in bad]
+            if not bad:
+                authenticated.append(where)
         sizes = catalog.sizes.get((item.key, item.backup_id), {})
         stored = {f.stored_path for f in item.envelope.files}
         for f in item.envelope.files:
@@ -222,10 +237,29 @@ def verify_all(
             problems += [f"{where}: {p}" for p in target.verify_content(item, deep=deep, encryption=encryption, log=log)]
     summary = (
         f"{target.name}: {checked} offsite backups match their manifests (sizes), "
-        f"{content_checked} checked by content{' (deep)' if deep else ''}"
+        f"{content_checked} checked by content{' (deep)' if deep else ''}, "
+        f"{len(authenticated)} encrypted manifests authenticated"
+        + (f", {len(unauthenticated)} manifests NOT authenticated" if unauthenticated else "")
     )
+    for where, why in sorted(unauthenticated.items()):
+        log(f"{where}: manifest not authenticated: {why}")
     if problems:
         raise OffsiteVerificationError(f"{target.name} ({target.location()}): {len(problems)} problems", problems)
     log(summary)
     return {"target": target.name, "checked": checked, "content_checked": content_checked, "deep": deep,
-            "summary": summary}  # fmt: skip
+            "authenticated": len(authenticated), "unauthenticated": unauthenticated, "summary": summary}  # fmt: skip
+
+
+def _mac_not_checkable(envelope, encryption: Encryption | None) -> str | None:
+    """Why the manifest mac of an encrypted copy cannot be checked by this verify (the
+    copy itself may be fine: encryption turned off, a rotated key, a copy made before
+    macs existed), or None. A missing or wrong mac is not this: it is a problem."""
+    if not envelope.encryption:
+        return None if envelope.manifest_mac is None or encryption is not None else "no encryption key configured"
+    if envelope.legacy_unauthenticated:
+        return f"shipped as {envelope.encryption.get('scheme')} before manifests were authenticated"
+    if encryption is None:
+        return "encrypted, and no encryption key configured"
+    if envelope.encryption.get("key_id") != encryption.key_id:
+        return f"encrypted with key id {envelope.encryption.get('key_id')}, the configured key is {encryption.key_id}"
+    return None

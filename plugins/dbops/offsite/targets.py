@@ -48,6 +48,8 @@ def open_target(name: str, config: DbopsConfig) -> Iterator:
             multipart_threshold=settings.s3_multipart_threshold_mib * MIB,
             multipart_chunksize=settings.s3_multipart_chunk_mib * MIB,
             max_concurrency=settings.s3_max_concurrency,
+            object_lock=settings.s3_object_lock,
+            retention_days=settings.retention_days,
         )
         with S3Target(connections.s3_client(config.connections.s3), s3) as target:
             yield target

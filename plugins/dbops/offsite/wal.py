@@ -23,9 +23,11 @@ the ``floor``: the oldest (timeline, segno) offsite retention kept. Segments bel
 shipped again (a local archive that keeps WAL longer than the offsite window would otherwise
 resend what offsite retention just removed).
 
-Encryption reuses :mod:`dbops.offsite.crypto` unchanged (AES-256-GCM in chunks): the salt is
-bound to the archive's system identifier, the file name and its sha256, so the same sealed
-file encrypts to the same bytes on every run. Files are encrypted into a private outbox in
+Encryption reuses :mod:`dbops.offsite.crypto` unchanged (AES-256-GCM in chunks): each file
+is bound to the context ``file_context(WAL_DIR, None, system identifier, file, sha256)``, so
+the same sealed file encrypts to the same bytes on every run, and a stored file swapped with
+another (or taken from another cluster's archive) does not decrypt under the name it is
+fetched for: readers pass that same context. Files are encrypted into a private outbox in
 batches, which both targets then copy like plain files.
 
 Pure Python (no Airflow); the tasks are in :mod:`dbops.tasks.offsite_wal`.
@@ -45,6 +47,7 @@ from typing import Any
 
 from dbops.backup.adapter import NotRetryable
 from dbops.backup.repository import Backup, format_time, parse_time, utc_now
+from dbops.backup.retention import pin_reason
 from dbops.offsite.common import (
     ENCRYPTED_SUFFIX,
     FileTarget,
@@ -419,22 +422,34 @@ def plan_offsite_wal(
     now: datetime,
     retention_days: int,
     min_keep: int,
+    pins: Mapping[str, str] | None = None,
+    local: Iterable[Backup] = (),
 ) -> tuple[list[str], list[str]]:
     """(WAL names to expire offsite, reasons): the local chain rule
     (:func:`dbops.pitr.retention.plan_wal_retention`) on the offsite catalog, anchored on the
     base backups still offsite *after* this run's base backup retention (window + min_keep,
-    like every series). Pins are local sidecars, not shipped: offsite nothing is pinned.
+    like every series).
+
+    Pins, as offsite retention sees them: a base backup is pinned when its local copy
+    (``local``: the local base backups) has a ``pin`` sidecar, or ``pins`` (the base
+    backups' entries in the target's ``pins.json``: ``series_pins(read_pins(target, log),
+    SeriesKey(BASE_STORE))``) names it. A pinned base backup keeps its own WAL (start to
+    stop) and does not anchor the chain, so newer WAL still expires around it.
 
     The WAL plan must keep every base backup still offsite; should it judge one expired
     (offsite retention refused or kept it for its own reason), nothing expires: WAL is never
     removed from under a base backup that stays."""
     if catalog.header is None or not catalog.files:
         return [], ["no WAL offsite: nothing to expire"]
+    pins = dict(pins or {})
+    local_by_id = {b.backup_id: b for b in local}
     infos = []
     for item in bases:
-        try:  # pins are local sidecars, never shipped: offsite nothing is pinned
+        backup = judged(item, local_by_id.get(item.backup_id))  # verified, and the local pin comes along
+        pinned = pin_reason(backup) or pins.get(item.backup_id)
+        try:
             infos.append(BaseInfo.of(item.backup_id, item.backup.taken_at, item.backup.manifest.get("details", {}),
-                                     verified=judged(item, None).verified, pinned=False))  # fmt: skip
+                                     verified=backup.verified, pinned=pinned is not None))  # fmt: skip
         except (KeyError, ValueError, TypeError) as exc:
             return [], [f"base backup {item.backup_id} offsite: its manifest does not say where its WAL is ({exc}); "
                         "nothing expired"]  # fmt: skip

@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from dbops.backup.repository import Backup, BackupRepository
-from dbops.backup.retention import RetentionRefused, check_clock
+from dbops.backup.retention import RetentionRefused, check_clock, pin_reason
 from dbops.pitr.retention import BaseInfo, plan_wal_retention
 from dbops.pitr.wal import BASE_STORE, WalArchive
 
@@ -22,10 +22,9 @@ LogFn = Callable[[str], None]
 
 def base_info(backup: Backup) -> BaseInfo:
     """Retention's view of a base backup: its place in the WAL (manifest details), its
-    verdict, and whether a ``pin`` sidecar holds it."""
-    pin = backup.sidecars.get("pin") or {}
+    verdict, and whether a ``pin`` sidecar holds it (``dbops_pin``; an unreadable one holds it too)."""
     return BaseInfo.of(backup.backup_id, backup.taken_at, backup.manifest.get("details") or {},
-                       verified=backup.verified, pinned=pin.get("pinned") is True)  # fmt: skip
+                       verified=backup.verified, pinned=pin_reason(backup) is not None)  # fmt: skip
 
 
 def expire_pitr(

@@ -852,11 +852,12 @@ def compare_markers(expected: list[Marker], actual: list[Marker], target: dateti
     return problems
 
 
-def _choose_markers(markers: list[Marker], after: datetime) -> tuple[Marker, Marker] | None:
-    """The newest two consecutive markers, both after ``after``, far enough apart."""
+def _choose_markers(markers: list[Marker], after: datetime, before: datetime | None = None) -> tuple[Marker, Marker] | None:
+    """The newest two consecutive markers, both after ``after``, far enough apart, the
+    second no later than ``before`` (when given)."""
     ordered = sorted(markers, key=lambda m: (m.at, m.id))
     for first, second in reversed(list(zip(ordered, ordered[1:]))):
-        if first.at > after and second.at - first.at >= MIN_MARKER_GAP:
+        if first.at > after and second.at - first.at >= MIN_MARKER_GAP and (before is None or second.at <= before):
             return first, second
     return None
 
@@ -877,13 +878,18 @@ def drill_pitr(
     run_id: str,
     dag_id: str,
     timeout_s: float = 1800.0,
+    wal_ends_at: datetime | None = None,
     log: LogFn,
 ) -> dict[str, Any]:
     """Restore the newest verified base backup to a time between two markers and prove that
     exactly the live markers up to that time are there; ``pg_verifybackup`` on the extracted
     base first. Recorded as the base backup's ``drill`` sidecar ({ok, differences, target,
     seconds, ...}); a broken WAL chain is a failed drill naming the missing segment.
-    ScratchEnvironmentError (nothing recorded) when the environment stopped it."""
+    ScratchEnvironmentError (nothing recorded) when the environment stopped it.
+
+    ``wal_ends_at``: ``archive`` is a fixed copy (fetched from offsite) whose last transaction
+    ended then: the markers are chosen before it, none is written and no receiver is waited
+    for (nothing will arrive in that copy); RecoveryRefused when it holds no two markers."""
     from dbops.stores.postgres.recovery import MAINTENANCE_DB
 
     verified = [b for b in repo.list(BASE_STORE) if b.verified]
@@ -895,7 +901,14 @@ def drill_pitr(
     try:
         ensure_markers(live, database)
         markers = read_markers(live, database) or []
-        pair = _choose_markers(markers, base.consistent_at)
+        pair = _choose_markers(markers, base.consistent_at, wal_ends_at)
+        if pair is None and wal_ends_at is not None:
+            raise RecoveryRefused(
+                f"fewer than two markers of {database} were committed between base backup {backup.backup_id} "
+                f"(consistent at {format_time(base.consistent_at)}) and the end of the WAL in {archive.root} "
+                f"(last transaction at {format_time(wal_ends_at)}): nothing to recover between (dbops_wal_check writes "
+                "a marker every run and ships the sealed WAL)"
+            )
         if pair is None:
             log(f"fewer than two markers after base backup {backup.backup_id} was consistent: writing two, a second apart")
             write_marker(live, database, written_by=DRILL_MARKER_WRITER)
@@ -913,8 +926,8 @@ def drill_pitr(
     target = RecoveryTarget("time", format_time(target_time), time=target_time)
     log(f"PITR drill of base backup {backup.backup_id}: target {target.value}, between marker {first.id} "
         f"({format_time(first.at)}) and marker {second.id} ({format_time(second.at)})")  # fmt: skip
-    # the marker after the target must be in the archive: it is what stops the recovery
-    _wait_received(archive, live, base, written_to, timeout_s=wait_for_wal_s, log=log)
+    if wal_ends_at is None:  # the marker after the target must be in the archive: it is what stops the recovery
+        _wait_received(archive, live, base, written_to, timeout_s=wait_for_wal_s, log=log)
 
     def drill(_backup: Backup, found: DrillComparison) -> None:
         try:

@@ -2,8 +2,8 @@
 
 ``GET /`` is the page (``include/ui/``: HTML, CSS and a small script that draws
 everything from the JSON API, the chart as inline SVG; nothing from a CDN).
-``GET /api/overview``, ``/api/table-sizes``, ``/api/offsite`` and ``/api/pitr`` are the JSON it
-shows.
+``GET /api/overview``, ``/api/table-sizes``, ``/api/offsite``, ``/api/pitr`` and ``/api/recovery``
+(the recovery-point status per store at the top) are the JSON it shows.
 
 Read-only: the backup repository is only listed, retention is evaluated and not applied,
 the Postgres session is read-only. Each part is computed on its own: an unreadable store
@@ -16,6 +16,8 @@ checked by Airflow's own ``get_user`` dependency; the page redirects to the logi
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -66,6 +68,41 @@ def _shown_stores(config, repo) -> list[str]:
     return enabled + on_disk
 
 
+# Offsite catalogs, read by /api/offsite and reused by /api/recovery for this long: a
+# catalog costs S3 or SSH round trips, the recovery status is asked on every page load.
+CATALOG_CACHE_S = 300.0
+_catalog_cache: dict[tuple[str, str], tuple[float, Any]] = {}
+_catalog_lock = threading.Lock()
+
+
+def _catalogs(config, max_age_s: float) -> dict[str, Any]:
+    """``{target: Catalog or error message}`` of every configured target; a catalog read
+    less than ``max_age_s`` ago (for the same target settings) is reused."""
+    from dbops import connections
+    from dbops.offsite.targets import open_target, target_connection_id
+
+    found: dict[str, Any] = {}
+    for name in config.offsite.targets:
+        conn_id = target_connection_id(config, name)
+        key = (name, f"{conn_id}|{config.offsite.model_dump_json()}")
+        cached = _catalog_cache.get(key)
+        if cached is not None and time.monotonic() - cached[0] <= max_age_s:
+            found[name] = cached[1]
+            continue
+        if not connections.connection_exists(conn_id):
+            found[name] = f"no Airflow connection {conn_id!r}"
+            continue
+        try:
+            with open_target(name, config) as target:
+                found[name] = target.catalog(lambda _msg: None)
+        except Exception as exc:
+            log.warning("DB Ops page: offsite target %s unreadable: %s", name, exc)
+            found[name] = _error(exc)
+        with _catalog_lock:
+            _catalog_cache[key] = (time.monotonic(), found[name])
+    return found
+
+
 def _with_postgres(config, read):
     """``read(conn)`` over a read-only session of the dbops Postgres connection."""
     from dbops import connections
@@ -109,7 +146,7 @@ def create_app() -> FastAPI:
         from dbops.status import overview, queries
 
         config = _config()
-        policy = RetentionPolicy(config.backup.retention_days, config.backup.min_keep)
+        policy = RetentionPolicy.of(config.backup)
         try:
             repo = _repository(config)
             result = overview.backups_overview(repo, _shown_stores(config, repo), policy, utc_now())
@@ -146,29 +183,18 @@ def create_app() -> FastAPI:
     def api_offsite(user: LoggedIn) -> dict[str, Any]:
         """Which offsite target holds which local backup (same id and manifest), read from
         each target's catalog; a target that cannot be read shows its error."""
-        from dbops import connections
         from dbops.backup.repository import utc_now
         from dbops.backup.retention import RetentionPolicy
         from dbops.status import overview
-        from dbops.offsite.targets import open_target, target_connection_id
 
         config = _config()
         repo = _repository(config)
-        policy = RetentionPolicy(config.backup.retention_days, config.backup.min_keep)
+        policy = RetentionPolicy.of(config.backup)
         local = overview.backups_overview(repo, _shown_stores(config, repo), policy, utc_now())
         catalogs: dict[str, dict[str, str] | str] = {}
-        for name in config.offsite.targets:
-            conn_id = target_connection_id(config, name)
-            if not connections.connection_exists(conn_id):
-                catalogs[name] = f"no Airflow connection {conn_id!r}"
-                continue
-            try:
-                with open_target(name, config) as target:
-                    catalog = target.catalog(lambda _msg: None)
-                catalogs[name] = {f"{o.key}/{o.backup_id}": o.manifest_sha256 for o in catalog.all()}
-            except Exception as exc:
-                log.warning("DB Ops page: offsite target %s unreadable: %s", name, exc)
-                catalogs[name] = _error(exc)
+        for name, catalog in _catalogs(config, max_age_s=0).items():  # read now; refreshes the cache
+            catalogs[name] = catalog if isinstance(catalog, str) else {
+                f"{o.key}/{o.backup_id}": o.manifest_sha256 for o in catalog.all()}
         return overview.offsite_copies(local, catalogs)
 
     @app.get("/api/pitr")
@@ -189,6 +215,32 @@ def create_app() -> FastAPI:
         result = pitr.pitr_overview(repo, wal_root, utc_now(), enabled=config.pitr.enabled,
                                     max_lag_s=config.pitr.max_lag_s)
         return {**result, "error": None}
+
+    @app.get("/api/recovery")
+    def api_recovery(user: LoggedIn) -> dict[str, Any]:
+        """The recovery-point status per store (green / late / failed with the reasons),
+        judged now by the checks of dbops_recovery_check: the repository as it is, the
+        nightly run from the DagRun table, the offsite catalogs from the page's cache; and
+        when that DAG last judged. An unreadable repository fails every store."""
+        from dbops import connections
+        from dbops.backup.recovery_point import newest_copies
+        from dbops.backup.repository import utc_now
+        from dbops.status import recovery_point
+
+        config = _config()
+        now = utc_now()
+        try:
+            repo = _repository(config)
+        except (OSError, ValueError, RuntimeError) as exc:
+            stores = [str(getattr(s, "value", s)) for s in config.backup.stores]
+            reason = f"the backup repository cannot be read: {_error(exc)}"
+            return {"status": "failed", "error": reason, "generated_at": None, "problems": [], "common": [],
+                    "stores": [{"store": s, "status": "failed", "reasons": [reason], "checks": []} for s in stores]}
+        offsite = {name: held if isinstance(held, str) else newest_copies(held)
+                   for name, held in _catalogs(config, max_age_s=CATALOG_CACHE_S).items()}
+        return recovery_point.recovery_overview(config, repo, now, offsite=offsite,
+                                                nightly=recovery_point.nightly_from_db,
+                                                connection_exists=connections.connection_exists)
 
     return app
 

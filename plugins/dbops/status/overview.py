@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from dbops.backup.repository import Backup, BackupRepository, as_utc, format_time, parse_time
-from dbops.backup.retention import RetentionPolicy
+from dbops.backup.retention import RetentionPolicy, pin_reason
 
 NO_BACKUP_YET = "no backup yet"
 
@@ -50,6 +50,7 @@ def _drill_time(drill: Mapping[str, Any]) -> datetime:
 def backup_entry(backup: Backup, now: datetime) -> dict[str, Any]:
     """One backup as the JSON API gives it (sizes in bytes, ages in seconds)."""
     manifest = backup.manifest
+    pinned = pin_reason(backup)
     return {
         "backup_id": backup.backup_id,
         "finished_at": format_time(backup.finished_at),
@@ -63,6 +64,8 @@ def backup_entry(backup: Backup, now: datetime) -> dict[str, Any]:
         "run_id": backup.run_id,
         "manifest_sha256": manifest.get("manifest_sha256"),
         "drill": _drill(backup),
+        "pinned": pinned is not None,  # dbops_pin: never expired, locally or offsite
+        "pin_reason": pinned,
     }
 
 
@@ -130,7 +133,8 @@ def backups_overview(repo: BackupRepository, stores: Iterable[str], policy: Rete
     return {
         "generated_at": format_time(now),
         "backup_root": str(repo.root),
-        "retention_policy": {"retention_days": policy.retention_days, "min_keep": policy.min_keep},
+        "retention_policy": {"retention_days": policy.retention_days, "min_keep": policy.min_keep,
+                             "keep_weekly": policy.keep_weekly, "keep_monthly": policy.keep_monthly},
         "stores": result,
     }
 

@@ -137,7 +137,7 @@ def retention_task(store: str):
         context = get_current_context()
         params = selected_params(store)
         config = _run_config(params)
-        policy = RetentionPolicy(config.backup.retention_days, config.backup.min_keep)
+        policy = RetentionPolicy.of(config.backup)  # days, min_keep and the weekly/monthly tiers
         repo = repository(config)
         adapter = store_adapter(store, config)
         results = [

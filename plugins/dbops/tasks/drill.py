@@ -4,6 +4,10 @@ restores it into scratch targets through the store's adapter and compares, ``sum
 names every mismatch of the run.
 
 The work is the store's adapter and :func:`dbops.backup.restore.run_drill` (no Airflow there).
+
+``source`` s3 or rsync: the latest usable copy of every series on that target is fetched
+into the fetch repository (:mod:`dbops.offsite.restore`) and drilled there, the result
+recorded beside the fetched copy; the local repository is never opened.
 """
 
 from __future__ import annotations
@@ -20,17 +24,83 @@ from dbops.tasks.backup import repository, store_adapter
 log = logging.getLogger(__name__)
 
 
+def _source(params: dict) -> str:
+    return params.get("source", "local")
+
+
+def _plan_offsite(context, config, source: str) -> dict:
+    """``plan`` of a drill from an offsite target: the latest usable copy of every series
+    there, the key and the space for all of them, checked before any work."""
+    from dbops.backup.restore import series_label
+    from dbops.offsite.common import OffsiteError
+    from dbops.offsite.restore import choose, fetch_repository, other_copies, space_needed
+    from dbops.offsite.targets import open_target
+    from dbops.registry import DRILLED_STORES
+    from dbops.tasks.restore import check_space, decryption
+
+    params = context["params"]
+    backups: dict[str, str] = {}
+    manifests: dict[str, str] = {}
+    chosen = []
+    problems: list[str] = []
+    notes: list[str] = []
+    with open_target(source, config) as target:
+        location = target.location()
+        catalog = target.catalog(log.info)
+    for store in params["stores"]:
+        if store not in DRILLED_STORES:
+            notes.append(f"{store}: not drilled (it has no scratch target)")
+            continue
+        keys = [k for k in catalog.series() if k.store == store]
+        if not keys:
+            problems.append(f"{store}: no backups on {location}: nothing to drill (a wrong target or prefix?)")
+        for key in keys:
+            label = series_label(key.store, key.subject)
+            try:
+                item, skipped = choose(catalog, key, "latest", location)
+            except OffsiteError as exc:
+                problems.append(str(exc))
+                continue
+            backups[label] = item.backup_id
+            manifests[label] = item.manifest_sha256
+            chosen.append(item)
+            problems += [f"newer copy passed over: {line}" for line in skipped]
+    enc = decryption(config, chosen)
+    repo = fetch_repository(config, source)
+    needed = reclaimable = 0
+    for item in chosen:
+        key = item.key
+        if not any(b.backup_id == item.backup_id for b in repo.list(key.store, key.subject)):
+            needed += space_needed(item)
+        reclaimable += sum(b.total_bytes for b in other_copies(repo, key.store, key.subject, item.backup_id))
+    space = check_space(repo, needed, reclaimable, f"{len(chosen)} backup(s) from {source}")
+    if str(context["dag_run"].run_type).lower().endswith("backfill"):
+        notes.append(f"backfilled run for {context['logical_date']}: it drills the latest copies now, not those of that date")
+    for line in notes + problems:
+        log.info("%s", line)
+    log.info("drilling %d backup(s) from %s, fetched into %s: %s", len(backups), location, repo.root, backups)
+    offsite = {"target": source, "location": location, "encrypted": enc is not None, "fetch_root": str(repo.root),
+               "manifests": manifests, **space}  # fmt: skip
+    return {"backups": backups, "problems": problems, "notes": notes, "root": str(repo.root), "offsite": offsite}
+
+
 @task
 def plan() -> dict:
     """The backup each drill restores: the latest verified one of every series, chosen once
     (a rerun of a drill task drills the same backup). A selected store with no backup at
-    all, and newer backups that are not verified, are problems: the summary fails on them."""
+    all, and newer backups that are not verified, are problems: the summary fails on them.
+    From offsite: the latest usable copy of every series on that target."""
     from dbops.backup.restore import series_label, why_unverified
     from dbops.registry import DRILLED_STORES
+    from dbops.tasks.restore import offsite_source
 
     context = get_current_context()
     params = context["params"]
-    repo = repository(runtime_config())
+    config = runtime_config()
+    source = offsite_source(config, _source(params))
+    if source is not None:
+        return _plan_offsite(context, config, source)
+    repo = repository(config)
     backups: dict[str, str] = {}
     problems: list[str] = []
     notes: list[str] = []
@@ -58,7 +128,7 @@ def plan() -> dict:
     for line in notes + problems:
         log.info("%s", line)
     log.info("drilling %d backup(s) from %s: %s", len(backups), repo.root, backups)
-    return {"backups": backups, "problems": problems, "notes": notes, "root": str(repo.root)}
+    return {"backups": backups, "problems": problems, "notes": notes, "root": str(repo.root), "offsite": None}
 
 
 def series_task(store: str):
@@ -74,12 +144,24 @@ def series_task(store: str):
     return series
 
 
+def drill_backup(repo, backup, adapter, context) -> dict:
+    """The store adapter's drill of ``backup`` (scratch targets, compare, remove), recorded
+    beside it by :func:`dbops.backup.restore.run_drill`; shared by the DR drill."""
+    from dbops.backup.restore import run_drill
+
+    return run_drill(
+        repo, backup, target=adapter.drill_target(backup),
+        drill=lambda b, found: adapter.drill(b, found, log.info),
+        run_id=context["run_id"], dag_id=context["dag"].dag_id, log=log.info,
+    )  # fmt: skip
+
+
 def drill_task(store: str):
     """``drill_<store>`` of one series (mapped over them where a store has several), in the store's pool."""
 
     @task(task_id=f"drill_{store}", map_index_template="{{ subject or '" + store + "' }}", **on_store(store))
     def drill(subject: str | None, planned: dict) -> dict:
-        from dbops.backup.restore import DrillEnvironmentError, resolve_backup, run_drill, series_label
+        from dbops.backup.restore import DrillEnvironmentError, resolve_backup, series_label
 
         selected_params(store)
         context = get_current_context()
@@ -88,15 +170,17 @@ def drill_task(store: str):
         if backup_id is None:
             raise AirflowSkipException(f"skipped: no verified backup of {label} to drill (see plan)")
         config = runtime_config()
-        repo = repository(config)
         adapter = store_adapter(store, config)
-        backup = resolve_backup(repo, store, subject, backup_id)
+        if planned.get("offsite"):
+            from dbops.tasks.restore import fetch_planned
+
+            # fetched and checked file by file; the result is recorded beside the fetched copy
+            repo, backup = fetch_planned(config, planned["offsite"], store, subject, backup_id)
+        else:
+            repo = repository(config)
+            backup = resolve_backup(repo, store, subject, backup_id)
         try:
-            result = run_drill(
-                repo, backup, target=adapter.drill_target(backup),
-                drill=lambda b, found: adapter.drill(b, found, log.info),
-                run_id=context["run_id"], dag_id=context["dag"].dag_id, log=log.info,
-            )  # fmt: skip
+            result = drill_backup(repo, backup, adapter, context)
         except DrillEnvironmentError as exc:
             # retried by Airflow: the environment may recover; the backup's verdict is unchanged
             raise DrillEnvironmentError(
@@ -131,15 +215,31 @@ def _pitr_drill_of_run(context, repo) -> dict | None:
     return {"ok": False, "differences": ["the point-in-time drill recorded nothing in this run (see drill_postgres_pitr)"]}
 
 
+@task
+def local_only() -> None:
+    """Skips (and with it the point-in-time drill) when the run drills an offsite target:
+    point-in-time recovery reads the local base backups and WAL archive."""
+    source = _source(get_current_context()["params"])
+    if source != "local":
+        raise AirflowSkipException(f"skipped: this run drills the copies on {source}; the point-in-time drill is local")
+
+
 @task(trigger_rule="all_done")
 def summary(planned: dict) -> dict:
-    """Every drill result of this run, read back from the drill sidecars; fails naming every
-    mismatch, every series without a result, every newer backup that is not verified, and a
-    run that drilled nothing."""
+    """Every drill result of this run, read back from the drill sidecars (beside the fetched
+    copies when drilling from offsite); fails naming every mismatch, every series without a
+    result, every newer backup that is not verified, and a run that drilled nothing."""
     from dbops.backup.restore import series_label
 
     context = get_current_context()
-    repo = repository(runtime_config())
+    config = runtime_config()
+    offsite = planned.get("offsite")
+    if offsite:
+        from dbops.offsite.restore import fetch_repository
+
+        repo = fetch_repository(config, offsite["target"])
+    else:
+        repo = repository(config)
     problems = list(planned["problems"])
     results: dict[str, dict] = {}
     for label, backup_id in sorted(planned["backups"].items()):
@@ -147,12 +247,15 @@ def summary(planned: dict) -> dict:
         backup = next((b for b in repo.list(store, subject or None) if b.backup_id == backup_id), None)
         drill = (backup.sidecars.get("drill") if backup else None) or {}
         if drill.get("run_id") != context["run_id"]:
-            problems.append(f"{label}/{backup_id}: no drill result from this run (its task failed before recording: see its log)")
+            failed = "its fetch or drill failed" if offsite else "its task failed"
+            problems.append(f"{label}/{backup_id}: no drill result from this run ({failed} before recording: see its log)")
             continue
         results[label] = {k: drill.get(k) for k in ("ok", "backup_id", "target", "seconds", "differences", "leftovers")}
+        if offsite:  # what bringing it back took: the other half of the time to recover
+            results[label]["download"] = (backup.sidecars.get("fetched") or {}).get("download")
         problems += [f"{series_label(store, subject or None)}/{backup_id}: {d}" for d in drill.get("differences", [])]
         problems += [f"{label}/{backup_id}: scratch target not removed: {d}" for d in drill.get("leftovers", [])]
-    pitr = _pitr_drill_of_run(context, repo)
+    pitr = None if offsite else _pitr_drill_of_run(context, repo)
     if pitr is not None:
         results["postgres point-in-time"] = pitr
         if not pitr.get("ok"):
@@ -163,5 +266,7 @@ def summary(planned: dict) -> dict:
         log.info("%s", note)
     if problems:
         raise AirflowFailException(f"restore drill: {len(problems)} problem(s):\n  " + "\n  ".join(problems))
-    log.info("restore drill: %d backup(s) restored into scratch targets and equal to their backups", len(results))
-    return {"drilled": results, "notes": planned["notes"]}
+    where = f" from {offsite['location']} (recorded beside the fetched copies in {repo.root})" if offsite else ""
+    log.info("restore drill: %d backup(s) restored into scratch targets and equal to their backups%s", len(results), where)
+    return {"drilled": results, "notes": planned["notes"], "source": offsite["target"] if offsite else "local",
+            "root": str(repo.root)}  # fmt: skip

@@ -38,7 +38,7 @@ def repository(config: DbopsConfig):
 def policy(config: DbopsConfig):
     from dbops.backup.retention import RetentionPolicy
 
-    return RetentionPolicy(config.offsite.retention_days, config.offsite.min_keep)
+    return RetentionPolicy.of(config.offsite)
 
 
 def encryption(config: DbopsConfig):
@@ -157,9 +157,12 @@ def verify_task(target_name: str):
 
 
 def retention_task(target_name: str):
-    """``retention_<target>``: the offsite policy, only after this run's verify passed."""
+    """``retention_<target>``: the offsite policy, only after this run's verify passed. In the
+    one-slot pool of offsite WAL work, which ``dbops_pin`` uses too: retention never reads
+    the target's pins.json while a pin changes it."""
+    from dbops.dagkit import OFFSITE_POOL, in_pool
 
-    @task(task_id=f"retention_{target_name}")
+    @task(task_id=f"retention_{target_name}", **in_pool(OFFSITE_POOL))
     def retention(verified: dict) -> dict:
         from dbops.backup.repository import utc_now
         from dbops.offsite.retention import apply_offsite_retention
@@ -175,5 +178,6 @@ def retention_task(target_name: str):
                 stale_after=timedelta(hours=config.offsite.stale_staging_hours), log=log.info,
             )  # fmt: skip
 
-    retention.__doc__ = f"Apply offsite retention on {target_name} (days, min_keep); dry run logs the plan."
+    retention.__doc__ = (f"Apply offsite retention on {target_name} (days, tiers, min_keep, pins); "
+                         "dry run logs the plan.")
     return retention

@@ -16,7 +16,7 @@ from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from dbops import connections
 from dbops.config import ALL_STORES, DbopsConfig
-from dbops.dagkit import in_pool
+from dbops.dagkit import OFFSITE_POOL, in_pool
 from dbops.runtime import runtime_config
 from dbops.offsite.targets import open_target, target_connection_id
 from dbops.pitr.wal import BASE_STORE
@@ -25,8 +25,6 @@ from dbops.tasks.offsite import encryption
 log = logging.getLogger(__name__)
 # the stores dbops_offsite_sync can ship: every store's dumps, and the PITR base backups
 OFFSITE_STORES = [*ALL_STORES, BASE_STORE]
-# ships (every 15 min) and expiries (in the nightly sync) of the offsite WAL never overlap
-WAL_POOL = "dbops_offsite_wal"
 
 
 def _wal_config(target_name: str) -> tuple[DbopsConfig, dict]:
@@ -60,7 +58,7 @@ def _archive(config: DbopsConfig):
 def ship_wal_task(target_name: str):
     """``ship_wal_<target>``: every sealed WAL file not offsite yet, checked on arrival."""
 
-    @task(task_id=f"ship_wal_{target_name}", **in_pool(WAL_POOL))
+    @task(task_id=f"ship_wal_{target_name}", **in_pool(OFFSITE_POOL))
     def ship_wal() -> dict:
         from dbops.offsite.wal import ship_wal as ship
 
@@ -110,11 +108,13 @@ def retention_wal_task(target_name: str):
     keeps more (the oldest base backup offsite can only be older), and ``retention_<target>``
     stays a leaf of the run, so its failure fails the run."""
 
-    @task(task_id=f"retention_wal_{target_name}", **in_pool(WAL_POOL))
+    @task(task_id=f"retention_wal_{target_name}", **in_pool(OFFSITE_POOL))
     def retention_wal(verified: dict) -> dict:
         from dbops.backup.repository import utc_now
         from dbops.offsite.common import SeriesKey
+        from dbops.offsite.pins import read_pins, series_pins
         from dbops.offsite.wal import expire_wal, plan_offsite_wal, read_offsite_catalog
+        from dbops.tasks.backup import repository
 
         config, params = _wal_config(target_name)
         if not verified:
@@ -123,9 +123,12 @@ def retention_wal_task(target_name: str):
         with open_target(target_name, config) as target:
             catalog = target.catalog(log.info)  # after the base backups' retention
             bases = [item for item in catalog.all() if item.key == SeriesKey(BASE_STORE)]
+            # an unreadable pins.json raises (PinsUnreadable): nothing expired
+            pins = series_pins(read_pins(target, log.info), SeriesKey(BASE_STORE))
             names, reasons = plan_offsite_wal(
                 bases, read_offsite_catalog(target, log.info), now=utc_now(),
                 retention_days=config.offsite.retention_days, min_keep=config.offsite.min_keep,
+                pins=pins, local=repository(config).list(BASE_STORE),
             )  # fmt: skip
             for reason in reasons:
                 log.info("%s", reason)

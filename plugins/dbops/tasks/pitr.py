@@ -174,31 +174,42 @@ def scratch_dir(config: DbopsConfig):
     return config.pitr.scratch_dir or config.backup.root / ".scratch"
 
 
+def check_pitr_params(params: dict, config: DbopsConfig, now) -> tuple:
+    """``(target, database, copy)`` of a point-in-time recovery's Params: the recovery target,
+    the database to copy out (or "") and its checked copy target (or None); RestoreRefused
+    naming the bad Param. Shared by the local and the offsite recovery."""
+    from dbops.backup.restore import LATEST, RestoreRefused, default_target
+    from dbops.pitr.recovery import check_copy_target, target_from_params
+
+    if params["store"] != "postgres":
+        raise RestoreRefused(f"target_time/target_lsn/target_name are for Postgres, not {params['store']}")
+    if params["backup_id"] != LATEST:
+        raise RestoreRefused("backup_id picks a pg_dump backup; a point-in-time recovery picks its base backup itself "
+                             "(leave backup_id 'latest')")  # fmt: skip
+    target = target_from_params(params["target_time"], params["target_lsn"], params["target_name"], now=now)
+    database = (params["database"] or "").strip()
+    copy = None
+    if database:
+        stamp = (target.time or now).strftime("%Y%m%dT%H%M%SZ")
+        copy = check_copy_target(admin_endpoint(config), params["target"] or default_target(database, stamp),
+                                 params["confirm_overwrite"])  # fmt: skip
+    elif params["target"] or params["confirm_overwrite"]:
+        raise RestoreRefused("target and confirm_overwrite need database: the database to copy out of the recovered cluster")
+    return target, database, copy
+
+
 def plan_pitr_restore(params: dict) -> dict:
     """Every refusal of a point-in-time restore, before any work: the Params, the target
     against the recovery window, the WAL chain, the copy's target database."""
     from dbops.backup.repository import utc_now
-    from dbops.backup.restore import LATEST, RestoreRefused, default_target
-    from dbops.pitr.recovery import check_copy_target, plan_recovery, target_from_params
+    from dbops.backup.restore import RestoreRefused
+    from dbops.pitr.recovery import plan_recovery
 
     try:
-        if params["store"] != "postgres":
-            raise RestoreRefused(f"target_time/target_lsn/target_name are for Postgres, not {params['store']}")
-        if params["backup_id"] != LATEST:
-            raise RestoreRefused("backup_id picks a pg_dump backup; a point-in-time recovery picks its base backup itself "
-                                 "(leave backup_id 'latest')")  # fmt: skip
         now = utc_now()
-        target = target_from_params(params["target_time"], params["target_lsn"], params["target_name"], now=now)
+        target, database, copy = check_pitr_params(params, runtime_config(), now)
         config = _enabled_config()
         plan = plan_recovery(repository(config), wal_archive(config), target, now=now)
-        database = (params["database"] or "").strip()
-        copy = None
-        if database:
-            stamp = (target.time or now).strftime("%Y%m%dT%H%M%SZ")
-            copy = check_copy_target(admin_endpoint(config), params["target"] or default_target(database, stamp),
-                                     params["confirm_overwrite"])  # fmt: skip
-        elif params["target"] or params["confirm_overwrite"]:
-            raise RestoreRefused("target and confirm_overwrite need database: the database to copy out of the recovered cluster")
     except RestoreRefused as exc:
         raise AirflowFailException(f"refused before any work: {exc}") from None
     planned = {"pitr": plan.to_dict(), "database": database or None, "copy": copy}
@@ -215,8 +226,10 @@ def restore_postgres_pitr(planned: dict) -> dict:
     database into the live cluster (and stop the scratch) or keep it running."""
     from dbops.backup.restore import RestoreRefused
     from dbops.backup.repository import utc_now
-    from dbops.pitr.recovery import RecoveryFailed, copy_database, restore_pitr, target_from_params
+    from dbops.pitr.recovery import RecoveryFailed, restore_pitr, target_from_params
 
+    if planned.get("pitr_offsite"):
+        raise AirflowSkipException("skipped: this point-in-time recovery is from offsite (restore_postgres_pitr_offsite)")
     if not planned.get("pitr"):
         raise AirflowSkipException("skipped: this run restores a backup, not a point in time")
     context = get_current_context()
@@ -233,21 +246,32 @@ def restore_postgres_pitr(planned: dict) -> dict:
     except (RestoreRefused, RecoveryFailed) as exc:
         raise AirflowFailException(f"point-in-time recovery failed: {exc}") from None
     log.info("%s", scratch.summary())
+    return finish_recovery(scratch, target, planned, config)
+
+
+def finish_recovery(scratch, target, planned: dict, config, **extra) -> dict:
+    """After a recovery into ``scratch``: keep the server running (no ``database``), or copy
+    ``database`` into the live cluster and stop it. ``extra`` goes into the result."""
+    from dbops.backup.restore import RestoreRefused
+    from dbops.pitr.recovery import RecoveryFailed, copy_database
+
+    context = get_current_context()
     if not planned["copy"]:
         log.info("the recovered server keeps running: stop it with pg_ctl -D %s stop (then remove %s)",
                  scratch.data_dir, scratch.root)  # fmt: skip
-        return {"kept": True, **scratch.to_dict()}
+        return {"kept": True, **extra, **scratch.to_dict()}
     try:
         copied = copy_database(
-            scratch, planned["database"], admin_endpoint(config), planned["copy"]["target"], params["confirm_overwrite"],
-            run_id=context["run_id"], dag_id=context["dag"].dag_id, jobs=config.restore.jobs, log=log.info,
+            scratch, planned["database"], admin_endpoint(config), planned["copy"]["target"],
+            context["params"]["confirm_overwrite"], run_id=context["run_id"], dag_id=context["dag"].dag_id,
+            jobs=config.restore.jobs, log=log.info,
         )  # fmt: skip
     except (RestoreRefused, RecoveryFailed) as exc:
         raise AirflowFailException(f"copy out of the recovered cluster failed (the scratch server is kept for inspection: "
                                    f"{scratch.summary()}): {exc}") from None  # fmt: skip
     scratch.stop(log=log.info)
     log.info("%s of the cluster at %s is now database %s", planned["database"], target.describe(), copied["target"])
-    return {"kept": False, "copied": copied}
+    return {"kept": False, **extra, "copied": copied}
 
 
 # ----------------------------------------------------------------------------- dbops_restore_drill
