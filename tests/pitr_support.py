@@ -121,6 +121,15 @@ class PitrCluster:
         return {f"AIRFLOW_CONN_{admin_conn.upper()}": uri(self.superuser, self.superuser_password),
                 f"AIRFLOW_CONN_{replication_conn.upper()}": uri(self.replication_user, self.replication_password)}
 
+    def fresh_database(self, name: str, *statements: str) -> None:
+        """Drop and create database ``name``, then run ``statements`` in it (its tables)."""
+        with self.connect() as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        with self.connect(name) as conn:
+            for statement in statements:
+                conn.execute(statement)
+
     def system_identifier(self) -> str:
         with self.connect() as conn:
             return str(conn.execute("SELECT system_identifier FROM pg_control_system()").fetchone()[0])

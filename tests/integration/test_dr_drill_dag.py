@@ -21,10 +21,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from psycopg import sql
 
 from tests.conftest import run_dag, task_result, without_retries
 from tests.integration.restore_sources import STORES, backed_up_sources, drop_pg, kafka_topics, set_config, states
+from tests.integration.writers import busy, kafka_writer, mongo_writer, postgres_writer, redis_writer
 from tests.offsite_support import empty_prefix, local_repository_gone, remote_dir, remove_remote, ssh_params
 from tests.pitr_support import PitrCluster
 from tests.support import mongo_client, pg_connect
@@ -72,7 +72,10 @@ def shipped(devstack, dagbag, tmp_path_factory):
 def test_the_dr_drill_restores_every_store_from_each_target_without_the_local_repository(shipped, dagbag):
     src = shipped
     fetch_dir = Path(src.offsite["fetch_dir"])
-    with local_repository_gone(src.root):
+    # the live stores are written to throughout: the drill compares with the backups, not the live data
+    writers = (postgres_writer(src.pg, src.pg_db), mongo_writer(src.mongo, src.mongo_db),
+               redis_writer(src.redis, src.prefix, databases=(0,)), kafka_writer(src.kafka, src.topic))  # fmt: skip
+    with local_repository_gone(src.root), busy(*writers):
         run = run_dag(without_retries(dagbag.get_dag("dbops_dr_drill")), {"targets": ["rsync", "s3"], "stores": STORES})
     st = states(run)
     assert run.state == "success", st
@@ -148,11 +151,7 @@ def pitr_platform(airflow_db, devstack, pitr_cluster):
     env = {**cluster.connection_env(ADMIN_CONN, REPLICATION_CONN), "AIRFLOW_VAR_DBOPS_OFFSITE_KEY": os.urandom(32).hex()}
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
-    with cluster.connect() as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(DB)))
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(DB)))
-    with cluster.connect(DB) as conn:
-        conn.execute("CREATE TABLE orders (id integer PRIMARY KEY)")
+    cluster.fresh_database(DB, "CREATE TABLE orders (id integer PRIMARY KEY)")
     stack.start_receiver()
     stack.wait_streaming()
     set_config(config)

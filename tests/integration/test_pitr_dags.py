@@ -19,7 +19,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from psycopg import sql
 
 from dbops.backup.repository import BackupRepository
 from dbops.pitr.wal import BASE_STORE, WAL_DIR, WalArchive
@@ -89,11 +88,7 @@ def platform(airflow_db, devstack):
     env = cluster.connection_env(ADMIN_CONN, REPLICATION_CONN)
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
-    with cluster.connect() as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(DB)))
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(DB)))
-    with cluster.connect(DB) as conn:
-        conn.execute("CREATE TABLE orders (id integer PRIMARY KEY, at timestamptz NOT NULL DEFAULT clock_timestamp())")
+    cluster.fresh_database(DB, "CREATE TABLE orders (id integer PRIMARY KEY, at timestamptz NOT NULL DEFAULT clock_timestamp())")
     p.stack.start_receiver()
     p.stack.wait_streaming()
     set_config(p.config)

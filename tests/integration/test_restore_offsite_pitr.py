@@ -14,7 +14,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from psycopg import sql
 
 from tests.conftest import run_dag, task_result, without_retries
 from tests.integration.restore_sources import drop_pg, set_config, states
@@ -61,11 +60,7 @@ def test_a_database_recovered_to_a_time_from_the_offsite_copies_alone(pitr_clust
         for name, value in env.items():
             patch.setenv(name, value)
         try:
-            with cluster.connect() as conn:
-                conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(DB)))
-                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(DB)))
-            with cluster.connect(DB) as conn:
-                conn.execute("CREATE TABLE orders (id integer PRIMARY KEY)")
+            cluster.fresh_database(DB, "CREATE TABLE orders (id integer PRIMARY KEY)")
             stack.start_receiver()
             stack.wait_streaming()
             set_config(config)
