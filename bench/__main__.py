@@ -19,7 +19,7 @@ import sys
 import tempfile
 import time
 import traceback
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from bench.env import REPO, Bench, machine, versions
@@ -44,27 +44,55 @@ STEPS = [
     ("dag_parse", dag_parse.run),
 ]
 EXPECTED_ROWS = [
-    "pg_backup_vs_dumpall", "pg_backup_vs_floor", "pg_restore", "pg_backup_memory", "redis_backup_stall",
-    "pg_maintenance_writer", "offsite_second_sync", "s3_upload", "nightly_all", "dag_parse",
-    "pitr_base_backup", "pitr_restore_time", "pitr_recovery_point", "pitr_repository_bytes", "pitr_memory",
-]  # fmt: skip
+    "pg_backup_vs_dumpall",
+    "pg_backup_vs_floor",
+    "pg_restore",
+    "pg_backup_memory",
+    "redis_backup_stall",
+    "pg_maintenance_writer",
+    "offsite_second_sync",
+    "s3_upload",
+    "nightly_all",
+    "dag_parse",
+    "pitr_base_backup",
+    "pitr_restore_time",
+    "pitr_recovery_point",
+    "pitr_repository_bytes",
+    "pitr_memory",
+]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
     parser.add_argument("--smoke", action="store_true", help="tiny data, 1 repetition (CI)")
     parser.add_argument("--scale", type=float, help="GB of the main Postgres database (default 2; smoke 0.02)")
-    parser.add_argument("--memory-scales", type=float, nargs=2, metavar=("SMALL", "LARGE"),
-                        help="GB of the two databases of the memory row (default 1 4, or scale/2 and 2*scale)")
+    parser.add_argument(
+        "--memory-scales",
+        type=float,
+        nargs=2,
+        metavar=("SMALL", "LARGE"),
+        help="GB of the two databases of the memory row (default 1 4, or scale/2 and 2*scale)",
+    )
     parser.add_argument("--redis-mb", type=int, help="MB of Redis data (default 1024; smoke 8)")
     parser.add_argument("--repetitions", type=int, help="runs of each side (default 3; smoke 1)")
-    parser.add_argument("--out", type=Path, help="folder for latest.json and benchmarks.md "
-                        "(default: bench/results/ and docs/; required with --smoke)")
-    parser.add_argument("--only", nargs="+", choices=[name for name, _ in STEPS], metavar="STEP",
-                        help="run only these steps (later steps may need earlier ones' artifacts)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        help="folder for latest.json and benchmarks.md (default: bench/results/ and docs/; required with --smoke)",
+    )
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        choices=[name for name, _ in STEPS],
+        metavar="STEP",
+        help="run only these steps (later steps may need earlier ones' artifacts)",
+    )
     parser.add_argument("--work", type=Path, help="folder for datasets and artifacts (default bench/data/)")
-    parser.add_argument("--note", help="with --only into the recorded results: a note on the partial run "
-                        "(e.g. that the machine was shared), shown on the page")
+    parser.add_argument(
+        "--note",
+        help="with --only into the recorded results: a note on the partial run "
+        "(e.g. that the machine was shared), shown on the page",
+    )
     args = parser.parse_args(argv)
     if args.smoke and args.out is None:
         parser.error("--smoke needs --out DIR: a smoke run never overwrites the recorded results")
@@ -87,8 +115,14 @@ def make_context(args: argparse.Namespace, bench: Bench) -> Context:
         memory = (scale / 2, scale * 2)
     else:
         memory = (1.0, 4.0)
-    return Context(bench=bench, repetitions=args.repetitions or (1 if args.smoke else 3), pg_gb=scale,
-                   memory_gb=memory, redis_mb=args.redis_mb or (8 if args.smoke else 1024), smoke=args.smoke)
+    return Context(
+        bench=bench,
+        repetitions=args.repetitions or (1 if args.smoke else 3),
+        pg_gb=scale,
+        memory_gb=memory,
+        redis_mb=args.redis_mb or (8 if args.smoke else 1024),
+        smoke=args.smoke,
+    )
 
 
 def one_run_at_a_time():
@@ -132,10 +166,14 @@ def main(argv: list[str] | None = None) -> int:
     ctx = make_context(args, bench)
     started = time.perf_counter()
     result = {
-        "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "mode": "smoke" if args.smoke else "full" if not (args.scale or args.memory_scales) else "custom",
-        "settings": {"repetitions": ctx.repetitions, "postgres_gb": ctx.pg_gb, "memory_gb": list(ctx.memory_gb),
-                     "redis_mb": ctx.redis_mb},
+        "settings": {
+            "repetitions": ctx.repetitions,
+            "postgres_gb": ctx.pg_gb,
+            "memory_gb": list(ctx.memory_gb),
+            "redis_mb": ctx.redis_mb,
+        },
         "machine": machine(),
         "rows": [],
         "failures": [],

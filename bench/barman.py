@@ -86,8 +86,17 @@ class Barman:
     """A Barman installation for one benchmark run: its home, config and streaming receiver.
     ``os_user`` owns what it recovers (:meth:`hand_over`)."""
 
-    def __init__(self, executable: Path, home: Path, *, port: int, password: str, os_user: str, bin_dir: Path,
-                 compression: str = "gzip") -> None:
+    def __init__(
+        self,
+        executable: Path,
+        home: Path,
+        *,
+        port: int,
+        password: str,
+        os_user: str,
+        bin_dir: Path,
+        compression: str = "gzip",
+    ) -> None:
         self.executable = executable
         self.home = home
         self.port = port
@@ -160,20 +169,28 @@ class Barman:
     def start_receiver(self) -> None:
         """``barman receive-wal`` in the foreground of a process group of its own (stopped by
         :meth:`stop_receiver`); the slot is created first when absent."""
-        status = subprocess.run(self.argv("receive-wal", "--create-slot", SERVER), env=self.env(), cwd="/",
-                                capture_output=True, text=True)
+        status = subprocess.run(
+            self.argv("receive-wal", "--create-slot", SERVER), env=self.env(), cwd="/", capture_output=True, text=True
+        )
         if status.returncode != 0 and "already exists" not in status.stdout + status.stderr:
             raise BenchError(f"barman receive-wal --create-slot failed: {(status.stderr or status.stdout)[-2000:]}")
         log = open(self.home / "receive-wal.out", "ab")
-        self.receiver = subprocess.Popen(self.argv("receive-wal", SERVER), env=self.env(), cwd="/", stdout=log,
-                                         stderr=subprocess.STDOUT, start_new_session=True)
+        self.receiver = subprocess.Popen(
+            self.argv("receive-wal", SERVER),
+            env=self.env(),
+            cwd="/",
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         log.close()
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if self.receiver.poll() is not None:
                 raise BenchError(f"barman receive-wal exited at once: {self.receive_log()}")
             if (self.home / "data" / SERVER / "streaming").is_dir() and any(
-                    p.name.endswith(".partial") for p in (self.home / "data" / SERVER / "streaming").iterdir()):
+                p.name.endswith(".partial") for p in (self.home / "data" / SERVER / "streaming").iterdir()
+            ):
                 return
             time.sleep(0.2)
         raise BenchError(f"barman receive-wal wrote no .partial segment within 30 s: {self.receive_log()}")
@@ -234,7 +251,8 @@ class Barman:
     def has_segment(self, name: str) -> bool:
         """A completed segment ``name`` received (still in streaming/ or archived in wals/)."""
         return (self.server_dir() / "streaming" / name).exists() or (
-            self.server_dir() / "wals" / name[:16] / name).exists()
+            self.server_dir() / "wals" / name[:16] / name
+        ).exists()
 
     def delete_backups(self) -> None:
         for line in self.run("list-backups", "--minimal", SERVER).split():

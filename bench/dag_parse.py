@@ -40,7 +40,10 @@ def measure_once(files: list[Path]) -> dict[str, float]:
     env.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
     out = subprocess.run(
         [sys.executable, "-c", PROBE, "x", str(REPO / "plugins"), *map(str, files)],
-        env=env, capture_output=True, text=True, check=True,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     return json.loads(out.strip().splitlines()[-1])
 

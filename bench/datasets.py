@@ -20,7 +20,9 @@ REDIS_VALUE_BYTES = 1_000
 
 def database_bytes(bench: Bench, database: str = BENCH_DATABASE) -> int:
     with bench.pg_connect(bench.source_pg) as conn:
-        row = conn.execute("SELECT pg_database_size(datname) FROM pg_database WHERE datname = %s", [database]).fetchone()
+        row = conn.execute(
+            "SELECT pg_database_size(datname) FROM pg_database WHERE datname = %s", [database]
+        ).fetchone()
     return int(row[0]) if row else 0
 
 
@@ -43,8 +45,12 @@ def build_postgres(bench: Bench, size_gb: float, log) -> dict:
     scale = max(1, round(target / 2 / PGBENCH_BYTES_PER_SCALE))
     if _relation_bytes(bench, "pgbench_accounts") < 0.9 * scale * PGBENCH_BYTES_PER_SCALE:
         log(f"pgbench -i -s {scale} in {BENCH_DATABASE}")
-        result = subprocess.run(["pgbench", "-i", "-q", "-s", str(scale), BENCH_DATABASE],
-                                env=bench.pg_env(bench.source_pg), capture_output=True, text=True)
+        result = subprocess.run(
+            ["pgbench", "-i", "-q", "-s", str(scale), BENCH_DATABASE],
+            env=bench.pg_env(bench.source_pg),
+            capture_output=True,
+            text=True,
+        )
         if result.returncode != 0:
             raise BenchError(f"pgbench -i failed: {result.stderr[-2000:]}")
     with bench.pg_connect(bench.source_pg, BENCH_DATABASE) as conn:

@@ -37,8 +37,11 @@ SOURCE_PG = ("postgres-bench", 55442)
 RESTORE_PG = ("postgres-bench-restore", 55443)
 SCRATCH_REDIS = ("redis-bench", 56390)
 # the shared SeaweedFS has 20 volumes of 64 MB (1.25 GB in all): too small for a 2 GB backup
-SCRATCH_S3 = {"name": "s3-bench", "ports": {"master": 19433, "volume": 18180, "filer": 18988, "s3": 18433},
-              "volume_size_mb": 1024}
+SCRATCH_S3 = {
+    "name": "s3-bench",
+    "ports": {"master": 19433, "volume": 18180, "filer": 18988, "s3": 18433},
+    "volume_size_mb": 1024,
+}
 S3_BUCKET = "dbops-bench"
 REMOTE_SUBDIR = "bench"
 
@@ -141,8 +144,15 @@ class Bench:
         import psycopg
 
         conn = server.connections()["dbops_postgres"]
-        return psycopg.connect(host="127.0.0.1", port=server.port, user="postgres", password=conn["password"],
-                               dbname=dbname, autocommit=autocommit, connect_timeout=5)
+        return psycopg.connect(
+            host="127.0.0.1",
+            port=server.port,
+            user="postgres",
+            password=conn["password"],
+            dbname=dbname,
+            autocommit=autocommit,
+            connect_timeout=5,
+        )
 
 
 def start_with_retries(server, attempts: int = 3) -> None:
@@ -184,8 +194,9 @@ def versions(bench: Bench) -> dict:
     with bench.pg_connect(bench.source_pg) as conn:
         server = conn.execute("SHOW server_version").fetchone()[0]
     commit = _first_line(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"])
-    dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
-                           capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(
+        ["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True
+    ).stdout.strip()
     return {
         "postgres": server,
         "pg_dump": _first_line([str(bin_dir / "pg_dump"), "--version"]),

@@ -113,7 +113,9 @@ def summary(values: Sequence[float]) -> dict:
     }
 
 
-def alternating(repetitions: int, old: Callable[[], float], new: Callable[[], float]) -> tuple[list[float], list[float]]:
+def alternating(
+    repetitions: int, old: Callable[[], float], new: Callable[[], float]
+) -> tuple[list[float], list[float]]:
     """``repetitions`` of each, side by side, the order alternating (old first on even
     repetitions) so that a warm cache or a busy neighbour does not favour one side."""
     olds: list[float] = []
@@ -166,5 +168,4 @@ class LatencyProbe:
         inside = [(t, lat) for t, lat in self.samples if t >= start and t - lat <= end]
         if not inside:
             raise BenchError(f"{self.name}: no operation completed during the job")
-        return {"operations": len(inside), "worst_s": max(lat for _, lat in inside),
-                "errors": len(self.errors)}
+        return {"operations": len(inside), "worst_s": max(lat for _, lat in inside), "errors": len(self.errors)}

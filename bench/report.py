@@ -67,23 +67,38 @@ def write_markdown(result: dict, path: Path, notes_path: Path = NOTES) -> None:
         f"{result['settings']['repetitions']} repetition(s); Postgres {result['settings']['postgres_gb']} GB, "
         f"memory row at {result['settings']['memory_gb']} GB, Redis {result['settings']['redis_mb']} MB.",
         "",
-        *([] if result["mode"] == "full" else [
-            f"**Not the full benchmark** ({result['mode']} run, smaller than the issue's sizes): "
-            "`make bench` records the real numbers.", ""]),
-        *[line for run in result.get("partial_runs", []) for line in (
-            f"Rows {', '.join(f'`{r}`' for r in run['rows'])} measured in a run of their own "
-            f"({', '.join(run['steps'])}), {run['started_at']} ({run['mode']}, {run['seconds']:.0f} s, "
-            f"{run['settings']['repetitions']} repetition(s), Postgres {run['settings']['postgres_gb']} GB, "
-            f"load average at start {run['machine']['load_average_at_start']})"
-            + (f": {run['note']}" if run.get("note") else "") + ".", "")],
+        *(
+            []
+            if result["mode"] == "full"
+            else [
+                f"**Not the full benchmark** ({result['mode']} run, smaller than the issue's sizes): "
+                "`make bench` records the real numbers.",
+                "",
+            ]
+        ),
+        *[
+            line
+            for run in result.get("partial_runs", [])
+            for line in (
+                f"Rows {', '.join(f'`{r}`' for r in run['rows'])} measured in a run of their own "
+                f"({', '.join(run['steps'])}), {run['started_at']} ({run['mode']}, {run['seconds']:.0f} s, "
+                f"{run['settings']['repetitions']} repetition(s), Postgres {run['settings']['postgres_gb']} GB, "
+                f"load average at start {run['machine']['load_average_at_start']})"
+                + (f": {run['note']}" if run.get("note") else "")
+                + ".",
+                "",
+            )
+        ],
         f"Machine: {machine['cpus']} CPUs, {machine['ram_bytes'] / 1024**3:.0f} GiB RAM, kernel {machine['kernel']}, "
         f"load average at start {machine['load_average_at_start']}.",
         "",
         "Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()) + ".",
         "",
-        "| what | old way | dbops | metric | old: median (min–max) | dbops: median (min–max) | ratio | target | met | why missed, what would close it |",
+        "| what | old way | dbops | metric | old: median (min–max) | dbops: median "
+        "(min–max) | ratio | target | met | why missed, what would close it |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
+
     def cell(text: str) -> str:
         return str(text).replace("|", "\\|")
 

@@ -18,7 +18,7 @@ import json
 import logging
 import sys
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from bench import env  # noqa: F401  (puts the repository and plugins/ on sys.path)
 
@@ -32,10 +32,10 @@ def _config(overrides: dict | None = None):
 
 
 def _adapter(config, store: str):
-    from dbops import connections
+    from dbops import runtime
     from dbops.registry import adapter
 
-    return adapter(store, config, connections)
+    return adapter(store, config, runtime)
 
 
 def _take(config, store: str, subject: str | None) -> dict:
@@ -44,10 +44,17 @@ def _take(config, store: str, subject: str | None) -> dict:
     from dbops.tasks.backup import repository
 
     outcome = take_backup(
-        repository(config), _adapter(config, store).series_backup(subject), store=store, subject=subject,
-        run_id=f"bench__{uuid.uuid4().hex}", dag_id="dbops_nightly_backup", logical_date=datetime.now(timezone.utc),
-        force=False, stale_staging=timedelta(hours=config.backup.stale_staging_hours), log=log.info,
-    )  # fmt: skip
+        repository(config),
+        _adapter(config, store).series_backup(subject),
+        store=store,
+        subject=subject,
+        run_id=f"bench__{uuid.uuid4().hex}",
+        dag_id="dbops_nightly_backup",
+        logical_date=datetime.now(UTC),
+        force=False,
+        stale_staging=timedelta(hours=config.backup.stale_staging_hours),
+        log=log.info,
+    )
     return outcome.to_dict()
 
 
@@ -85,12 +92,21 @@ def redis_backup(args: dict) -> dict:
 
 def offsite(args: dict) -> dict:
     from dbops.offsite.sync import ship_all
-    from dbops.tasks.offsite import open_target, policy, repository
+    from dbops.runtime import open_target
+    from dbops.tasks.offsite import policy, repository
 
     config = _config({"offsite": args.get("settings", {})})
     with open_target(args["target"], config) as target:
-        return ship_all(target, repository(config), args["stores"], policy(config), encryption=None,
-                        now=datetime.now(timezone.utc), dry_run=False, log=log.info)
+        return ship_all(
+            target,
+            repository(config),
+            args["stores"],
+            policy(config),
+            encryption=None,
+            now=datetime.now(UTC),
+            dry_run=False,
+            log=log.info,
+        )
 
 
 def dag_test(args: dict) -> dict:
@@ -116,10 +132,10 @@ def dag_test(args: dict) -> dict:
 
 def _pitr_endpoints(config):
     """(admin, replication) endpoints, from the connections the PITR tasks read."""
-    from dbops import connections
+    from dbops import runtime
 
-    admin = connections.endpoint(config.connections.postgres, "postgres")
-    replication = connections.endpoint(config.connections.postgres_replication, "postgres")
+    admin = runtime.endpoint(config.connections.postgres, "postgres")
+    replication = runtime.endpoint(config.connections.postgres_replication, "postgres")
     return admin, replication
 
 
@@ -139,11 +155,17 @@ def pitr_base_backup(args: dict) -> dict:
     config = _config()
     admin, replication = _pitr_endpoints(config)
     backup = take_base_backup(
-        repository(config), _wal_archive(config), endpoint=replication, admin=admin,
-        compression=config.pitr.base_backup_compression, wait_for_wal_s=config.pitr.wait_for_wal_s,
-        run_id=f"bench__{uuid.uuid4().hex}", dag_id="dbops_pitr_base_backup",
-        logical_date=datetime.now(timezone.utc), log=log.info,
-    )  # fmt: skip
+        repository(config),
+        _wal_archive(config),
+        endpoint=replication,
+        admin=admin,
+        compression=config.pitr.base_backup_compression,
+        wait_for_wal_s=config.pitr.wait_for_wal_s,
+        run_id=f"bench__{uuid.uuid4().hex}",
+        dag_id="dbops_pitr_base_backup",
+        logical_date=datetime.now(UTC),
+        log=log.info,
+    )
     return {"backup_id": backup.backup_id, "total_bytes": backup.total_bytes, "path": str(backup.path)}
 
 
@@ -155,18 +177,25 @@ def pitr_restore(args: dict) -> dict:
     from dbops.tasks.backup import repository
 
     config = _config()
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     target_time = args.get("target_time")
     target = RecoveryTarget.parse("time" if target_time else "latest", target_time or "", now=now)
     _plan, server = restore_pitr(
-        repository(config), _wal_archive(config), target, now=now, scratch_dir=config.pitr.scratch_dir,
-        server_bin=config.pitr.server_bin, os_user=config.pitr.scratch_os_user, log=log.info,
-    )  # fmt: skip
+        repository(config),
+        _wal_archive(config),
+        target,
+        now=now,
+        scratch_dir=config.pitr.scratch_dir,
+        server_bin=config.pitr.server_bin,
+        os_user=config.pitr.scratch_os_user,
+        log=log.info,
+    )
     return server.to_dict()
 
 
-ACTIONS = {f.__name__: f for f in (pg_backup, pg_restore, redis_backup, offsite, dag_test, pitr_base_backup,
-                                   pitr_restore)}
+ACTIONS = {
+    f.__name__: f for f in (pg_backup, pg_restore, redis_backup, offsite, dag_test, pitr_base_backup, pitr_restore)
+}
 
 
 def main() -> int:

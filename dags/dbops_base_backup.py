@@ -11,6 +11,9 @@ are portable and per database; this one is the whole cluster, consistent across 
 | `base_backup` | checks the server's settings (wal_level, max_wal_senders, the replication role) and refuses naming what is missing; `pg_basebackup -Ft -X none --checkpoint=fast` with the best client-side compression the tools have, the server's `backup_manifest` kept; published (staging, manifest with sha256, one rename) only once the WAL from its start to its end is **sealed** in the archive, so a published base backup is always recoverable |
 | `retention_pitr` | base backups by `pitr.retention_days` (default `backup.retention_days`) keeping at least `pitr.min_keep` verified and every pinned one; then exactly the WAL that no kept base backup needs: never a segment of the chain from the oldest kept base backup to now (a pinned older one keeps the WAL that makes it consistent). Refused when the worker's clock disagrees with the repository or the scheduler |
 
+`publish_backups` then announces the new base backup (one event of the Asset `x-dbops://backups`,
+which starts `dbops_offsite_sync`), and `summary` says what the run made and deleted.
+
 Runs in the `dbops_postgres` pool (never beside a dump or maintenance of the cluster).
 
 **Params**: `retention_dry_run` (take the backup, only log what retention would delete).
@@ -24,7 +27,9 @@ swept on the next run); `retention_pitr` applies the policy again.
 from airflow.sdk import Param
 
 from dbops.dagkit import CONFIG, cron, dbops_dag
+from dbops.tasks.backup import publish_task
 from dbops.tasks.pitr import base_backup, retention_pitr
+from dbops.tasks.summary import summary
 
 with dbops_dag(
     "dbops_base_backup",
@@ -33,8 +38,13 @@ with dbops_dag(
     tags=["backup", "pitr"],
     allowed_run_types=["scheduled", "manual"],
     params={
-        "retention_dry_run": Param(False, type="boolean", title="Retention dry run",
-                                   description="Take the base backup; only log what retention would delete."),
+        "retention_dry_run": Param(
+            False,
+            type="boolean",
+            title="Retention dry run",
+            description="Take the base backup; only log what retention would delete.",
+        ),
     },
-):  # fmt: skip
-    retention_pitr(base_backup())
+):
+    retention_pitr(base_backup()) >> publish_task(["base_backup"])
+    summary()

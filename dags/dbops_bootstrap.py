@@ -19,6 +19,8 @@ is skipped), `apply_redis_settings`.
 bootstrapped stores: every task reports `unchanged`. Clearing a failed task converges.
 """
 
+from airflow.sdk import Param
+
 from dbops.dagkit import dbops_dag, dry_run_param, stores_param
 from dbops.tasks.bootstrap import (
     bootstrap_kafka,
@@ -28,7 +30,7 @@ from dbops.tasks.bootstrap import (
     bootstrap_weaviate,
     verify,
 )
-from airflow.sdk import Param
+from dbops.tasks.summary import summary
 
 with dbops_dag(
     "dbops_bootstrap",
@@ -44,3 +46,4 @@ with dbops_dag(
     },
 ):
     [bootstrap_postgres(), bootstrap_mongo(), bootstrap_weaviate(), bootstrap_redis(), bootstrap_kafka()] >> verify()
+    summary()

@@ -23,9 +23,11 @@ minutes of the past that could check nothing. A run whose logical date is more t
 and says so; a rerun (clear) checks again, now.
 """
 
+from airflow.sdk import Param
+
 from dbops.dagkit import CONFIG, cron, dbops_dag
 from dbops.tasks.monitor import HEALTH_STORES, check_kafka, check_mongo, check_postgres, check_redis
-from airflow.sdk import Param
+from dbops.tasks.summary import summary
 
 with dbops_dag(
     "dbops_health",
@@ -46,3 +48,4 @@ with dbops_dag(
     },
 ):
     [check_postgres(), check_redis(), check_mongo(), check_kafka()]
+    summary()

@@ -2,8 +2,9 @@
 ### dbops_offsite_sync: complete backups offsite by rsync over SSH and to S3, verified
 
 Replaces `rsync -avz --delete /backup/DATE host:/mnt/backup` and `find ... | xargs rm -rf`.
-Runs whenever `dbops_nightly_backup` or `dbops_base_backup` publishes a new backup (the Assets
-`x-dbops://backups/<store>`), and by hand.
+Runs once per run of `dbops_nightly_backup` or `dbops_base_backup` that made new backups (their
+task `publish_backups` updates the Asset `x-dbops://backups` once, whatever the number of stores;
+a rerun that made nothing new does not), and by hand. Each sync ships every store's missing backups.
 
 | task | what it does |
 |---|---|
@@ -38,36 +39,70 @@ complete in the repository *now* and applies retention by today's date; it never
 re-creates a backup that retention removed.
 """
 
-from airflow.sdk import AssetAny, Param
+from airflow.sdk import Param
 
-from dbops.dagkit import BACKUP_ASSETS, CONFIG, dbops_dag, dry_run_param
+from dbops.dagkit import CONFIG, NEW_BACKUPS, dbops_dag, dry_run_param
 from dbops.tasks.offsite import TARGETS, plan, retention_task, ship_task, verify_task
 from dbops.tasks.offsite_wal import OFFSITE_STORES, retention_wal_task, ship_wal_task, verify_wal_task
+from dbops.tasks.summary import summary
 
 with dbops_dag(
     "dbops_offsite_sync",
-    # any store's new backup triggers a sync (one run ships every store's missing backups)
-    schedule=AssetAny(*BACKUP_ASSETS.values()),
+    # one event per backup run that made something new (see publish_backups)
+    schedule=[NEW_BACKUPS],
     doc_md=__doc__,
     tags=["backup", "offsite"],
     params={
-        "targets": Param(list(CONFIG.offsite.targets), type="array", items={"type": "string", "enum": TARGETS},
-                         uniqueItems=True, minItems=1, title="Targets", description="Where to ship."),
-        "stores": Param(list(OFFSITE_STORES), type="array", items={"type": "string", "enum": OFFSITE_STORES},
-                        uniqueItems=True, minItems=1, title="Stores",
-                        description="Stores whose backups are shipped, verified and expired "
-                                    "(postgres_pitr: the base backups of point-in-time recovery, and their WAL)."),
-        "retention_days": Param(CONFIG.offsite.retention_days, type="integer", minimum=1, maximum=3650,
-                                title="Offsite retention (days)", description="Keep offsite backups younger than this."),
-        "min_keep": Param(CONFIG.offsite.min_keep, type="integer", minimum=1, maximum=1000, title="Min keep",
-                          description="Always keep at least this many verified offsite backups per series."),
+        "targets": Param(
+            list(CONFIG.offsite.targets),
+            type="array",
+            items={"type": "string", "enum": TARGETS},
+            uniqueItems=True,
+            minItems=1,
+            title="Targets",
+            description="Where to ship.",
+        ),
+        "stores": Param(
+            list(OFFSITE_STORES),
+            type="array",
+            items={"type": "string", "enum": OFFSITE_STORES},
+            uniqueItems=True,
+            minItems=1,
+            title="Stores",
+            description="Stores whose backups are shipped, verified and expired "
+            "(postgres_pitr: the base backups of point-in-time recovery, and their WAL).",
+        ),
+        "retention_days": Param(
+            CONFIG.offsite.retention_days,
+            type="integer",
+            minimum=1,
+            maximum=3650,
+            title="Offsite retention (days)",
+            description="Keep offsite backups younger than this.",
+        ),
+        "min_keep": Param(
+            CONFIG.offsite.min_keep,
+            type="integer",
+            minimum=1,
+            maximum=1000,
+            title="Min keep",
+            description="Always keep at least this many verified offsite backups per series.",
+        ),
         "dry_run": dry_run_param("Log what would be shipped and deleted; transfer and delete nothing."),
-        "retention_dry_run": Param(False, type="boolean", title="Retention dry run",
-                                   description="Ship and verify, but only log what retention would delete."),
-        "deep_verify": Param(CONFIG.offsite.deep_verify, type="boolean", title="Deep verify",
-                             description="Check every offsite backup by sha256, not only this run's arrivals."),
+        "retention_dry_run": Param(
+            False,
+            type="boolean",
+            title="Retention dry run",
+            description="Ship and verify, but only log what retention would delete.",
+        ),
+        "deep_verify": Param(
+            CONFIG.offsite.deep_verify,
+            type="boolean",
+            title="Deep verify",
+            description="Check every offsite backup by sha256, not only this run's arrivals.",
+        ),
     },
-):  # fmt: skip
+):
     planned = plan()
     for target in TARGETS:
         shipped = ship_task(target)()
@@ -76,3 +111,4 @@ with dbops_dag(
         wal_shipped = ship_wal_task(target)()
         planned >> wal_shipped
         retention_wal_task(target)(verify_wal_task(target)(wal_shipped))
+    summary()

@@ -8,11 +8,12 @@ statistics say it is needed, on autocommit connections where every statement run
 
 | task | what it does |
 |---|---|
-| `plan` | validates Params and config, checks the databases (`maintenance.databases`, default: the connection's) and the journal table; logs the plan |
+| `plan` | validates Params and config, checks the databases (`maintenance.databases`, default: the connection's) and the journal table; refuses by name, before any work, every schema (`maintenance.schemas`, `reindex_schemas`) and `vacuum_full_tables` table that exists in none of those databases, and every system schema (`pg_catalog`, `information_schema`, `pg_toast`, `pg_temp_N`, `pg_toast_temp_N`: any `pg_*`); logs the plan |
 | `drop_invalid_indexes` | `DROP INDEX CONCURRENTLY` of invalid `*_ccnew` / `*_ccold` leftovers of failed concurrent reindexes (the reindex of a `_ccnew`'s original is retried in `reindex`); other invalid indexes are reported, not touched |
 | `vacuum_analyze` | `VACUUM (ANALYZE)` where dead tuples pass `vacuum_min_dead_tuples + vacuum_dead_fraction x live`, or a changed table was not vacuumed for `vacuum_max_age_days`; `ANALYZE` where rows changed since the last analyze pass the analyze bounds |
 | `reindex` | `REINDEX INDEX CONCURRENTLY` of btree indexes whose estimated bloat passes `reindex_bloat_ratio` and `reindex_min_bytes`, and of every index of `reindex_schemas`; a failed rebuild's leftover is dropped and the rebuild retried once |
-| `vacuum_full` | `VACUUM (FULL, ANALYZE)` only of the tables listed in `maintenance.vacuum_full_tables` or the Param; a table whose lock is not granted within `lock_timeout` is skipped and reported |
+| `approve_vacuum_full` | when tables are listed for `VACUUM FULL` (and not a dry run): waits for an approval under **Required Actions** showing the tables and databases. Reject: `vacuum_full` is skipped, nothing rewritten, the run stays green; no answer within `restore.approval_timeout_minutes` (default 60): it fails, nothing rewritten. Nothing listed: passes at once |
+| `vacuum_full` | `VACUUM (FULL, ANALYZE)` only of the tables listed in `maintenance.vacuum_full_tables` or the Param, once approved; a table whose lock is not granted within `lock_timeout` is skipped and reported |
 | `report` | unused indexes (idx_scan = 0, not unique/primary/constraint-backing, with the statistics' age) and estimated table and index bloat from catalog statistics; the run's actions with before/after sizes and durations, as a table in the log; fails if anything failed or a phase did not complete |
 
 Everything done or found is written to `dbops.maintenance_report` (one row per action, written when it
@@ -32,9 +33,12 @@ needs are re-read from the statistics, so what was done is not redone, and a cle
 window from its restart. Journal rows of a rerun are appended; readers take the latest per target.
 """
 
-from dbops.dagkit import CONFIG, cron, dbops_dag, dry_run_param
-from dbops.tasks.maintenance import drop_invalid_indexes, plan, reindex, report, vacuum_analyze, vacuum_full
 from airflow.sdk import Param
+
+from dbops.dagkit import CONFIG, cron, dbops_dag, dry_run_param
+from dbops.tasks.approval import DestructionApproval, describe_vacuum_full
+from dbops.tasks.maintenance import drop_invalid_indexes, plan, reindex, report, vacuum_analyze, vacuum_full
+from dbops.tasks.summary import summary
 
 with dbops_dag(
     "dbops_pg_maintenance",
@@ -70,4 +74,7 @@ with dbops_dag(
         ),
     },
 ):
-    plan() >> drop_invalid_indexes() >> vacuum_analyze() >> reindex() >> vacuum_full() >> report()
+    # VACUUM FULL of listed tables waits for a person's approval (nothing listed, or a dry run: it passes at once)
+    approval = DestructionApproval(task_id="approve_vacuum_full", describe=describe_vacuum_full)
+    plan() >> drop_invalid_indexes() >> vacuum_analyze() >> reindex() >> approval >> vacuum_full() >> report()
+    summary()

@@ -25,8 +25,9 @@ of what is not pinned changes nothing. A failed target task cleared later conver
 
 from airflow.sdk import Param
 
-from dbops.dagkit import dbops_dag
+from dbops.dagkit import OPTIONAL_STRING, dbops_dag
 from dbops.tasks.pin import ACTIONS, MAX_REASON, PIN_STORES, TARGETS, pin_local, pin_target_task, plan
+from dbops.tasks.summary import summary
 
 with dbops_dag(
     "dbops_pin",
@@ -34,20 +35,46 @@ with dbops_dag(
     doc_md=__doc__,
     tags=["backup", "retention"],
     params={
-        "store": Param("postgres", type="string", enum=PIN_STORES, title="Store",
-                       description="The store of the backup (postgres_pitr: a base backup of point-in-time recovery)."),
-        "subject": Param("", type="string", maxLength=63, title="Subject (Postgres database)",
-                         description="Postgres: the series as the DB Ops page lists it (ai_platform, _globals). "
-                                     "Empty for the other stores."),
-        "backup_id": Param("", type="string", pattern=r"^([0-9]{8}T[0-9]{6}Z(-[1-9][0-9]*)?)?$", title="Backup id",
-                           description="Exactly, as listed, such as 20261004T020000Z."),
-        "action": Param("pin", type="string", enum=list(ACTIONS), title="Action",
-                        description="pin: never expire it, locally or offsite; unpin: let retention judge it again."),
-        "reason": Param("", type="string", maxLength=MAX_REASON, title="Reason",
-                        description="Why this backup must stay (required to pin), shown on the DB Ops page."),
+        "store": Param(
+            "postgres",
+            type="string",
+            enum=PIN_STORES,
+            title="Store",
+            description="The store of the backup (postgres_pitr: a base backup of point-in-time recovery).",
+        ),
+        "subject": Param(
+            None,
+            type=OPTIONAL_STRING,
+            maxLength=63,
+            title="Subject (Postgres database)",
+            description="Postgres: the series as the DB Ops page lists it (ai_platform, _globals). "
+            "Empty for the other stores.",
+        ),
+        "backup_id": Param(
+            None,
+            type=OPTIONAL_STRING,
+            pattern=r"^([0-9]{8}T[0-9]{6}Z(-[1-9][0-9]*)?)?$",
+            title="Backup id",
+            description="Required: exactly as listed, such as 20261004T020000Z.",
+        ),
+        "action": Param(
+            "pin",
+            type="string",
+            enum=list(ACTIONS),
+            title="Action",
+            description="pin: never expire it, locally or offsite; unpin: let retention judge it again.",
+        ),
+        "reason": Param(
+            None,
+            type=OPTIONAL_STRING,
+            maxLength=MAX_REASON,
+            title="Reason",
+            description="Why this backup must stay (required to pin), shown on the DB Ops page.",
+        ),
     },
 ):
     planned = plan()
     local = pin_local(planned)
     for target in TARGETS:
         local >> pin_target_task(target)(planned)
+    summary()

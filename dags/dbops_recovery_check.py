@@ -24,6 +24,7 @@ only be judged now.
 
 from dbops.dagkit import CONFIG, cron, dbops_dag
 from dbops.tasks.recovery_point import check_recovery_points, nightly_run, offsite_catalogs
+from dbops.tasks.summary import summary
 
 with dbops_dag(
     "dbops_recovery_check",
@@ -34,3 +35,4 @@ with dbops_dag(
     params={},
 ):
     check_recovery_points(offsite_catalogs(), nightly_run())
+    summary()

@@ -11,6 +11,7 @@ is complete and compared before anything old is set aside, and what is set aside
 | task | what it does |
 |---|---|
 | `plan` | refuses, before any work: a bad `backup_id` (`../../etc` is not an id), a backup that does not exist, a target that exists (or is the live Redis) unless `confirm_overwrite` names it exactly; logs what will happen, line by line (what is created, replaced and set aside, which sessions end). From offsite (`source` `s3`/`rsync`): also a source that is not in `offsite.targets` (the configured ones named), a copy that is not usable there, a missing or other decryption key, and a fetch that does not fit: it logs the backup's size and the free space of the fetch repository |
+| `approve` | when the plan replaces something that exists (an overwrite confirmed by `confirm_overwrite`, a restore into the live Redis): waits under **Required Actions** for an approval that shows what is replaced, which sessions end, and the backup's size and age. Reject: the restore tasks are skipped, nothing changes; no answer within `restore.approval_timeout_minutes` (default 60): it fails, nothing changes. Not destructive (a new database): passes at once. See docs/restore.md |
 | `restore_postgres` | `pg_restore -j --exit-on-error` into a **new database** `<db>_restored_<backupid>` (or `target`), created with the source's encoding and locale, then its database-level state (settings, per-role settings, grants, comment, connection limit). Over an existing database only with confirm: the copy is built and compared beside it; then the old database's sessions are ended (named in the log) and it is **renamed aside** (`<target>_dbops_old_<backupid>`, kept) before the copy takes its name. The target is marked (setting `dbops.restored_from`) with the backup it holds |
 | `restore_mongo` | one database out of the backup (a whole-instance archive on a replica set) with `mongorestore --nsInclude/--nsFrom/--nsTo` into a **new database** `<db>_restored_<backupid>` (or `target`), which gets a small `_dbops_restore` collection naming the backup. Over existing collections only with confirm: restored beside into a scratch database and compared, then the old collections are moved aside (`<target>_dbops_old_<id>`, kept) and the new ones moved in |
 | `restore_redis` | `target` is the Airflow connection of the Redis to restore into: the RDB is loaded by a scratch `redis-server` on the worker, and the keys of **every database** it holds copied into the same database numbers with `MIGRATE ... COPY` (password via `AUTH2` in the protocol, never argv); a key that does not arrive is an error. Keys the target holds with another value, and the live Redis itself, only with confirm (`REPLACE`); keys not in the backup are never touched |
@@ -37,16 +38,20 @@ got, for the rerun (for `offsite.stale_staging_hours`). Point-in-time recovery f
 Each restore task runs in its store's pool (never beside a backup or maintenance of that
 store) and returns its summary (target, counts, differences) as XCom. A restore whose
 result differs from the backup fails, naming every difference, and leaves the target
-for inspection. Refusals and checksum mismatches fail at once (no retries).
+for inspection. Refusals and checksum mismatches fail at once (no retries). The final task
+`summary` returns the run's summary (its XCom tab): which database or target was created or
+replaced (and what was set aside), or the differences found.
 
 **Params**: `store`; `source` (`local`, or `s3` / `rsync`: fetched from that offsite target
 first; only configured targets); `backup_id` (`latest` or `YYYYMMDDTHHMMSSZ[-N]`); `database` (the
 source database, by its real name, of a Postgres series or a Mongo backup; default: the
 connection's, for Mongo the configured one or the backup's only database); `target`
-(Postgres/Mongo: the database to restore into; Redis: a connection id, required; Kafka:
-ignored); `confirm_overwrite` (must equal the target exactly to overwrite anything);
+(Postgres/Mongo: the database to restore into, empty: a new `<db>_restored_<backupid>`; Redis: a
+connection id, required; Kafka: ignored); `confirm_overwrite` (must equal the target exactly to
+overwrite anything: the first key; the approval in `approve` is the second);
 `topics` (Kafka only); `accept_unsafe_version` (Weaviate only); `target_time`, `target_lsn`,
-`target_name` (Postgres point-in-time recovery: at most one; `backup_id` stays `latest`).
+`target_name` (Postgres point-in-time recovery: at most one; `backup_id` stays `latest`). The
+optional ones are nullable and start empty: the form triggers with its defaults (a new database).
 
 **Rerun**: idempotent. The rerun restores exactly the backup the plan chose. A target that
 already holds this restore (its marker, or for Redis every key already equal, for Kafka
@@ -64,10 +69,12 @@ that exist now.
 from airflow.sdk import Param
 
 from dbops.backup.restore import BACKUP_ID_PATTERN, LATEST
-from dbops.dagkit import dbops_dag
+from dbops.dagkit import OPTIONAL_STRING, dbops_dag
 from dbops.registry import STORES
+from dbops.tasks.approval import DestructionApproval, describe_restore
 from dbops.tasks.pitr import restore_postgres_pitr
 from dbops.tasks.restore import LOCAL, SOURCES, plan, restore_postgres_pitr_offsite, restore_task
+from dbops.tasks.summary import summary
 
 with dbops_dag(
     "dbops_restore",
@@ -75,38 +82,93 @@ with dbops_dag(
     doc_md=__doc__,
     tags=["restore"],
     params={
-        "store": Param("postgres", type="string", enum=list(STORES), title="Store", description="The store to restore."),
-        "source": Param(LOCAL, type="string", enum=SOURCES, title="Source",
-                        description="Where the backup is: 'local' (the backup repository) or an offsite target "
-                                    "('s3', 'rsync'; only those in offsite.targets), fetched first."),
-        "backup_id": Param(LATEST, type="string", pattern=BACKUP_ID_PATTERN, title="Backup id",
-                           description="'latest' (the newest verified backup) or an id such as 20260301T020000Z."),
-        "database": Param("", type="string", maxLength=63, title="Source database",
-                          description="Postgres/Mongo: the database in the backup, by its real name. "
-                                      "Empty: the connection's (Mongo: the configured or the backup's only database)."),
-        "target": Param("", type="string", maxLength=250, title="Target",
-                        description="Postgres/Mongo: database to restore into (default <db>_restored_<backupid>); "
-                                    "Redis: the Airflow connection id of the target Redis (required); Kafka: ignored."),
-        "confirm_overwrite": Param("", type="string", maxLength=250, title="Confirm overwrite",
-                                   description="To restore over something that exists (or the live Redis), "
-                                               "type the target's name exactly."),
-        "topics": Param([], type="array", items={"type": "string", "pattern": "^[A-Za-z0-9._-]{1,249}$"},
-                        uniqueItems=True, title="Kafka topics", description="Kafka: only these topics (empty: all)."),
-        "target_time": Param("", type="string", maxLength=40, title="Point in time (Postgres)",
-                             description="Point-in-time recovery of the whole cluster from a base backup and the WAL: "
-                                         "a time with its zone (2026-12-01T10:15:00+00:00) or 'latest'. "
-                                         "Empty: restore the pg_dump backup of backup_id."),
-        "target_lsn": Param("", type="string", maxLength=40, title="Point in WAL (Postgres)",
-                            description="Point-in-time recovery up to this LSN (such as 0/3000028) instead of a time."),
-        "target_name": Param("", type="string", maxLength=63, title="Restore point (Postgres)",
-                             description="Point-in-time recovery up to this named restore point (pg_create_restore_point)."),
-        "accept_unsafe_version": Param(False, type="boolean", title="Accept an unsafe Weaviate version",
-                                       description="Weaviate up to 1.23.12 can corrupt data on restore (Weaviate's "
-                                                   "own warning): its restore is refused unless this is set."),
+        "store": Param(
+            "postgres", type="string", enum=list(STORES), title="Store", description="The store to restore."
+        ),
+        "source": Param(
+            LOCAL,
+            type="string",
+            enum=SOURCES,
+            title="Source",
+            description="Where the backup is: 'local' (the backup repository) or an offsite target "
+            "('s3', 'rsync'; only those in offsite.targets), fetched first.",
+        ),
+        "backup_id": Param(
+            LATEST,
+            type="string",
+            pattern=BACKUP_ID_PATTERN,
+            title="Backup id",
+            description="'latest' (the newest verified backup) or an id such as 20260301T020000Z.",
+        ),
+        "database": Param(
+            None,
+            type=OPTIONAL_STRING,
+            maxLength=63,
+            title="Source database",
+            description="Postgres/Mongo: the database in the backup, by its real name. "
+            "Empty: the connection's (Mongo: the configured or the backup's only database).",
+        ),
+        "target": Param(
+            None,
+            type=OPTIONAL_STRING,
+            maxLength=250,
+            title="Target",
+            description="Postgres/Mongo: database to restore into (default <db>_restored_<backupid>); "
+            "Redis: the Airflow connection id of the target Redis (required); Kafka: ignored.",
+        ),
+        "confirm_overwrite": Param(
+            None,
+            type=OPTIONAL_STRING,
+            maxLength=250,
+            title="Confirm overwrite",
+            description="To restore over something that exists (or the live Redis), type the target's name exactly.",
+        ),
+        "topics": Param(
+            [],
+            type="array",
+            items={"type": "string", "pattern": "^[A-Za-z0-9._-]{1,249}$"},
+            uniqueItems=True,
+            title="Kafka topics",
+            description="Kafka: only these topics (empty: all).",
+        ),
+        "target_time": Param(
+            None,
+            type=OPTIONAL_STRING,
+            maxLength=40,
+            title="Point in time (Postgres)",
+            description="Point-in-time recovery of the whole cluster from a base backup and the WAL: "
+            "a time with its zone (2026-12-01T10:15:00+00:00) or 'latest'. "
+            "Empty: restore the pg_dump backup of backup_id.",
+        ),
+        "target_lsn": Param(
+            None,
+            type=OPTIONAL_STRING,
+            maxLength=40,
+            title="Point in WAL (Postgres)",
+            description="Point-in-time recovery up to this LSN (such as 0/3000028) instead of a time.",
+        ),
+        "target_name": Param(
+            None,
+            type=OPTIONAL_STRING,
+            maxLength=63,
+            title="Restore point (Postgres)",
+            description="Point-in-time recovery up to this named restore point (pg_create_restore_point).",
+        ),
+        "accept_unsafe_version": Param(
+            False,
+            type="boolean",
+            title="Accept an unsafe Weaviate version",
+            description="Weaviate up to 1.23.12 can corrupt data on restore (Weaviate's "
+            "own warning): its restore is refused unless this is set.",
+        ),
     },
 ):
     planned = plan()
+    # destructive plans wait here for a person's approval (the others pass at once)
+    approval = DestructionApproval(task_id="approve", describe=describe_restore)
+    planned >> approval
     for store in STORES:
-        restore_task(store)(planned)
-    restore_postgres_pitr(planned)
-    restore_postgres_pitr_offsite(planned)
+        approval >> restore_task(store)(planned)
+    approval >> restore_postgres_pitr(planned)
+    approval >> restore_postgres_pitr_offsite(planned)
+    summary()

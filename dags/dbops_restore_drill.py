@@ -12,7 +12,7 @@ when the drill failed.
 | `series_postgres` → `drill_postgres` (one mapped task per series), `drill_<store>` | files re-verified (sha256), then the store's adapter restores into scratch targets (the drill connections `dbops_drill_postgres` / `dbops_drill_mongo` when they exist, else the production cluster, said in the log), compares with the backup's own description (taken in the dump's snapshot or read from the artifact, never a later read of the live store), and removes the scratch targets. Postgres: `pg_restore -j` into `dbops_drill_<db>_<backupid>`, row counts, sampled-row checksums, database-level state; `_globals`: roles compared, not applied. Mongo: one database at a time from the whole-instance archive. Redis: the RDB loaded by a scratch `redis-server`, copied into a second one with the restore's own copy path, every database compared. Kafka: topics recreated as `dbops_drill_<backupid>_<topic>` |
 | `drill_postgres_pitr` | point-in-time recovery (when `pitr.enabled`): the newest verified base backup recovered into a scratch server to a moment between two markers of `dbops.pitr_markers` (written by `dbops_wal_check`; the drill writes two itself when there are not two after the base backup), and exactly the markers committed up to that moment must be there; `pg_verifybackup` on the extracted base first. Recorded beside the base backup (`drill.json`); a missing WAL segment fails it naming the segment |
 | `local_only` → `drill_postgres_pitr` | `local_only` skips (and with it the point-in-time drill) when the run drills an offsite target |
-| `summary` | reads the drill results of this run back from the sidecars; fails naming every mismatch, every drill that recorded nothing, every newer backup that is not verified, and a run that drilled nothing |
+| `summary` | reads the drill results of this run back from the sidecars; returns the run's summary (shown in its XCom tab, also when it fails: per series "equal" or the differences themselves); fails naming every mismatch, every drill that recorded nothing, every newer backup that is not verified, and a run that drilled nothing |
 
 **From offsite** (`source` `s3` or `rsync`): the local repository is never opened (it may be
 gone). `plan` reads that target's catalog and picks the latest usable copy of every series
@@ -40,7 +40,7 @@ A drill stopped by its environment (a port in use, a full disk, an unreachable d
 cluster) fails as an error of the drill and records nothing: the backup's verdict is
 unchanged. Pools serialise each store's drill with its backups and maintenance.
 
-**Params**: `stores` (which stores to drill); `source` (`local`, or `s3` / `rsync`: drill the
+**Params**: `stores` (which stores to drill; default: those of `backup.stores`); `source` (`local`, or `s3` / `rsync`: drill the
 latest copies on that offsite target). Trigger it from the Airflow UI at any time (e.g. after a restore
 of the backup host); a manual run drills the latest backups like a scheduled one.
 
@@ -67,10 +67,19 @@ with dbops_dag(
     doc_md=__doc__,
     tags=["backup", "restore"],
     params={
-        "stores": stores_param(list(DRILLED_STORES), "Stores whose latest backups are drilled."),
-        "source": Param(LOCAL, type="string", enum=SOURCES, title="Source",
-                        description="'local' (the backup repository) or an offsite target ('s3', 'rsync'; only "
-                                    "those in offsite.targets): its latest copies are fetched and drilled."),
+        # by default the stores that are backed up (backup.stores): a store never backed up has nothing to drill
+        "stores": stores_param(
+            [s for s in DRILLED_STORES if s in {b.value for b in CONFIG.backup.stores}] or list(DRILLED_STORES),
+            "Stores whose latest backups are drilled.",
+        ),
+        "source": Param(
+            LOCAL,
+            type="string",
+            enum=SOURCES,
+            title="Source",
+            description="'local' (the backup repository) or an offsite target ('s3', 'rsync'; only "
+            "those in offsite.targets): its latest copies are fetched and drilled.",
+        ),
     },
 ):
     planned = plan()

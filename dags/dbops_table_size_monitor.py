@@ -24,6 +24,7 @@ and rewrites the same report file.
 
 from dbops.dagkit import CONFIG, cron, dbops_dag
 from dbops.tasks.monitor import capture_sizes, check_thresholds, size_report
+from dbops.tasks.summary import summary
 
 with dbops_dag(
     "dbops_table_size_monitor",
@@ -33,3 +34,4 @@ with dbops_dag(
     params={},
 ):
     check_thresholds(size_report(capture_sizes()))
+    summary()

@@ -24,6 +24,7 @@ from dbops.dagkit import CONFIG, cron, dbops_dag
 from dbops.tasks.offsite import TARGETS
 from dbops.tasks.offsite_wal import ship_wal_task
 from dbops.tasks.pitr import check_wal, write_marker
+from dbops.tasks.summary import summary
 
 with dbops_dag(
     "dbops_wal_check",
@@ -36,3 +37,4 @@ with dbops_dag(
     write_marker() >> check_wal()
     for target in TARGETS:
         ship_wal_task(target)()  # no upstream: sealed WAL goes offsite even while the check alerts
+    summary()

@@ -5,8 +5,10 @@
     python -m devstack status              one line per service
     python -m devstack env                 write the Airflow environment file and print its path
 
-Stores (the default set): postgres, walreceiver (WAL streaming from it), redis, mongo, kafka, s3, offsite (sshd + rsync target).
-``airflow`` (standalone, with the dbops DAGs and the stores' connections) is started by name.
+Stores (the default set): postgres, walreceiver (WAL streaming from it), redis, mongo, kafka, s3,
+offsite (sshd + rsync target).
+``airflow`` (standalone, with the dbops DAGs and the stores' connections) is started by name;
+on a fresh metadata database it runs the first start (bootstrap, first backups, then unpause).
 Weaviate cannot be run here; no ``dbops_weaviate`` connection is generated.
 """
 
@@ -25,7 +27,7 @@ SERVICES = {
     "kafka": "devstack.services.kafka:Kafka",
     "s3": "devstack.services.s3:S3",
     "offsite": "devstack.services.offsite:OffsiteSSH",
-    "airflow": "devstack.services.airflow:Airflow",
+    "airflow": "devstack.services.airflow:main_instance",
 }
 STORES = [name for name in SERVICES if name != "airflow"]
 

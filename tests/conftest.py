@@ -2,6 +2,9 @@
 
 Airflow is configured through the environment *before* anything imports it: a fresh
 AIRFLOW_HOME per test session (stale import errors survive in an old metadata DB).
+The local stack's connections and settings are not loaded here: the conftest of each folder
+that needs them (dags, integration, e2e, reliability, bench) imports ``tests.stack_env``, so
+``tests/unit`` runs without any server or devstack state.
 Integration tests talk to the real local servers of ``python -m devstack up``.
 """
 
@@ -33,24 +36,28 @@ os.environ.update(
 )
 
 
-def _devstack_bin() -> Path:
-    from devstack.core import state_dir
+@pytest.fixture
+def repo(tmp_path):
+    """An empty BackupRepository in a temp folder (``<tmp>/backups``)."""
+    from dbops.backup.repository import BackupRepository
 
-    return state_dir() / "bin"
-
-
-os.environ["PATH"] = f"{_devstack_bin()}:{os.environ['PATH']}"
-
-
-def _stack_environment() -> None:
-    """The local stores' AIRFLOW_CONN_* and DBOPS_* settings, before any DAG file is parsed
-    (the DAG files read DBOPS_* at parse time, as the dag-processor does)."""
-    from devstack.__main__ import stack_environment
-
-    os.environ.update(stack_environment())
+    return BackupRepository(tmp_path / "backups")
 
 
-_stack_environment()
+@pytest.fixture
+def backup_root(tmp_path) -> Path:
+    """A fresh backup root (0700) for one test, to point ``DBOPS_BACKUP__ROOT`` at."""
+    from tests.support import private_backup_root
+
+    return private_backup_root(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def module_backup_root(tmp_path_factory) -> Path:
+    """A backup root for a whole module: one that starts its own Airflow reads it once, at start."""
+    from tests.support import private_backup_root
+
+    return private_backup_root(tmp_path_factory.mktemp("module"))
 
 
 @pytest.fixture(scope="session")
@@ -110,29 +117,50 @@ def dagbag(airflow_db):
     return bag
 
 
-def run_dag(dag, conf: dict | None = None, logical_date=None):
+def run_dag(dag, conf: dict | None = None, logical_date=None, respond: str | None = None):
     """``dag.test()`` returning the DagRun; it does not raise on failure, so callers assert.
+
+    ``respond`` answers the run's approvals (human-in-the-loop tasks waiting under Required
+    Actions) through the REST API's route: "Approve", "Reject", or "timeout" (the scheduler's
+    timeout sweep once the response timeout passed). Without it, a run that waits for an
+    approval fails at once and run_dag raises, naming the task (instead of hanging).
 
     ``dag.test()`` writes the run's conf into the Param objects of the DAG and of its tasks
     (shared with every copy of the DAG): the values they held are put back, so that a later
     run gets the defaults and not this run's conf."""
-    held = [(param, param.value) for params in [dag.params, *(t.params for t in dag.tasks)]
-            for param in (params.get_param(k) for k in params)]  # fmt: skip
+    from tests.approval_support import Responder
+
+    held = [
+        (param, param.value)
+        for params in [dag.params, *(t.params for t in dag.tasks)]
+        for param in (params.get_param(k) for k in params)
+    ]
+    # Without its deadline alerts: dag.test() (Airflow 3.3.2) hands the run's end the DAG's unsaved
+    # alerts instead of their ids and fails; tests/e2e/test_runs.py checks deadlines on a scheduler.
+    deadline, dag.deadline = dag.deadline, None
     try:
-        return dag.test(run_conf=conf or {}, logical_date=logical_date)
+        with Responder(dag.dag_id, respond) as responder:
+            run = dag.test(run_conf=conf or {}, logical_date=logical_date)
     finally:
+        dag.deadline = deadline
         for param, value in held:
             param.value = value
+    if responder.error is not None:
+        raise AssertionError(f"answering the approval of {dag.dag_id} failed: {responder.error!r}") from responder.error
+    if responder.unexpected:
+        raise AssertionError(f"{dag.dag_id}: {'; '.join(responder.unexpected)}; pass respond='Approve' or 'Reject'")
+    run.approvals = responder.answered  # what was asked and answered, for the tests to read
+    return run
 
 
-def task_result(dagrun, task_id: str):
-    """The return value (XCom) a task of ``dagrun`` pushed, or None."""
+def task_result(dagrun, task_id: str, key: str = "return_value"):
+    """The return value (or the XCom ``key``) a task of ``dagrun`` pushed, or None."""
     from airflow.models.xcom import XComModel
     from airflow.utils.session import create_session
 
     with create_session() as session:
         row = session.scalars(
-            XComModel.get_many(run_id=dagrun.run_id, dag_ids=dagrun.dag_id, task_ids=task_id, key="return_value")
+            XComModel.get_many(run_id=dagrun.run_id, dag_ids=dagrun.dag_id, task_ids=task_id, key=key)
         ).first()
         return None if row is None else XComModel.deserialize_value(row)
 

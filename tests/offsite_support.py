@@ -4,45 +4,22 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import os
 import shutil
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from dbops.backup.repository import Backup, BackupRepository
-from tests.support import Log  # noqa: F401 (used by tests importing it from here)
+from tests.support import Log, make_backup  # noqa: F401 (used by tests importing them from here)
 
-UTC = timezone.utc
-META = {"tool": "offsite-test", "tool_version": "1.0", "server_version": "0", "compression": "none", "details": {}}
-
-
-def make_backup(
-    repo: BackupRepository,
-    store: str,
-    subject: str | None = None,
-    *,
-    finished: datetime | None = None,
-    files: Mapping[str, bytes | int] | None = None,
-    run_id: str = "manual__test",
-) -> Backup:
-    """A sealed backup finishing at ``finished`` (default now); ``files`` maps a relative
-    path to its bytes, or to a size for random bytes."""
-    finished = finished or datetime.now(UTC)
-    files = files or {"dump.bin": 4096, "meta/info.json": b'{"ok": true}\n'}
-    with repo.begin(store, subject, run_id=run_id, dag_id="test", logical_date=None,
-                    now=finished - timedelta(minutes=5)) as staging:  # fmt: skip
-        for rel, content in files.items():
-            path = staging.path / rel
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(os.urandom(content) if isinstance(content, int) else content)
-        return staging.seal(META, now=finished)
+UTC = UTC
 
 
-def daily_backups(repo: BackupRepository, store: str, days: int, *, now: datetime, subject: str | None = None,
-                  size: int = 1024) -> list[Backup]:  # fmt: skip
+def daily_backups(
+    repo: BackupRepository, store: str, days: int, *, now: datetime, subject: str | None = None, size: int = 1024
+) -> list[Backup]:
     """One backup a day for ``days`` days, the newest finishing 1 h before ``now``."""
     return [
         make_backup(repo, store, subject, finished=now - timedelta(days=i, hours=1), files={"dump.bin": size})
@@ -53,8 +30,13 @@ def daily_backups(repo: BackupRepository, store: str, days: int, *, now: datetim
 def ssh_params(conn: dict, **overrides):
     from dbops.offsite.rsync import SSHParams
 
-    values = dict(host=conn["host"], port=conn["port"], user=conn["login"],
-                  private_key=conn["extra"]["private_key"], host_key=conn["extra"]["host_key"])  # fmt: skip
+    values = dict(
+        host=conn["host"],
+        port=conn["port"],
+        user=conn["login"],
+        private_key=conn["extra"]["private_key"],
+        host_key=conn["extra"]["host_key"],
+    )
     values.update(overrides)
     return SSHParams(**values)
 
@@ -103,15 +85,15 @@ class StubS3:
             raise self._error("BadDigest", 400, "PutObject")
         if args.pop("ChecksumAlgorithm", None) == "SHA256" or "ChecksumSHA256" in args:
             args["ChecksumSHA256"] = checksum
-        self.objects[key] = {"data": data, "metadata": dict(metadata), "args": args,
-                             "modified": datetime.now(UTC)}  # fmt: skip
+        self.objects[key] = {"data": data, "metadata": dict(metadata), "args": args, "modified": datetime.now(UTC)}
 
     @staticmethod
     def _error(code: str, status: int, op: str):
         from botocore.exceptions import ClientError
 
-        return ClientError({"Error": {"Code": code, "Message": code},
-                            "ResponseMetadata": {"HTTPStatusCode": status}}, op)  # fmt: skip
+        return ClientError(
+            {"Error": {"Code": code, "Message": code}, "ResponseMetadata": {"HTTPStatusCode": status}}, op
+        )
 
     @classmethod
     def _missing(cls, op: str):
@@ -175,8 +157,11 @@ class StubS3:
         class Paginator:
             def paginate(self, Bucket, Prefix=""):
                 if name == "list_objects_v2":
-                    contents = [{"Key": k, "Size": len(o["data"]), "LastModified": o["modified"]}
-                                for k, o in sorted(stub.objects.items()) if k.startswith(Prefix)]  # fmt: skip
+                    contents = [
+                        {"Key": k, "Size": len(o["data"]), "LastModified": o["modified"]}
+                        for k, o in sorted(stub.objects.items())
+                        if k.startswith(Prefix)
+                    ]
                     yield {"Contents": contents}
                 else:
                     yield {"Uploads": [u for u in stub.uploads if u["Key"].startswith(Prefix)]}

@@ -107,19 +107,35 @@ class PitrCluster:
 
     def connect(self, dbname: str = "postgres") -> psycopg.Connection:
         return psycopg.connect(
-            host=self.host, port=self.port, user=self.superuser, password=self.superuser_password,
-            dbname=dbname, autocommit=True, connect_timeout=5,
-        )  # fmt: skip
+            host=self.host,
+            port=self.port,
+            user=self.superuser,
+            password=self.superuser_password,
+            dbname=dbname,
+            autocommit=True,
+            connect_timeout=5,
+        )
 
     def connection_env(self, admin_conn: str, replication_conn: str) -> dict[str, str]:
         """Airflow connections (``AIRFLOW_CONN_*``) of this cluster: its superuser as
         ``admin_conn``, its replication role as ``replication_conn``."""
-        def uri(login: str, password: str) -> str:
-            return json.dumps({"conn_type": "postgres", "host": self.host, "port": self.port, "login": login,
-                               "password": password, "schema": "postgres"})  # fmt: skip
 
-        return {f"AIRFLOW_CONN_{admin_conn.upper()}": uri(self.superuser, self.superuser_password),
-                f"AIRFLOW_CONN_{replication_conn.upper()}": uri(self.replication_user, self.replication_password)}
+        def uri(login: str, password: str) -> str:
+            return json.dumps(
+                {
+                    "conn_type": "postgres",
+                    "host": self.host,
+                    "port": self.port,
+                    "login": login,
+                    "password": password,
+                    "schema": "postgres",
+                }
+            )
+
+        return {
+            f"AIRFLOW_CONN_{admin_conn.upper()}": uri(self.superuser, self.superuser_password),
+            f"AIRFLOW_CONN_{replication_conn.upper()}": uri(self.replication_user, self.replication_password),
+        }
 
     def fresh_database(self, name: str, *statements: str) -> None:
         """Drop and create database ``name``, then run ``statements`` in it (its tables)."""
@@ -142,7 +158,9 @@ class PitrCluster:
         return pid if Path(f"/proc/{pid}").exists() else None
 
     def stack(self, backup_root: Path, *, slot: str | None = None, compression: str = "gzip:1") -> PitrStack:
-        return PitrStack(self, backup_root, slot=slot or f"dbops_pitr_test_{uuid.uuid4().hex[:8]}", compression=compression)
+        return PitrStack(
+            self, backup_root, slot=slot or f"dbops_pitr_test_{uuid.uuid4().hex[:8]}", compression=compression
+        )
 
     def writer(self, dbname: str = "postgres", table: str = "pitr_test_writer") -> RowWriter:
         return RowWriter(self, dbname, table)
@@ -162,9 +180,11 @@ class RowWriter:
     def __enter__(self) -> RowWriter:
         with self.cluster.connect(self.dbname) as conn:
             conn.execute(
-                sql.SQL("CREATE TABLE IF NOT EXISTS {} (id bigserial PRIMARY KEY, at timestamptz NOT NULL "
-                        "DEFAULT clock_timestamp(), note text NOT NULL)").format(sql.Identifier(self.table))
-            )  # fmt: skip
+                sql.SQL(
+                    "CREATE TABLE IF NOT EXISTS {} (id bigserial PRIMARY KEY, at timestamptz NOT NULL "
+                    "DEFAULT clock_timestamp(), note text NOT NULL)"
+                ).format(sql.Identifier(self.table))
+            )
         self._thread.start()
         return self
 
@@ -222,9 +242,12 @@ class PitrStack:
 
     def environment(self) -> dict[str, str]:
         env = receiver_environment(
-            backup_root=self.backup_root, host=self.host, port=self.port,
-            user=self.user, passfile=self.passfile,
-        )  # fmt: skip
+            backup_root=self.backup_root,
+            host=self.host,
+            port=self.port,
+            user=self.user,
+            passfile=self.passfile,
+        )
         env = {k: v for k, v in env.items() if not k.startswith("DBOPS_") or k == "DBOPS_BACKUP__ROOT"}
         env.pop("DBOPS_CONFIG", None)
         env["DBOPS_PITR__SLOT"] = self.slot
@@ -237,9 +260,14 @@ class PitrStack:
         assert not self.receiver_running(), "the receiver already runs"
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", MODULE], env=self.environment(), cwd=self.workdir,
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-            )  # fmt: skip
+                [sys.executable, "-m", MODULE],
+                env=self.environment(),
+                cwd=self.workdir,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         return self.process.pid
 
     def receiver_running(self) -> bool:
@@ -399,7 +427,8 @@ class PitrStack:
             wait_for(lambda: (self.slot_state() or (False, None))[0] is False, 30, f"slot {self.slot} released")
             with self.connect() as conn:
                 conn.execute(
-                    "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = %s", [self.slot]
+                    "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = %s",
+                    [self.slot],
                 )
         except (AssertionError, psycopg.Error):
             pass  # the server is down: its next start keeps the slot, a later test drops nothing of ours

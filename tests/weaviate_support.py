@@ -37,7 +37,10 @@ def spec(version: str) -> dict[str, Any]:
 def schema_errors(version: str, schema: dict[str, Any], body: Any) -> list[str]:
     """Errors of ``body`` against a schema of the spec (its definitions resolvable)."""
     document = {"definitions": spec(version)["definitions"], **schema}
-    return [f"{'/'.join(map(str, e.absolute_path)) or '(root)'}: {e.message}" for e in Draft4Validator(document).iter_errors(body)]
+    return [
+        f"{'/'.join(map(str, e.absolute_path)) or '(root)'}: {e.message}"
+        for e in Draft4Validator(document).iter_errors(body)
+    ]
 
 
 def operation(version: str, method: str, path: str) -> tuple[str, dict[str, Any]] | None:
@@ -98,7 +101,11 @@ class FakeWeaviate:
     # ---------------------------------------------------------------- state helpers
 
     def add_class(self, name: str, count: int) -> None:
-        self.classes[name] = {"class": name, "vectorizer": "none", "properties": [{"name": "text", "dataType": ["text"]}]}
+        self.classes[name] = {
+            "class": name,
+            "vectorizer": "none",
+            "properties": [{"name": "text", "dataType": ["text"]}],
+        }
         self.counts[name] = count
 
     def _path(self, backend: str, wid: str) -> str:
@@ -146,9 +153,16 @@ class FakeWeaviate:
             if any(b["status"] not in ("SUCCESS", "FAILED", "CANCELED") for b in self.backups.values()):
                 return self._error(422, "backup already in progress")
             classes = sorted(body.get("include") or self.classes)
-            record = {"id": wid, "backend": backend, "path": self._path(backend, wid), "classes": classes,
-                      "status": "STARTED", "snapshot": {n: self.counts[n] for n in classes},
-                      "fail": self.fail_next_backup, "restore": None}  # fmt: skip
+            record = {
+                "id": wid,
+                "backend": backend,
+                "path": self._path(backend, wid),
+                "classes": classes,
+                "status": "STARTED",
+                "snapshot": {n: self.counts[n] for n in classes},
+                "fail": self.fail_next_backup,
+                "restore": None,
+            }
             self.fail_next_backup = False
             self.backups[(backend, wid)] = record
             if backend == "s3":
@@ -165,8 +179,13 @@ class FakeWeaviate:
             if exists:
                 return self._error(422, f"restore: classes {exists} exist")
             record["restore"] = "STARTED"
-            return 200, {"id": wid, "backend": backend, "path": record["path"], "classes": record["classes"],
-                         "status": "STARTED"}  # fmt: skip
+            return 200, {
+                "id": wid,
+                "backend": backend,
+                "path": record["path"],
+                "classes": record["classes"],
+                "status": "STARTED",
+            }
         if restore and method == "GET":
             if record["restore"] is None:
                 return self._error(404, f"no restore of {wid!r}")

@@ -24,8 +24,9 @@ def airflow_db(ctx: Context) -> None:
     """The bench's own Airflow metadata DB (once per run)."""
     if ctx.shared.get("airflow_db"):
         return
-    result = subprocess.run([ctx.python(), "-m", "airflow", "db", "migrate"], env=ctx.bench.tool_env(),
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [ctx.python(), "-m", "airflow", "db", "migrate"], env=ctx.bench.tool_env(), capture_output=True, text=True
+    )
     if result.returncode != 0:
         raise BenchError(f"airflow db migrate failed: {result.stderr[-2000:]}")
     ctx.shared["airflow_db"] = True
@@ -100,15 +101,27 @@ def maintenance_row(ctx: Context) -> list[dict]:
     writer.close()
     wait_ratio = ratio_of(news, olds)
     rate_ratio = median(w["commits_per_s"] for w in windows["dbops"]) / max(
-        median(w["commits_per_s"] for w in windows["old"]), 1e-9)
-    return [row("pg_maintenance_writer", what="Postgres maintenance while a writer commits in a loop",
-                old_way="`ANALYZE VERBOSE; REINDEX DATABASE; VACUUM FULL VERBOSE`",
-                dbops_way="dbops_pg_maintenance (`dag.test()`, default settings)",
-                metric="writer's longest wait (s)", old=olds, dbops=news,
-                target="longest wait <= 0.1x; commits per second during the job >= 10x",
-                ratio=wait_ratio, met=wait_ratio <= 0.1 and rate_ratio >= 10,
-                details={"commit_rate_ratio": rate_ratio, "writer_windows": windows,
-                         "note": "commits are compared per second of the job (the jobs differ in length)"})]
+        median(w["commits_per_s"] for w in windows["old"]), 1e-9
+    )
+    return [
+        row(
+            "pg_maintenance_writer",
+            what="Postgres maintenance while a writer commits in a loop",
+            old_way="`ANALYZE VERBOSE; REINDEX DATABASE; VACUUM FULL VERBOSE`",
+            dbops_way="dbops_pg_maintenance (`dag.test()`, default settings)",
+            metric="writer's longest wait (s)",
+            old=olds,
+            dbops=news,
+            target="longest wait <= 0.1x; commits per second during the job >= 10x",
+            ratio=wait_ratio,
+            met=wait_ratio <= 0.1 and rate_ratio >= 10,
+            details={
+                "commit_rate_ratio": rate_ratio,
+                "writer_windows": windows,
+                "note": "commits are compared per second of the job (the jobs differ in length)",
+            },
+        )
+    ]
 
 
 def _bootstrap_mongo(mongo: dict) -> None:
@@ -119,8 +132,13 @@ def _bootstrap_mongo(mongo: dict) -> None:
     from dbops.sqlfiles import load_spec
     from dbops.stores.mongo import bootstrap as mongo_store
 
-    with pymongo.MongoClient(host="127.0.0.1", port=int(mongo["port"]), username=mongo["login"],
-                             password=mongo["password"], authSource="admin") as client:
+    with pymongo.MongoClient(
+        host="127.0.0.1",
+        port=int(mongo["port"]),
+        username=mongo["login"],
+        password=mongo["password"],
+        authSource="admin",
+    ) as client:
         mongo_store.bootstrap(client[mongo["schema"]], load_spec("mongo_collections.json"))
 
 
@@ -144,15 +162,18 @@ def nightly_row(ctx: Context) -> list[dict]:
     )
     old_root = root / "old"
     day = "20260101_020000"
-    old_script = " && ".join([
-        f"mkdir -p {old_root}/postgres {old_root}/mongodb {old_root}/redis",
-        oldway.PG_BACKUP.format(out=f"{old_root}/postgres/postgres_{day}.sql.gz"),
-        oldway.MONGO_BACKUP.format(config=oldway.q(mongo_config), out=f"{old_root}/mongodb/mongodb_{day}"),
-        oldway.REDIS_BACKUP.format(port=redis.port, rdb=oldway.q(redis.dir / "dump.rdb"),
-                                   out=f"{old_root}/redis/redis_{day}.rdb"),
-        oldway.RETENTION.format(root=f"{old_root}/postgres", pattern="postgres_*.sql.gz"),
-        oldway.RETENTION.format(root=f"{old_root}/redis", pattern="redis_*.rdb"),
-    ])  # fmt: skip
+    old_script = " && ".join(
+        [
+            f"mkdir -p {old_root}/postgres {old_root}/mongodb {old_root}/redis",
+            oldway.PG_BACKUP.format(out=f"{old_root}/postgres/postgres_{day}.sql.gz"),
+            oldway.MONGO_BACKUP.format(config=oldway.q(mongo_config), out=f"{old_root}/mongodb/mongodb_{day}"),
+            oldway.REDIS_BACKUP.format(
+                port=redis.port, rdb=oldway.q(redis.dir / "dump.rdb"), out=f"{old_root}/redis/redis_{day}.rdb"
+            ),
+            oldway.RETENTION.format(root=f"{old_root}/postgres", pattern="postgres_*.sql.gz"),
+            oldway.RETENTION.format(root=f"{old_root}/redis", pattern="redis_*.rdb"),
+        ]
+    )
     dates = iter(f"2026-01-{day:02d}T02:00:00+00:00" for day in range(1, 32))
 
     def old() -> float:
@@ -173,9 +194,21 @@ def nightly_row(ctx: Context) -> list[dict]:
     finally:
         mongo_config.unlink()  # it holds the password
     ratio = ratio_of(news, olds)
-    return [row("nightly_all", what="nightly backup of all local stores (Postgres bench database, Mongo, "
-                "Redis, Kafka)", old_way="the old scripts one after another",
-                dbops_way="dbops_nightly_backup via `airflow dags test`", metric="wall time (s)",
-                old=olds, dbops=news, target="<= 0.6x", ratio=ratio, met=ratio <= 0.6,
-                details={"dbops_includes": "process start and DAG parse, verification of every backup, "
-                         "Kafka definitions (the old scripts had none), retention"})]
+    return [
+        row(
+            "nightly_all",
+            what="nightly backup of all local stores (Postgres bench database, Mongo, Redis, Kafka)",
+            old_way="the old scripts one after another",
+            dbops_way="dbops_nightly_backup via `airflow dags test`",
+            metric="wall time (s)",
+            old=olds,
+            dbops=news,
+            target="<= 0.6x",
+            ratio=ratio,
+            met=ratio <= 0.6,
+            details={
+                "dbops_includes": "process start and DAG parse, verification of every backup, "
+                "Kafka definitions (the old scripts had none), retention"
+            },
+        )
+    ]

@@ -61,8 +61,10 @@ def rsync_row(ctx: Context) -> list[dict]:
         os.write(fd, conn["extra"]["private_key"].encode())
         os.close(fd)
         known.write_text(f"[127.0.0.1]:{conn['port']} {conn['extra']['host_key']}\n")
-        rsh = (f"ssh -p {conn['port']} -i {key_file} -o BatchMode=yes -o IdentitiesOnly=yes "
-               f"-o UserKnownHostsFile={known} -o StrictHostKeyChecking=yes")
+        rsh = (
+            f"ssh -p {conn['port']} -i {key_file} -o BatchMode=yes -o IdentitiesOnly=yes "
+            f"-o UserKnownHostsFile={known} -o StrictHostKeyChecking=yes"
+        )
         remote = f"{conn['login']}@127.0.0.1:{remote_dir}/"
 
         def old_sync() -> int:
@@ -89,13 +91,27 @@ def rsync_row(ctx: Context) -> list[dict]:
 
         olds, news = alternating(ctx.repetitions, old, dbops)
     _clear_remote()
-    return [row("offsite_second_sync", what="offsite second sync, nothing new",
-                old_way="`rsync -avz --delete` of the dated folder", dbops_way="dbops_offsite_sync (rsync target)",
-                metric="bytes sent by the second sync, % of the first", old=olds, dbops=news,
-                target="<= 1 % of the first sync", ratio=median(news) / 100.0, met=median(news) <= 1.0,
-                details={"old_bytes_first": old_first, "old_bytes_second": old_second,
-                         "dbops_bytes_first": new_first, "dbops_bytes_second": new_second,
-                         "note": "dbops bytes: rsync --stats of every transfer plus the catalog listing"})]
+    return [
+        row(
+            "offsite_second_sync",
+            what="offsite second sync, nothing new",
+            old_way="`rsync -avz --delete` of the dated folder",
+            dbops_way="dbops_offsite_sync (rsync target)",
+            metric="bytes sent by the second sync, % of the first",
+            old=olds,
+            dbops=news,
+            target="<= 1 % of the first sync",
+            ratio=median(news) / 100.0,
+            met=median(news) <= 1.0,
+            details={
+                "old_bytes_first": old_first,
+                "old_bytes_second": old_second,
+                "dbops_bytes_first": new_first,
+                "dbops_bytes_second": new_second,
+                "note": "dbops bytes: rsync --stats of every transfer plus the catalog listing",
+            },
+        )
+    ]
 
 
 OLD_S3_UPLOAD = r"""
@@ -136,8 +152,9 @@ def s3_row(ctx: Context) -> list[dict]:
         empty_bucket()
         env = ctx.bench.s3_env()
         env["BENCH_S3_CONN"] = json.dumps(conn)
-        run = run_measured([ctx.python(), "-c", OLD_S3_UPLOAD, str(backup_dir), "old/", S3_BUCKET], env=env,
-                           what="boto3 upload_file")
+        run = run_measured(
+            [ctx.python(), "-c", OLD_S3_UPLOAD, str(backup_dir), "old/", S3_BUCKET], env=env, what="boto3 upload_file"
+        )
         result = run.json_tail()
         return result["bytes"] / result["seconds"] / 1024**2
 
@@ -153,9 +170,22 @@ def s3_row(ctx: Context) -> list[dict]:
     empty_bucket()
     client.delete_bucket(Bucket=S3_BUCKET)
     ratio = ratio_of(news, olds)
-    return [row("s3_upload", what=f"S3 upload of a {size / 1024**3:.2f} GB backup (the dbops backup of the "
-                "Postgres row)", old_way="boto3 `upload_file`, default settings, file by file",
-                dbops_way="dbops S3 upload (`dbops_offsite_sync` s3 target, then its arrival check)",
-                metric="throughput (MiB/s)", old=olds, dbops=news, target=">= 1.0x", ratio=ratio, met=ratio >= 1.0,
-                details={"backup_bytes": size, "timed": "the upload of this backup's files in both (no "
-                         "process start); dbops also heads every object after upload and puts its manifest last"})]
+    return [
+        row(
+            "s3_upload",
+            what=f"S3 upload of a {size / 1024**3:.2f} GB backup (the dbops backup of the Postgres row)",
+            old_way="boto3 `upload_file`, default settings, file by file",
+            dbops_way="dbops S3 upload (`dbops_offsite_sync` s3 target, then its arrival check)",
+            metric="throughput (MiB/s)",
+            old=olds,
+            dbops=news,
+            target=">= 1.0x",
+            ratio=ratio,
+            met=ratio >= 1.0,
+            details={
+                "backup_bytes": size,
+                "timed": "the upload of this backup's files in both (no "
+                "process start); dbops also heads every object after upload and puts its manifest last",
+            },
+        )
+    ]

@@ -103,8 +103,15 @@ def _sql(ctx: Context, name: str, params: dict | None = None, *, dbname: str = B
 def _connect_port(port: int, dbname: str = BENCH_DATABASE):
     import psycopg
 
-    return psycopg.connect(host="127.0.0.1", port=port, user="postgres", password=secret("postgres_password"),
-                           dbname=dbname, autocommit=True, connect_timeout=5)
+    return psycopg.connect(
+        host="127.0.0.1",
+        port=port,
+        user="postgres",
+        password=secret("postgres_password"),
+        dbname=dbname,
+        autocommit=True,
+        connect_timeout=5,
+    )
 
 
 def _wal_position(ctx: Context) -> tuple[int, datetime]:
@@ -193,8 +200,9 @@ class NumberedWriter:
         self.stop()
 
 
-def make_wal(ctx: Context, megabytes: float, *, at_fraction: float | None = None,
-             writer: NumberedWriter | None = None) -> dict:
+def make_wal(
+    ctx: Context, megabytes: float, *, at_fraction: float | None = None, writer: NumberedWriter | None = None
+) -> dict:
     """Bulk inserts until the server's WAL has grown by ``megabytes``. With ``at_fraction``,
     the writer is paused once that fraction is written and the server's clock read between
     its two commits: the target time, and the last id committed before it."""
@@ -256,18 +264,32 @@ class DbopsReceiver:
         fd = os.open(self.passfile, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as fh:
             fh.write(passfile_line("127.0.0.1", server.port, "postgres", secret("postgres_password")))
-        env = {k: v for k, v in dbops_env(self.ctx, self.area).items()
-               if k not in ("PGPASSWORD", "PGDATABASE", "PGSERVICE")}
-        env.update(PGHOST="127.0.0.1", PGPORT=str(server.port), PGUSER="postgres", PGPASSFILE=str(self.passfile),
-                   PYTHONUNBUFFERED="1")
+        env = {
+            k: v
+            for k, v in dbops_env(self.ctx, self.area).items()
+            if k not in ("PGPASSWORD", "PGDATABASE", "PGSERVICE")
+        }
+        env.update(
+            PGHOST="127.0.0.1",
+            PGPORT=str(server.port),
+            PGUSER="postgres",
+            PGPASSFILE=str(self.passfile),
+            PYTHONUNBUFFERED="1",
+        )
         return env
 
     def start(self) -> None:
         from dbops.pitr.wal import WAL_DIR, WalArchive
 
         out = open(self.area.receiver_dir / "receiver.log", "ab")
-        self.proc = subprocess.Popen([self.ctx.python(), "-m", "dbops.pitr.receiver"], env=self.env(), cwd="/",
-                                     stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = subprocess.Popen(
+            [self.ctx.python(), "-m", "dbops.pitr.receiver"],
+            env=self.env(),
+            cwd="/",
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         out.close()
         archive = WalArchive(self.area.dbops_root / WAL_DIR)
         deadline = time.monotonic() + RECEIVER_READY_S
@@ -284,8 +306,9 @@ class DbopsReceiver:
             if status.get("state") == "streaming" and any(archive.segments.glob("*.partial")):
                 return
             time.sleep(0.2)
-        raise BenchError(f"the dbops WAL receiver is not streaming after {RECEIVER_READY_S}s ({problem}): "
-                         f"{self.log_tail()}")
+        raise BenchError(
+            f"the dbops WAL receiver is not streaming after {RECEIVER_READY_S}s ({problem}): {self.log_tail()}"
+        )
 
     def log_tail(self) -> str:
         try:
@@ -336,8 +359,10 @@ def archive_everything(ctx: Context, barman: Barman, dbops_receiver: DbopsReceiv
     while True:
         while not (barman.has_segment(newest) and dbops_receiver.has_sealed(newest)):
             if time.monotonic() > deadline:
-                raise BenchError(f"segment {newest} did not reach both repositories within {timeout:.0f}s "
-                                 f"(barman: {barman.has_segment(newest)}, dbops: {dbops_receiver.has_sealed(newest)})")
+                raise BenchError(
+                    f"segment {newest} did not reach both repositories within {timeout:.0f}s "
+                    f"(barman: {barman.has_segment(newest)}, dbops: {dbops_receiver.has_sealed(newest)})"
+                )
             time.sleep(0.1)
         barman.run("archive-wal", BARMAN_SERVER)
         if name in barman.archived_sizes():
@@ -354,18 +379,27 @@ def wal_range_bytes(barman: Barman, dbops_receiver: DbopsReceiver, after: str, u
     from dbops.pitr.wal import WAL_DIR, WalArchive
 
     barman_sizes = {n: b for n, b in barman.archived_sizes().items() if after < n <= upto}
-    dbops_sizes = {e.name: e.size for e in WalArchive(dbops_receiver.area.dbops_root / WAL_DIR).entries()
-                   if e.kind == "segment" and after < e.name <= upto}
+    dbops_sizes = {
+        e.name: e.size
+        for e in WalArchive(dbops_receiver.area.dbops_root / WAL_DIR).entries()
+        if e.kind == "segment" and after < e.name <= upto
+    }
     if set(barman_sizes) != set(dbops_sizes) or not dbops_sizes:
-        raise BenchError(f"the repositories hold different segments for {after}..{upto}: "
-                         f"barman {sorted(barman_sizes)}, dbops {sorted(dbops_sizes)}")
+        raise BenchError(
+            f"the repositories hold different segments for {after}..{upto}: "
+            f"barman {sorted(barman_sizes)}, dbops {sorted(dbops_sizes)}"
+        )
     return {"barman": sum(barman_sizes.values()), "dbops": sum(dbops_sizes.values()), "segments": len(dbops_sizes)}
 
 
 def dbops_base_backup(ctx: Context, area: Area) -> tuple[float, int, int]:
     """(seconds, peak RSS of the worker's process tree, bytes of the published base backup)."""
-    run = run_measured([ctx.python(), "-m", "bench.worker", "pitr_base_backup", "{}"], env=dbops_env(ctx, area),
-                       what="dbops take_base_backup", skip_forks=True)
+    run = run_measured(
+        [ctx.python(), "-m", "bench.worker", "pitr_base_backup", "{}"],
+        env=dbops_env(ctx, area),
+        what="dbops take_base_backup",
+        skip_forks=True,
+    )
     result = run.json_tail()
     return run.seconds, run.peak_rss_bytes, int(result["total_bytes"])
 
@@ -374,8 +408,13 @@ def dbops_restore(ctx: Context, area: Area, target_time: datetime | None) -> tup
     """plan_recovery + recover into a scratch server, up to promoted (the worker returns then);
     (seconds, peak RSS without the scratch server's own processes, the worker's result)."""
     args = {"target_time": target_time.isoformat() if target_time else None}
-    run = run_measured([ctx.python(), "-m", "bench.worker", "pitr_restore", json.dumps(args)],
-                       env=dbops_env(ctx, area), what="dbops plan_recovery + recover", exclude=("postgres",), skip_forks=True)
+    run = run_measured(
+        [ctx.python(), "-m", "bench.worker", "pitr_restore", json.dumps(args)],
+        env=dbops_env(ctx, area),
+        what="dbops plan_recovery + recover",
+        exclude=("postgres",),
+        skip_forks=True,
+    )
     return run.seconds, run.peak_rss_bytes, run.json_tail()
 
 
@@ -383,8 +422,13 @@ def dbops_restore(ctx: Context, area: Area, target_time: datetime | None) -> tup
 
 
 def _pg_ctl(*args: str, what: str, timeout: float = 3600) -> None:
-    done = subprocess.run(["runuser", "-u", PG_OS_USER, "--", str(pg_bin() / "pg_ctl"), *args], capture_output=True,
-                          text=True, cwd="/", timeout=timeout)
+    done = subprocess.run(
+        ["runuser", "-u", PG_OS_USER, "--", str(pg_bin() / "pg_ctl"), *args],
+        capture_output=True,
+        text=True,
+        cwd="/",
+        timeout=timeout,
+    )
     if done.returncode != 0:
         raise BenchError(f"{what} failed: {(done.stderr or done.stdout)[-2000:]}")
 
@@ -422,7 +466,9 @@ def stop_restored(area: Area, data_dir: Path) -> None:
     shutil.rmtree(folder, ignore_errors=True)
 
 
-def barman_restore(barman: Barman, area: Area, target_time: datetime | None, *, partial: bool = False) -> tuple[float, int, Path]:
+def barman_restore(
+    barman: Barman, area: Area, target_time: datetime | None, *, partial: bool = False
+) -> tuple[float, int, Path]:
     """``barman recover`` into a new folder, then that server started until promoted:
     (seconds, port, data directory). ``target_time`` None: to the end of the WAL Barman has
     (with ``partial``: its streamed ``.partial`` segment too)."""
@@ -440,8 +486,19 @@ def barman_restore(barman: Barman, area: Area, target_time: datetime | None, *, 
     handed = time.perf_counter()
     barman.hand_over(data)  # Barman runs as root here; not timed (a Barman user would not need it)
     started += time.perf_counter() - handed
-    _pg_ctl("-D", str(data), "-l", str(folder / "postgres.log"), "-o", f"-h 127.0.0.1 -p {port} -k {folder}",
-            "-w", "-t", "3600", "start", what="starting the server barman recovered")
+    _pg_ctl(
+        "-D",
+        str(data),
+        "-l",
+        str(folder / "postgres.log"),
+        "-o",
+        f"-h 127.0.0.1 -p {port} -k {folder}",
+        "-w",
+        "-t",
+        "3600",
+        "start",
+        what="starting the server barman recovered",
+    )
     wait_promoted(port)
     return time.perf_counter() - started, port, data
 
@@ -501,8 +558,14 @@ def rows(ctx: Context) -> list[dict]:
     dataset = build_postgres(bench, ctx.pg_gb, ctx.log)
     area = Area(ctx)
     area.create()
-    barman = Barman(ensure_installed(ctx.log), area.barman_home, port=bench.source_pg.port,
-                    password=secret("postgres_password"), os_user=PG_OS_USER, bin_dir=state_dir() / "bin")
+    barman = Barman(
+        ensure_installed(ctx.log),
+        area.barman_home,
+        port=bench.source_pg.port,
+        password=secret("postgres_password"),
+        os_user=PG_OS_USER,
+        bin_dir=state_dir() / "bin",
+    )
     barman.write_config()
     drop_slots(ctx)  # a run that died left them: they would start from its position
     _sql(ctx, "pitr_tables")
@@ -523,8 +586,15 @@ def rows(ctx: Context) -> list[dict]:
     return result
 
 
-def _backup_and_restore_rows(ctx: Context, area: Area, barman: Barman, dbops_receiver: DbopsReceiver,
-                             dataset: dict, wal_mb: float, barman_check: str) -> list[dict]:
+def _backup_and_restore_rows(
+    ctx: Context,
+    area: Area,
+    barman: Barman,
+    dbops_receiver: DbopsReceiver,
+    dataset: dict,
+    wal_mb: float,
+    barman_check: str,
+) -> list[dict]:
     times: dict[str, list[float]] = {"barman": [], "dbops": []}
     sizes: dict[str, list[int]] = {"barman": [], "dbops": []}
     rss: list[int] = []
@@ -573,8 +643,10 @@ def _backup_and_restore_rows(ctx: Context, area: Area, barman: Barman, dbops_rec
     def check_rows(side: str, port: int) -> None:
         count, max_id = written(port)
         if (count, max_id) != (expected, expected):
-            raise BenchError(f"{side} restored to {target.isoformat()} holds writer rows {count} (highest {max_id}), "
-                             f"expected exactly 1..{expected}")
+            raise BenchError(
+                f"{side} restored to {target.isoformat()} holds writer rows {count} (highest {max_id}), "
+                f"expected exactly 1..{expected}"
+            )
 
     def barman_side() -> float:
         seconds, port, data = barman_restore(barman, area, target)
@@ -599,44 +671,83 @@ def _backup_and_restore_rows(ctx: Context, area: Area, barman: Barman, dbops_rec
     ctx.log(f"pitr restores to {target.isoformat()} ({ctx.repetitions} each)")
     alternating(ctx.repetitions, barman_side, dbops_side)
     # per repetition: the larger of the base backup's and the restore's peak
-    ctx.shared["pitr_memory"] = {"bytes": dataset["bytes"],
-                                 "peak_rss_mb": [max(a, b) / MB for a, b in zip(rss, restore_rss, strict=True)],
-                                 "base_backup_mb": [a / MB for a in rss], "restore_mb": [b / MB for b in restore_rss]}
+    ctx.shared["pitr_memory"] = {
+        "bytes": dataset["bytes"],
+        "peak_rss_mb": [max(a, b) / MB for a, b in zip(rss, restore_rss, strict=True)],
+        "base_backup_mb": [a / MB for a in rss],
+        "restore_mb": [b / MB for b in restore_rss],
+    }
     # per repetition: that repetition's base backup + the WAL of the hour (the same WAL for all)
     repo_bytes = {side: [size + wal_delta[side] for size in sizes[side]] for side in ("barman", "dbops")}
     backup_ratio = ratio_of(times["dbops"], times["barman"])
     restore_ratio = ratio_of(restores["dbops"], restores["barman"])
     bytes_ratio = ratio_of(repo_bytes["dbops"], repo_bytes["barman"])
-    common = {"database_bytes": dataset["bytes"], "barman": "3.19.1, backup_method postgres, streaming_archiver on, "
-              "backup_compression gzip (tar, its default level), WAL compression gzip",
-              "dbops_compression": "base backup auto (gzip:1: this pg_basebackup has gzip only), WAL gzip:1",
-              "writer_commits_per_s": round(writer_rate, 1), "barman_check": barman_check.strip().splitlines()[-12:]}
+    common = {
+        "database_bytes": dataset["bytes"],
+        "barman": "3.19.1, backup_method postgres, streaming_archiver on, "
+        "backup_compression gzip (tar, its default level), WAL compression gzip",
+        "dbops_compression": "base backup auto (gzip:1: this pg_basebackup has gzip only), WAL gzip:1",
+        "writer_commits_per_s": round(writer_rate, 1),
+        "barman_check": barman_check.strip().splitlines()[-12:],
+    }
     return [
-        row("pitr_base_backup", what=f"PITR base backup of {dataset['bytes'] / GB:.2f} GB with a writer committing",
+        row(
+            "pitr_base_backup",
+            what=f"PITR base backup of {dataset['bytes'] / GB:.2f} GB with a writer committing",
             old_way="`barman backup --wait` (pg_basebackup tar, gzip)",
             dbops_way="`take_base_backup` (pg_basebackup tar, auto compression, published once its WAL is sealed)",
-            metric="wall time (s)", old=times["barman"], dbops=times["dbops"], target="<= 1.0x", ratio=backup_ratio,
+            metric="wall time (s)",
+            old=times["barman"],
+            dbops=times["dbops"],
+            target="<= 1.0x",
+            ratio=backup_ratio,
             met=backup_ratio <= 1.0,
-            details={**common, "base_backup_bytes": {k: int(median(v)) for k, v in sizes.items()},
-                     "dbops_peak_rss_bytes": max(rss)}),
-        row("pitr_restore_time", what=f"PITR restore to a time after {mark['wal_bytes'] / MB:.0f} MB of WAL "
-            f"(the \"hour of WAL\"), up to a promoted running server",
+            details={
+                **common,
+                "base_backup_bytes": {k: int(median(v)) for k, v in sizes.items()},
+                "dbops_peak_rss_bytes": max(rss),
+            },
+        ),
+        row(
+            "pitr_restore_time",
+            what=f"PITR restore to a time after {mark['wal_bytes'] / MB:.0f} MB of WAL "
+            f'(the "hour of WAL"), up to a promoted running server',
             old_way="`barman recover --target-time` + `pg_ctl start` until promoted",
             dbops_way="`plan_recovery` + `recover` (scratch server, until promoted)",
-            metric="wall time (s)", old=restores["barman"], dbops=restores["dbops"], target="<= 1.0x",
-            ratio=restore_ratio, met=restore_ratio <= 1.0,
-            details={**common, "wal_bytes": mark["wal_bytes"], "target_fraction": TARGET_AT,
-                     "writer_rows_expected_and_found": expected,
-                     "note": "both restored servers hold exactly the writer's rows 1..N committed before the target"}),
-        row("pitr_repository_bytes", what=f"PITR repository: one base backup + {mark['wal_bytes'] / MB:.0f} MB of WAL",
+            metric="wall time (s)",
+            old=restores["barman"],
+            dbops=restores["dbops"],
+            target="<= 1.0x",
+            ratio=restore_ratio,
+            met=restore_ratio <= 1.0,
+            details={
+                **common,
+                "wal_bytes": mark["wal_bytes"],
+                "target_fraction": TARGET_AT,
+                "writer_rows_expected_and_found": expected,
+                "note": "both restored servers hold exactly the writer's rows 1..N committed before the target",
+            },
+        ),
+        row(
+            "pitr_repository_bytes",
+            what=f"PITR repository: one base backup + {mark['wal_bytes'] / MB:.0f} MB of WAL",
             old_way="Barman: base backup folder + the archived (gzip) segments of that WAL",
             dbops_way="dbops: postgres_pitr/ backup + the sealed (gzip:1) segments of that WAL",
-            metric="bytes", old=repo_bytes["barman"], dbops=repo_bytes["dbops"], target="<= 1.0x",
-            ratio=bytes_ratio, met=bytes_ratio <= 1.0,
-            details={**common, "base_backup_bytes": {k: int(median(v)) for k, v in sizes.items()},
-                     "wal_repository_bytes": wal_delta, "wal_bytes_written": mark["wal_bytes"],
-                     "note": "the same segments on both sides (catalog / xlog.db sizes); a day of WAL adds "
-                             "to both the same way, so the ratio is given for one base backup plus this WAL"}),
+            metric="bytes",
+            old=repo_bytes["barman"],
+            dbops=repo_bytes["dbops"],
+            target="<= 1.0x",
+            ratio=bytes_ratio,
+            met=bytes_ratio <= 1.0,
+            details={
+                **common,
+                "base_backup_bytes": {k: int(median(v)) for k, v in sizes.items()},
+                "wal_repository_bytes": wal_delta,
+                "wal_bytes_written": mark["wal_bytes"],
+                "note": "the same segments on both sides (catalog / xlog.db sizes); a day of WAL adds "
+                "to both the same way, so the ratio is given for one base backup plus this WAL",
+            },
+        ),
     ]
 
 
@@ -676,8 +787,10 @@ def _recovery_point_row(ctx: Context, area: Area, barman: Barman) -> list[dict]:
             if writer.stopped_at < killed_at:
                 raise BenchError(f"the writer stopped before the kill: {writer.error}")
             acked, rate = writer.acked, writer.rate()
-            ctx.log(f"recovery point {index + 1}/{ctx.repetitions}: server killed, {acked} commits acknowledged "
-                    f"({rate:.0f}/s)")
+            ctx.log(
+                f"recovery point {index + 1}/{ctx.repetitions}: server killed, {acked} commits acknowledged "
+                f"({rate:.0f}/s)"
+            )
             barman.wait_receiver_exit(timeout=30)
         finally:
             # what each repository holds is now fixed: neither receiver may see the restarted server
@@ -695,16 +808,27 @@ def _recovery_point_row(ctx: Context, area: Area, barman: Barman) -> list[dict]:
             start_with_retries(bench.source_pg)
         runs.append(run)
     dbops_s = median(seconds_of_commits["dbops"])
-    return [row("pitr_recovery_point", what="PITR recovery point: postmaster SIGKILLed under a committing writer",
-                old_way="Barman streaming: `barman recover --partial-wal` to the end",
-                dbops_way="receiver service: restore `latest` (sealed segments + the .partial)",
-                metric="acknowledged commits lost, in seconds of the writer's commits",
-                old=seconds_of_commits["barman"], dbops=seconds_of_commits["dbops"],
-                target="dbops median <= 1 s of commits (ratio: dbops median / 1 s)", ratio=dbops_s,
-                met=dbops_s <= 1.0,
-                details={"missing_commits": missing, "runs": runs, "kill_after_s": KILL_AFTER_S[ctx.smoke],
-                         "how": "numbered rows, one commit each; acknowledged = COMMIT returned before the SIGKILL; "
-                                "each repository restored to its end and its highest row counted"})]
+    return [
+        row(
+            "pitr_recovery_point",
+            what="PITR recovery point: postmaster SIGKILLed under a committing writer",
+            old_way="Barman streaming: `barman recover --partial-wal` to the end",
+            dbops_way="receiver service: restore `latest` (sealed segments + the .partial)",
+            metric="acknowledged commits lost, in seconds of the writer's commits",
+            old=seconds_of_commits["barman"],
+            dbops=seconds_of_commits["dbops"],
+            target="dbops median <= 1 s of commits (ratio: dbops median / 1 s)",
+            ratio=dbops_s,
+            met=dbops_s <= 1.0,
+            details={
+                "missing_commits": missing,
+                "runs": runs,
+                "kill_after_s": KILL_AFTER_S[ctx.smoke],
+                "how": "numbered rows, one commit each; acknowledged = COMMIT returned before the SIGKILL; "
+                "each repository restored to its end and its highest row counted",
+            },
+        )
+    ]
 
 
 def memory_row(ctx: Context) -> list[dict]:
@@ -733,11 +857,23 @@ def memory_row(ctx: Context) -> list[dict]:
         shutil.rmtree(area.root, ignore_errors=True)
     small = ctx.shared["pitr_memory"]
     growth = median(peaks) / median(small["peak_rss_mb"])
-    return [row("pitr_memory", what=f"worker memory during PITR base backup and restore at "
-                f"{small['bytes'] / GB:.2f} GB and {large_bytes / GB:.2f} GB",
-                old_way="-", dbops_way="peak RSS of the worker's process tree (pg_basebackup, tar, not the "
-                "scratch server)", metric="peak RSS (MB); old column: the small database, dbops column: the large one",
-                old=small["peak_rss_mb"], dbops=peaks, target="large within 1.2x of small", ratio=growth,
-                met=growth <= 1.2, details={"database_bytes": [small["bytes"], large_bytes],
-                                            "small": {k: v for k, v in small.items() if k.endswith("_mb")},
-                                            "large": parts})]
+    return [
+        row(
+            "pitr_memory",
+            what=f"worker memory during PITR base backup and restore at "
+            f"{small['bytes'] / GB:.2f} GB and {large_bytes / GB:.2f} GB",
+            old_way="-",
+            dbops_way="peak RSS of the worker's process tree (pg_basebackup, tar, not the scratch server)",
+            metric="peak RSS (MB); old column: the small database, dbops column: the large one",
+            old=small["peak_rss_mb"],
+            dbops=peaks,
+            target="large within 1.2x of small",
+            ratio=growth,
+            met=growth <= 1.2,
+            details={
+                "database_bytes": [small["bytes"], large_bytes],
+                "small": {k: v for k, v in small.items() if k.endswith("_mb")},
+                "large": parts,
+            },
+        )
+    ]

@@ -59,8 +59,9 @@ def backup_rows(ctx: Context) -> list[dict]:
     rss: list[int] = []
 
     def old() -> None:
-        run = run_measured(oldway.bash(oldway.PG_BACKUP.format(out=oldway.q(old_dump))), env=env,
-                           what="pg_dumpall | gzip")
+        run = run_measured(
+            oldway.bash(oldway.PG_BACKUP.format(out=oldway.q(old_dump))), env=env, what="pg_dumpall | gzip"
+        )
         times["old"].append(run.seconds)
         sizes["old"].append(old_dump.stat().st_size)
 
@@ -82,27 +83,49 @@ def backup_rows(ctx: Context) -> list[dict]:
     sides = [old, dbops, floor]
     for index in range(ctx.repetitions):
         ctx.log(f"postgres backup repetition {index + 1}/{ctx.repetitions}")
-        for side in sides[index % 3:] + sides[: index % 3]:  # rotating order
+        for side in sides[index % 3 :] + sides[: index % 3]:  # rotating order
             side()
     ctx.shared.update(pg_old_dump=old_dump, pg_root=root, pg_dataset=dataset)
     size_ratio = median(sizes["dbops"]) / median(sizes["old"])
     wall = ratio_of(times["dbops"], times["old"])
     floor_ratio = ratio_of(times["dbops"], times["floor"])
-    details = {"database_bytes": dataset["bytes"], "pgbench_scale": dataset["pgbench_scale"],
-               "artifact_bytes": {k: int(median(v)) for k, v in sizes.items()}, "artifact_ratio": size_ratio,
-               "dbops_peak_rss_bytes": max(rss), "pg_dump_jobs": jobs,
-               "dbops_includes": "pg_dump -Fd -j2 (gzip:1) of every database + globals, sha256 re-read, "
-                                 "pg_restore --list and a full read of the dump, source description"}
+    details = {
+        "database_bytes": dataset["bytes"],
+        "pgbench_scale": dataset["pgbench_scale"],
+        "artifact_bytes": {k: int(median(v)) for k, v in sizes.items()},
+        "artifact_ratio": size_ratio,
+        "dbops_peak_rss_bytes": max(rss),
+        "pg_dump_jobs": jobs,
+        "dbops_includes": "pg_dump -Fd -j2 (gzip:1) of every database + globals, sha256 re-read, "
+        "pg_restore --list and a full read of the dump, source description",
+    }
     return [
-        row("pg_backup_vs_dumpall", what=f"Postgres backup, database of {dataset['bytes'] / GB:.2f} GB",
-            old_way="`pg_dumpall | gzip`", dbops_way="nightly backup task (`backup_postgres` + globals)",
-            metric="wall time (s)", old=times["old"], dbops=times["dbops"],
-            target="<= 0.5x wall time; artifact not larger", ratio=wall,
-            met=wall <= 0.5 and size_ratio <= 1.0, details=details),
-        row("pg_backup_vs_floor", what="Postgres backup vs the floor",
-            old_way=f"`pg_dump -Fd -j {jobs}` uncompressed, local disk", dbops_way="same task",
-            metric="wall time (s)", old=times["floor"], dbops=times["dbops"], target="<= 1.3x",
-            ratio=floor_ratio, met=floor_ratio <= 1.3, details=details),
+        row(
+            "pg_backup_vs_dumpall",
+            what=f"Postgres backup, database of {dataset['bytes'] / GB:.2f} GB",
+            old_way="`pg_dumpall | gzip`",
+            dbops_way="nightly backup task (`backup_postgres` + globals)",
+            metric="wall time (s)",
+            old=times["old"],
+            dbops=times["dbops"],
+            target="<= 0.5x wall time; artifact not larger",
+            ratio=wall,
+            met=wall <= 0.5 and size_ratio <= 1.0,
+            details=details,
+        ),
+        row(
+            "pg_backup_vs_floor",
+            what="Postgres backup vs the floor",
+            old_way=f"`pg_dump -Fd -j {jobs}` uncompressed, local disk",
+            dbops_way="same task",
+            metric="wall time (s)",
+            old=times["floor"],
+            dbops=times["dbops"],
+            target="<= 1.3x",
+            ratio=floor_ratio,
+            met=floor_ratio <= 1.3,
+            details=details,
+        ),
     ]
 
 
@@ -135,18 +158,30 @@ def restore_row(ctx: Context) -> list[dict]:
     def dbops() -> float:
         drop_all()
         args = json.dumps({"database": BENCH_DATABASE, "target": restored})
-        run = run_measured([ctx.python(), "-m", "bench.worker", "pg_restore", args], env=env,
-                           what="dbops pg_restore")
+        run = run_measured([ctx.python(), "-m", "bench.worker", "pg_restore", args], env=env, what="dbops pg_restore")
         return run.seconds
 
     olds, news = alternating(ctx.repetitions, old, dbops)
     drop_all()
     ratio = ratio_of(news, olds)
-    return [row("pg_restore", what="Postgres restore of that backup", old_way="`gunzip -c | psql` of the dump",
-                dbops_way="`dbops_restore` path (`restore_postgres`: pg_restore -j, marker, compare)",
-                metric="wall time (s)", old=olds, dbops=news, target="<= 0.5x", ratio=ratio, met=ratio <= 0.5,
-                details={"restore_jobs": 2, "dbops_includes": "sha256 of every file, pg_restore -j2, "
-                         "description and comparison with the source"})]
+    return [
+        row(
+            "pg_restore",
+            what="Postgres restore of that backup",
+            old_way="`gunzip -c | psql` of the dump",
+            dbops_way="`dbops_restore` path (`restore_postgres`: pg_restore -j, marker, compare)",
+            metric="wall time (s)",
+            old=olds,
+            dbops=news,
+            target="<= 0.5x",
+            ratio=ratio,
+            met=ratio <= 0.5,
+            details={
+                "restore_jobs": 2,
+                "dbops_includes": "sha256 of every file, pg_restore -j2, description and comparison with the source",
+            },
+        )
+    ]
 
 
 def memory_measure(ctx: Context, size_gb: float) -> None:
@@ -165,11 +200,19 @@ def memory_measure(ctx: Context, size_gb: float) -> None:
 def memory_row(ctx: Context) -> list[dict]:
     small, large = ctx.shared["memory"]
     growth = median(large["peak_rss_mb"]) / median(small["peak_rss_mb"])
-    return [row("pg_backup_memory", what=f"worker memory during the Postgres backup at "
-                f"{small['bytes'] / GB:.2f} GB and {large['bytes'] / GB:.2f} GB",
-                old_way="-", dbops_way="peak RSS of the task process tree (worker + pg_dump)",
-                metric="peak RSS (MB); old column: the small database, dbops column: the large one",
-                old=small["peak_rss_mb"], dbops=large["peak_rss_mb"],
-                target="large within 1.2x of small, under 300 MB", ratio=growth,
-                met=growth <= 1.2 and max(large["peak_rss_mb"]) < 300,
-                details={"database_bytes": [small["bytes"], large["bytes"]]})]
+    return [
+        row(
+            "pg_backup_memory",
+            what=f"worker memory during the Postgres backup at "
+            f"{small['bytes'] / GB:.2f} GB and {large['bytes'] / GB:.2f} GB",
+            old_way="-",
+            dbops_way="peak RSS of the task process tree (worker + pg_dump)",
+            metric="peak RSS (MB); old column: the small database, dbops column: the large one",
+            old=small["peak_rss_mb"],
+            dbops=large["peak_rss_mb"],
+            target="large within 1.2x of small, under 300 MB",
+            ratio=growth,
+            met=growth <= 1.2 and max(large["peak_rss_mb"]) < 300,
+            details={"database_bytes": [small["bytes"], large["bytes"]]},
+        )
+    ]

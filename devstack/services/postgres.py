@@ -98,9 +98,7 @@ class Postgres(Service):
         """dbops-pg must be able to reach its folders (a 0700 parent would hide them)."""
         probe = subprocess.run(["runuser", "-u", USER, "--", "test", "-w", str(self.data)])
         if probe.returncode != 0:
-            raise DevstackError(
-                f"user {USER} cannot reach {self.data}: every parent folder needs o+x"
-            )
+            raise DevstackError(f"user {USER} cannot reach {self.data}: every parent folder needs o+x")
 
     def _initdb(self) -> None:
         log("postgres: initdb")
@@ -110,13 +108,16 @@ class Postgres(Service):
         try:
             self._as_user(
                 str(pg_bin() / "initdb"),
-                "-D", str(self.data),
-                "-U", "postgres",
+                "-D",
+                str(self.data),
+                "-U",
+                "postgres",
                 f"--pwfile={pwfile}",
                 "--auth=scram-sha-256",
-                "-E", "UTF8",
+                "-E",
+                "UTF8",
                 "--locale=C.UTF-8",
-            )  # fmt: skip
+            )
         finally:
             pwfile.unlink(missing_ok=True)
 
@@ -140,9 +141,7 @@ class Postgres(Service):
                 link.symlink_to(target)
 
     def _as_user(self, *argv: str) -> None:
-        result = subprocess.run(
-            ["runuser", "-u", USER, "--", *argv], capture_output=True, text=True, cwd="/"
-        )
+        result = subprocess.run(["runuser", "-u", USER, "--", *argv], capture_output=True, text=True, cwd="/")
         if result.returncode != 0:
             raise DevstackError(f"{Path(argv[0]).name} failed: {result.stderr.strip()[-2000:]}")
 
@@ -156,12 +155,17 @@ class Postgres(Service):
                 try:
                     self._as_user(
                         str(pg_bin() / "pg_ctl"),
-                        "-D", str(self.data),
-                        "-l", str(self.logfile),
-                        "-o", f"-h 127.0.0.1 -p {self.port} -k {self.sockets}",
-                        "-w", "-t", "60",
+                        "-D",
+                        str(self.data),
+                        "-l",
+                        str(self.logfile),
+                        "-o",
+                        f"-h 127.0.0.1 -p {self.port} -k {self.sockets}",
+                        "-w",
+                        "-t",
+                        "60",
                         "start",
-                    )  # fmt: skip
+                    )
                     break
                 except DevstackError:
                     if attempt == 9 or not self._port_was_taken():

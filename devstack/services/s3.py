@@ -68,23 +68,28 @@ class S3(Service):
             self._write_identities()
             self.process.spawn(
                 [
-                    str(WEED), "server",
-                    "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+                    str(WEED),
+                    "server",
+                    "-ip=127.0.0.1",
+                    "-ip.bind=127.0.0.1",
                     f"-dir={self.data}",
                     f"-master.port={self.ports['master']}",
                     f"-master.volumeSizeLimitMB={self.volume_size_mb}",
                     "-master.telemetry=false",
                     "-master.electionTimeout=2s",  # one master: a restart elects it sooner
                     f"-volume.port={self.ports['volume']}",
-                    "-volume.max=20",
+                    "-volume.max=100",  # each bucket grows ~7 volumes; tests make many buckets
                     "-volume.preStopSeconds=1",  # default 10 s of draining on SIGTERM
-                    "-filer", f"-filer.port={self.ports['filer']}",
-                    "-s3", f"-s3.port={self.ports['s3']}",
-                    "-s3.port.iceberg=0", "-s3.port.lance=0",
+                    "-filer",
+                    f"-filer.port={self.ports['filer']}",
+                    "-s3",
+                    f"-s3.port={self.ports['s3']}",
+                    "-s3.port.iceberg=0",
+                    "-s3.port.lance=0",
                     f"-s3.config={self.identities}",
                 ],
                 cwd=self.dir,
-            )  # fmt: skip
+            )
         wait_until(self.ready, timeout=90, what="SeaweedFS S3")
         self._ensure_bucket()
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from devstack.core import (
@@ -83,10 +83,16 @@ class WalReceiver(Service):
         if not Postgres().ready():
             raise DevstackError("walreceiver: the postgres service is not running (start it first)")
         if not self.running():
-            write_private(self.passfile, passfile_line("127.0.0.1", self.port, REPLICATION_ROLE, secret("replication_password")))
+            write_private(
+                self.passfile, passfile_line("127.0.0.1", self.port, REPLICATION_ROLE, secret("replication_password"))
+            )
             self.backup_root.mkdir(mode=0o700, parents=True, exist_ok=True)
             env = receiver_environment(
-                backup_root=self.backup_root, host="127.0.0.1", port=self.port, user=REPLICATION_ROLE, passfile=self.passfile
+                backup_root=self.backup_root,
+                host="127.0.0.1",
+                port=self.port,
+                user=REPLICATION_ROLE,
+                passfile=self.passfile,
             )
             self.process.spawn([sys.executable, "-m", MODULE], env=env, cwd=self.dir)
         try:
@@ -107,7 +113,7 @@ class WalReceiver(Service):
         if not self.running() or not status or status.get("state") != "streaming":
             return False
         heard = datetime.fromisoformat(str(status["heartbeat_at"]).replace("Z", "+00:00"))
-        return (datetime.now(timezone.utc) - heard).total_seconds() < HEARTBEAT_FRESH_S
+        return (datetime.now(UTC) - heard).total_seconds() < HEARTBEAT_FRESH_S
 
     def running(self) -> bool:
         return self.process.running()

@@ -72,8 +72,10 @@ function backupRow(series, b) {
     el("td", { class: "backup-id" }, b.backup_id),
     el("td", { class: "finished" }, b.finished_at),
     el("td", { class: "age num" }, age(b.age_seconds)),
-    el("td", { class: "size num" }, size(b.total_bytes)),
-    el("td", { class: "bytes num" }, String(b.total_bytes)),
+    el("td", { class: "size num" }, size(b.data_bytes)),
+    el("td", { class: "bytes num" }, String(b.data_bytes)),
+    el("td", { class: "sidecars num", title: "manifest.json, source description, verify/drill/pin/offsite results" },
+      size(b.sidecar_bytes)),
     el("td", { class: "verified" }, flag(b.verified, "yes", "no")),
     el("td", { class: "drill" }, drillText(b.drill)),
     el("td", { class: "offsite", "data-key": `${series.series}/${b.backup_id}` }, el("span", { class: "empty" }, "…")),
@@ -88,10 +90,11 @@ function seriesBlock(series) {
   const summary = el("div", { class: "summary" },
     el("span", {}, "backups: ", el("b", { class: "count" }, String(series.count))),
     el("span", {}, "verified: ", el("b", { class: "verified-count" }, String(series.verified_count))),
-    el("span", {}, "on disk: ", el("b", { class: "total-size" }, size(series.total_bytes))),
+    el("span", {}, "data: ", el("b", { class: "total-size" }, size(series.data_bytes)),
+      " + sidecar files: ", el("span", { class: "sidecar-size" }, size(series.sidecar_bytes))),
     good
       ? el("span", {}, "last good: ", el("b", { class: "last-good-id" }, good.backup_id),
-          ` (${age(good.age_seconds)} ago, ${size(good.total_bytes)}, verified, offsite: `,
+          ` (${age(good.age_seconds)} ago, ${size(good.data_bytes)}, verified, offsite: `,
           el("span", { class: "offsite last-good-offsite", "data-key": `${series.series}/${good.backup_id}` }, "…"), ")")
       : el("span", { class: "bad last-good-id" }, "no verified backup"),
     el("span", {}, "last drill: ", series.last_drill
@@ -102,8 +105,8 @@ function seriesBlock(series) {
       el("b", { class: series.retention.would_delete.length ? "warn" : "" }, `${series.retention.would_delete.length} would be deleted`)),
   );
   const table = el("table", { class: "backups" },
-    el("thead", {}, el("tr", {}, ["backup id", "finished (UTC)", "age", "size", "bytes", "verified", "drill", "offsite", "retention"]
-      .map((h) => el("th", { class: ["age", "size", "bytes"].includes(h) ? "num" : null }, h)))),
+    el("thead", {}, el("tr", {}, ["backup id", "finished (UTC)", "age", "size", "bytes", "sidecars", "verified", "drill", "offsite", "retention"]
+      .map((h) => el("th", { class: ["age", "size", "bytes", "sidecars"].includes(h) ? "num" : null }, h)))),
     el("tbody", {}, series.backups.map((b) => backupRow(series, b))),
   );
   return el("div", { class: "series", "data-series": series.series },
@@ -190,14 +193,15 @@ function baseBackupTable(data) {
   if (data.base_backups_error) return errorBox(data.base_backups_error);
   if (data.base_backups.length === 0) return el("p", { class: "empty no-base-backup" }, data.base_backups_status);
   return el("table", { class: "base-backups" },
-    el("thead", {}, el("tr", {}, ["base backup", "finished (UTC)", "age", "size", "verified", "timeline", "start LSN",
+    el("thead", {}, el("tr", {}, ["base backup", "finished (UTC)", "age", "size", "sidecars", "verified", "timeline", "start LSN",
       "stop LSN", "consistent at", "compression", "pinned", "drill"]
-      .map((h) => el("th", { class: ["age", "size"].includes(h) ? "num" : null }, h)))),
+      .map((h) => el("th", { class: ["age", "size", "sidecars"].includes(h) ? "num" : null }, h)))),
     el("tbody", {}, data.base_backups.map((b) => el("tr", { "data-backup-id": b.backup_id },
       el("td", { class: "backup-id" }, b.backup_id),
       el("td", {}, b.finished_at),
       el("td", { class: "num" }, age(b.age_seconds)),
-      el("td", { class: "num" }, size(b.total_bytes)),
+      el("td", { class: "size num" }, size(b.data_bytes)),
+      el("td", { class: "sidecars num" }, size(b.sidecar_bytes)),
       el("td", { class: "verified" }, flag(b.verified, "yes", "no")),
       el("td", {}, b.details.timeline ?? "-"),
       el("td", {}, b.details.start_lsn ?? "-"),

@@ -50,13 +50,13 @@ class DbopsAlert(BaseNotifier):
         }
 
     def notify(self, context: Any) -> None:
-        from dbops import connections
+        from dbops import runtime
         from dbops.runtime import runtime_config
 
         body = self.payload(context)
         log.error("DBOPS ALERT %s.%s (%s): %s", body["dag_id"], body["task_id"], body["run_id"], body["message"])
         conn_id = self.conn_id or runtime_config().connections.alerts
-        if not connections.connection_exists(conn_id):
+        if not runtime.connection_exists(conn_id):
             log.info("no Airflow connection %r: the alert is in this log only", conn_id)
             return
         post_alert(conn_id, body, self.timeout_s)
@@ -65,9 +65,10 @@ class DbopsAlert(BaseNotifier):
 def post_alert(conn_id: str, body: dict[str, Any], timeout_s: float) -> None:
     """POST ``body`` as JSON to the HTTP connection ``conn_id`` (its password as a Bearer token)."""
     import requests
-    from airflow.sdk import BaseHook
 
-    conn = BaseHook.get_connection(conn_id)
+    from dbops import runtime
+
+    conn = runtime.get_connection(conn_id)
     headers = {"Authorization": f"Bearer {conn.password}"} if conn.password else {}
     try:
         response = requests.post(webhook_url(conn), json=body, headers=headers, timeout=timeout_s)

@@ -1,7 +1,7 @@
 """The one typed configuration of dbops (pure Python, no Airflow import).
 
 Layers, later ones win:
-  1. defaults below (they follow DESIGN.md: retention 30 days, the cron schedules, ...);
+  1. defaults below (retention 30 days, the cron schedules of README.md's table of DAGs, ...);
   2. a YAML file named by ``$DBOPS_CONFIG`` (see ``include/dbops.example.yaml``);
   3. environment variables ``DBOPS_<SECTION>__<KEY>`` (e.g. ``DBOPS_BACKUP__RETENTION_DAYS=14``);
   4. at run time only: the Airflow Variable ``dbops_config`` (JSON) and the DAG run's Params.
@@ -32,8 +32,26 @@ CONFIG_FILE_ENV = "DBOPS_CONFIG"
 _SYSTEM_DIRS = {
     Path(p)
     for p in (
-        "/", "/bin", "/boot", "/dev", "/etc", "/home", "/lib", "/lib64", "/opt", "/proc",
-        "/root", "/run", "/sbin", "/srv", "/sys", "/tmp", "/usr", "/var", "/var/lib", "/mnt",
+        "/",
+        "/bin",
+        "/boot",
+        "/dev",
+        "/etc",
+        "/home",
+        "/lib",
+        "/lib64",
+        "/opt",
+        "/proc",
+        "/root",
+        "/run",
+        "/sbin",
+        "/srv",
+        "/sys",
+        "/tmp",
+        "/usr",
+        "/var",
+        "/var/lib",
+        "/mnt",
     )
 }
 
@@ -43,7 +61,7 @@ class ConfigError(ValueError):
 
 
 # The store names come from the one registry of store adapters.
-Store = Enum("Store", [(name.upper(), name) for name in STORES], type=str)
+Store = Enum("Store", [(name.upper(), name) for name in STORES], type=str)  # type: ignore[misc]  # members from the registry
 
 
 ALL_STORES = [s.value for s in Store]
@@ -79,11 +97,25 @@ class Connections(_Section):
     postgres_replication: str = "dbops_postgres_replication"
 
 
+CLOCK = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
+
+
+def parse_clock(value: str) -> tuple[int, int]:
+    """``"HH:MM"`` (24 h) as (hour, minute); anything else is refused naming the value."""
+    match = CLOCK.match(value) if isinstance(value, str) else None
+    if not match:
+        raise ValueError(f"expected a clock time HH:MM (00:00-23:59), got {value!r}")
+    return int(match.group(1)), int(match.group(2))
+
+
 class Schedules(_Section):
     """Cron expressions (UTC unless ``timezone`` says otherwise)."""
 
     timezone: str = "UTC"
     nightly_backup: str = "0 2 * * *"
+    # dbops_nightly_backup not finished by this clock time (HH:MM, in ``timezone``) alerts, even
+    # while it runs (an Airflow deadline alert, see dbops.deadlines); null: no deadline
+    nightly_deadline: str | None = "06:00"
     pg_maintenance: str = "0 3 * * 0"
     table_size_monitor: str = "0 0 * * *"
     restore_drill: str = "0 6 * * 6"
@@ -94,6 +126,14 @@ class Schedules(_Section):
     recovery_check: str = "*/30 * * * *"
     # the disaster-recovery drill: every store restored from each offsite target alone
     dr_drill: str = "0 7 1 * *"
+
+    @field_validator("nightly_deadline")
+    @classmethod
+    def _clock(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parse_clock(value)
+        return value
 
 
 class BackupSettings(_Section):
@@ -131,7 +171,9 @@ class BackupSettings(_Section):
     @model_validator(mode="after")
     def _root_inside_base(self) -> BackupSettings:
         if self.allowed_base is not None and not self.root.is_relative_to(self.allowed_base):
-            raise ValueError(f"backup.root {str(self.root)!r} is outside backup.allowed_base {str(self.allowed_base)!r}")
+            raise ValueError(
+                f"backup.root {str(self.root)!r} is outside backup.allowed_base {str(self.allowed_base)!r}"
+            )
         return self
 
 
@@ -216,9 +258,18 @@ class WeaviateSettings(_Section):
 
 OFFSITE_TARGETS = ("rsync", "s3")
 S3_STORAGE_CLASSES = (
-    "STANDARD", "REDUCED_REDUNDANCY", "STANDARD_IA", "ONEZONE_IA", "INTELLIGENT_TIERING",
-    "GLACIER", "DEEP_ARCHIVE", "GLACIER_IR", "OUTPOSTS", "SNOW", "EXPRESS_ONEZONE",
-)  # fmt: skip
+    "STANDARD",
+    "REDUCED_REDUNDANCY",
+    "STANDARD_IA",
+    "ONEZONE_IA",
+    "INTELLIGENT_TIERING",
+    "GLACIER",
+    "DEEP_ARCHIVE",
+    "GLACIER_IR",
+    "OUTPOSTS",
+    "SNOW",
+    "EXPRESS_ONEZONE",
+)
 S3_SSE_MODES = ("AES256", "aws:kms", "aws:kms:dsse")
 # offsite.s3_object_lock: auto (lock when the bucket has Object Lock), off, or a demanded mode
 S3_OBJECT_LOCK_SETTINGS = ("auto", "off", "governance", "compliance")
@@ -349,7 +400,8 @@ class OffsiteSettings(_Section):
         return None if path is None else checked_backup_root(path)
 
 
-# The platform's PostgreSQL schemas (DESIGN.md), watched by dbops_table_size_monitor.
+# The platform's PostgreSQL schemas (created by include/sql/migrations/V001__extensions_and_schemas.sql),
+# watched by dbops_table_size_monitor.
 PLATFORM_SCHEMAS = ["auth", "data_platform", "algo_platform", "model_platform", "service_platform", "public"]
 _MIB = 1024 * 1024
 _GIB = 1024 * _MIB
@@ -534,6 +586,9 @@ class RestoreSettings(_Section):
     redis_migrate_timeout_ms: int = Field(60_000, ge=1000, le=3_600_000)
     # Weaviate's restore API: how long to wait for it
     weaviate_timeout_s: float = Field(3600.0, gt=0)
+    # How long a destructive step (an overwrite restore, a restore into the live Redis, VACUUM FULL
+    # of listed tables) waits for its approval under Required Actions; then it fails, nothing changed.
+    approval_timeout_minutes: float = Field(60.0, gt=0, le=7 * 24 * 60)
 
     @field_validator("scratch_dir")
     @classmethod
@@ -683,7 +738,7 @@ def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
     for name, raw in environ.items():
         if not name.startswith(ENV_PREFIX) or "__" not in name:
             continue
-        path = name[len(ENV_PREFIX):].lower().split("__")
+        path = name[len(ENV_PREFIX) :].lower().split("__")
         try:
             value: Any = json.loads(raw)
         except json.JSONDecodeError:
@@ -699,9 +754,7 @@ def _validate(data: Mapping[str, Any], source: str) -> DbopsConfig:
     try:
         return DbopsConfig.model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
-        )
+        problems = "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors())
         raise ConfigError(f"invalid dbops configuration ({source}): {problems}") from None
 
 

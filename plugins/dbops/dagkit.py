@@ -8,13 +8,13 @@ and the run's Params are applied at run time by :func:`runtime_config`.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from airflow.sdk import DAG, Asset, CronTriggerTimetable, ExceptionRetryPolicy, Param, RetryRule
 from airflow.sdk.definitions.retry_policy import RetryAction
 
-from dbops.config import ALL_STORES, DbopsConfig
+from dbops.config import ALL_STORES, DbopsConfig, Store
 from dbops.runtime import base_config
 
 CONFIG: DbopsConfig = base_config()
@@ -40,7 +40,7 @@ DEFAULT_ARGS: dict[str, Any] = {
     "retry_policy": NEVER_RETRY,
 }
 
-START_DATE = datetime(2026, 1, 1, tzinfo=timezone.utc)
+START_DATE = datetime(2026, 1, 1, tzinfo=UTC)
 
 # Updated by dbops_nightly_backup when a store's backup (and its retention) succeeded;
 # dbops_offsite_sync is scheduled on them. The URI scheme starts with "x-" (Airflow's
@@ -51,12 +51,17 @@ BACKUP_ASSETS: dict[str, Asset] = {
     for store in [*ALL_STORES, "postgres_pitr"]  # postgres_pitr: dbops_base_backup's base backups
 }
 
+# Updated once per run of dbops_nightly_backup / dbops_base_backup that made at least one new
+# backup (its task ``publish_backups``; extra: the new backups): dbops_offsite_sync is scheduled
+# on it alone, so one backup run starts one sync, and a rerun that made nothing new starts none.
+NEW_BACKUPS = Asset(name="dbops_new_backups", uri="x-dbops://backups")
+
 
 def on_store(store: str) -> dict[str, Any]:
     """Task arguments of heavy work on ``store``: its pool (one at a time per store), a time
     limit (``executor.heavy_task_timeout_minutes``: a hung dump fails and alerts instead of
     blocking every later night) and, when configured (``executor.queues``), its queue."""
-    queue = CONFIG.executor.queues.get(store)
+    queue = CONFIG.executor.queues.get(Store(store))
     return {**in_pool(f"dbops_{store}"), **({"queue": queue} if queue else {})}
 
 
@@ -82,12 +87,20 @@ def dbops_dag(
     doc_md: str | None,
     params: dict[str, Param],
     tags: list[str],
+    deadline: Any = None,
     **kwargs: Any,
 ) -> DAG:
     """A DAG with the dbops conventions: one run at a time, retries, no catch-up storm, and
-    run alerts and run-summary events when a run ends (see ``dbops.run_notifiers``)."""
+    run alerts and run-summary events when a run ends (see ``dbops.run_notifiers``).
+
+    ``deadline``: a :class:`dbops.deadlines.RunDeadline` (a clock time the run must have
+    finished by), alerting through the run alerts' channels when it passes, even mid-run."""
     from dbops.run_notifiers import run_callbacks
 
+    # a dict of Any: the notifiers are callbacks to Airflow (its stubs expect a plain callable)
+    callbacks: dict[str, Any] = run_callbacks()
+    if deadline is not None:
+        kwargs["deadline"] = deadline.alert(schedule)
     return DAG(
         dag_id=dag_id,
         schedule=schedule,
@@ -98,7 +111,7 @@ def dbops_dag(
         doc_md=doc_md,
         params=params,
         tags=["dbops", *tags],
-        **run_callbacks(),
+        **callbacks,
         **kwargs,
     )
 
@@ -113,6 +126,11 @@ def stores_param(default: list[str] | None = None, description: str = "") -> Par
         title="Stores",
         description=description or "Which stores this run works on.",
     )
+
+
+# An optional string Param: "" as default makes the trigger form treat it as required (its Trigger
+# button stays disabled), null does not; tasks read None like "".
+OPTIONAL_STRING = ["null", "string"]
 
 
 def dry_run_param(description: str = "Show the plan; change nothing.") -> Param:

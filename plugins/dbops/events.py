@@ -21,7 +21,7 @@ import html
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from dbops.tools import human_bytes
@@ -122,7 +122,7 @@ def _iso(moment: datetime | None) -> str | None:
         return None
     if moment.tzinfo is None:
         raise ValueError(f"naive datetime {moment!r}: run times must carry a timezone")
-    return moment.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 def headline(facts: RunFacts) -> str:

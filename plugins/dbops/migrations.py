@@ -45,9 +45,7 @@ class Migration:
     def from_file(cls, path: Path) -> Migration:
         match = FILE_PATTERN.match(path.name)
         if not match:
-            raise MigrationError(
-                f"migration file {path.name!r} is not named V<NNN>__<description>.sql"
-            )
+            raise MigrationError(f"migration file {path.name!r} is not named V<NNN>__<description>.sql")
         text = path.read_text(encoding="utf-8")
         return cls(
             version=int(match["version"]),
@@ -64,9 +62,7 @@ def discover(folder: Path) -> list[Migration]:
     seen: dict[int, str] = {}
     for m in migrations:
         if m.version in seen:
-            raise MigrationError(
-                f"two migration files share version {m.version}: {seen[m.version]} and {m.filename}"
-            )
+            raise MigrationError(f"two migration files share version {m.version}: {seen[m.version]} and {m.filename}")
         seen[m.version] = m.filename
     if not migrations:
         raise MigrationError(f"no migration files in {folder}")
@@ -102,9 +98,7 @@ class MigrationRunner:
         for version, done in sorted(applied.items()):
             current = by_version.get(version)
             if current is None:
-                raise MigrationError(
-                    f"migration {done.filename} is recorded as applied but its file is gone"
-                )
+                raise MigrationError(f"migration {done.filename} is recorded as applied but its file is gone")
             if current.checksum != done.checksum:
                 raise MigrationError(
                     f"migration {current.filename} was changed after it was applied "

@@ -40,7 +40,7 @@ class StoreReport:
 
     def as_verification(self) -> StoreReport:
         """A dry-run plan read as a check: what would be created is missing, updated is drift."""
-        renamed = {"create": "missing", "update": "drift"}
+        renamed: dict[Action, Action] = {"create": "missing", "update": "drift"}
         checked = StoreReport(self.store)
         for c in self.changes:
             checked.add(renamed.get(c.action, c.action), c.target, c.detail.replace("would ", "needs: "))

@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from airflow.sdk import BaseNotifier
@@ -56,7 +56,10 @@ def _read_tasks(dag, run_id: str, with_results: bool, problems: list[str]) -> li
         if with_results and state == "success":
             try:
                 result = XCom.get_one(
-                    key="return_value", dag_id=dag.dag_id, task_id=task_id, run_id=run_id,
+                    key="return_value",
+                    dag_id=dag.dag_id,
+                    task_id=task_id,
+                    run_id=run_id,
                     map_index=-1 if map_index is None else map_index,
                 )
             except Exception as exc:  # one unreadable result must not cost the whole summary
@@ -112,9 +115,9 @@ def send_email(smtp_conn_id: str, to: list[str], sender: str | None, facts: even
     """An e-mail through the smtp provider's notifier (its text is ours, never rendered as a template)."""
     from airflow.providers.smtp.notifications.smtp import SmtpNotifier
 
-    from dbops import connections
+    from dbops import runtime
 
-    conn = connections.optional(smtp_conn_id)
+    conn = runtime.optional(smtp_conn_id)
     if conn is None:
         raise ValueError(f"notify.email_to is set but there is no Airflow connection {smtp_conn_id!r}")
     sender = sender or (conn.extra_dejson or {}).get("from_email")
@@ -130,10 +133,10 @@ def send_email(smtp_conn_id: str, to: list[str], sender: str | None, facts: even
 
 
 def send_webhook(conn_id: str, facts: events.RunFacts, timeout_s: float) -> None:
-    from dbops import connections
+    from dbops import runtime
     from dbops.alerting import post_alert
 
-    if not connections.connection_exists(conn_id):
+    if not runtime.connection_exists(conn_id):
         raise ValueError(f"notify.webhook is on but there is no Airflow connection {conn_id!r}")
     post_alert(conn_id, events.webhook_payload(facts), timeout_s)
 
@@ -143,7 +146,8 @@ def publish_kafka(conn_id: str, topic: str, event: dict[str, Any], timeout_s: fl
     from airflow.providers.apache.kafka.hooks.produce import KafkaProducerHook
 
     producer = KafkaProducerHook(kafka_config_id=conn_id).get_producer()
-    errors, delivered = [], []
+    errors: list[Any] = []
+    delivered: list[Any] = []
 
     def on_delivery(err, msg) -> None:
         (errors if err is not None else delivered).append(err or msg)
@@ -167,10 +171,10 @@ def publish_kafka(conn_id: str, topic: str, event: dict[str, Any], timeout_s: fl
 
 def publish_mongo(conn_id: str, database: str, collection: str, event: dict[str, Any]) -> None:
     """Upsert by event id: a repeated callback of the same run end does not add a second document."""
-    from dbops import connections
+    from dbops import runtime
 
     document = events.mongo_document(event)
-    with connections.mongo(conn_id, database) as db:
+    with runtime.mongo(conn_id, database) as db:
         db[collection].replace_one({"_id": document["_id"]}, document, upsert=True)
 
 
@@ -223,7 +227,7 @@ class RunSummaryEvent(_RunNotifier):
         if not (settings.kafka_events or settings.mongo_events):
             return
         facts = read_run(context, self.outcome, with_results=True)
-        event = events.run_event(facts, timestamp=datetime.now(timezone.utc))
+        event = events.run_event(facts, timestamp=datetime.now(UTC))
         channels: dict[str, Callable[[], None]] = {}
         if settings.kafka_events:
             channels[f"Kafka topic {settings.kafka_topic}"] = lambda: publish_kafka(

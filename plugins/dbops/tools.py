@@ -24,6 +24,7 @@ LogFn = Callable[[str], None]
 
 
 _PR_SET_PDEATHSIG = 1
+_PRCTL: Callable[..., int] | None
 try:  # resolved here, not in the child between fork and exec
     _PRCTL = ctypes.CDLL(None, use_errno=True).prctl
 except (OSError, AttributeError):  # not Linux
@@ -34,7 +35,8 @@ def _die_with(parent_pid: int) -> Callable[[], None]:
     """A preexec_fn: the child gets SIGKILL when the thread that started it dies."""
 
     def arm() -> None:
-        _PRCTL(_PR_SET_PDEATHSIG, int(signal.SIGKILL))
+        if _PRCTL is not None:  # only armed where it exists (Linux)
+            _PRCTL(_PR_SET_PDEATHSIG, int(signal.SIGKILL))
         if os.getppid() != parent_pid:  # the parent died before the line above
             os._exit(128 + signal.SIGKILL)
 

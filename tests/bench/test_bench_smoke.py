@@ -17,8 +17,13 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def run_bench(*args: str, out: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "bench", "--smoke", "--out", str(out), *args],
-                          cwd=REPO, capture_output=True, text=True, timeout=900)
+    return subprocess.run(
+        [sys.executable, "-m", "bench", "--smoke", "--out", str(out), *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
 
 
 def _number(value) -> bool:

@@ -27,8 +27,13 @@ print(json.dumps({"loaded": sorted(set(sys.modules) - before), "uris": {k: a.uri
 
 def test_parsing_the_dags_loads_no_provider_asset_handlers(tmp_path):
     env = dict(os.environ, AIRFLOW_HOME=str(tmp_path))
-    out = subprocess.run([sys.executable, "-c", PROBE, str(REPO / "plugins"), str(REPO / "dags")],
-                         env=env, capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE, str(REPO / "plugins"), str(REPO / "dags")],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     result = json.loads(out.strip().splitlines()[-1])
     heavy = [m for m in result["loaded"] if m.startswith(("boto3", "botocore", "airflow.providers.amazon"))]
     assert heavy == []

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-DAG_FILES = sorted(p for p in (REPO / "dags").glob("*.py") if not p.name.startswith("_"))
+from tests.support import DAG_FILES, REPO
+
 POOLS = set(json.loads((REPO / "include" / "airflow" / "pools.json").read_text())) | {"default_pool"}
 
-# DESIGN.md's table; a new DAG must be added here with its schedule.
+# README.md's table "The DAGs"; a new DAG must be added here (and there) with its schedule.
 EXPECTED_SCHEDULES = {
     "dbops_bootstrap": None,
     "dbops_nightly_backup": "0 2 * * *",
@@ -29,31 +29,26 @@ EXPECTED_SCHEDULES = {
 }
 
 
-@pytest.fixture(scope="module")
-def dagbag():
-    from airflow.dag_processing.dagbag import DagBag
-
-    return DagBag(dag_folder=str(REPO / "dags"))
-
-
 def test_there_are_dag_files():
     assert DAG_FILES, "no DAG files found in dags/"
 
 
-def test_no_import_errors(dagbag):
-    assert dagbag.import_errors == {}, "\n".join(f"{k}: {v}" for k, v in dagbag.import_errors.items())
+def test_no_import_errors(parsed_dags):
+    assert parsed_dags.import_errors == {}, "\n".join(f"{k}: {v}" for k, v in parsed_dags.import_errors.items())
 
 
 @pytest.mark.parametrize("path", DAG_FILES, ids=lambda p: p.name)
-def test_dag_file_defines_the_dag_it_is_named_after(dagbag, path):
-    dag_ids = {dag_id for dag_id, dag in dagbag.dags.items() if Path(dag.fileloc).name == path.name}
+def test_dag_file_defines_the_dag_it_is_named_after(parsed_dags, path):
+    dag_ids = {dag_id for dag_id, dag in parsed_dags.dags.items() if Path(dag.fileloc).name == path.name}
     assert dag_ids == {path.stem}
 
 
 @pytest.mark.parametrize("path", DAG_FILES, ids=lambda p: p.name)
-def test_dag_conventions(dagbag, path):
-    dag = dagbag.dags[path.stem]
-    assert dag.dag_id in EXPECTED_SCHEDULES, f"{dag.dag_id}: add it to EXPECTED_SCHEDULES (DESIGN.md)"
+def test_dag_conventions(parsed_dags, path):
+    dag = parsed_dags.dags[path.stem]
+    assert dag.dag_id in EXPECTED_SCHEDULES, (
+        f"{dag.dag_id}: add it to EXPECTED_SCHEDULES and to README.md's table of DAGs"
+    )
     assert "dbops" in dag.tags
     assert dag.doc_md and len(dag.doc_md) > 200, "doc_md must say what the DAG does and what a rerun/backfill does"
     assert "backfill" in dag.doc_md.lower() or "rerun" in dag.doc_md.lower()
@@ -66,8 +61,8 @@ def test_dag_conventions(dagbag, path):
 
 
 @pytest.mark.parametrize("path", DAG_FILES, ids=lambda p: p.name)
-def test_schedule_is_the_designed_one(dagbag, path):
-    dag = dagbag.dags[path.stem]
+def test_schedule_is_the_designed_one(parsed_dags, path):
+    dag = parsed_dags.dags[path.stem]
     expected = EXPECTED_SCHEDULES[dag.dag_id]
     timetable = dag.timetable
     if expected is None:
@@ -80,30 +75,36 @@ def test_schedule_is_the_designed_one(dagbag, path):
 
 
 @pytest.mark.parametrize("path", DAG_FILES, ids=lambda p: p.name)
-def test_params_defaults_are_valid(dagbag, path):
-    dag = dagbag.dags[path.stem]
+def test_params_defaults_are_valid(parsed_dags, path):
+    dag = parsed_dags.dags[path.stem]
     # raises ParamValidationError when a default does not satisfy its own schema
     dag.params.validate()
 
 
 @pytest.mark.parametrize("path", DAG_FILES, ids=lambda p: p.name)
-def test_heavy_tasks_have_a_time_limit_and_refusals_are_never_retried(dagbag, path):
+def test_heavy_tasks_have_a_time_limit_and_refusals_are_never_retried(parsed_dags, path):
     """A hung dump must fail and alert, not hold every later night's run; an error a retry
     cannot cure (a refusal, a mismatch, a bad setting) fails at once."""
+    from airflow.sdk.definitions.retry_policy import RetryAction
+
     from dbops.backup.adapter import BackupRefused, RestoreRefused
     from dbops.backup.restore import CorruptBackup
     from dbops.backup.retention import RetentionRefused
     from dbops.config import ConfigError, load_config
-    from airflow.sdk.definitions.retry_policy import RetryAction
 
     limit = load_config().executor.heavy_task_timeout_minutes * 60
-    dag = dagbag.dags[path.stem]
+    dag = parsed_dags.dags[path.stem]
     for t in dag.tasks:
         if t.pool.startswith("dbops_"):
             assert t.execution_timeout is not None and t.execution_timeout.total_seconds() == limit, t.task_id
         policy = t.retry_policy
         assert policy is not None, t.task_id
-        for never in (RestoreRefused("x"), BackupRefused("x"), CorruptBackup("x", []), RetentionRefused("x"),
-                      ConfigError("x")):  # fmt: skip
+        for never in (
+            RestoreRefused("x"),
+            BackupRefused("x"),
+            CorruptBackup("x", []),
+            RetentionRefused("x"),
+            ConfigError("x"),
+        ):
             assert policy.evaluate(never, 1, 3).action == RetryAction.FAIL, (t.task_id, never)
         assert policy.evaluate(ConnectionError("server went away"), 1, 3).action == RetryAction.DEFAULT

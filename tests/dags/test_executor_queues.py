@@ -24,14 +24,22 @@ print(json.dumps({f"{d}.{t.task_id}": [t.pool, t.queue] for d, dag in bag.dags.i
 def _parsed_tasks(extra_env: dict[str, str]) -> dict[str, list[str]]:
     env = dict(os.environ, **extra_env)
     env["PYTHONPATH"] = os.pathsep.join([str(REPO / "plugins"), str(REPO)])
-    out = subprocess.run([sys.executable, "-c", PROBE, str(REPO / "dags")], env=env, capture_output=True,
-                         text=True, check=True, timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE, str(REPO / "dags")],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=300,
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def test_queues_per_store_route_only_that_stores_heavy_tasks():
     default = _parsed_tasks({})
-    routed = _parsed_tasks({"DBOPS_EXECUTOR__QUEUES": json.dumps({"postgres": "dbops-postgres", "redis": "dbops-redis"})})
+    routed = _parsed_tasks(
+        {"DBOPS_EXECUTOR__QUEUES": json.dumps({"postgres": "dbops-postgres", "redis": "dbops-redis"})}
+    )
     assert default.keys() == routed.keys()
     default_queue = default["dbops_nightly_backup.backup_mongo"][1]
     for task, (pool, queue) in routed.items():

@@ -10,8 +10,11 @@ import shutil
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import pytest
+
+import tests.stack_env  # noqa: F401  (the local stack's connections and DBOPS_* settings)
 
 
 class AirflowAPI:
@@ -81,10 +84,9 @@ class AirflowAPI:
 
 
 @pytest.fixture(scope="module")
-def backup_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("e2e") / "backups"
-    root.mkdir(mode=0o700)
-    return root
+def backup_root(module_backup_root):
+    """Here the module's: the tests of a module share its Airflow, which reads the root at start."""
+    return module_backup_root
 
 
 # One port per concurrent test session (default 58090); the instance's folder follows it.
@@ -125,3 +127,33 @@ def airflow_api(devstack, backup_root, airflow_extra_env):
         yield api
     finally:
         instance.stop()
+
+
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "browser"
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+@pytest.fixture(scope="module")
+def chromium():
+    """Debian's chromium (installed when missing), never a downloaded browser."""
+    from playwright.sync_api import sync_playwright
+
+    from devstack.core import apt_install
+
+    apt_install("chromium")
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()

@@ -9,7 +9,7 @@ through the REST API must run on the worker: the Celery result backend records i
 from __future__ import annotations
 
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
@@ -59,8 +59,11 @@ def _celery_task_results(instance, timeout: float = 60) -> dict[str, str]:
     deadline = time.monotonic() + timeout
     while True:
         with psycopg.connect(
-            host=postgres["host"], port=postgres["port"], user=postgres["login"],
-            password=postgres["password"], dbname=instance.database,
+            host=postgres["host"],
+            port=postgres["port"],
+            user=postgres["login"],
+            password=postgres["password"],
+            dbname=instance.database,
         ) as conn:
             if conn.execute("SELECT to_regclass('celery_taskmeta')").fetchone()[0] is None:
                 results = {}  # created by the result backend with the first result
@@ -79,8 +82,9 @@ def test_nightly_backup_runs_on_a_celery_worker(celery_airflow):
     results_before = _celery_task_results(instance)
 
     run = api.call(
-        "POST", f"/dags/{DAG}/dagRuns",
-        {"logical_date": datetime.now(timezone.utc).isoformat(), "conf": {"stores": ["redis"]}},
+        "POST",
+        f"/dags/{DAG}/dagRuns",
+        {"logical_date": datetime.now(UTC).isoformat(), "conf": {"stores": ["redis"]}},
     )
     api.wait_until_idle(DAG, timeout=600)
     finished = api.call("GET", f"/dags/{DAG}/dagRuns/{run['dag_run_id']}")

@@ -56,20 +56,46 @@ def test_backup_offsite_pin_dr_drill_and_recovery_check_from_the_ui(airflow_api,
     assert [r["state"] for r in runs] == ["success"], runs
     api.unpause("dbops_offsite_sync")
     api.wait_until_idle("dbops_offsite_sync")  # the run the backup's Assets started, if any
-    _ok(api, "dbops_offsite_sync", {"targets": ["rsync", "s3"], "stores": ["redis", "kafka"], "retention_days": 30,
-                                    "min_keep": 3, "dry_run": False, "retention_dry_run": False, "deep_verify": False})
+    _ok(
+        api,
+        "dbops_offsite_sync",
+        {
+            "targets": ["rsync", "s3"],
+            "stores": ["redis", "kafka"],
+            "retention_days": 30,
+            "min_keep": 3,
+            "dry_run": False,
+            "retention_dry_run": False,
+            "deep_verify": False,
+        },
+    )
     redis = BackupRepository(backup_root).latest("redis")
     assert redis is not None
 
-    run = _ok(api, "dbops_pin", {"store": "redis", "subject": "", "backup_id": redis.backup_id, "action": "pin",
-                                 "reason": "before the schema migration"})  # fmt: skip
-    assert api.task_states("dbops_pin", run["dag_run_id"]) == {"plan": "success", "pin_local": "success",
-                                                                "pin_rsync": "success", "pin_s3": "success"}
+    run = _ok(
+        api,
+        "dbops_pin",
+        {
+            "store": "redis",
+            "subject": "",
+            "backup_id": redis.backup_id,
+            "action": "pin",
+            "reason": "before the schema migration",
+        },
+    )
+    assert api.task_states("dbops_pin", run["dag_run_id"]) == {
+        "plan": "success",
+        "pin_local": "success",
+        "pin_rsync": "success",
+        "pin_s3": "success",
+        "summary": "success",
+    }
     pin = json.loads((redis.path / "pin.json").read_text())
     assert pin["pinned"] is True and pin["reason"] == "before the schema migration"
 
     run = _ok(api, "dbops_dr_drill", {"targets": ["s3"], "stores": ["redis", "kafka"]})
-    summary = _xcom(api, "dbops_dr_drill", run["dag_run_id"], "summary")
+    summary = _xcom(api, "dbops_dr_drill", run["dag_run_id"], "summary", key="result")
+    assert "DR drill from s3 of redis, kafka: passed" in _xcom(api, "dbops_dr_drill", run["dag_run_id"], "summary")
     assert summary["ok"] is True and summary["failures"] == []
     drilled = {(r["target"], r["series"]) for r in summary["rto"] if r["ok"]}
     assert drilled == {("s3", "redis"), ("s3", "kafka")}, summary["rto"]
@@ -85,5 +111,7 @@ def test_backup_offsite_pin_dr_drill_and_recovery_check_from_the_ui(airflow_api,
     result = json.loads((backup_root / "recovery_point.json").read_text())
     by_check = {(c["check"], c["store"], c.get("target")): c["status"] for s in result["stores"] for c in s["checks"]}
     assert {k: v for k, v in by_check.items() if v != "green"} == {
-        ("drill_age", "redis", None): "late", ("drill_age", "kafka", None): "late"}, result["problems"]
+        ("drill_age", "redis", None): "late",
+        ("drill_age", "kafka", None): "late",
+    }, result["problems"]
     assert by_check[("dr_drill_age", "redis", "s3")] == by_check[("dr_drill_age", "redis", "rsync")] == "green"

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 import urllib.error
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -16,7 +16,7 @@ from tests.support import pg_connect
 
 pytestmark = pytest.mark.integration
 
-# (dag_id, cron fields of DESIGN.md: minute, hour, weekday (Mon=0) or None for any)
+# (dag_id, cron fields of README.md's table of DAGs: minute, hour, weekday (Mon=0) or None for any)
 SCHEDULED = {
     "dbops_nightly_backup": ("0 2 * * *", timedelta(days=1)),
     "dbops_pg_maintenance": ("0 3 * * 0", timedelta(days=7)),
@@ -52,24 +52,34 @@ def _parse(value: str) -> datetime:
 def _backfill(api, dag_id: str, conf: dict | None = None) -> subprocess.CompletedProcess:
     """`airflow backfill create`, as a user runs it, with the instance's environment."""
     argv = [
-        "airflow", "backfill", "create", "--dag-id", dag_id,
-        "--from-date", BACKFILL_FROM, "--to-date", BACKFILL_TO,
+        "airflow",
+        "backfill",
+        "create",
+        "--dag-id",
+        dag_id,
+        "--from-date",
+        BACKFILL_FROM,
+        "--to-date",
+        BACKFILL_TO,
     ]
     if conf is not None:
         argv += ["--dag-run-conf", json.dumps(conf)]
     return subprocess.run(argv, env=api.instance.env(), capture_output=True, text=True, timeout=300)
 
 
-def _xcom(api, dag_id: str, run_id: str, task_id: str):
-    entry = api.call("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/xcomEntries/return_value")
+def _xcom(api, dag_id: str, run_id: str, task_id: str, key: str = "return_value"):
+    entry = api.call("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/xcomEntries/{key}")
     value = entry["value"]
-    return json.loads(value) if isinstance(value, str) else value
+    if isinstance(value, str):
+        try:
+            return json.loads(value)
+        except ValueError:
+            return value  # a text (such as a run summary)
+    return value
 
 
 def _trigger(api, dag_id: str, conf: dict) -> dict:
-    run = api.call(
-        "POST", f"/dags/{dag_id}/dagRuns", {"logical_date": datetime.now(timezone.utc).isoformat(), "conf": conf}
-    )
+    run = api.call("POST", f"/dags/{dag_id}/dagRuns", {"logical_date": datetime.now(UTC).isoformat(), "conf": conf})
     api.wait_until_idle(dag_id)
     return api.call("GET", f"/dags/{dag_id}/dagRuns/{run['dag_run_id']}")
 
@@ -84,7 +94,7 @@ def bootstrapped(airflow_api):
 
 
 def test_next_run_times_are_those_of_the_design(airflow_api):
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     for dag_id, (expression, period) in SCHEDULED.items():
         airflow_api.unpause(dag_id)  # waits until the dag-processor has it
         dag = airflow_api.call("GET", f"/dags/{dag_id}")
@@ -123,8 +133,9 @@ def test_rest_trigger_with_params_returns_summaries_matching_the_repository(airf
 def test_a_param_out_of_range_is_refused_at_trigger_time(airflow_api):
     with pytest.raises(urllib.error.HTTPError) as refused:
         airflow_api.call(
-            "POST", "/dags/dbops_nightly_backup/dagRuns",
-            {"logical_date": datetime.now(timezone.utc).isoformat(), "conf": {"retention_days": 0}},
+            "POST",
+            "/dags/dbops_nightly_backup/dagRuns",
+            {"logical_date": datetime.now(UTC).isoformat(), "conf": {"retention_days": 0}},
         )
     assert refused.value.code == 400
     assert "retention_days" in refused.value.read().decode()
@@ -142,7 +153,12 @@ def test_backfilled_monitor_runs_record_nothing(bootstrapped, devstack):
     runs = api.wait_for_runs(dag_id, "run_type=backfill", 3)
     for run in runs:
         states = api.task_states(dag_id, run["dag_run_id"])
-        assert states == {"capture_sizes": "skipped", "size_report": "skipped", "check_thresholds": "skipped"}, states
+        assert states == {
+            "capture_sizes": "skipped",
+            "size_report": "skipped",
+            "check_thresholds": "skipped",
+            "summary": "success",
+        }, states
     with pg_connect(conn, conn["schema"]) as db:
         after = db.execute("SELECT count(*), max(captured_at) FROM dbops.table_size_history").fetchone()
     assert after == before  # nothing recorded under a date it was not measured at
@@ -153,12 +169,12 @@ def test_a_backfilled_maintenance_run_does_todays_maintenance_once(bootstrapped,
     api, dag_id = bootstrapped, "dbops_pg_maintenance"
     conn = devstack.conn("dbops_postgres")
     api.unpause_and_settle(dag_id)
-    started = datetime.now(timezone.utc)
+    started = datetime.now(UTC)
 
     created = _backfill(api, dag_id)
     assert created.returncode == 0, created.stderr
     runs = api.wait_for_runs(dag_id, "run_type=backfill", 1)
-    assert len(runs) == 1 and _parse(runs[0]["logical_date"]) == datetime(2026, 1, 4, 3, tzinfo=timezone.utc)
+    assert len(runs) == 1 and _parse(runs[0]["logical_date"]) == datetime(2026, 1, 4, 3, tzinfo=UTC)
     assert runs[0]["state"] == "success", api.task_states(dag_id, runs[0]["dag_run_id"])
     with pg_connect(conn, conn["schema"]) as db:
         journal = db.execute(
@@ -182,7 +198,7 @@ def test_a_backfilled_drill_drills_the_latest_backups_now(bootstrapped, backup_r
     created = _backfill(api, dag_id, {"stores": ["redis"]})
     assert created.returncode == 0, created.stderr
     runs = api.wait_for_runs(dag_id, "run_type=backfill", 1)
-    assert len(runs) == 1 and _parse(runs[0]["logical_date"]) == datetime(2026, 1, 3, 6, tzinfo=timezone.utc)
+    assert len(runs) == 1 and _parse(runs[0]["logical_date"]) == datetime(2026, 1, 3, 6, tzinfo=UTC)
     assert runs[0]["state"] == "success", api.task_states(dag_id, runs[0]["dag_run_id"])
     planned = _xcom(api, dag_id, runs[0]["dag_run_id"], "plan")
     assert latest.backup_id in json.dumps(planned["backups"]), planned

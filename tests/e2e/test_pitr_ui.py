@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 from psycopg import sql
@@ -65,7 +65,7 @@ def test_base_backup_wal_check_and_a_restore_to_a_time_from_the_ui(airflow_api, 
 
     _insert(pg, 6, 10)
     time.sleep(1.1)
-    target = datetime.now(timezone.utc)
+    target = datetime.now(UTC)
     time.sleep(1.1)
     _insert(pg, 11, 15)  # after the target
     check = _trigger(airflow_api, "dbops_wal_check", {})  # its marker commit also completes the picture
@@ -73,10 +73,21 @@ def test_base_backup_wal_check_and_a_restore_to_a_time_from_the_ui(airflow_api, 
     result = _xcom(airflow_api, "dbops_wal_check", check["dag_run_id"], "check_wal")
     assert result["ok"] is True and result["earliest"] <= target.isoformat().replace("+00:00", "Z") <= result["latest"]
 
-    run = _trigger(airflow_api, "dbops_restore", {
-        "store": "postgres", "backup_id": "latest", "database": SOURCE, "target": COPY, "confirm_overwrite": "",
-        "topics": [], "target_time": target.isoformat(), "target_lsn": "", "target_name": "",
-    })  # fmt: skip
+    run = _trigger(
+        airflow_api,
+        "dbops_restore",
+        {
+            "store": "postgres",
+            "backup_id": "latest",
+            "database": SOURCE,
+            "target": COPY,
+            "confirm_overwrite": "",
+            "topics": [],
+            "target_time": target.isoformat(),
+            "target_lsn": "",
+            "target_name": "",
+        },
+    )
     states = _states(airflow_api, "dbops_restore", run)
     assert run["state"] == "success", states
     assert states["restore_postgres_pitr"] == "success" and states["restore_postgres"] == "skipped", states

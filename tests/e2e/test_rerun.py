@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
@@ -47,8 +47,9 @@ def airflow_extra_env(redis_to_back_up) -> dict[str, str]:
 
 def _trigger(api) -> str:
     run = api.call(
-        "POST", f"/dags/{DAG}/dagRuns",
-        {"logical_date": datetime.now(timezone.utc).isoformat(), "conf": {"stores": ["redis"]}},
+        "POST",
+        f"/dags/{DAG}/dagRuns",
+        {"logical_date": datetime.now(UTC).isoformat(), "conf": {"stores": ["redis"]}},
     )
     return run["dag_run_id"]
 
@@ -83,9 +84,16 @@ def test_a_cleared_task_completes_the_run_after_the_store_is_back(airflow_api, b
         redis_to_back_up.up()
 
     cleared = api.call(
-        "POST", f"/dags/{DAG}/clearTaskInstances",
-        {"dag_run_id": disturbed, "task_ids": ["backup_redis"], "include_downstream": True,
-         "only_failed": False, "reset_dag_runs": True, "dry_run": False},
+        "POST",
+        f"/dags/{DAG}/clearTaskInstances",
+        {
+            "dag_run_id": disturbed,
+            "task_ids": ["backup_redis"],
+            "include_downstream": True,
+            "only_failed": False,
+            "reset_dag_runs": True,
+            "dry_run": False,
+        },
     )
     assert {t["task_id"] for t in cleared["task_instances"]} >= {"backup_redis", "retention_redis"}
     api.wait_until_idle(DAG)

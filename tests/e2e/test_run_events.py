@@ -58,8 +58,11 @@ def _arrived(devstack, run_id: str, timeout: float = 180) -> tuple[list[dict], l
 def test_the_dag_processor_publishes_the_summary_of_a_run(airflow_with_events, backup_root, devstack):
     api = airflow_with_events
     api.unpause_and_settle(DAG)  # the scheduled run that unpausing starts
-    run = api.call("POST", f"/dags/{DAG}/dagRuns",
-                   {"logical_date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "conf": {"stores": ["redis"]}})
+    run = api.call(
+        "POST",
+        f"/dags/{DAG}/dagRuns",
+        {"logical_date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "conf": {"stores": ["redis"]}},
+    )
     run_id = run["dag_run_id"]
     api.wait_until_idle(DAG)
     finished = api.call("GET", f"/dags/{DAG}/dagRuns/{run_id}")

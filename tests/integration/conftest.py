@@ -15,6 +15,7 @@ import pytest
 import redis
 from psycopg import sql
 
+import tests.stack_env  # noqa: F401  (the local stack's connections and DBOPS_* settings)
 from tests.support import pg_connect
 
 
@@ -40,7 +41,9 @@ def redis_target(tmp_path, monkeypatch):
         port = s.getsockname()[1]
     password = secrets.token_urlsafe(16)
     conf = tmp_path / "target.conf"
-    conf.write_text(f'port {port}\nbind 127.0.0.1\nrequirepass "{password}"\nsave ""\nappendonly no\ndir "{tmp_path}"\n')
+    conf.write_text(
+        f'port {port}\nbind 127.0.0.1\nrequirepass "{password}"\nsave ""\nappendonly no\ndir "{tmp_path}"\n'
+    )
     conf.chmod(0o600)
     proc = subprocess.Popen(["redis-server", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     conn = {"host": "127.0.0.1", "port": port, "password": password}
@@ -98,8 +101,17 @@ def alerts(monkeypatch):
 
     server = HTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    monkeypatch.setenv("AIRFLOW_CONN_DBOPS_ALERTS", json.dumps(
-        {"conn_type": "http", "host": "127.0.0.1", "port": server.server_port, "schema": "http",
-         "extra": {"endpoint": "/alert"}}))
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_DBOPS_ALERTS",
+        json.dumps(
+            {
+                "conn_type": "http",
+                "host": "127.0.0.1",
+                "port": server.server_port,
+                "schema": "http",
+                "extra": {"endpoint": "/alert"},
+            }
+        ),
+    )
     yield received
     server.shutdown()

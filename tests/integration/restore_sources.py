@@ -8,23 +8,19 @@ import json
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from types import SimpleNamespace
 
 from psycopg import sql
 
 from tests.conftest import run_dag
-from tests.support import kafka_admin, mongo_client, pg_connect
+from tests.support import kafka_admin, mongo_client, pg_connect, task_states
 
 STORES = ["postgres", "mongo", "redis", "kafka"]
 
 
-def states(dagrun) -> dict[str, str]:
-    return {
-        f"{ti.task_id}[{ti.map_index}]" if ti.map_index >= 0 else ti.task_id: ti.state
-        for ti in dagrun.get_task_instances()
-    }
+states = task_states  # the name the restore and drill tests import from here
 
 
 def set_config(config: dict) -> None:
@@ -59,7 +55,7 @@ def _postgres(conn: dict, name: str) -> None:
 
 
 def _mongo(conn: dict, name: str) -> None:
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     with mongo_client(conn) as client:
         db = client[name]
         db.task_status_cache.create_index("last_updated", expireAfterSeconds=86400)

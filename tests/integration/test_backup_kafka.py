@@ -292,7 +292,7 @@ def test_explicit_configs_from_a_full_listing_keep_only_topic_level_entries():
 
 
 class _Links:
-    """What the task layer passes (dbops.connections), reduced to the local broker."""
+    """What the task layer passes (dbops.runtime), reduced to the local broker."""
 
     def __init__(self, conn: dict) -> None:
         self.conn = conn
@@ -320,9 +320,17 @@ def _take(adapter, tmp_path, log):
 
     repo = BackupRepository(tmp_path / "repo")
     take_backup(
-        repo, adapter.series_backup(None), store="kafka", subject=None, run_id=_unique("run"), dag_id="test",
-        logical_date=None, force=False, stale_staging=timedelta(hours=1), log=log,
-    )  # fmt: skip
+        repo,
+        adapter.series_backup(None),
+        store="kafka",
+        subject=None,
+        run_id=_unique("run"),
+        dag_id="test",
+        logical_date=None,
+        force=False,
+        stale_staging=timedelta(hours=1),
+        log=log,
+    )
     return repo, repo.list("kafka")[-1]
 
 
@@ -357,7 +365,9 @@ class _BusyCluster:
         self.thread.join(60)
 
 
-def test_adapter_backup_drill_and_restore_judge_the_dump_not_a_later_read_of_a_busy_broker(cluster, kafka_conn, tmp_path):
+def test_adapter_backup_drill_and_restore_judge_the_dump_not_a_later_read_of_a_busy_broker(
+    cluster, kafka_conn, tmp_path
+):
     """The description is the dump's topics.json: topics created and deleted by a writer
     during and after the backup do not make the drill or the restore fail (they did when the
     description was read from the broker after the dump)."""
@@ -379,12 +389,21 @@ def test_adapter_backup_drill_and_restore_judge_the_dump_not_a_later_read_of_a_b
 
         assert adapter.series(lines.append) == [None]
         assert adapter.drillable and "dbops_drill_" in adapter.drill_target(backup)
-        drilled = run_drill(repo, backup, target=adapter.drill_target(backup),
-                            drill=lambda b, found: adapter.drill(b, found, lines.append),
-                            run_id="drill", dag_id="test", log=lines.append)  # fmt: skip
+        drilled = run_drill(
+            repo,
+            backup,
+            target=adapter.drill_target(backup),
+            drill=lambda b, found: adapter.drill(b, found, lines.append),
+            run_id="drill",
+            dag_id="test",
+            log=lines.append,
+        )
         assert drilled["ok"], drilled
-        assert not [t for t in cluster.admin.list_topics(timeout=10).topics if t.startswith("dbops_drill_")
-                    and backup.backup_id.lower() in t]  # fmt: skip
+        assert not [
+            t
+            for t in cluster.admin.list_topics(timeout=10).topics
+            if t.startswith("dbops_drill_") and backup.backup_id.lower() in t
+        ]
 
         request = RestoreRequest("kafka", backup.backup_id, target="ignored-target", topics=(gone, kept))
         adapter.check_request(request)
@@ -423,8 +442,9 @@ def test_a_drill_or_compare_still_fails_when_the_restored_topics_differ(cluster,
     found = DrillComparison()
     adapter.drill(backup, found, lambda _: None)
     assert any("partitions 2, expected 4" in d for d in found.differences), found.differences
-    assert not found.leftovers and not [t for t in cluster.admin.list_topics(timeout=10).topics
-                                        if t.startswith("dbops_drill_") and topic in t]  # fmt: skip
+    assert not found.leftovers and not [
+        t for t in cluster.admin.list_topics(timeout=10).topics if t.startswith("dbops_drill_") and topic in t
+    ]
 
 
 def test_adapter_refuses_bad_topic_names_and_topics_the_backup_lacks(cluster, kafka_conn, tmp_path):

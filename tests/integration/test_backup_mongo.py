@@ -9,7 +9,7 @@ from __future__ import annotations
 import gzip
 import stat
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
@@ -101,7 +101,7 @@ def spy(monkeypatch) -> ToolSpy:
 
 def _seed(mongo, name: str, count: int = 240) -> None:
     db = mongo[name]
-    now = datetime.now(timezone.utc).replace(microsecond=0)
+    now = datetime.now(UTC).replace(microsecond=0)
     db.events.insert_many(
         [
             {
@@ -320,9 +320,14 @@ def test_password_only_in_a_0600_config_file_that_is_gone_afterwards(endpoint, m
 
 def test_argv_builders_never_hold_the_secret(tmp_path):
     secret = "Sup3r-secret!"
-    ep = Endpoint("db.example", 27017, "backup", secret, "ai_platform",
-                  {"authSource": "admin", "tls": True, "tlsCAFile": "/etc/ca.pem",
-                   "tlsCertificateKeyFilePassword": "key-secret"})
+    ep = Endpoint(
+        "db.example",
+        27017,
+        "backup",
+        secret,
+        "ai_platform",
+        {"authSource": "admin", "tls": True, "tlsCAFile": "/etc/ca.pem", "tlsCertificateKeyFilePassword": "key-secret"},
+    )
     config = tmp_path / "tools.yaml"
     argvs = [
         mb.dump_argv(ep, tmp_path / "a.gz", database=None, oplog=True, config=config),
@@ -342,7 +347,7 @@ def test_argv_builders_never_hold_the_secret(tmp_path):
 def test_config_text_quotes_any_password_for_the_tools_yaml_parser():
     import yaml  # YAML 1.1, as go-yaml v2 that the tools use
 
-    for password in ['plain', 'quo"te', "back\\slash", "colon: hash #", "é\u2028line", "emoji \U0001f600", " lead"]:
+    for password in ["plain", 'quo"te', "back\\slash", "colon: hash #", "é\u2028line", "emoji \U0001f600", " lead"]:
         text = mb.config_text(Endpoint("h", 1, "u", password))
         assert yaml.safe_load(text) == {"password": password}
     assert mb.config_text(Endpoint("h", 1)) is None

@@ -13,8 +13,7 @@ from psycopg import sql
 from dbops.backup.adapter import Endpoint
 from dbops.stores.postgres import backup as pb
 from dbops.tools import ToolError
-from tests.support import pg_connect
-from tests.support import Log
+from tests.support import Log, pg_connect
 
 pytestmark = pytest.mark.integration
 
@@ -38,7 +37,8 @@ SELECT 'item ' || g,
        g * 1.25, 1.0 / 3 * g, timestamptz '2024-01-01 00:00:00+00' + g * interval '37 minutes',
        jsonb_build_object('g', g, 'tags', jsonb_build_array('a', g % 3))
   FROM generate_series(1, 1500) AS g;
-INSERT INTO public.events_nopk SELECT 'kind' || (g % 4), json_build_object('g', g), g % 7 FROM generate_series(1, 300) AS g;
+INSERT INTO public.events_nopk SELECT 'kind' || (g % 4), json_build_object('g', g), g % 7
+  FROM generate_series(1, 300) AS g;
 INSERT INTO public.events_nopk VALUES ('dup', '{"same": true}', 1), ('dup', '{"same": true}', 1);
 INSERT INTO "Odd Schema"."Mixed Case" VALUES ('b', 'second'), ('A', 'first'), ('é', 'accent');
 """
@@ -121,8 +121,10 @@ def test_dump_check_restore_roundtrip(source_db, drop_after, tmp_path, private_t
     assert result.details["database"] == name and result.details["jobs"] == 2
     assert result.details["table_count"] == 3
     assert {(t["schema"], t["name"]) for t in result.details["tables"]} == {
-        ("public", "items"), ("public", "events_nopk"), ("Odd Schema", "Mixed Case"),
-    }  # fmt: skip
+        ("public", "items"),
+        ("public", "events_nopk"),
+        ("Odd Schema", "Mixed Case"),
+    }
     dump = staging / "dump"
     assert (dump / "toc.dat").is_file()
     assert all(p.stat().st_mode & 0o077 == 0 for p in [dump, *dump.iterdir()])
@@ -171,7 +173,9 @@ def test_dump_check_restore_roundtrip(source_db, drop_after, tmp_path, private_t
     assert again.replaced and again.set_aside.startswith(f"{target}_dbops_old_")
     assert pb.describe_differences(source_description, again.description) == []
     with pg_connect(conn, "postgres") as c:
-        leftovers = c.execute("SELECT datname FROM pg_database WHERE datname LIKE %s", [f"{name}%dbops_restore%"]).fetchall()
+        leftovers = c.execute(
+            "SELECT datname FROM pg_database WHERE datname LIKE %s", [f"{name}%dbops_restore%"]
+        ).fetchall()
     assert leftovers == []
     assert list(private_tmp.iterdir()) == []
 
@@ -202,7 +206,9 @@ def test_check_fails_on_a_damaged_dump(source_db, tmp_path):
     assert not by_name["pg_restore reads all data"].ok
 
     # a manifest naming a table the dump lacks
-    extra = dict(result.details, tables=[*result.details["tables"], {"schema": "public", "name": "ghost", "owner": "postgres"}])
+    extra = dict(
+        result.details, tables=[*result.details["tables"], {"schema": "public", "name": "ghost", "owner": "postgres"}]
+    )
     by_name = {c.name: c for c in adapter.check(staging, {"details": extra}, log)}
     assert not by_name["table data listed"].ok and "public.ghost" in by_name["table data listed"].detail
 
@@ -245,7 +251,9 @@ def test_globals_dump(devstack, tmp_path, private_tmp):
     text = (staging / "globals.sql").read_text()
     assert "CREATE ROLE" in text and f"CREATE ROLE {conn['login']};" in text
     assert (staging / "globals.sql").stat().st_mode & 0o777 == 0o600
-    assert result.tool == "pg_dumpall" and result.details["superuser"] is True and result.details["role_passwords"] is True
+    assert (
+        result.tool == "pg_dumpall" and result.details["superuser"] is True and result.details["role_passwords"] is True
+    )
     checks = adapter.check(staging, {"details": result.details}, log)
     assert checks and all(c.ok for c in checks), checks
     assert list(private_tmp.iterdir()) == []

@@ -13,7 +13,6 @@ from dbops.migrations import MigrationError, MigrationRunner, discover
 from dbops.report import StoreReport
 from dbops.sqlfiles import MIGRATIONS_DIR
 from dbops.stores.postgres import bootstrap as postgres
-
 from tests.support import pg_connect
 
 pytestmark = pytest.mark.integration
@@ -42,10 +41,19 @@ def test_full_bootstrap_from_empty_then_a_rerun_changes_nothing(scratch_pg):
         assert any("text_embeddings_embedding_ann" in t for t in created)
         tables = _tables(conn)
         for expected in (
-            "auth.users", "auth.groups", "auth.permissions", "data_platform.datasets",
-            "data_platform.data_items", "data_platform.text_embeddings", "data_platform.data_sources",
-            "algo_platform.algorithms", "model_platform.models", "model_platform.model_versions",
-            "service_platform.deployed_services", "dbops.schema_migrations", "dbops.table_size_history",
+            "auth.users",
+            "auth.groups",
+            "auth.permissions",
+            "data_platform.datasets",
+            "data_platform.data_items",
+            "data_platform.text_embeddings",
+            "data_platform.data_sources",
+            "algo_platform.algorithms",
+            "model_platform.models",
+            "model_platform.model_versions",
+            "service_platform.deployed_services",
+            "dbops.schema_migrations",
+            "dbops.table_size_history",
         ):
             assert expected in tables
         index = conn.execute(

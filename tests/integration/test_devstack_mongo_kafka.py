@@ -12,7 +12,7 @@ import shutil
 import subprocess
 import time
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -104,9 +104,7 @@ def test_mongo_requires_authentication(mongo_conn, scratch_dbs):
     from pymongo import MongoClient
     from pymongo.errors import OperationFailure
 
-    anonymous = MongoClient(
-        host=mongo_conn["host"], port=mongo_conn["port"], serverSelectionTimeoutMS=5000
-    )
+    anonymous = MongoClient(host=mongo_conn["host"], port=mongo_conn["port"], serverSelectionTimeoutMS=5000)
     wrong = MongoClient(
         host=mongo_conn["host"],
         port=mongo_conn["port"],
@@ -129,7 +127,7 @@ def test_mongo_requires_authentication(mongo_conn, scratch_dbs):
 
 def test_mongo_insert_find_and_ttl_index(mongo, scratch_dbs):
     coll = mongo[scratch_dbs()]["events"]
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     coll.insert_many([{"seq": i, "kind": "even" if i % 2 == 0 else "odd", "at": now} for i in range(20)])
 
     odd = list(coll.find({"kind": "odd"}, {"_id": 0, "seq": 1}).sort("seq", -1))
@@ -157,10 +155,8 @@ def _run(argv: list[str], **kwargs) -> subprocess.CompletedProcess:
 
 def _seed_dump_source(mongo, db_name: str, count: int) -> None:
     coll = mongo[db_name]["events"]
-    now = datetime.now(timezone.utc)
-    coll.insert_many(
-        [{"_id": i, "seq": i, "payload": "x" * (i % 7), "at": now} for i in range(count)]
-    )
+    now = datetime.now(UTC)
+    coll.insert_many([{"_id": i, "seq": i, "payload": "x" * (i % 7), "at": now} for i in range(count)])
     coll.create_index("at", expireAfterSeconds=86400, name="at_ttl")
     coll.create_index("seq", unique=True, name="seq_unique")
     mongo[db_name]["other"].insert_one({"_id": "only"})
@@ -185,9 +181,7 @@ def test_mongo_tools_are_on_path():
         assert f"{tool} version: 100." in result.stdout.decode()
 
 
-def test_mongodump_archive_gzip_then_mongorestore_into_another_namespace(
-    mongo_conn, mongo, scratch_dbs, tmp_path
-):
+def test_mongodump_archive_gzip_then_mongorestore_into_another_namespace(mongo_conn, mongo, scratch_dbs, tmp_path):
     source, target = scratch_dbs(), scratch_dbs()
     _seed_dump_source(mongo, source, count=250)
     archive = tmp_path / "dump.archive.gz"
@@ -234,8 +228,13 @@ def test_mongodump_archive_to_stdout_restores_from_stdin(mongo_conn, mongo, scra
 
 def test_mongodump_failures_are_reported(mongo_conn, scratch_dbs, tmp_path):
     bad = _run(
-        ["mongodump", *_tool_credentials(mongo_conn, tmp_path, password="wrong"),
-         "--db", scratch_dbs(), f"--archive={tmp_path / 'never.gz'}"]
+        [
+            "mongodump",
+            *_tool_credentials(mongo_conn, tmp_path, password="wrong"),
+            "--db",
+            scratch_dbs(),
+            f"--archive={tmp_path / 'never.gz'}",
+        ]
     )
     assert bad.returncode != 0
     assert b"AuthenticationFailed" in bad.stderr or b"authentication failed" in bad.stderr.lower()
@@ -326,9 +325,7 @@ def test_kafka_topic_produce_consume_commit_and_group_offsets(kafka_conn):
         assert all(received[f"value-{i}"] == f"key-{i % 6}" for i in range(count))
 
         committed = consumer.commit(asynchronous=False)
-        assert {(tp.partition, tp.offset) for tp in committed} == {
-            (p, o + 1) for p, o in last_offset.items()
-        }
+        assert {(tp.partition, tp.offset) for tp in committed} == {(p, o + 1) for p, o in last_offset.items()}
         consumer.close()
         consumer = None
 
@@ -336,9 +333,7 @@ def test_kafka_topic_produce_consume_commit_and_group_offsets(kafka_conn):
         result = admin.list_consumer_group_offsets([request])[group].result(timeout=30)
         offsets = {tp.partition: tp.offset for tp in result.topic_partitions if tp.topic == topic}
         expected = {p: last_offset.get(p, -1) + 1 for p in range(3)}
-        assert {p: o for p, o in offsets.items() if o >= 0} == {
-            p: o for p, o in expected.items() if o > 0
-        }
+        assert {p: o for p, o in offsets.items() if o >= 0} == {p: o for p, o in expected.items() if o > 0}
         assert sum(o for o in offsets.values() if o > 0) == count
     finally:
         if consumer is not None:

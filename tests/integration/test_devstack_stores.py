@@ -183,10 +183,24 @@ def ssh_files(devstack, tmp_path):
 
 def _ssh(conn: dict, key: Path, known_hosts: Path) -> list[str]:
     return [
-        "ssh", "-F", "/dev/null", "-i", str(key), "-p", str(conn["port"]),
-        "-o", f"UserKnownHostsFile={known_hosts}", "-o", "GlobalKnownHostsFile=/dev/null",
-        "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes",
-    ]  # fmt: skip
+        "ssh",
+        "-F",
+        "/dev/null",
+        "-i",
+        str(key),
+        "-p",
+        str(conn["port"]),
+        "-o",
+        f"UserKnownHostsFile={known_hosts}",
+        "-o",
+        "GlobalKnownHostsFile=/dev/null",
+        "-o",
+        "StrictHostKeyChecking=yes",
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        "IdentitiesOnly=yes",
+    ]
 
 
 def test_rsync_over_ssh_round_trip(devstack, ssh_files, tmp_path):
@@ -211,8 +225,10 @@ def test_rsync_over_ssh_round_trip(devstack, ssh_files, tmp_path):
         # the files really are on the server side, owned by the offsite user
         owner = subprocess.run(
             [*_ssh(conn, key, known_hosts), target, f"stat -c %U {remote}/sub/b.bin"],
-            capture_output=True, text=True, check=True,
-        ).stdout.strip()  # fmt: skip
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
         assert owner == conn["login"]
     finally:
         subprocess.run([*_ssh(conn, key, known_hosts), target, f"rm -rf {remote}"], check=False)

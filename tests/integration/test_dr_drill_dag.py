@@ -34,8 +34,12 @@ pytestmark = pytest.mark.integration
 
 def offsite_config(devstack, tmp: Path) -> dict:
     s3 = devstack.service("s3")
-    return {"rsync_remote_dir": str(remote_dir(devstack)), "s3_bucket": s3.environment()["DBOPS_OFFSITE__S3_BUCKET"],
-            "s3_prefix": f"test-dr-{uuid.uuid4().hex[:8]}", "fetch_dir": str(tmp / "fetch")}  # fmt: skip
+    return {
+        "rsync_remote_dir": str(remote_dir(devstack)),
+        "s3_bucket": s3.environment()["DBOPS_OFFSITE__S3_BUCKET"],
+        "s3_prefix": f"test-dr-{uuid.uuid4().hex[:8]}",
+        "fetch_dir": str(tmp / "fetch"),
+    }
 
 
 def remove_offsite(devstack, offsite: dict) -> None:
@@ -45,7 +49,9 @@ def remove_offsite(devstack, offsite: dict) -> None:
 
 def fetched_backups(fetch_dir: Path) -> list[Path]:
     """Backups left in the fetch repositories (their manifests), staging excluded."""
-    return [p.parent for p in fetch_dir.rglob("manifest.json") if ".staging" not in p.parts and ".dr_drill" not in p.parts]
+    return [
+        p.parent for p in fetch_dir.rglob("manifest.json") if ".staging" not in p.parts and ".dr_drill" not in p.parts
+    ]
 
 
 # --------------------------------------------------------------------------- every store, each target
@@ -60,9 +66,18 @@ def shipped(devstack, dagbag, tmp_path_factory):
         src.config = {**src.config, "offsite": src.offsite}
         set_config(src.config)
         try:
-            sync = run_dag(without_retries(dagbag.get_dag("dbops_offsite_sync")), {
-                "targets": ["rsync", "s3"], "stores": STORES, "retention_days": 30, "min_keep": 3, "dry_run": False,
-                "retention_dry_run": False, "deep_verify": False})  # fmt: skip
+            sync = run_dag(
+                without_retries(dagbag.get_dag("dbops_offsite_sync")),
+                {
+                    "targets": ["rsync", "s3"],
+                    "stores": STORES,
+                    "retention_days": 30,
+                    "min_keep": 3,
+                    "dry_run": False,
+                    "retention_dry_run": False,
+                    "deep_verify": False,
+                },
+            )
             assert sync.state == "success", states(sync)
             yield src
         finally:
@@ -73,8 +88,12 @@ def test_the_dr_drill_restores_every_store_from_each_target_without_the_local_re
     src = shipped
     fetch_dir = Path(src.offsite["fetch_dir"])
     # the live stores are written to throughout: the drill compares with the backups, not the live data
-    writers = (postgres_writer(src.pg, src.pg_db), mongo_writer(src.mongo, src.mongo_db),
-               redis_writer(src.redis, src.prefix, databases=(0,)), kafka_writer(src.kafka, src.topic))  # fmt: skip
+    writers = (
+        postgres_writer(src.pg, src.pg_db),
+        mongo_writer(src.mongo, src.mongo_db),
+        redis_writer(src.redis, src.prefix, databases=(0,)),
+        kafka_writer(src.kafka, src.topic),
+    )
     with local_repository_gone(src.root), busy(*writers):
         run = run_dag(without_retries(dagbag.get_dag("dbops_dr_drill")), {"targets": ["rsync", "s3"], "stores": STORES})
     st = states(run)
@@ -84,7 +103,7 @@ def test_the_dr_drill_restores_every_store_from_each_target_without_the_local_re
         assert drills and set(drills.values()) == {"success"}, (store, st)
     assert st["drill_postgres_pitr"] == "skipped"  # pitr.enabled is off here: the second test drills it
 
-    result = task_result(run, "summary")
+    result = task_result(run, "summary", key="result")
     series = {f"postgres/{src.pg_db}", "postgres/_globals", "mongo", "redis", "kafka"}
     assert {(r["target"], r["series"]) for r in result["rto"]} == {(t, s) for t in ("rsync", "s3") for s in series}
     for row in result["rto"]:
@@ -144,11 +163,19 @@ def pitr_platform(airflow_db, devstack, pitr_cluster):
         "backup": {"root": str(tmp / "backups")},
         "connections": {"postgres": ADMIN_CONN, "postgres_replication": REPLICATION_CONN},
         "postgres": {"databases": [DB]},
-        "pitr": {"enabled": True, "slot": stack.slot, "scratch_dir": str(tmp / "scratch"), "scratch_os_user": "dbops-pg",
-                 "wait_for_wal_s": 60},
+        "pitr": {
+            "enabled": True,
+            "slot": stack.slot,
+            "scratch_dir": str(tmp / "scratch"),
+            "scratch_os_user": "dbops-pg",
+            "wait_for_wal_s": 60,
+        },
         "offsite": offsite,
-    }  # fmt: skip
-    env = {**cluster.connection_env(ADMIN_CONN, REPLICATION_CONN), "AIRFLOW_VAR_DBOPS_OFFSITE_KEY": os.urandom(32).hex()}
+    }
+    env = {
+        **cluster.connection_env(ADMIN_CONN, REPLICATION_CONN),
+        "AIRFLOW_VAR_DBOPS_OFFSITE_KEY": os.urandom(32).hex(),
+    }
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     cluster.fresh_database(DB, "CREATE TABLE orders (id integer PRIMARY KEY)")
@@ -162,8 +189,15 @@ def pitr_platform(airflow_db, devstack, pitr_cluster):
 
         Variable.delete("dbops_config")
         stack.close()
-        drop_pg({"host": cluster.host, "port": cluster.port, "login": cluster.superuser,
-                 "password": cluster.superuser_password}, DB)  # fmt: skip
+        drop_pg(
+            {
+                "host": cluster.host,
+                "port": cluster.port,
+                "login": cluster.superuser,
+                "password": cluster.superuser_password,
+            },
+            DB,
+        )
         for key, value in saved.items():
             os.environ.pop(key, None) if value is None else os.environ.__setitem__(key, value)
         remove_offsite(devstack, offsite)
@@ -179,8 +213,8 @@ def _insert(cluster: PitrCluster, first: int, last: int) -> None:
 def test_point_in_time_recovery_from_offsite_base_backup_and_wal(pitr_platform, dagbag, devstack, capfd):
     from dbops.backup.repository import BackupRepository
     from dbops.offsite.crypto import Encryption, parse_key
-    from dbops.offsite.rsync import RsyncTarget
     from dbops.offsite.restore import fetch_backup
+    from dbops.offsite.rsync import RsyncTarget
     from dbops.offsite.wal_fetch import fetch_wal_archive
     from dbops.pitr.recovery import RecoveryTarget, read_markers, restore_pitr
     from dbops.pitr.wal import BASE_STORE
@@ -204,12 +238,23 @@ def test_point_in_time_recovery_from_offsite_base_backup_and_wal(pitr_platform, 
         segment = conn.execute("SELECT pg_walfile_name(pg_switch_wal())").fetchone()[0]
     stack.wait_sealed(segment, timeout=60)
     assert run_dag(wal_check).state == "success"  # ships the WAL holding both markers and rows 21..30
-    nightly = run_dag(without_retries(dagbag.get_dag("dbops_nightly_backup")), {
-        "stores": ["postgres"], "retention_days": 30, "min_keep": 3, "retention_dry_run": False, "force": False})  # fmt: skip
+    nightly = run_dag(
+        without_retries(dagbag.get_dag("dbops_nightly_backup")),
+        {"stores": ["postgres"], "retention_days": 30, "min_keep": 3, "retention_dry_run": False, "force": False},
+    )
     assert nightly.state == "success", states(nightly)
-    sync = run_dag(without_retries(dagbag.get_dag("dbops_offsite_sync")), {
-        "targets": ["rsync"], "stores": ["postgres", BASE_STORE], "retention_days": 30, "min_keep": 3, "dry_run": False,
-        "retention_dry_run": False, "deep_verify": False})  # fmt: skip
+    sync = run_dag(
+        without_retries(dagbag.get_dag("dbops_offsite_sync")),
+        {
+            "targets": ["rsync"],
+            "stores": ["postgres", BASE_STORE],
+            "retention_days": 30,
+            "min_keep": 3,
+            "dry_run": False,
+            "retention_dry_run": False,
+            "deep_verify": False,
+        },
+    )
     assert sync.state == "success", states(sync)
     stack.stop_receiver()  # the backup host is lost: its receiver with it
     offsite_wal = Path(config["offsite"]["rsync_remote_dir"]) / "postgres_wal" / "segments"
@@ -222,14 +267,32 @@ def test_point_in_time_recovery_from_offsite_base_backup_and_wal(pitr_platform, 
         # a restore to a time between two commits, from the offsite copies alone
         repo = BackupRepository(tmp / "restore-fetch")
         point = RecoveryTarget.parse("time", target_time.isoformat(), now=datetime.now(UTC))
-        with RsyncTarget(ssh_params(devstack.conn("dbops_offsite_ssh")), config["offsite"]["rsync_remote_dir"]) as target:
+        with RsyncTarget(
+            ssh_params(devstack.conn("dbops_offsite_ssh")), config["offsite"]["rsync_remote_dir"]
+        ) as target:
             (item,) = [b for b in target.catalog(log).all() if b.key.store == BASE_STORE]
             fetched = fetch_backup(target, repo, BASE_STORE, None, item.backup_id, encryption=key, log=log)
             system_id = fetched.manifest["details"]["system_identifier"]
-            archive = fetch_wal_archive(target, tmp / "restore-wal", system_identifier=system_id, encryption=key,
-                                        base=fetched, up_to=target_time, log=log)  # fmt: skip
-            plan, scratch = restore_pitr(repo, archive, point, now=datetime.now(UTC), backup_id=fetched.backup_id,
-                                         scratch_dir=tmp / "scratch", server_bin=None, os_user="dbops-pg", log=log)  # fmt: skip
+            archive = fetch_wal_archive(
+                target,
+                tmp / "restore-wal",
+                system_identifier=system_id,
+                encryption=key,
+                base=fetched,
+                up_to=target_time,
+                log=log,
+            )
+            plan, scratch = restore_pitr(
+                repo,
+                archive,
+                point,
+                now=datetime.now(UTC),
+                backup_id=fetched.backup_id,
+                scratch_dir=tmp / "scratch",
+                server_bin=None,
+                os_user="dbops-pg",
+                log=log,
+            )
             try:
                 with endpoint_connect(scratch.endpoint(DB), DB) as conn:
                     rows = [r[0] for r in conn.execute("SELECT id FROM orders ORDER BY id")]
@@ -237,8 +300,15 @@ def test_point_in_time_recovery_from_offsite_base_backup_and_wal(pitr_platform, 
             finally:
                 scratch.stop(log=log)
             # a rerun of the WAL fetch keeps what is there and intact: nothing downloaded again
-            fetch_wal_archive(target, tmp / "restore-wal", system_identifier=system_id, encryption=key, base=fetched,
-                              up_to=target_time, log=log)  # fmt: skip
+            fetch_wal_archive(
+                target,
+                tmp / "restore-wal",
+                system_identifier=system_id,
+                encryption=key,
+                base=fetched,
+                up_to=target_time,
+                log=log,
+            )
         assert rows == list(range(1, 21))
         assert markers is not None and all(m.at <= target_time for m in markers)
         assert plan.backup.backup_id == fetched.backup_id and plan.wal_segments >= 1
@@ -250,7 +320,9 @@ def test_point_in_time_recovery_from_offsite_base_backup_and_wal(pitr_platform, 
         saved_key = os.environ.pop("AIRFLOW_VAR_DBOPS_OFFSITE_KEY")
         try:
             capfd.readouterr()
-            refused = run_dag(without_retries(dagbag.get_dag("dbops_dr_drill")), {"targets": ["rsync"], "stores": ["postgres"]})
+            refused = run_dag(
+                without_retries(dagbag.get_dag("dbops_dr_drill")), {"targets": ["rsync"], "stores": ["postgres"]}
+            )
         finally:
             os.environ["AIRFLOW_VAR_DBOPS_OFFSITE_KEY"] = saved_key
         assert refused.state == "failed" and states(refused)["plan"] == "failed", states(refused)
@@ -259,12 +331,14 @@ def test_point_in_time_recovery_from_offsite_base_backup_and_wal(pitr_platform, 
 
         # the DR drill: the pg_dump backups and point-in-time recovery, a writer busy on the live cluster
         with cluster.writer() as writer:
-            run = run_dag(without_retries(dagbag.get_dag("dbops_dr_drill")), {"targets": ["rsync"], "stores": ["postgres"]})
+            run = run_dag(
+                without_retries(dagbag.get_dag("dbops_dr_drill")), {"targets": ["rsync"], "stores": ["postgres"]}
+            )
         assert writer.rows > 0
     st = states(run)
     assert run.state == "success", st
     assert st["drill_postgres_pitr[0]"] == "success" and st["summary"] == "success", st
-    result = task_result(run, "summary")
+    result = task_result(run, "summary", key="result")
     pitr = next(r for r in result["rto"] if r["series"] == "postgres point-in-time")
     assert pitr["ok"] is True and pitr["target"] == "rsync" and pitr["rto_s"] > 0
     assert {r["series"] for r in result["rto"]} == {f"postgres/{DB}", "postgres/_globals", "postgres point-in-time"}

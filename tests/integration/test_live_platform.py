@@ -23,8 +23,14 @@ from tests.support import mongo_client, pg_connect
 pytestmark = pytest.mark.integration
 
 STORES = ["postgres", "mongo", "redis", "kafka"]
-RESTORE = {"backup_id": "latest", "database": "", "target": "", "confirm_overwrite": "", "topics": [],
-           "accept_unsafe_version": False}  # fmt: skip
+RESTORE = {
+    "backup_id": "latest",
+    "database": "",
+    "target": "",
+    "confirm_overwrite": "",
+    "topics": [],
+    "accept_unsafe_version": False,
+}
 
 
 @pytest.fixture(scope="module")
@@ -32,16 +38,27 @@ def live(devstack, dagbag, tmp_path_factory):
     from airflow.models.variable import Variable
 
     tag = uuid.uuid4().hex[:8]
-    pg, mongo, redis_conn, kafka = (devstack.conn(c) for c in ("dbops_postgres", "dbops_mongo", "dbops_redis", "dbops_kafka"))
-    names = {"pg_db": f"dbops_live_{tag}", "mongo_db": f"dbops_live_{tag}", "prefix": f"dbops_live:{tag}:",
-             "topic": f"dbops_live_{tag}"}  # fmt: skip
+    pg, mongo, redis_conn, kafka = (
+        devstack.conn(c) for c in ("dbops_postgres", "dbops_mongo", "dbops_redis", "dbops_kafka")
+    )
+    names = {
+        "pg_db": f"dbops_live_{tag}",
+        "mongo_db": f"dbops_live_{tag}",
+        "prefix": f"dbops_live:{tag}:",
+        "topic": f"dbops_live_{tag}",
+    }
     root = tmp_path_factory.mktemp("live") / "backups"
     sources._postgres(pg, names["pg_db"])
     sources._mongo(mongo, names["mongo_db"])
     sources._kafka(kafka, names["topic"])
-    sources.set_config({"backup": {"root": str(root)}, "postgres": {"databases": [names["pg_db"]]},
-                        "mongo": {"database": names["mongo_db"]},
-                        "pitr": {"enabled": False}})  # point-in-time recovery under a writer: test_pitr_*  # fmt: skip
+    sources.set_config(
+        {
+            "backup": {"root": str(root)},
+            "postgres": {"databases": [names["pg_db"]]},
+            "mongo": {"database": names["mongo_db"]},
+            "pitr": {"enabled": False},
+        }
+    )  # point-in-time recovery under a writer: test_pitr_*
     writers = (
         postgres_writer(pg, names["pg_db"]),
         mongo_writer(mongo, names["mongo_db"]),
@@ -69,16 +86,22 @@ def live(devstack, dagbag, tmp_path_factory):
 
 def test_backup_drill_and_restore_pass_while_every_store_is_written_to(live, redis_target):
     dagbag = live["dagbag"]
-    backup = run_dag(without_retries(dagbag.get_dag("dbops_nightly_backup")),
-                     {"stores": STORES, "retention_days": 30, "min_keep": 3, "retention_dry_run": False,
-                      "force": False})  # fmt: skip
+    backup = run_dag(
+        without_retries(dagbag.get_dag("dbops_nightly_backup")),
+        {"stores": STORES, "retention_days": 30, "min_keep": 3, "retention_dry_run": False, "force": False},
+    )
     assert backup.state == "success", sources.states(backup)
 
     drill = run_dag(without_retries(dagbag.get_dag("dbops_restore_drill")), {"stores": STORES})
     assert drill.state == "success", (sources.states(drill), task_result(drill, "summary"))
     repo = live["repo"]
-    for store, subject in (("postgres", live["pg_db"]), ("postgres", "_globals"), ("mongo", None), ("redis", None),
-                           ("kafka", None)):  # fmt: skip
+    for store, subject in (
+        ("postgres", live["pg_db"]),
+        ("postgres", "_globals"),
+        ("mongo", None),
+        ("redis", None),
+        ("kafka", None),
+    ):
         record = repo.latest(store, subject).sidecars["drill"]
         assert record["ok"] is True and record["run_id"] == drill.run_id, (store, record)
 

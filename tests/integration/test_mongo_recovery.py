@@ -12,7 +12,7 @@ import itertools
 import random
 import threading
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -35,15 +35,19 @@ def _unique(prefix: str = "dbops_test_rc") -> str:
 
 def _endpoint(conn: dict, **changes) -> Endpoint:
     fields = dict(
-        host=conn["host"], port=conn["port"], login=conn["login"], password=conn["password"],
-        database=conn["schema"], extra=dict(conn["extra"]),
-    )  # fmt: skip
+        host=conn["host"],
+        port=conn["port"],
+        login=conn["login"],
+        password=conn["password"],
+        database=conn["schema"],
+        extra=dict(conn["extra"]),
+    )
     fields.update(changes)
     return Endpoint(**fields)
 
 
 class _Links:
-    """What the task layer passes (dbops.connections), reduced to Airflow connection ids -> endpoints."""
+    """What the task layer passes (dbops.runtime), reduced to Airflow connection ids -> endpoints."""
 
     def __init__(self, endpoints: dict[str, Endpoint]) -> None:
         self.endpoints = endpoints
@@ -76,8 +80,9 @@ class _Writer:
         rng = random.Random(7)
         while not self.stop.is_set():
             new_id = next(_NEW_IDS)
-            self.db.events.insert_one({"_id": new_id, "task_id": f"w-{new_id}", "n": 0,
-                                       "last_updated": datetime.now(timezone.utc)})  # fmt: skip
+            self.db.events.insert_one(
+                {"_id": new_id, "task_id": f"w-{new_id}", "n": 0, "last_updated": datetime.now(UTC)}
+            )
             self.db.events.update_one({"_id": rng.randrange(300)}, {"$inc": {"n": 1}, "$set": {"touched": True}})
             self.db.events.delete_one({"_id": rng.randrange(300)})
             self.rounds += 1
@@ -116,23 +121,45 @@ def taken(conn, mongo, tmp_path_factory):
 
     database = _unique()
     db = mongo[database]
-    now = datetime.now(timezone.utc).replace(microsecond=0)
-    db.events.insert_many([{"_id": i, "task_id": f"t-{i}", "n": i, "last_updated": now - timedelta(seconds=i),
-                            "payload": {"z": 1, "a": "x" * (i % 7)}} for i in range(3000)])  # fmt: skip
+    now = datetime.now(UTC).replace(microsecond=0)
+    db.events.insert_many(
+        [
+            {
+                "_id": i,
+                "task_id": f"t-{i}",
+                "n": i,
+                "last_updated": now - timedelta(seconds=i),
+                "payload": {"z": 1, "a": "x" * (i % 7)},
+            }
+            for i in range(3000)
+        ]
+    )
     db.events.create_index("last_updated", expireAfterSeconds=86400, name="last_updated_ttl")
     db.events.create_index("task_id", unique=True, name="task_id_unique")
     db.configs.insert_many([{"key": f"k{i}", "value": i} for i in range(5)])
     db.command("createUser", "rc_reader", pwd=uuid.uuid4().hex, roles=[{"role": "read", "db": database}])
-    db.command("createRole", "rc_role", roles=[],
-               privileges=[{"resource": {"db": database, "collection": "configs"}, "actions": ["find"]}])  # fmt: skip
+    db.command(
+        "createRole",
+        "rc_role",
+        roles=[],
+        privileges=[{"resource": {"db": database, "collection": "configs"}, "actions": ["find"]}],
+    )
     adapter = _adapter(database, {"dbops_mongo": _endpoint(conn)})
     repo = BackupRepository(tmp_path_factory.mktemp("repo"))
     logs = Logs()
     with _Writer(db) as writer:
         take_backup(
-            repo, adapter.series_backup(None), store="mongo", subject=None, run_id=_unique("run"),
-            dag_id="test", logical_date=None, force=False, stale_staging=timedelta(hours=1), log=logs,
-        )  # fmt: skip
+            repo,
+            adapter.series_backup(None),
+            store="mongo",
+            subject=None,
+            run_id=_unique("run"),
+            dag_id="test",
+            logical_date=None,
+            force=False,
+            stale_staging=timedelta(hours=1),
+            log=logs,
+        )
         rounds_during_dump = writer.rounds
     backup = repo.list("mongo")[-1]
     yield {"database": database, "repo": repo, "backup": backup, "logs": logs, "rounds": rounds_during_dump}
@@ -177,8 +204,7 @@ def test_drill_and_restore_of_a_busy_backup_pass_and_a_changed_document_fails(ta
         assert found.differences == [], found.differences
         assert not found.leftovers
         assert any("production server" in line for line in logs)
-        assert not [n for n in mongo.list_database_names() if n.startswith("dbops_drill_")
-                    and database in n]  # fmt: skip
+        assert not [n for n in mongo.list_database_names() if n.startswith("dbops_drill_") and database in n]
         # users and roles: recorded, and the drill says what this server leaves out of the archive
         assert any("users and roles" in note for note in found.notes)
 

@@ -4,27 +4,32 @@ from __future__ import annotations
 
 import json
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
 from dbops.backup.repository import BackupRepository
 from tests.conftest import run_dag, task_result
 from tests.offsite_support import daily_backups, empty_prefix, make_backup, remote_dir, remove_remote
+from tests.support import task_states
 
 pytestmark = pytest.mark.integration
-UTC = timezone.utc
-
-
-def _states(dagrun) -> dict[str, str]:
-    return {ti.task_id: ti.state for ti in dagrun.get_task_instances()}
+UTC = UTC
 
 
 def conf(**overrides) -> dict:
     """Every Param, given: under ``dag.test`` a run's conf is written into the DAG's Param
     objects (airflow.sdk process_params) and would leak into later runs of this process."""
-    return {"targets": ["rsync", "s3"], "stores": ["postgres", "redis", "kafka"], "retention_days": 30,
-            "min_keep": 3, "dry_run": False, "retention_dry_run": False, "deep_verify": False, **overrides}  # fmt: skip
+    return {
+        "targets": ["rsync", "s3"],
+        "stores": ["postgres", "redis", "kafka"],
+        "retention_days": 30,
+        "min_keep": 3,
+        "dry_run": False,
+        "retention_dry_run": False,
+        "deep_verify": False,
+        **overrides,
+    }
 
 
 @pytest.fixture
@@ -45,10 +50,14 @@ def offsite_env(devstack, airflow_db, tmp_path, monkeypatch):
     s3 = devstack.service("s3")
     variable = {
         "backup": {"root": str(repo.root)},
-        "offsite": {"rsync_remote_dir": str(remote), "s3_prefix": prefix,
-                    "s3_bucket": s3.environment()["DBOPS_OFFSITE__S3_BUCKET"],
-                    "keep_weekly": 0, "keep_monthly": 0},  # the window alone: counts below
-    }  # fmt: skip
+        "offsite": {
+            "rsync_remote_dir": str(remote),
+            "s3_prefix": prefix,
+            "s3_bucket": s3.environment()["DBOPS_OFFSITE__S3_BUCKET"],
+            "keep_weekly": 0,
+            "keep_monthly": 0,
+        },  # the window alone: counts below
+    }
     monkeypatch.setenv("AIRFLOW_VAR_DBOPS_CONFIG", json.dumps(variable))
     yield repo, remote, prefix
     remove_remote(remote)
@@ -59,7 +68,7 @@ def test_offsite_sync_runs_green_and_a_second_run_ships_nothing(dagbag, offsite_
     repo, remote, prefix = offsite_env
     dag = dagbag.get_dag("dbops_offsite_sync")
     first = run_dag(dag, conf())
-    assert first.state == "success", _states(first)
+    assert first.state == "success", task_states(first)
     for target in ("rsync", "s3"):
         shipped = task_result(first, f"ship_{target}")
         # 30 days of redis (10 are older than the offsite window: not shipped), 2 postgres, 1 kafka
@@ -76,7 +85,7 @@ def test_offsite_sync_runs_green_and_a_second_run_ships_nothing(dagbag, offsite_
     assert not any(p.name == ".staging" and any(p.iterdir()) for p in remote.rglob(".staging"))
 
     second = run_dag(dag, conf())
-    assert second.state == "success", _states(second)
+    assert second.state == "success", task_states(second)
     for target in ("rsync", "s3"):
         again = task_result(second, f"ship_{target}")
         assert again["shipped"] == [] and again["present"] == 33
@@ -89,8 +98,8 @@ def test_offsite_sync_dry_run_changes_nothing(dagbag, offsite_env):
     repo, remote, prefix = offsite_env
     dag = dagbag.get_dag("dbops_offsite_sync")
     run = run_dag(dag, conf(targets=["rsync"], stores=["kafka"], dry_run=True))
-    assert run.state == "success", _states(run)
-    states = _states(run)
+    assert run.state == "success", task_states(run)
+    states = task_states(run)
     assert states["ship_s3"] == "skipped"
     result = task_result(run, "ship_rsync")
     assert result["shipped"] == [] and len(result["would_ship"]) == 1
@@ -117,13 +126,13 @@ def test_encrypted_sync_with_the_key_from_a_variable_and_a_clear_failure_without
 
     monkeypatch.delenv("AIRFLOW_VAR_DBOPS_OFFSITE_KEY", raising=False)
     refused = run_dag(dag, conf(stores=["kafka"]))
-    assert refused.state == "failed" and _states(refused)["plan"] == "failed"
+    assert refused.state == "failed" and task_states(refused)["plan"] == "failed"
     assert not (remote / "kafka").exists()  # nothing left the host
 
     key = os.urandom(32)
     monkeypatch.setenv("AIRFLOW_VAR_DBOPS_OFFSITE_KEY", key.hex())
     run = run_dag(dag, conf(stores=["kafka"]))
-    assert run.state == "success", _states(run)
+    assert run.state == "success", task_states(run)
     (backup,) = repo.list("kafka")
     assert task_result(run, "plan")["encryption_key_id"] == Encryption(key).key_id
     folder = remote / "kafka" / backup.backup_id
@@ -140,7 +149,7 @@ def test_a_target_without_its_connection_fails_in_plan_before_any_transfer(dagba
     variable["connections"] = {"offsite_ssh": "dbops_offsite_ssh_missing"}
     monkeypatch.setenv("AIRFLOW_VAR_DBOPS_CONFIG", json.dumps(variable))
     run = run_dag(dagbag.get_dag("dbops_offsite_sync"), conf(stores=["kafka"]))
-    states = _states(run)
+    states = task_states(run)
     assert run.state == "failed" and states["plan"] == "failed"
     assert states["ship_s3"] != "success" and states["ship_rsync"] != "success"
     assert not remote.exists()

@@ -13,7 +13,7 @@ import stat
 import subprocess
 import threading
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -30,7 +30,7 @@ from dbops.tools import ToolError
 from tests.offsite_support import Log, daily_backups, make_backup, remote_dir, remove_remote, ssh_params
 
 pytestmark = pytest.mark.integration
-UTC = timezone.utc
+UTC = UTC
 POLICY = RetentionPolicy(30, 3)
 STORES = ["postgres", "redis", "kafka", "mongo"]
 SSHD = "/usr/sbin/sshd"
@@ -46,11 +46,6 @@ def remote(devstack):
     path = remote_dir(devstack)
     yield path
     remove_remote(path)
-
-
-@pytest.fixture
-def repo(tmp_path):
-    return BackupRepository(tmp_path / "backups")
 
 
 def rsync_target(conn, remote: Path, **kwargs) -> RsyncTarget:
@@ -75,8 +70,16 @@ def test_full_sync_then_a_second_sync_moves_only_the_catalog(conn, remote, repo)
         first = ship(target, repo)
         assert len(first["shipped"]) == 4
         assert total <= first["bytes"]["literal_bytes"] < total + 20_000  # data plus manifests
-        verified = verify_all(target, repo, STORES, expected=first["expected"], shipped=first["shipped"],
-                              deep=False, encryption=None, log=Log())  # fmt: skip
+        verified = verify_all(
+            target,
+            repo,
+            STORES,
+            expected=first["expected"],
+            shipped=first["shipped"],
+            deep=False,
+            encryption=None,
+            log=Log(),
+        )
         assert verified["checked"] == 4 and verified["content_checked"] == 4
         second = ship(target, repo)
     assert second["shipped"] == [] and second["present"] == 4
@@ -197,11 +200,23 @@ class PrivateSSHD:
         self.host_key = folder / "host_key"
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(self.host_key)], check=True)
         self.config = folder / "sshd_config"
-        self.config.write_text("\n".join([
-            f"Port {self.port}", "ListenAddress 127.0.0.1", f"HostKey {self.host_key}",
-            f"PidFile {folder / 'sshd.pid'}", "AuthorizedKeysFile .ssh/authorized_keys", "PasswordAuthentication no",
-            "KbdInteractiveAuthentication no", "UsePAM no", "StrictModes yes", f"AllowUsers {user}",
-        ]) + "\n")  # fmt: skip
+        self.config.write_text(
+            "\n".join(
+                [
+                    f"Port {self.port}",
+                    "ListenAddress 127.0.0.1",
+                    f"HostKey {self.host_key}",
+                    f"PidFile {folder / 'sshd.pid'}",
+                    "AuthorizedKeysFile .ssh/authorized_keys",
+                    "PasswordAuthentication no",
+                    "KbdInteractiveAuthentication no",
+                    "UsePAM no",
+                    "StrictModes yes",
+                    f"AllowUsers {user}",
+                ]
+            )
+            + "\n"
+        )
         self.log = folder / "sshd.log"
         self.proc: subprocess.Popen | None = None
 
@@ -211,8 +226,7 @@ class PrivateSSHD:
 
     def start(self) -> None:
         Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
-        self.proc = subprocess.Popen([SSHD, "-D", "-f", str(self.config), "-E", str(self.log)],
-                                     start_new_session=True)  # fmt: skip
+        self.proc = subprocess.Popen([SSHD, "-D", "-f", str(self.config), "-E", str(self.log)], start_new_session=True)
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
             with socket.socket() as sock:
@@ -225,8 +239,9 @@ class PrivateSSHD:
         """SIGKILL this sshd and its session processes (and the remote rsync unless spared);
         every one of them was started by this test."""
         assert self.proc is not None
-        victims = [self.proc.pid] + [p for p in _descendants(self.proc.pid)
-                                     if not (spare_rsync and _comm(p) == "rsync")]  # fmt: skip
+        victims = [self.proc.pid] + [
+            p for p in _descendants(self.proc.pid) if not (spare_rsync and _comm(p) == "rsync")
+        ]
         survivors = [p for p in _descendants(self.proc.pid) if p not in victims]
         for pid in victims:
             try:
@@ -309,8 +324,16 @@ def test_a_copy_interrupted_by_a_killed_server_resumes_and_nothing_half_written_
         print(f"resumed after the kill ({'crash' if crash else 'connection'}): {stats}")
         if not crash:  # rsync resumed from the partial file: the part already there was not sent again
             assert stats["matched_bytes"] >= 1024 * 1024 and stats["literal_bytes"] < size - 512 * 1024
-        verify_all(target, repo, STORES, expected=report["expected"], shipped=report["shipped"], deep=True,
-                   encryption=None, log=Log())  # fmt: skip
+        verify_all(
+            target,
+            repo,
+            STORES,
+            expected=report["expected"],
+            shipped=report["shipped"],
+            deep=True,
+            encryption=None,
+            log=Log(),
+        )
     published = remote / "redis" / backup.backup_id
     assert sorted(p.name for p in published.iterdir()) == ["dump.rdb", "manifest.json", "offsite.json", "small.txt"]
     assert (published / "dump.rdb").read_bytes() == (backup.path / "dump.rdb").read_bytes()
@@ -328,12 +351,30 @@ def test_offsite_retention_on_a_forty_day_catalog(conn, remote, repo):
         for gone in backups[:5] + [backups[-4]]:  # local retention, and one deleted by hand
             repo.delete(gone)
         log = Log()
-        plan = apply_offsite_retention(target, target.catalog(log), repo, STORES, POLICY, now=now, dry_run=True,
-                                       stale_after=timedelta(hours=48), log=log)  # fmt: skip
+        plan = apply_offsite_retention(
+            target,
+            target.catalog(log),
+            repo,
+            STORES,
+            POLICY,
+            now=now,
+            dry_run=True,
+            stale_after=timedelta(hours=48),
+            log=log,
+        )
         assert plan["series"][0]["obsolete"] == [b.backup_id for b in backups[:10]]
         assert len(list((remote / "redis").glob("2*"))) == 40
-        apply_offsite_retention(target, target.catalog(log), repo, STORES, POLICY, now=now, dry_run=False,
-                                stale_after=timedelta(hours=48), log=log)  # fmt: skip
+        apply_offsite_retention(
+            target,
+            target.catalog(log),
+            repo,
+            STORES,
+            POLICY,
+            now=now,
+            dry_run=False,
+            stale_after=timedelta(hours=48),
+            log=log,
+        )
         left = sorted(p.name for p in (remote / "redis").glob("2*"))
         assert left == sorted(b.backup_id for b in backups[10:])
         assert backups[-4].backup_id in left  # missing locally but inside the window
@@ -349,11 +390,23 @@ def test_restore_from_the_encrypted_offsite_copy(conn, remote, repo, tmp_path):
     with rsync_target(conn, remote, work_dir=tmp_path / "outbox") as target:
         first = ship(target, repo, encryption=enc)
         assert not list((tmp_path / "outbox").rglob("*.enc"))  # the encrypted copy was cleaned up
-        verify_all(target, repo, STORES, expected=first["expected"], shipped=first["shipped"], deep=True,
-                   encryption=enc, log=Log())  # fmt: skip
+        verify_all(
+            target,
+            repo,
+            STORES,
+            expected=first["expected"],
+            shipped=first["shipped"],
+            deep=True,
+            encryption=enc,
+            log=Log(),
+        )
         folder = remote / "postgres" / "ai_platform" / backup.backup_id
         assert sorted(p.name for p in folder.iterdir()) == [
-            "4000.dat.gz.enc", "manifest.json", "offsite.json", "toc.dat.enc"]  # fmt: skip
+            "4000.dat.gz.enc",
+            "manifest.json",
+            "offsite.json",
+            "toc.dat.enc",
+        ]
         assert secret[:48] not in (folder / "toc.dat.enc").read_bytes()
         assert ship(target, repo, encryption=enc)["bytes"]["literal_bytes"] == 0
 
@@ -394,9 +447,17 @@ def test_incomplete_staging_nothing_will_resume_is_swept(conn, remote, repo):
             shutil.chown(path, conn["login"], conn["login"])
         old = time.time() - 3 * 86400
         os.utime(orphan, (old, old))
-        report = apply_offsite_retention(target, target.catalog(Log()), repo, STORES, POLICY,
-                                         now=datetime.now(UTC), dry_run=False,
-                                         stale_after=timedelta(hours=48), log=Log())  # fmt: skip
+        report = apply_offsite_retention(
+            target,
+            target.catalog(Log()),
+            repo,
+            STORES,
+            POLICY,
+            now=datetime.now(UTC),
+            dry_run=False,
+            stale_after=timedelta(hours=48),
+            log=Log(),
+        )
     assert report["incomplete_removed"] == ["redis/20200101T000000Z"]
     assert not orphan.exists() and (remote / "redis" / kept.backup_id).is_dir()
 
@@ -432,7 +493,9 @@ def test_a_swapped_or_moved_ciphertext_and_a_changed_manifest_are_caught(conn, r
 
         def swap(files):
             files["toc.dat.enc"]["sha256"], files["3001.dat.enc"]["sha256"] = (
-                files["3001.dat.enc"]["sha256"], files["toc.dat.enc"]["sha256"])  # fmt: skip
+                files["3001.dat.enc"]["sha256"],
+                files["toc.dat.enc"]["sha256"],
+            )
 
         _rewrite_envelope(fa, swap)
         _rewrite_envelope(fb, lambda files: files["toc.dat.enc"].update(sha256=hashlib.sha256(toc_a).hexdigest()))
@@ -440,19 +503,32 @@ def test_a_swapped_or_moved_ciphertext_and_a_changed_manifest_are_caught(conn, r
         with pytest.raises(OffsiteVerificationError) as err:
             verify_all(target, repo, STORES, deep=True, **check)
         problems = sorted(err.value.problems)
-        assert sorted(p.split(": does not decrypt: ")[0] for p in problems) == sorted([
-            f"postgres/ai_platform/{a.backup_id}: 3001.dat.enc", f"postgres/ai_platform/{a.backup_id}: toc.dat.enc",
-            f"postgres/ai_platform/{b.backup_id}: toc.dat.enc"])  # fmt: skip
+        assert sorted(p.split(": does not decrypt: ")[0] for p in problems) == sorted(
+            [
+                f"postgres/ai_platform/{a.backup_id}: 3001.dat.enc",
+                f"postgres/ai_platform/{a.backup_id}: toc.dat.enc",
+                f"postgres/ai_platform/{b.backup_id}: toc.dat.enc",
+            ]
+        )
         assert all("encrypted for another file or backup" in p for p in problems), problems
 
         with pytest.raises(OffsiteVerificationError, match="another file or backup"):  # download + decrypt
-            fetch_backup(target, BackupRepository(tmp_path / "restored"), "postgres", "ai_platform", a.backup_id,
-                         encryption=enc, log=Log())  # fmt: skip
+            fetch_backup(
+                target,
+                BackupRepository(tmp_path / "restored"),
+                "postgres",
+                "ai_platform",
+                a.backup_id,
+                encryption=enc,
+                log=Log(),
+            )
 
         # the manifest itself: any change (here one byte, same parsed content) breaks its mac
         with open(fb / "manifest.json", "ab") as fh:
             fh.write(b"\n")
-        with pytest.raises(OffsiteVerificationError, match=f"{b.backup_id}: manifest.json does not match its manifest_mac"):
+        with pytest.raises(
+            OffsiteVerificationError, match=f"{b.backup_id}: manifest.json does not match its manifest_mac"
+        ):
             verify_all(target, repo, STORES, deep=False, **check)
         # without the key nothing can be authenticated: said so, not counted as checked
         blind = verify_all(target, repo, STORES, deep=False, **{**check, "encryption": None})

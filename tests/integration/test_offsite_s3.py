@@ -13,7 +13,7 @@ import socket
 import subprocess
 import time
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -30,7 +30,7 @@ from devstack.core import VENV_BIN
 from tests.offsite_support import Log, daily_backups, empty_prefix, make_backup
 
 pytestmark = pytest.mark.integration
-UTC = timezone.utc
+UTC = UTC
 MIB = 1024 * 1024
 POLICY = RetentionPolicy(30, 3)
 STORES = ["postgres", "redis", "kafka"]
@@ -45,11 +45,6 @@ def s3(devstack):
     prefix = f"test-{uuid.uuid4().hex[:12]}"
     yield client, bucket, prefix
     empty_prefix(client, bucket, prefix)
-
-
-@pytest.fixture
-def repo(tmp_path):
-    return BackupRepository(tmp_path / "backups")
 
 
 def s3_target(client, bucket, prefix, **settings) -> S3Target:
@@ -69,13 +64,12 @@ def verify(target, repo, report=None, **kwargs):
     report = report or {"expected": [], "shipped": []}
     kwargs.setdefault("deep", False)
     kwargs.setdefault("encryption", None)
-    return verify_all(target, repo, STORES, expected=report["expected"], shipped=report["shipped"], log=Log(),
-                      **kwargs)  # fmt: skip
+    return verify_all(target, repo, STORES, expected=report["expected"], shipped=report["shipped"], log=Log(), **kwargs)
 
 
 def _composite(data: bytes, part: int) -> str:
     """S3's SHA256 checksum of ``data`` uploaded in parts of ``part`` bytes."""
-    digests = b"".join(hashlib.sha256(data[i:i + part]).digest() for i in range(0, len(data), part))
+    digests = b"".join(hashlib.sha256(data[i : i + part]).digest() for i in range(0, len(data), part))
     return f"{base64.b64encode(hashlib.sha256(digests).digest()).decode()}-{-(-len(data) // part)}"
 
 
@@ -143,8 +137,16 @@ def test_a_changed_object_is_caught_by_s3_checksums_and_by_deep_verify(s3, repo)
     client.put_object(Bucket=bucket, Key=key, Body=os.urandom(200_000), Metadata=metadata)
     log = Log()
     with pytest.raises(OffsiteVerificationError, match=r"dump.rdb: re-read \(no SHA256 checksum from S3\)"):
-        verify_all(target, repo, STORES, expected=report["expected"], shipped=report["shipped"], deep=False,
-                   encryption=None, log=log)  # fmt: skip
+        verify_all(
+            target,
+            repo,
+            STORES,
+            expected=report["expected"],
+            shipped=report["shipped"],
+            deep=False,
+            encryption=None,
+            log=log,
+        )
     assert "dump.rdb: no SHA256 checksum from S3: re-reading" in log.text
     client.put_object(Bucket=bucket, Key=key, Body=body, Metadata=metadata, ChecksumAlgorithm="SHA256")
     verify(target, repo, report)  # the right bytes again
@@ -153,8 +155,9 @@ def test_a_changed_object_is_caught_by_s3_checksums_and_by_deep_verify(s3, repo)
     big_key = f"{prefix}/redis/{backup.backup_id}/aof.bin"
     other = repo.root.parent / "other.bin"
     other.write_bytes(os.urandom(11 * MIB))
-    client.upload_file(str(other), bucket, big_key, ExtraArgs={"ChecksumAlgorithm": "SHA256"},
-                       Config=target.transfer_config())  # fmt: skip
+    client.upload_file(
+        str(other), bucket, big_key, ExtraArgs={"ChecksumAlgorithm": "SHA256"}, Config=target.transfer_config()
+    )
     with pytest.raises(OffsiteVerificationError, match="aof.bin: S3's SHA256 checksum .*-3, expected .*-3"):
         verify(target, repo, report)
 
@@ -178,12 +181,30 @@ def test_offsite_retention_on_a_forty_day_catalog(s3, repo):
     for gone in backups[:8] + [backups[-2]]:
         repo.delete(gone)
     log = Log()
-    plan = apply_offsite_retention(target, target.catalog(log), repo, STORES, POLICY, now=now, dry_run=True,
-                                   stale_after=timedelta(hours=48), log=log)  # fmt: skip
+    plan = apply_offsite_retention(
+        target,
+        target.catalog(log),
+        repo,
+        STORES,
+        POLICY,
+        now=now,
+        dry_run=True,
+        stale_after=timedelta(hours=48),
+        log=log,
+    )
     assert plan["series"][0]["obsolete"] == [b.backup_id for b in backups[:10]]
     assert target.catalog(Log()).count() == 40
-    apply_offsite_retention(target, target.catalog(log), repo, STORES, POLICY, now=now, dry_run=False,
-                            stale_after=timedelta(hours=48), log=log)  # fmt: skip
+    apply_offsite_retention(
+        target,
+        target.catalog(log),
+        repo,
+        STORES,
+        POLICY,
+        now=now,
+        dry_run=False,
+        stale_after=timedelta(hours=48),
+        log=log,
+    )
     left = sorted(b.backup_id for b in target.catalog(Log()).all())
     assert left == sorted(b.backup_id for b in backups[10:]) and backups[-2].backup_id in left
     keys = [o["Key"] for o in client.list_objects_v2(Bucket=bucket, Prefix=prefix + "/")["Contents"]]
@@ -196,25 +217,44 @@ def test_restore_from_the_encrypted_s3_copy(s3, repo, tmp_path):
     backup = make_backup(repo, "mongo", files={"ai_platform.archive": secret, "oplog.bson": 6 * MIB})
     enc = Encryption(os.urandom(32), 256 * 1024)
     target = s3_target(client, bucket, prefix)
-    report = ship_all(target, repo, ["mongo"], POLICY, encryption=enc, now=datetime.now(UTC), dry_run=False,
-                      log=Log())  # fmt: skip
-    verify_all(target, repo, ["mongo"], expected=report["expected"], shipped=report["shipped"], deep=True,
-               encryption=enc, log=Log())  # fmt: skip
+    report = ship_all(target, repo, ["mongo"], POLICY, encryption=enc, now=datetime.now(UTC), dry_run=False, log=Log())
+    verify_all(
+        target,
+        repo,
+        ["mongo"],
+        expected=report["expected"],
+        shipped=report["shipped"],
+        deep=True,
+        encryption=enc,
+        log=Log(),
+    )
     stored = client.get_object(Bucket=bucket, Key=f"{prefix}/mongo/{backup.backup_id}/ai_platform.archive.enc")
     assert secret[:40] not in stored["Body"].read()
-    envelope = json.loads(client.get_object(Bucket=bucket, Key=f"{prefix}/mongo/{backup.backup_id}/offsite.json")
-                          ["Body"].read())  # fmt: skip
+    envelope = json.loads(
+        client.get_object(Bucket=bucket, Key=f"{prefix}/mongo/{backup.backup_id}/offsite.json")["Body"].read()
+    )
     assert envelope["encryption"]["key_id"] == enc.key_id and all(f["sha256"] for f in envelope["files"])
     assert envelope["manifest_mac"] == enc.manifest_mac((backup.path / "manifest.json").read_bytes())
     # the encrypted stream's sha256, known only after its upload, is what S3's checksum holds (in two parts)
-    oplog = client.get_object(Bucket=bucket, Key=f"{prefix}/mongo/{backup.backup_id}/oplog.bson.enc",
-                              ChecksumMode="ENABLED")  # fmt: skip
+    oplog = client.get_object(
+        Bucket=bucket, Key=f"{prefix}/mongo/{backup.backup_id}/oplog.bson.enc", ChecksumMode="ENABLED"
+    )
     stored_oplog = oplog["Body"].read()
     assert oplog["ChecksumSHA256"] == _composite(stored_oplog, 5 * MIB)
-    assert next(f["sha256"] for f in envelope["files"] if f["path"] == "oplog.bson") == \
-        hashlib.sha256(stored_oplog).hexdigest()  # fmt: skip
-    verify_all(target, repo, ["mongo"], expected=report["expected"], shipped=report["shipped"], deep=False,
-               encryption=enc, log=Log())  # fmt: skip
+    assert (
+        next(f["sha256"] for f in envelope["files"] if f["path"] == "oplog.bson")
+        == hashlib.sha256(stored_oplog).hexdigest()
+    )
+    verify_all(
+        target,
+        repo,
+        ["mongo"],
+        expected=report["expected"],
+        shipped=report["shipped"],
+        deep=False,
+        encryption=enc,
+        log=Log(),
+    )
 
     restored = BackupRepository(tmp_path / "restored")
     got = fetch_backup(target, restored, "mongo", None, backup.backup_id, encryption=enc, log=Log())
@@ -247,8 +287,11 @@ class PrivateSeaweed:
                 break
         self.ports = ports
         self.secret = uuid.uuid4().hex
-        identity = {"name": "t", "credentials": [{"accessKey": "offsite-test", "secretKey": self.secret}],
-                    "actions": ["Admin", "Read", "List", "Tagging", "Write"]}  # fmt: skip
+        identity = {
+            "name": "t",
+            "credentials": [{"accessKey": "offsite-test", "secretKey": self.secret}],
+            "actions": ["Admin", "Read", "List", "Tagging", "Write"],
+        }
         self.config = folder / "s3.json"
         self.config.write_text(json.dumps({"identities": [identity]}))
         self.config.chmod(0o600)
@@ -259,21 +302,44 @@ class PrivateSeaweed:
         import boto3
         from botocore.config import Config
 
-        return boto3.client("s3", endpoint_url=f"http://127.0.0.1:{self.ports['s3']}", region_name="us-east-1",
-                            aws_access_key_id="offsite-test", aws_secret_access_key=self.secret,
-                            config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1},
-                                          connect_timeout=2, read_timeout=10))  # fmt: skip
+        return boto3.client(
+            "s3",
+            endpoint_url=f"http://127.0.0.1:{self.ports['s3']}",
+            region_name="us-east-1",
+            aws_access_key_id="offsite-test",
+            aws_secret_access_key=self.secret,
+            config=Config(
+                s3={"addressing_style": "path"}, retries={"max_attempts": 1}, connect_timeout=2, read_timeout=10
+            ),
+        )
 
     def start(self) -> None:
         p = self.ports
-        argv = [str(VENV_BIN / "weed"), "server", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-dir={self.folder / 'data'}",
-                f"-master.port={p['master']}", "-master.volumeSizeLimitMB=64", "-master.telemetry=false",
-                "-master.electionTimeout=2s", f"-volume.port={p['volume']}", "-volume.max=5",
-                "-volume.preStopSeconds=1", "-filer", f"-filer.port={p['filer']}", "-s3", f"-s3.port={p['s3']}",
-                "-s3.port.iceberg=0", "-s3.port.lance=0", f"-s3.config={self.config}"]  # fmt: skip
+        argv = [
+            str(VENV_BIN / "weed"),
+            "server",
+            "-ip=127.0.0.1",
+            "-ip.bind=127.0.0.1",
+            f"-dir={self.folder / 'data'}",
+            f"-master.port={p['master']}",
+            "-master.volumeSizeLimitMB=64",
+            "-master.telemetry=false",
+            "-master.electionTimeout=2s",
+            f"-volume.port={p['volume']}",
+            "-volume.max=5",
+            "-volume.preStopSeconds=1",
+            "-filer",
+            f"-filer.port={p['filer']}",
+            "-s3",
+            f"-s3.port={p['s3']}",
+            "-s3.port.iceberg=0",
+            "-s3.port.lance=0",
+            f"-s3.config={self.config}",
+        ]
         with open(self.folder / "weed.log", "ab") as out:
-            self.proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=self.folder,
-                                         start_new_session=True)  # fmt: skip
+            self.proc = subprocess.Popen(
+                argv, stdout=out, stderr=subprocess.STDOUT, cwd=self.folder, start_new_session=True
+            )
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -316,7 +382,7 @@ def test_an_upload_interrupted_by_a_killed_server_resumes_and_never_looks_comple
             private_s3.kill()
 
     target = s3_target(private_s3.client(), "offsite", "dbops", max_concurrency=1, progress=kill_when_half_done)
-    with pytest.raises(Exception):  # the connection dies under boto3
+    with pytest.raises(Exception):  # noqa: B017 - the connection dies under boto3: its error depends on where
         ship(target, repo)
     assert killed
 
@@ -327,7 +393,9 @@ def test_an_upload_interrupted_by_a_killed_server_resumes_and_never_looks_comple
     assert catalog.count() == 0  # no manifest: nothing looks complete
     assert [e.name for e in catalog.staging] == [backup.backup_id]
     folder = f"dbops/redis/{backup.backup_id}/"
-    names = {o["Key"][len(folder):] for o in client.list_objects_v2(Bucket="offsite", Prefix=folder).get("Contents", [])}
+    names = {
+        o["Key"][len(folder) :] for o in client.list_objects_v2(Bucket="offsite", Prefix=folder).get("Contents", [])
+    }
     assert "manifest.json" not in names and "offsite.json" not in names
 
     report = ship(target, repo)
@@ -351,8 +419,9 @@ def test_object_lock_keeps_a_copy_until_its_expiry_and_retention_cannot_delete_i
     client, bucket, prefix = private_s3.client(), "locked", "dbops"
     client.create_bucket(Bucket=bucket, ObjectLockEnabledForBucket=True)
     # a copy whose offsite expiry (finished_at + 1 day) is 8 s away
-    backup = make_backup(repo, "redis", files={"dump.rdb": 30_000},
-                         finished=datetime.now(UTC) - timedelta(days=1) + timedelta(seconds=8))  # fmt: skip
+    backup = make_backup(
+        repo, "redis", files={"dump.rdb": 30_000}, finished=datetime.now(UTC) - timedelta(days=1) + timedelta(seconds=8)
+    )
     until = backup.finished_at + timedelta(days=1)
     target = s3_target(client, bucket, prefix, retention_days=1)  # object_lock "auto"
     log = Log()
@@ -379,8 +448,14 @@ def test_object_lock_keeps_a_copy_until_its_expiry_and_retention_cannot_delete_i
 
     # an incomplete folder: what is not locked goes now, the locked rest once its lock expired
     stray = f"{prefix}/redis/20200101T000000Z/"
-    client.put_object(Bucket=bucket, Key=stray + "a.bin", Body=b"a", ChecksumAlgorithm="SHA256",
-                      ObjectLockMode="GOVERNANCE", ObjectLockRetainUntilDate=until)  # fmt: skip
+    client.put_object(
+        Bucket=bucket,
+        Key=stray + "a.bin",
+        Body=b"a",
+        ChecksumAlgorithm="SHA256",
+        ObjectLockMode="GOVERNANCE",
+        ObjectLockRetainUntilDate=until,
+    )
     client.put_object(Bucket=bucket, Key=stray + "b.bin", Body=b"b", ChecksumAlgorithm="SHA256")
     entry = StagingEntry(SeriesKey("redis"), "20200101T000000Z", None)
     log = Log()

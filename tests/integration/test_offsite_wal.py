@@ -11,7 +11,7 @@ import hashlib
 import io
 import os
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -39,7 +39,7 @@ from dbops.pitr.wal import BASE_STORE, WAL_DIR, WalArchive, format_lsn, history_
 from tests.offsite_support import Log, empty_prefix, remote_dir, remove_remote, ssh_params
 
 pytestmark = pytest.mark.integration
-UTC = timezone.utc
+UTC = UTC
 MIB = 1024 * 1024
 SEGMENT = MIB  # the smallest segment size Postgres allows: small, real archives
 SYSTEM_ID = "7412345678901234567"
@@ -169,8 +169,10 @@ def test_encrypted_wal_is_stored_encrypted_and_decrypts_to_the_sealed_file(targe
         assert archive.path_of(e).read_bytes()[:4096] not in stored
         assert stored[:8] == b"DBOPSAE2"
         plain = io.BytesIO()
-        contexts = {x.file: file_context(WAL_DIR, None, archive.header()["system_identifier"], x.file, x.sha256)
-                    for x in entries}  # fmt: skip
+        contexts = {
+            x.file: file_context(WAL_DIR, None, archive.header()["system_identifier"], x.file, x.sha256)
+            for x in entries
+        }
         encryption.decrypt_stream(io.BytesIO(stored), plain, contexts[e.file])
         assert hashlib.sha256(plain.getvalue()).hexdigest() == e.sha256
         other = next(x for x in entries if x.file != e.file)  # a segment stored under another's name
@@ -199,14 +201,26 @@ def test_an_archive_of_another_cluster_is_refused(target, tmp_path):
 
 def make_base(repo: BackupRepository, finished: datetime, start_segno: int, *, size: int = 20_000):
     """A base backup of store postgres_pitr (no subject) whose WAL starts in ``start_segno``."""
-    details = {"timeline": 1, "start_lsn": format_lsn(start_segno * SEGMENT + 40),
-               "stop_lsn": format_lsn(start_segno * SEGMENT + 400), "system_identifier": SYSTEM_ID,
-               "wal_segment_size": SEGMENT, "start_segment": segment_name(1, start_segno, SEGMENT),
-               "stop_segment": segment_name(1, start_segno, SEGMENT), "compression": "gzip"}  # fmt: skip
-    meta = {"tool": "pg_basebackup", "tool_version": "16.14", "server_version": "16.14", "compression": "gzip",
-            "details": details}  # fmt: skip
-    with repo.begin(BASE_STORE, None, run_id="manual__t", dag_id="test", logical_date=None,
-                    now=finished - timedelta(minutes=5)) as staging:  # fmt: skip
+    details = {
+        "timeline": 1,
+        "start_lsn": format_lsn(start_segno * SEGMENT + 40),
+        "stop_lsn": format_lsn(start_segno * SEGMENT + 400),
+        "system_identifier": SYSTEM_ID,
+        "wal_segment_size": SEGMENT,
+        "start_segment": segment_name(1, start_segno, SEGMENT),
+        "stop_segment": segment_name(1, start_segno, SEGMENT),
+        "compression": "gzip",
+    }
+    meta = {
+        "tool": "pg_basebackup",
+        "tool_version": "16.14",
+        "server_version": "16.14",
+        "compression": "gzip",
+        "details": details,
+    }
+    with repo.begin(
+        BASE_STORE, None, run_id="manual__t", dag_id="test", logical_date=None, now=finished - timedelta(minutes=5)
+    ) as staging:
         (staging.path / "base.tar.gz").write_bytes(os.urandom(size))
         (staging.path / "backup_manifest").write_bytes(b'{"PostgreSQL-Backup-Manifest-Version": 1}\n')
         return staging.seal(meta, now=finished)
@@ -221,11 +235,18 @@ def test_base_backups_ship_verify_restore_and_expire_with_their_wal(target, tmp_
     seal_segments(archive, 1, range(10, 54), compression="none")
     stores = [BASE_STORE]
     policy = RetentionPolicy(2, 1)  # the offsite window: 2 days, at least 1
-    shipped = ship_all(target, repo, stores, RetentionPolicy(30, 1), encryption=None, now=now, dry_run=False,
-                       log=Log())  # fmt: skip
+    shipped = ship_all(target, repo, stores, RetentionPolicy(30, 1), encryption=None, now=now, dry_run=False, log=Log())
     assert sorted(shipped["shipped"]) == sorted(f"{BASE_STORE}/{b.backup_id}" for b in bases)
-    verify_all(target, repo, stores, expected=shipped["expected"], shipped=shipped["shipped"], deep=True,
-               encryption=None, log=Log())  # fmt: skip
+    verify_all(
+        target,
+        repo,
+        stores,
+        expected=shipped["expected"],
+        shipped=shipped["shipped"],
+        deep=True,
+        encryption=None,
+        log=Log(),
+    )
     ship_wal(target, archive, None, Log())
     catalog = target.catalog(Log())
     offsite_bases = [item.backup for item in catalog.all() if item.key == SeriesKey(BASE_STORE)]
@@ -233,8 +254,9 @@ def test_base_backups_ship_verify_restore_and_expire_with_their_wal(target, tmp_
 
     # base backups expire offsite by the window + min_keep, like every series; then the WAL
     # from the start of the oldest base backup still offsite stays, nothing before it
-    result = apply_offsite_retention(target, catalog, repo, stores, policy, now=now, dry_run=False,
-                                     stale_after=timedelta(hours=48), log=Log())  # fmt: skip
+    result = apply_offsite_retention(
+        target, catalog, repo, stores, policy, now=now, dry_run=False, stale_after=timedelta(hours=48), log=Log()
+    )
     kept_ids = result["series"][0]["kept"]
     assert kept_ids == [b.backup_id for b in bases[3:]]  # younger than 2 days: the last 2
     after = target.catalog(Log())
@@ -271,16 +293,25 @@ def test_a_base_backup_pinned_in_pins_json_keeps_its_wal_offsite_and_newer_wal_s
     repo = BackupRepository(tmp_path / "backups")
     archive = make_archive(repo.root)
     # base i starts (and stops) in segment 2*(i+1); the oldest is pinned, only in pins.json
-    pinned, _middle, newest = [make_base(repo, now - timedelta(days=d, hours=1), 2 * (i + 1), size=2000)
-                              for i, d in enumerate((4, 3, 0))]  # fmt: skip
+    pinned, _middle, newest = [
+        make_base(repo, now - timedelta(days=d, hours=1), 2 * (i + 1), size=2000) for i, d in enumerate((4, 3, 0))
+    ]
     seal_segments(archive, 1, range(2, 8), compression="none")
     stores = [BASE_STORE]
     ship_all(target, repo, stores, RetentionPolicy(30, 1), encryption=None, now=now, dry_run=False, log=Log())
     ship_wal(target, archive, None, Log())
-    set_pin(target, SeriesKey(BASE_STORE), pinned.backup_id, {"reason": "audit", "by": "manual__t"}, now=now,
-            log=Log())  # fmt: skip
-    result = apply_offsite_retention(target, target.catalog(Log()), repo, stores, RetentionPolicy(2, 1), now=now,
-                                     dry_run=False, stale_after=timedelta(hours=48), log=Log())  # fmt: skip
+    set_pin(target, SeriesKey(BASE_STORE), pinned.backup_id, {"reason": "audit", "by": "manual__t"}, now=now, log=Log())
+    result = apply_offsite_retention(
+        target,
+        target.catalog(Log()),
+        repo,
+        stores,
+        RetentionPolicy(2, 1),
+        now=now,
+        dry_run=False,
+        stale_after=timedelta(hours=48),
+        log=Log(),
+    )
     assert result["series"][0]["kept"] == [pinned.backup_id, newest.backup_id]
     remaining = [item for item in target.catalog(Log()).all() if item.key == SeriesKey(BASE_STORE)]
     wal = read_offsite_catalog(target, Log())
@@ -288,17 +319,22 @@ def test_a_base_backup_pinned_in_pins_json_keeps_its_wal_offsite_and_newer_wal_s
 
     unpinned = plan_offsite_wal(remaining, wal, now=now, retention_days=2, min_keep=1, local=repo.list(BASE_STORE))
     assert unpinned[0] == [] and "nothing expired" in unpinned[1][0]  # the pin unseen: expiry would stop
-    names, reasons = plan_offsite_wal(remaining, wal, now=now, retention_days=2, min_keep=1, pins=pins,
-                                      local=repo.list(BASE_STORE))  # fmt: skip
+    names, reasons = plan_offsite_wal(
+        remaining, wal, now=now, retention_days=2, min_keep=1, pins=pins, local=repo.list(BASE_STORE)
+    )
     assert names == [segment_name(1, s, SEGMENT) for s in (3, 4, 5)], reasons  # 2: the pinned one's; 6, 7: newest's
     expire_wal(target, names, Log())
     assert sorted(e.segno for e in read_offsite_catalog(target, Log()).entries()) == [2, 6, 7]
 
     # a local pin sidecar counts the same (the local repository's copy of the pin)
-    repo.record(next(b for b in repo.list(BASE_STORE) if b.backup_id == pinned.backup_id), "pin",
-                pin_record("audit", "manual__t"))  # fmt: skip
-    assert plan_offsite_wal(remaining, wal, now=now, retention_days=2, min_keep=1,
-                            local=repo.list(BASE_STORE))[0] == names  # fmt: skip
+    repo.record(
+        next(b for b in repo.list(BASE_STORE) if b.backup_id == pinned.backup_id),
+        "pin",
+        pin_record("audit", "manual__t"),
+    )
+    assert (
+        plan_offsite_wal(remaining, wal, now=now, retention_days=2, min_keep=1, local=repo.list(BASE_STORE))[0] == names
+    )
 
 
 def test_offsite_catalog_is_written_last(target, tmp_path):

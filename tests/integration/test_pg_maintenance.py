@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import threading
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import psycopg
 import pytest
@@ -56,11 +56,14 @@ def connect(db, autocommit=True) -> psycopg.Connection:
 def make_bloated_table(db, name="events", rows=ROWS) -> None:
     """A table and index with 2 of 3 rows deleted and statistics that say so."""
     with connect(db) as c:
-        c.execute(f"CREATE TABLE maint.{name} (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, "
-                  "k int NOT NULL, payload text NOT NULL) WITH (autovacuum_enabled = false)")
+        c.execute(
+            f"CREATE TABLE maint.{name} (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, "
+            "k int NOT NULL, payload text NOT NULL) WITH (autovacuum_enabled = false)"
+        )
         c.execute(f"CREATE INDEX {name}_k ON maint.{name} (k)")
-        c.execute(f"INSERT INTO maint.{name} (k, payload) SELECT g, repeat('x', 80) FROM generate_series(1, %s) g",
-                  (rows,))
+        c.execute(
+            f"INSERT INTO maint.{name} (k, payload) SELECT g, repeat('x', 80) FROM generate_series(1, %s) g", (rows,)
+        )
         c.execute(f"DELETE FROM maint.{name} WHERE id % 3 <> 0")
         c.execute(f"ANALYZE maint.{name}")
 
@@ -74,8 +77,9 @@ class Session:
         pm.prepare_session(self.maint, lock_timeout=settings.lock_timeout, statement_timeout=settings.statement_timeout)
         pm.prepare_session(self.jconn, lock_timeout="10s", statement_timeout="1min")
         self.journal = Journal(self.jconn, run_id, dry_run=dry_run)
-        self.ctx = pm.Context(self.maint, self.journal, settings, window or Window.starting(None, 60), db[1],
-                              dry_run=dry_run)
+        self.ctx = pm.Context(
+            self.maint, self.journal, settings, window or Window.starting(None, 60), db[1], dry_run=dry_run
+        )
 
     def rows(self):
         return {(r["kind"], r["target"]): r for r in run_rows(self.jconn, self.journal.run_id)}
@@ -152,8 +156,9 @@ class LockWaitProbe(threading.Thread):
         with connect(self.db) as c:
             since = None
             while not self.halt.is_set():
-                row = c.execute("SELECT wait_event_type, wait_event FROM pg_stat_activity WHERE pid = %s",
-                                (self.pid,)).fetchone()
+                row = c.execute(
+                    "SELECT wait_event_type, wait_event FROM pg_stat_activity WHERE pid = %s", (self.pid,)
+                ).fetchone()
                 now = time.perf_counter()
                 self.samples += 1
                 if row and row[0] == "Lock":
@@ -182,8 +187,9 @@ def index_state(db, table="events") -> dict[str, tuple[bool, int]]:
 
 def dead_tuples(db, table="events") -> int:
     with connect(db) as c:
-        return c.execute("SELECT n_dead_tup FROM pg_stat_user_tables WHERE relid = %s::regclass",
-                         (f"maint.{table}",)).fetchone()[0]
+        return c.execute(
+            "SELECT n_dead_tup FROM pg_stat_user_tables WHERE relid = %s::regclass", (f"maint.{table}",)
+        ).fetchone()[0]
 
 
 SETTINGS = MaintenanceSettings(schemas=["maint"], reindex_min_bytes=0, lock_timeout="2s", statement_timeout="5min")
@@ -214,9 +220,11 @@ def test_vacuum_and_concurrent_reindex_of_a_bloated_table_never_block_a_writer(d
     record_property("writer_longest_lock_wait_s", round(lock_wait, 4))
     record_property("writer_commits_during_maintenance", len(during))
     record_property("maintenance_s", round(maintenance_s, 3))
-    print(f"\nmaintenance {maintenance_s:.2f} s; writer: {len(during)} commits during it, max transaction "
-          f"{worst * 1000:.1f} ms, median {sorted(during)[len(during) // 2] * 1000:.2f} ms; longest lock wait "
-          f"{lock_wait * 1000:.0f} ms over {probe.samples} samples {sorted(probe.waited_on)}")
+    print(
+        f"\nmaintenance {maintenance_s:.2f} s; writer: {len(during)} commits during it, max transaction "
+        f"{worst * 1000:.1f} ms, median {sorted(during)[len(during) // 2] * 1000:.2f} ms; longest lock wait "
+        f"{lock_wait * 1000:.0f} ms over {probe.samples} samples {sorted(probe.waited_on)}"
+    )
 
     assert worst < WRITER_BOUND_S, f"a write transaction took {worst:.3f} s during maintenance"
     assert lock_wait < LOCK_WAIT_BOUND_S, f"the writer waited {lock_wait:.3f} s on a lock {probe.waited_on}"
@@ -292,7 +300,9 @@ def test_an_invalid_ccnew_leftover_is_dropped_concurrently_and_the_reindex_retri
 
     dropped, retry = pm.drop_invalid_leftovers(s.ctx)
     assert [(e.target, e.action) for e in dropped] == [
-        ("maint.events_k_ccnew", "drop_index"), ("maint.events_payload_uq", "report")]
+        ("maint.events_k_ccnew", "drop_index"),
+        ("maint.events_payload_uq", "report"),
+    ]
     assert "DROP INDEX CONCURRENTLY" in dropped[0].detail["statement"]
     assert [(r["schema"], r["index"]) for r in retry] == [("maint", "events_k")]
 
@@ -356,13 +366,16 @@ def test_unused_index_report_names_exactly_the_unused_non_unique_index(db, sessi
         c.execute("SELECT pg_stat_reset()")  # the report must state the statistics' age
         c.execute(
             "CREATE TABLE maint.accounts (id int GENERATED ALWAYS AS IDENTITY PRIMARY KEY, email text UNIQUE, "
-            "tenant int, name text, code text, period tsrange, EXCLUDE USING gist (period WITH &&))")
+            "tenant int, name text, code text, period tsrange, EXCLUDE USING gist (period WITH &&))"
+        )
         c.execute("CREATE TABLE maint.orders (id int PRIMARY KEY, account_id int REFERENCES maint.accounts)")
         c.execute("CREATE INDEX accounts_tenant_used ON maint.accounts (tenant)")
         c.execute("CREATE INDEX accounts_name_unused ON maint.accounts (lower(name))")
         c.execute("CREATE UNIQUE INDEX accounts_code_uq ON maint.accounts (code)")
-        c.execute("INSERT INTO maint.accounts (email, tenant, name, code) "
-                  "SELECT 'u' || g || '@x', g % 10, 'n' || g, 'c' || g FROM generate_series(1, 500) g")
+        c.execute(
+            "INSERT INTO maint.accounts (email, tenant, name, code) "
+            "SELECT 'u' || g || '@x', g % 10, 'n' || g, 'c' || g FROM generate_series(1, 500) g"
+        )
         c.execute("ANALYZE maint.accounts")
         c.execute("SET enable_seqscan = off")
         assert c.execute("SELECT count(*) FROM maint.accounts WHERE tenant = 3").fetchone()[0] == 50
@@ -370,8 +383,9 @@ def test_unused_index_report_names_exactly_the_unused_non_unique_index(db, sessi
     deadline = time.monotonic() + 15
     with connect(db) as c:
         while time.monotonic() < deadline:  # statistics reach shared memory asynchronously
-            scans = c.execute("SELECT idx_scan FROM pg_stat_user_indexes WHERE indexrelname = 'accounts_tenant_used'"
-                              ).fetchone()[0]
+            scans = c.execute(
+                "SELECT idx_scan FROM pg_stat_user_indexes WHERE indexrelname = 'accounts_tenant_used'"
+            ).fetchone()[0]
             if scans:
                 break
             time.sleep(0.2)
@@ -415,8 +429,12 @@ def test_vacuum_full_rewrites_only_listed_tables_and_gives_up_on_a_busy_lock(db,
 
     def filenodes():
         with connect(db) as c:
-            return dict(c.execute("SELECT relname, relfilenode FROM pg_class WHERE relnamespace = 'maint'::regnamespace "
-                                  "AND relkind = 'r'").fetchall())
+            return dict(
+                c.execute(
+                    "SELECT relname, relfilenode FROM pg_class WHERE relnamespace = 'maint'::regnamespace "
+                    "AND relkind = 'r'"
+                ).fetchall()
+            )
 
     before = filenodes()
     s = session_factory(MaintenanceSettings(schemas=["maint"], lock_timeout="300ms"))
@@ -440,12 +458,15 @@ def test_vacuum_full_rewrites_only_listed_tables_and_gives_up_on_a_busy_lock(db,
 
 def test_past_the_window_end_nothing_starts_and_everything_is_reported_skipped(db, session_factory):
     make_bloated_table(db, rows=20_000)
-    start = datetime.now(timezone.utc) - timedelta(minutes=61)
+    start = datetime.now(UTC) - timedelta(minutes=61)
     s = session_factory(SETTINGS, window=Window.starting(start, 60))
     entries = pm.vacuum_phase(s.ctx) + pm.reindex_phase(s.ctx) + pm.vacuum_full_phase(s.ctx, ["maint.events"])
     assert {(e.kind, e.target) for e in entries} == {
-        ("vacuum", "maint.events"), ("reindex", "maint.events_pkey"), ("reindex", "maint.events_k"),
-        ("vacuum_full", "maint.events")}
+        ("vacuum", "maint.events"),
+        ("reindex", "maint.events_pkey"),
+        ("reindex", "maint.events_k"),
+        ("vacuum_full", "maint.events"),
+    }
     assert all(e.action == "skipped" and "maintenance window ended at" in e.note for e in entries)
     assert dead_tuples(db) == 20_000 - 20_000 // 3  # nothing ran
     assert all(r["action"] == "skipped" for r in s.rows().values())
@@ -455,7 +476,7 @@ def test_the_window_closing_midway_stops_starting_new_work(db, session_factory):
     make_bloated_table(db, "first", rows=20_000)
     make_bloated_table(db, "second", rows=10_000)
     clock = {"calls": 0}
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
 
     def tick():  # open for the first check, closed from the second on
         clock["calls"] += 1

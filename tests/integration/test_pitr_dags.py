@@ -58,10 +58,14 @@ class Platform:
             "backup": {"root": str(root / "backups")},
             "connections": {"postgres": ADMIN_CONN, "postgres_replication": REPLICATION_CONN},
             "postgres": {"databases": [DB]},
-            "pitr": {"slot": self.stack.slot, "scratch_dir": str(self.scratch), "scratch_os_user": "dbops-pg",
-                     "wait_for_wal_s": 60},
+            "pitr": {
+                "slot": self.stack.slot,
+                "scratch_dir": str(self.scratch),
+                "scratch_os_user": "dbops-pg",
+                "wait_for_wal_s": 60,
+            },
             "offsite": {"rsync_remote_dir": str(self.remote), "s3_bucket": self.bucket, "s3_prefix": self.prefix},
-        }  # fmt: skip
+        }
 
     def rows(self, database: str) -> list[int]:
         with self.cluster.connect(database) as conn:
@@ -88,7 +92,9 @@ def platform(airflow_db, devstack):
     env = cluster.connection_env(ADMIN_CONN, REPLICATION_CONN)
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
-    cluster.fresh_database(DB, "CREATE TABLE orders (id integer PRIMARY KEY, at timestamptz NOT NULL DEFAULT clock_timestamp())")
+    cluster.fresh_database(
+        DB, "CREATE TABLE orders (id integer PRIMARY KEY, at timestamptz NOT NULL DEFAULT clock_timestamp())"
+    )
     p.stack.start_receiver()
     p.stack.wait_streaming()
     set_config(p.config)
@@ -99,7 +105,12 @@ def platform(airflow_db, devstack):
 
         Variable.delete("dbops_config")
         p.stack.close()
-        conn = {"host": cluster.host, "port": cluster.port, "login": cluster.superuser, "password": cluster.superuser_password}
+        conn = {
+            "host": cluster.host,
+            "port": cluster.port,
+            "login": cluster.superuser,
+            "password": cluster.superuser_password,
+        }
         drop_pg(conn, DB, COPY)
         for key, value in saved.items():
             os.environ.pop(key, None) if value is None else os.environ.__setitem__(key, value)
@@ -137,7 +148,9 @@ def test_base_backup_then_the_wal_check_is_green_with_the_window(platform, dagba
     # the sealed WAL went offsite in the same run, to both targets, as the local catalog has it
     sealed = {e.file for e in platform.archive.entries()}
     assert sealed <= {p.name for p in (platform.remote / "postgres_wal" / "segments").iterdir()}
-    listed = platform.s3.client().list_objects_v2(Bucket=platform.bucket, Prefix=f"{platform.prefix}/postgres_wal/segments/")
+    listed = platform.s3.client().list_objects_v2(
+        Bucket=platform.bucket, Prefix=f"{platform.prefix}/postgres_wal/segments/"
+    )
     assert sealed <= {o["Key"].rsplit("/", 1)[1] for o in listed.get("Contents", [])}
     assert result["earliest"] == backup.manifest["details"]["consistent_at"] and result["latest"] >= result["earliest"]
 
@@ -151,10 +164,20 @@ def test_restore_to_a_time_copies_exactly_the_rows_committed_before_it(platform,
     platform.received_now()
     assert platform.rows(DB) == list(range(1, 31))
     with platform.cluster.writer() as writer:  # the live cluster stays busy during the recovery and the copy
-        run = run_dag(fresh(dagbag, "dbops_restore"), {
-            "store": "postgres", "backup_id": "latest", "database": DB, "target": COPY, "confirm_overwrite": "",
-            "topics": [], "target_time": target.isoformat(), "target_lsn": "", "target_name": "",
-        })  # fmt: skip
+        run = run_dag(
+            fresh(dagbag, "dbops_restore"),
+            {
+                "store": "postgres",
+                "backup_id": "latest",
+                "database": DB,
+                "target": COPY,
+                "confirm_overwrite": "",
+                "topics": [],
+                "target_time": target.isoformat(),
+                "target_lsn": "",
+                "target_name": "",
+            },
+        )
     assert writer.rows > 0
     st = states(run)
     assert run.state == "success", st
@@ -176,11 +199,21 @@ def test_restore_to_a_time_copies_exactly_the_rows_committed_before_it(platform,
         ({"target_time": "latest", "target": COPY}, "need database"),
         ({"target_time": "latest", "database": DB, "target": COPY}, f"{COPY}"),  # exists now: needs confirm
     ],
-)  # fmt: skip
+)
 def test_refused_before_any_work_naming_what_is_wrong(platform, dagbag, capfd, change, expected):
     capfd.readouterr()
-    conf = {"store": "postgres", "backup_id": "latest", "database": "", "target": "", "confirm_overwrite": "",
-            "topics": [], "target_time": "", "target_lsn": "", "target_name": "", **change}  # fmt: skip
+    conf = {
+        "store": "postgres",
+        "backup_id": "latest",
+        "database": "",
+        "target": "",
+        "confirm_overwrite": "",
+        "topics": [],
+        "target_time": "",
+        "target_lsn": "",
+        "target_name": "",
+        **change,
+    }
     run = run_dag(fresh(dagbag, "dbops_restore"), conf)
     st = states(run)
     assert st["plan"] == "failed" and st["restore_postgres_pitr"] != "success", st
@@ -190,8 +223,10 @@ def test_refused_before_any_work_naming_what_is_wrong(platform, dagbag, capfd, c
 
 
 def test_the_drill_dag_drills_point_in_time_recovery_beside_the_dumps(platform, dagbag):
-    nightly = run_dag(without_retries(dagbag.get_dag("dbops_nightly_backup")), {
-        "stores": ["postgres"], "retention_days": 30, "min_keep": 3, "retention_dry_run": False, "force": False})  # fmt: skip
+    nightly = run_dag(
+        without_retries(dagbag.get_dag("dbops_nightly_backup")),
+        {"stores": ["postgres"], "retention_days": 30, "min_keep": 3, "retention_dry_run": False, "force": False},
+    )
     assert nightly.state == "success", states(nightly)
     with platform.cluster.writer() as writer:  # the drill's markers and WAL wait happen under a writer
         run = run_dag(without_retries(dagbag.get_dag("dbops_restore_drill")), {"stores": ["postgres"]})
@@ -201,6 +236,6 @@ def test_the_drill_dag_drills_point_in_time_recovery_beside_the_dumps(platform, 
     assert st["drill_postgres_pitr"] == "success" and st["summary"] == "success", st
     drill = platform.repo.latest(BASE_STORE).sidecars["drill"]
     assert drill["ok"] is True and drill["run_id"] == run.run_id and drill["differences"] == []
-    assert "postgres point-in-time" in task_result(run, "summary")["drilled"]
+    assert "postgres point-in-time" in task_result(run, "summary", key="result")["drilled"]
     wait_for(lambda: not any(platform.scratch.iterdir()), 10, "the drill's scratch server to be removed")
     assert datetime.now(UTC) - datetime.fromisoformat(drill["at"].replace("Z", "+00:00")) < timedelta(minutes=10)

@@ -59,13 +59,12 @@ def assert_sound_archive(stack) -> list:
         assert mode(folder) == 0o700, folder
     for path in (archive.catalog_path, archive.status_path):
         assert mode(path) == 0o600, path
-    leftovers = [p.name for p in archive.segments.iterdir()
-                 if re.fullmatch(r"[0-9A-F]{24}", p.name) or ".tmp-" in p.name]  # fmt: skip
+    leftovers = [
+        p.name for p in archive.segments.iterdir() if re.fullmatch(r"[0-9A-F]{24}", p.name) or ".tmp-" in p.name
+    ]
     assert leftovers == [], f"raw completed segments or tmp files left: {leftovers}"
     first = segments[0]
-    problems = check_chain(
-        entries, first.timeline, segment_start_lsn(first.segno, SEGMENT), segment_size=SEGMENT
-    )
+    problems = check_chain(entries, first.timeline, segment_start_lsn(first.segno, SEGMENT), segment_size=SEGMENT)
     assert problems == [], problems
     return segments
 

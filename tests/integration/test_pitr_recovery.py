@@ -66,23 +66,49 @@ class Env:
         self.stack = cluster.stack(root / "backups")
         self.repo = BackupRepository(root / "backups")
         self.archive = self.stack.archive
-        self.admin = Endpoint(host=cluster.host, port=cluster.port, login=cluster.superuser,
-                              password=cluster.superuser_password, database="postgres")  # fmt: skip
-        self.replication = Endpoint(host=cluster.host, port=cluster.port, login=cluster.replication_user,
-                                    password=cluster.replication_password, database="postgres")  # fmt: skip
+        self.admin = Endpoint(
+            host=cluster.host,
+            port=cluster.port,
+            login=cluster.superuser,
+            password=cluster.superuser_password,
+            database="postgres",
+        )
+        self.replication = Endpoint(
+            host=cluster.host,
+            port=cluster.port,
+            login=cluster.replication_user,
+            password=cluster.replication_password,
+            database="postgres",
+        )
         self.scratch = root / "scratch"
         self.server_bin = Path(os.path.realpath(shutil.which("pg_basebackup"))).parent
 
     def base_backup(self, log: Log, run_id: str | None = None):
         return take_base_backup(
-            self.repo, self.archive, endpoint=self.replication, admin=self.admin, compression="auto",
-            wait_for_wal_s=60, run_id=run_id or f"test_{uuid.uuid4().hex[:8]}", dag_id="dbops_base_backup",
-            logical_date=None, log=log,
-        )  # fmt: skip
+            self.repo,
+            self.archive,
+            endpoint=self.replication,
+            admin=self.admin,
+            compression="auto",
+            wait_for_wal_s=60,
+            run_id=run_id or f"test_{uuid.uuid4().hex[:8]}",
+            dag_id="dbops_base_backup",
+            logical_date=None,
+            log=log,
+        )
 
     def restore(self, target: RecoveryTarget, log: Log, **kw):
-        return restore_pitr(self.repo, self.archive, target, now=datetime.now(UTC), scratch_dir=self.scratch,
-                            server_bin=self.server_bin, os_user=OS_USER, log=log, **kw)  # fmt: skip
+        return restore_pitr(
+            self.repo,
+            self.archive,
+            target,
+            now=datetime.now(UTC),
+            scratch_dir=self.scratch,
+            server_bin=self.server_bin,
+            os_user=OS_USER,
+            log=log,
+            **kw,
+        )
 
     def wait_received(self) -> None:
         """Until the receiver has written every WAL byte the server has written so far."""
@@ -90,8 +116,11 @@ class Env:
 
         def received() -> bool:
             with self.cluster.connect() as conn:
-                row = conn.execute("SELECT write_lsn::text FROM pg_stat_replication r JOIN pg_replication_slots s "
-                                   "ON s.active_pid = r.pid WHERE s.slot_name = %s", [self.stack.slot]).fetchone()  # fmt: skip
+                row = conn.execute(
+                    "SELECT write_lsn::text FROM pg_stat_replication r JOIN pg_replication_slots s "
+                    "ON s.active_pid = r.pid WHERE s.slot_name = %s",
+                    [self.stack.slot],
+                ).fetchone()
             return bool(row and row[0] and parse_lsn(row[0]) >= lsn)
 
         wait_for(received, 30, "the receiver to get the latest WAL")
@@ -108,7 +137,9 @@ def env():
     e.stack.wait_streaming()
     with cluster.connect() as conn:
         conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(TABLE)))
-        conn.execute(sql.SQL("CREATE TABLE {} (id integer PRIMARY KEY, note text NOT NULL)").format(sql.Identifier(TABLE)))
+        conn.execute(
+            sql.SQL("CREATE TABLE {} (id integer PRIMARY KEY, note text NOT NULL)").format(sql.Identifier(TABLE))
+        )
     try:
         yield e
     finally:
@@ -130,8 +161,17 @@ def test_base_backup_published_with_its_wal_sealed(env, base):
     details = backup.manifest["details"]
     assert backup.store == BASE_STORE and backup.verified
     assert details["system_identifier"] == env.cluster.system_identifier() == env.archive.header()["system_identifier"]
-    assert {"timeline", "start_lsn", "stop_lsn", "start_segment", "stop_segment", "wal_segment_size",
-            "consistent_at", "server_version", "compression"} <= set(details)  # fmt: skip
+    assert {
+        "timeline",
+        "start_lsn",
+        "stop_lsn",
+        "start_segment",
+        "stop_segment",
+        "wal_segment_size",
+        "consistent_at",
+        "server_version",
+        "compression",
+    } <= set(details)
     assert parse_lsn(details["start_lsn"]) < parse_lsn(details["stop_lsn"])
     assert details["compression"] == "gzip:1"  # the wheel's pg_basebackup has gzip only: detected, not assumed
     assert sorted(f["path"] for f in backup.manifest["files"]) == ["backup_manifest", "base.tar.gz"]
@@ -155,11 +195,21 @@ def test_base_backup_refused_when_the_role_cannot_replicate(env):
         conn.execute("DROP ROLE IF EXISTS dbops_test_norepl")
         conn.execute("CREATE ROLE dbops_test_norepl LOGIN PASSWORD 'not-a-secret-x1'")
     try:
-        endpoint = Endpoint(host=env.cluster.host, port=env.cluster.port, login="dbops_test_norepl", password="not-a-secret-x1")
+        endpoint = Endpoint(
+            host=env.cluster.host, port=env.cluster.port, login="dbops_test_norepl", password="not-a-secret-x1"
+        )
         before = sorted(p.name for p in env.repo.series_path(BASE_STORE).iterdir())
         with pytest.raises(BaseBackupRefused, match=r"dbops_test_norepl lacks the REPLICATION attribute"):
-            take_base_backup(env.repo, env.archive, endpoint=endpoint, admin=env.admin, run_id="refused", dag_id="d",
-                             logical_date=None, log=Log())  # fmt: skip
+            take_base_backup(
+                env.repo,
+                env.archive,
+                endpoint=endpoint,
+                admin=env.admin,
+                run_id="refused",
+                dag_id="d",
+                logical_date=None,
+                log=Log(),
+            )
         assert sorted(p.name for p in env.repo.series_path(BASE_STORE).iterdir()) == before
     finally:
         with env.cluster.connect() as conn:
@@ -220,8 +270,12 @@ def test_restore_to_a_time_between_two_commits_gives_exactly_the_rows_before_it(
     # latest: every row received, including those only in the segment still being received
     last = max(spans)
     with env.cluster.connect() as conn:
-        conn.execute(sql.SQL("INSERT INTO {} (id, note) SELECT g, 'late' FROM generate_series(%s::int, %s::int) g").format(
-            sql.Identifier(TABLE)), [last + 1, last + 5])  # fmt: skip
+        conn.execute(
+            sql.SQL("INSERT INTO {} (id, note) SELECT g, 'late' FROM generate_series(%s::int, %s::int) g").format(
+                sql.Identifier(TABLE)
+            ),
+            [last + 1, last + 5],
+        )
     env.wait_received()
     log = Log()
     _plan, scratch = env.restore(target_from_params(target_time="latest", now=datetime.now(UTC)), log)
@@ -305,7 +359,9 @@ def test_a_flipped_byte_is_found_by_sha256_and_by_pg_verifybackup(env, base):
     extracted.mkdir(mode=0o700)
     with open_tar(backup.path / "base.tar.gz") as stream:
         stream.extractall(extracted, filter="data")
-    assert "backup successfully verified" in verify_extracted(extracted, backup.path / "backup_manifest", env.server_bin, Log())
+    assert "backup successfully verified" in verify_extracted(
+        extracted, backup.path / "backup_manifest", env.server_bin, Log()
+    )
     victim = extracted / "global" / "pg_control"
     content = bytearray(victim.read_bytes())
     content[100] ^= 0xFF
@@ -327,7 +383,9 @@ def test_restore_to_a_named_restore_point(env, base):
     plan, scratch = env.restore(target_from_params(target_name="dbops_test_point", now=datetime.now(UTC)), log)
     try:
         assert any("cannot be placed in the WAL in advance" in note for note in plan.notes)
-        with psycopg.connect(host=scratch.endpoint().host, port=scratch.port, user=scratch.superuser, dbname="postgres") as conn:
+        with psycopg.connect(
+            host=scratch.endpoint().host, port=scratch.port, user=scratch.superuser, dbname="postgres"
+        ) as conn:
             assert conn.execute(sql.SQL("SELECT count(*), max(id) FROM {}").format(table)).fetchone() == (10, 10)
     finally:
         scratch.stop(remove=True)
@@ -340,8 +398,19 @@ def test_restore_to_a_named_restore_point(env, base):
 def test_pitr_drill_passes_then_fails_on_a_removed_wal_segment(env, base):
     write_marker(env.admin, "postgres")  # the WAL check's markers
     log = Log()
-    result = drill_pitr(env.repo, env.archive, env.admin, "postgres", scratch_dir=env.scratch, server_bin=env.server_bin,
-                        os_user=OS_USER, wait_for_wal_s=60, run_id="drill1", dag_id="dbops_restore_drill", log=log)  # fmt: skip
+    result = drill_pitr(
+        env.repo,
+        env.archive,
+        env.admin,
+        "postgres",
+        scratch_dir=env.scratch,
+        server_bin=env.server_bin,
+        os_user=OS_USER,
+        wait_for_wal_s=60,
+        run_id="drill1",
+        dag_id="dbops_restore_drill",
+        log=log,
+    )
     assert result["ok"] is True, (result, log.text[-4000:])
     assert any("pg_verifybackup: backup successfully verified" in n for n in result["notes"])
     backup = env.repo.list(BASE_STORE)[-1]
@@ -358,9 +427,19 @@ def test_pitr_drill_passes_then_fails_on_a_removed_wal_segment(env, base):
     assert sealed, "no sealed segment after the base backup's stop"
     victim = sealed[0]
     env.archive.remove([victim])
-    result = drill_pitr(env.repo, env.archive, env.admin, "postgres", scratch_dir=env.scratch, server_bin=env.server_bin,
-                        os_user=OS_USER, wait_for_wal_s=60, run_id="drill2", dag_id="dbops_restore_drill", log=Log())  # fmt: skip
+    result = drill_pitr(
+        env.repo,
+        env.archive,
+        env.admin,
+        "postgres",
+        scratch_dir=env.scratch,
+        server_bin=env.server_bin,
+        os_user=OS_USER,
+        wait_for_wal_s=60,
+        run_id="drill2",
+        dag_id="dbops_restore_drill",
+        log=Log(),
+    )
     assert result["ok"] is False
     assert any(victim.name in d for d in result["differences"]), result["differences"]
     assert env.repo.list(BASE_STORE)[-1].verified is False  # the failed drill is recorded against it
-

@@ -46,8 +46,9 @@ INSERT INTO public.events_nopk SELECT 'kind' || (g % 4), g FROM generate_series(
 
 
 def as_endpoint(conn: dict) -> Endpoint:
-    return Endpoint(host=conn["host"], port=conn["port"], login=conn["login"], password=conn["password"],
-                    database=conn["schema"])  # fmt: skip
+    return Endpoint(
+        host=conn["host"], port=conn["port"], login=conn["login"], password=conn["password"], database=conn["schema"]
+    )
 
 
 def make_adapter(conn: dict, *, drill: Endpoint | None = None, **postgres) -> PostgresAdapter:
@@ -65,7 +66,9 @@ def admin_execute(conn: dict, statement, params=None) -> list:
 
 
 def database_names(conn: dict, like: str) -> list[str]:
-    return [r[0] for r in admin_execute(conn, "SELECT datname FROM pg_database WHERE datname LIKE %s ORDER BY 1", [like])]
+    return [
+        r[0] for r in admin_execute(conn, "SELECT datname FROM pg_database WHERE datname LIKE %s ORDER BY 1", [like])
+    ]
 
 
 @pytest.fixture
@@ -76,8 +79,10 @@ def pg(devstack):
     yield conn, made
     with pg_connect(conn, "postgres", autocommit=True) as admin:
         for name in made:
-            for row in admin.execute("SELECT datname FROM pg_database WHERE datname = %s OR datname LIKE %s",
-                                     [name, name.replace("_", r"\_") + r"\_%"]).fetchall():  # fmt: skip
+            for row in admin.execute(
+                "SELECT datname FROM pg_database WHERE datname = %s OR datname LIKE %s",
+                [name, name.replace("_", r"\_") + r"\_%"],
+            ).fetchall():
                 admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(row[0])))
         for row in admin.execute("SELECT datname FROM pg_database WHERE datname LIKE 'dbops_drill_%%'").fetchall():
             if any(series in row[0] for series in (pb.series_name(n) for n in made)):
@@ -98,8 +103,18 @@ def new_database(conn: dict, made: list[str], name: str | None = None, *, option
 def backup_of(adapter: PostgresAdapter, database: str, root: Path, log: Log):
     repo = BackupRepository(root)
     series = pb.series_name(database)
-    take_backup(repo, adapter.series_backup(series), store="postgres", subject=series, run_id=f"run-{uuid.uuid4().hex[:6]}",
-                dag_id="test", logical_date=None, force=True, stale_staging=timedelta(hours=1), log=log)  # fmt: skip
+    take_backup(
+        repo,
+        adapter.series_backup(series),
+        store="postgres",
+        subject=series,
+        run_id=f"run-{uuid.uuid4().hex[:6]}",
+        dag_id="test",
+        logical_date=None,
+        force=True,
+        stale_staging=timedelta(hours=1),
+        log=log,
+    )
     return repo.list("postgres", series)[-1]
 
 
@@ -201,7 +216,9 @@ def test_table_created_during_the_dump_does_not_fail_the_backup(pg, tmp_path):
     dumper.start()
     try:
         for _ in range(300):  # until pg_dump (or the snapshot's own lock) waits for the table
-            waiting = admin_execute(conn, "SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND wait_event_type = 'Lock'", [name])
+            waiting = admin_execute(
+                conn, "SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND wait_event_type = 'Lock'", [name]
+            )
             if waiting[0][0]:
                 break
             time.sleep(0.05)
@@ -233,12 +250,15 @@ def test_database_level_state_is_backed_up_restored_and_compared(pg, tmp_path):
     tag = uuid.uuid4().hex[:8]
     role, gone = f"dbops_rec_role_{tag}", f"dbops_rec_gone_{tag}"
     name = new_database(conn, made, options="ENCODING 'LATIN1' LC_COLLATE 'C' LC_CTYPE 'C'")
-    admin_execute(conn, sql.SQL("CREATE ROLE {} NOLOGIN; CREATE ROLE {} NOLOGIN").format(sql.Identifier(role), sql.Identifier(gone)))
+    admin_execute(
+        conn,
+        sql.SQL("CREATE ROLE {} NOLOGIN; CREATE ROLE {} NOLOGIN").format(sql.Identifier(role), sql.Identifier(gone)),
+    )
     try:
         ident, r, g = sql.Identifier(name), sql.Identifier(role), sql.Identifier(gone)
         for statement in (
             "ALTER DATABASE {d} SET work_mem = '7MB'",
-            "ALTER DATABASE {d} SET search_path = \"$user\", public, \"Odd Schema\"",
+            'ALTER DATABASE {d} SET search_path = "$user", public, "Odd Schema"',
             "ALTER ROLE {r} IN DATABASE {d} SET statement_timeout = '42s'",
             "ALTER ROLE {g} IN DATABASE {d} SET lock_timeout = '3s'",
             "REVOKE ALL ON DATABASE {d} FROM PUBLIC",
@@ -276,8 +296,12 @@ def test_database_level_state_is_backed_up_restored_and_compared(pg, tmp_path):
         assert restored["role_settings"] == {role: ["statement_timeout=42s"]}
         public = [gr for gr in restored["grants"] if gr["grantee"] == "PUBLIC"]
         assert public == [] and {"grantee": role, "privilege": "TEMPORARY", "grantable": False} in restored["grants"]
-        marker = admin_execute(conn, "SELECT s.setconfig FROM pg_db_role_setting s JOIN pg_database d ON d.oid = s.setdatabase "
-                                     "WHERE d.datname = %s AND s.setrole = 0", [target])[0][0]  # fmt: skip
+        marker = admin_execute(
+            conn,
+            "SELECT s.setconfig FROM pg_db_role_setting s JOIN pg_database d ON d.oid = s.setdatabase "
+            "WHERE d.datname = %s AND s.setrole = 0",
+            [target],
+        )[0][0]
         assert any(m.startswith("dbops.restored_from=dbops-restore postgres/") for m in marker)
         # a database-level change in the restored copy is a difference
         admin_execute(conn, sql.SQL("ALTER DATABASE {} SET work_mem = '8MB'").format(sql.Identifier(target)))
@@ -305,13 +329,23 @@ def test_odd_database_names_are_backed_up_and_found_again(pg, tmp_path):
     databases, Airflow's metadata database and exclusions are left out, each with its reason."""
     conn, made = pg
     tag = uuid.uuid4().hex[:6]
-    sales = new_database(conn, made, f"Sales_{tag}", setup="CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1)")
+    sales = new_database(
+        conn, made, f"Sales_{tag}", setup="CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1)"
+    )
     spaced = new_database(conn, made, f"q4 report {tag}", setup="")
-    quoted = new_database(conn, made, f'the "best" {tag}', setup="CREATE TABLE \"T\" (v text); INSERT INTO \"T\" VALUES ('x')")
-    airflow = new_database(conn, made, f"airflow_meta_{tag}", setup="CREATE TABLE alembic_version (v text); CREATE TABLE dag_run (id int)")
+    quoted = new_database(
+        conn, made, f'the "best" {tag}', setup='CREATE TABLE "T" (v text); INSERT INTO "T" VALUES (\'x\')'
+    )
+    airflow = new_database(
+        conn, made, f"airflow_meta_{tag}", setup="CREATE TABLE alembic_version (v text); CREATE TABLE dag_run (id int)"
+    )
     restored = new_database(conn, made, f"restored_{tag}", setup="")
-    admin_execute(conn, sql.SQL("ALTER DATABASE {} SET dbops.restored_from = 'dbops-restore postgres/x/20260101T000000Z'")
-                  .format(sql.Identifier(restored)))  # fmt: skip
+    admin_execute(
+        conn,
+        sql.SQL("ALTER DATABASE {} SET dbops.restored_from = 'dbops-restore postgres/x/20260101T000000Z'").format(
+            sql.Identifier(restored)
+        ),
+    )
     drill = new_database(conn, made, f"dbops_drill_{tag}", setup="")
     excluded = new_database(conn, made, f"excluded_{tag}", setup="")
     adapter = make_adapter(conn, exclude_databases=[excluded])
@@ -321,8 +355,13 @@ def test_odd_database_names_are_backed_up_and_found_again(pg, tmp_path):
     for database in (sales, spaced, quoted):
         assert pb.series_name(database) in series
         assert pb.series_name(database) != database  # not valid series names as they are
-    for database, why in ((airflow, "Airflow's metadata"), (restored, "restore target"), (drill, "drill"),
-                          (excluded, "exclude_databases"), ("template0", "template")):  # fmt: skip
+    for database, why in (
+        (airflow, "Airflow's metadata"),
+        (restored, "restore target"),
+        (drill, "drill"),
+        (excluded, "exclude_databases"),
+        ("template0", "template"),
+    ):
         assert pb.series_name(database) not in series
         assert any(repr(database) in line and why in line for line in log.lines), (database, why)
     assert pb.series_name(sales) == f"sales_{tag}-" + pb.series_name(sales).rsplit("-", 1)[1]
@@ -374,8 +413,15 @@ def test_overwrite_keeps_the_old_database_and_names_the_sessions_it_ends(pg, tmp
     with pg_connect(conn, name) as c:
         assert c.execute("SELECT count(*) FROM public.items WHERE name = 'after the backup'").fetchone() == (1,)
 
-    session = psycopg.connect(host=conn["host"], port=conn["port"], user=conn["login"], password=conn["password"],
-                              dbname=name, application_name=f"report-tool-{name[-8:]}", autocommit=True)  # fmt: skip
+    session = psycopg.connect(
+        host=conn["host"],
+        port=conn["port"],
+        user=conn["login"],
+        password=conn["password"],
+        dbname=name,
+        application_name=f"report-tool-{name[-8:]}",
+        autocommit=True,
+    )
     try:
         plan = adapter.plan_restore(backup, confirmed, log)
         assert plan.overwrite and plan.details["set_aside_as"] == f"{name}_dbops_old_{backup.backup_id.lower()}"
@@ -416,8 +462,9 @@ def test_drill_uses_the_drill_cluster_and_blames_an_unreachable_one_on_the_envir
     assert on_drill.drill_target(backup).startswith("dbops_drill_")
 
     # an unreachable drill cluster is an error of the drill, not a verdict on the backup
-    closed = Endpoint(host="127.0.0.1", port=1, login="postgres", password="x", database="postgres",
-                      extra={"connect_timeout": 2})  # fmt: skip
+    closed = Endpoint(
+        host="127.0.0.1", port=1, login="postgres", password="x", database="postgres", extra={"connect_timeout": 2}
+    )
     with pytest.raises(DrillEnvironmentError, match="cannot be reached"):
         make_adapter(conn, drill=closed).drill(backup, DrillComparison(), log)
 

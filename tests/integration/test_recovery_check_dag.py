@@ -13,7 +13,7 @@ import os
 import socket
 import time
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -22,7 +22,7 @@ from tests.conftest import run_dag, without_retries
 
 pytestmark = pytest.mark.integration
 
-UTC = timezone.utc
+UTC = UTC
 
 
 def _closed_port() -> int:
@@ -35,12 +35,20 @@ def redis_backup(repo: BackupRepository, finished: datetime):
     """A verified, drilled Redis backup that finished at ``finished`` (the repository's own
     begin/seal, with that time as its clock)."""
     started = finished - timedelta(minutes=2)
-    with repo.begin("redis", None, run_id=f"scheduled__{started:%Y%m%dT%H%M%S}", dag_id="dbops_nightly_backup",
-                    logical_date=started, now=started) as staging:
+    with repo.begin(
+        "redis",
+        None,
+        run_id=f"scheduled__{started:%Y%m%dT%H%M%S}",
+        dag_id="dbops_nightly_backup",
+        logical_date=started,
+        now=started,
+    ) as staging:
         (staging.path / "dump.rdb").write_bytes(b"REDIS0011" + b"x" * 4000)
-        made = staging.seal({"tool": "redis-cli", "tool_version": "7.0.15", "server_version": "7.0.15",
-                             "compression": "none"}, [{"name": "redis-check-rdb", "ok": True, "detail": ""}],
-                            now=finished)
+        made = staging.seal(
+            {"tool": "redis-cli", "tool_version": "7.0.15", "server_version": "7.0.15", "compression": "none"},
+            [{"name": "redis-check-rdb", "ok": True, "detail": ""}],
+            now=finished,
+        )
     repo.record(made, "drill", {"ok": True, "differences": []}, now=finished + timedelta(minutes=30))
     return made
 
@@ -48,9 +56,12 @@ def redis_backup(repo: BackupRepository, finished: datetime):
 @pytest.fixture
 def setup(tmp_path, dbops_variable):
     root = tmp_path / "backups"
-    config = {"backup": {"root": str(root), "stores": ["redis"]}, "pitr": {"enabled": False},
-              "offsite": {"targets": ["s3"], "s3_prefix": f"recovery-{uuid.uuid4().hex[:8]}"},
-              "monitor": {"reports_dir": str(tmp_path / "reports")}}
+    config = {
+        "backup": {"root": str(root), "stores": ["redis"]},
+        "pitr": {"enabled": False},
+        "offsite": {"targets": ["s3"], "s3_prefix": f"recovery-{uuid.uuid4().hex[:8]}"},
+        "monitor": {"reports_dir": str(tmp_path / "reports")},
+    }
     dbops_variable(config)
     return BackupRepository(root), config, tmp_path
 
@@ -76,8 +87,11 @@ def test_an_old_backup_raises_the_alert_and_turns_the_page_red(dagbag, setup, al
     redis = json.loads(os.environ["AIRFLOW_CONN_DBOPS_REDIS"])
     with monkeypatch.context() as patched:
         patched.setenv("AIRFLOW_CONN_DBOPS_REDIS", json.dumps({**redis, "port": _closed_port()}))
-        nightly = run_dag(without_retries(dagbag.get_dag("dbops_nightly_backup")), {"stores": ["redis"]},
-                          logical_date=datetime.now(UTC))  # a night has a logical date
+        nightly = run_dag(
+            without_retries(dagbag.get_dag("dbops_nightly_backup")),
+            {"stores": ["redis"]},
+            logical_date=datetime.now(UTC),
+        )  # a night has a logical date
     assert nightly.state == "failed"
     alerts.clear()
 
@@ -86,7 +100,12 @@ def test_an_old_backup_raises_the_alert_and_turns_the_page_red(dagbag, setup, al
     seconds = time.monotonic() - started
     assert run.state == "failed"
     states = {ti.task_id: ti.state for ti in run.get_task_instances()}
-    assert states == {"offsite_catalogs": "success", "nightly_run": "success", "check_recovery_points": "failed"}
+    assert states == {
+        "offsite_catalogs": "success",
+        "nightly_run": "success",
+        "check_recovery_points": "failed",
+        "summary": "success",
+    }
 
     # the alert: a POST naming the task and the age over the limit
     deadline = time.monotonic() + 10
@@ -95,10 +114,14 @@ def test_an_old_backup_raises_the_alert_and_turns_the_page_red(dagbag, setup, al
     assert len(alerts) == 1, alerts
     alert = alerts[0]
     assert alert["dag_id"] == "dbops_recovery_check" and alert["task_id"] == "check_recovery_points"
-    assert (f"redis: the newest verified backup of redis ({old.backup_id}) is 30.0 h old: "
-            "over recovery_point.max_backup_age_hours = 26.0 h") in alert["message"]
-    assert (f"redis: the last run of dbops_nightly_backup ({nightly.run_id}) failed: backup_redis, retention_redis"
-            in alert["message"])
+    assert (
+        f"redis: the newest verified backup of redis ({old.backup_id}) is 30.0 h old: "
+        "over recovery_point.max_backup_age_hours = 26.0 h"
+    ) in alert["message"]
+    assert (
+        f"redis: the last run of dbops_nightly_backup ({nightly.run_id}) failed: backup_redis, retention_redis"
+        in alert["message"]
+    )
     # no offsite copy yet of a series younger than max_offsite_age_hours: a warning, no alert
     assert "offsite" not in alert["message"]
 

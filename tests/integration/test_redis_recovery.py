@@ -78,9 +78,18 @@ def make_adapter(endpoints: dict[str, Endpoint], **redis_settings) -> RedisAdapt
 
 def backup_of(adapter: RedisAdapter, root: Path, log: Log, run_id: str = "run1"):
     repo = BackupRepository(root)
-    take_backup(repo, adapter.series_backup(None), store="redis", subject=None, run_id=run_id,
-                dag_id="dbops_nightly_backup", logical_date=None, force=False,
-                stale_staging=timedelta(hours=12), log=log)  # fmt: skip
+    take_backup(
+        repo,
+        adapter.series_backup(None),
+        store="redis",
+        subject=None,
+        run_id=run_id,
+        dag_id="dbops_nightly_backup",
+        logical_date=None,
+        force=False,
+        stale_staging=timedelta(hours=12),
+        log=log,
+    )
     return repo, resolve_backup(repo, "redis", None, "latest")
 
 
@@ -140,8 +149,15 @@ def test_drill_copies_through_the_restore_path_and_catches_a_bad_copy(servers, t
     log = Log()
     repo, backup = backup_of(adapter, tmp_path / "backups", log)
 
-    result = run_drill(repo, backup, target=adapter.drill_target(backup),
-                       drill=lambda b, found: adapter.drill(b, found, log), run_id="d1", dag_id="drill", log=log)  # fmt: skip
+    result = run_drill(
+        repo,
+        backup,
+        target=adapter.drill_target(backup),
+        drill=lambda b, found: adapter.drill(b, found, log),
+        run_id="d1",
+        dag_id="drill",
+        log=log,
+    )
     assert result["ok"], result
     assert any("databases [0, 3, 9, 15]" in note and "MIGRATE" in note for note in result["notes"]), result["notes"]
     assert not list((tmp_path / "backups").glob("**/dbops_drill_*"))
@@ -195,8 +211,15 @@ def test_writer_during_backup_drill_and_restore_pass(servers, tmp_path):
         adapter = make_adapter({LIVE: live, TARGET: target})
         log = Log()
         repo, backup = backup_of(adapter, tmp_path / "backups", log)
-        drilled = run_drill(repo, backup, target=adapter.drill_target(backup),
-                            drill=lambda b, found: adapter.drill(b, found, log), run_id="d1", dag_id="drill", log=log)  # fmt: skip
+        drilled = run_drill(
+            repo,
+            backup,
+            target=adapter.drill_target(backup),
+            drill=lambda b, found: adapter.drill(b, found, log),
+            run_id="d1",
+            dag_id="drill",
+            log=log,
+        )
         result = adapter.restore(backup, adapter.plan_restore(backup, request(), log), log)
     finally:
         stop.set()

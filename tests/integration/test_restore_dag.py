@@ -37,13 +37,23 @@ def dag(dagbag):
     return without_retries(dagbag.get_dag("dbops_restore"))
 
 
-DEFAULTS = {"store": "postgres", "source": "local", "backup_id": "latest", "database": "", "target": "",
-            "confirm_overwrite": "", "topics": [], "target_time": "", "target_lsn": "", "target_name": ""}
+DEFAULTS = {
+    "store": "postgres",
+    "source": "local",
+    "backup_id": "latest",
+    "database": "",
+    "target": "",
+    "confirm_overwrite": "",
+    "topics": [],
+    "target_time": "",
+    "target_lsn": "",
+    "target_name": "",
+}
 
 
-def restore(dag, **conf):
+def restore(dag, respond=None, **conf):
     # every Param given: dag.test() keeps the conf of the previous run in the DAG's params
-    run = run_dag(dag, {**DEFAULTS, **conf})
+    run = run_dag(dag, {**DEFAULTS, **conf}, respond=respond)
     return run, states(run)
 
 
@@ -58,15 +68,21 @@ def test_postgres_into_a_new_database_equals_the_source_and_a_rerun_does_not_dou
     backup_id = latest(src, "postgres", src.pg_db)
     target = f"{src.pg_db}_restored_{backup_id.lower()}"
     try:
-        run, st = restore(dag, store="postgres", database=src.pg_db)
+        run, st = restore(dag, store="postgres", database=src.pg_db)  # no respond: a wait would fail the run
         assert run.state == "success", st
         assert st["restore_postgres"] == "success"
+        # a new database destroys nothing: the approval passes at once, nobody is asked
+        assert run.approvals == [] and task_result(run, "approve")["approved"] is None
         assert all(st[f"restore_{s}"] == "skipped" for s in ("mongo", "redis", "kafka", "weaviate"))
         result = task_result(run, "restore_postgres")
         assert result["target"] == target and result["backup_id"] == backup_id
         assert result["differences"] == [] and result["already"] is False and result["replaced"] is False
         assert result["tables"] == 2 and result["rows"] == 350
         assert pg_rows(src.pg, target) == pg_rows(src.pg, src.pg_db)  # vectors included
+        # the run's summary (the `summary` task's return value) names the database it created
+        text = task_result(run, "summary")
+        created = f"restore_postgres: restored postgres backup {backup_id} of {src.pg_db} into {target} (created)"
+        assert created in text, text
 
         again, st = restore(dag, store="postgres", database=src.pg_db)
         assert again.state == "success", st
@@ -85,8 +101,11 @@ def test_postgres_over_an_existing_database_needs_confirm_naming_it(src, dag, ca
         c.commit()
     changed = pg_rows(src.pg, src.pg_db)
 
-    for confirm, why in (("", f"set confirm_overwrite to '{src.pg_db}' (exactly)"),
-                         ("yes", "must name the target exactly"), (src.pg_db.upper(), "must name the target exactly")):
+    for confirm, why in (
+        ("", f"set confirm_overwrite to '{src.pg_db}' (exactly)"),
+        ("yes", "must name the target exactly"),
+        (src.pg_db.upper(), "must name the target exactly"),
+    ):
         capfd.readouterr()
         run, st = restore(dag, store="postgres", database=src.pg_db, target=src.pg_db, confirm_overwrite=confirm)
         assert run.state == "failed" and st["plan"] == "failed", st
@@ -94,8 +113,11 @@ def test_postgres_over_an_existing_database_needs_confirm_naming_it(src, dag, ca
         assert "refused before any work" in (out := "".join(capfd.readouterr())) and why in out
         assert pg_rows(src.pg, src.pg_db) == changed  # nothing was touched
 
-    run, st = restore(dag, store="postgres", database=src.pg_db, target=src.pg_db, confirm_overwrite=src.pg_db)
+    run, st = restore(
+        dag, store="postgres", database=src.pg_db, target=src.pg_db, confirm_overwrite=src.pg_db, respond="Approve"
+    )
     assert run.state == "success", st
+    assert [a["task_id"] for a in run.approvals] == ["approve"] and task_result(run, "approve")["approved"] is True
     result = task_result(run, "restore_postgres")
     assert result["replaced"] is True and result["differences"] == []
     rows = pg_rows(src.pg, src.pg_db)
@@ -103,10 +125,16 @@ def test_postgres_over_an_existing_database_needs_confirm_naming_it(src, dag, ca
     # the database it replaced is kept aside, as it was, never dropped
     aside = f"{src.pg_db}_dbops_old_{result['backup_id'].lower()}"
     with pg_connect(src.pg, "postgres") as c:
-        leftovers = c.execute("SELECT datname FROM pg_database WHERE datname LIKE %s ORDER BY 1",
-                              [f"{src.pg_db}%"]).fetchall()  # fmt: skip
+        leftovers = c.execute(
+            "SELECT datname FROM pg_database WHERE datname LIKE %s ORDER BY 1", [f"{src.pg_db}%"]
+        ).fetchall()
     assert leftovers == [(src.pg_db,), (aside,)]
     assert pg_rows(src.pg, aside) == changed
+    text = task_result(run, "summary")  # the run's summary: what was replaced, and where the old one is
+    assert (
+        f"restore_postgres: replaced {src.pg_db} with postgres backup {result['backup_id']} of {src.pg_db}, "
+        f"the old one set aside as {aside} in " in text
+    ), text
     drop_pg(src.pg, aside)
 
 
@@ -121,8 +149,16 @@ def test_malformed_or_missing_backup_ids_are_refused_before_any_work(src, dag, c
     from dbops.tasks import restore as tasks
 
     with pytest.raises(Exception, match="refused before any work: backup_id '../../etc'"):
-        tasks._request({"store": "postgres", "backup_id": "../../etc", "database": "", "target": "",
-                        "confirm_overwrite": "", "topics": []})
+        tasks._request(
+            {
+                "store": "postgres",
+                "backup_id": "../../etc",
+                "database": "",
+                "target": "",
+                "confirm_overwrite": "",
+                "topics": [],
+            }
+        )
     capfd.readouterr()
     run, st = restore(dag, store="postgres", database=src.pg_db, backup_id="20200101T000000Z")
     assert run.state == "failed" and st["plan"] == "failed" and st["restore_postgres"] == "upstream_failed"
@@ -191,10 +227,106 @@ def test_redis_into_a_named_instance_copies_keys_then_refuses_conflicts_without_
         assert "1 key(s) of the backup exist in 'dbops_test_redis_target' with other values" in out
         assert f"set confirm_overwrite to '{conn_id}'" in out
         assert target.get(src.prefix + "string") == b"edited in the target"
-        run, st = restore(dag, store="redis", target=conn_id, confirm_overwrite=conn_id)
+        run, st = restore(dag, store="redis", target=conn_id, confirm_overwrite=conn_id, respond="Approve")
         assert run.state == "success", st
         assert task_result(run, "restore_redis")["replaced_keys"] == 1
         assert target.get(src.prefix + "string") == b"plain value"
+
+
+def _pg_names(src) -> list[str]:
+    with pg_connect(src.pg, "postgres") as c:
+        return [
+            r[0]
+            for r in c.execute(
+                "SELECT datname FROM pg_database WHERE datname LIKE %s ORDER BY 1", [f"{src.pg_db}%"]
+            ).fetchall()
+        ]
+
+
+@pytest.fixture
+def occupied(src):
+    """A database that exists (holding other data than any backup) for an overwrite to replace."""
+    name = f"{src.pg_db}_occupied"
+    drop_pg(src.pg, name)
+    with pg_connect(src.pg, "postgres", autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    with pg_connect(src.pg, name) as c:
+        c.execute("CREATE TABLE notes (id int PRIMARY KEY, body text)")
+        c.execute("INSERT INTO notes VALUES (1, 'must survive a rejection')")
+        c.commit()
+    yield name
+    drop_pg(src.pg, *[n for n in _pg_names(src) if n.startswith(name)])
+
+
+def _notes(src, name) -> list[tuple]:
+    with pg_connect(src.pg, name) as c:
+        return c.execute("SELECT * FROM notes ORDER BY id").fetchall()
+
+
+def test_postgres_overwrite_waits_for_an_approval_that_shows_the_plan_and_a_rejection_changes_nothing(
+    src, dag, occupied
+):
+    import psycopg
+
+    names = _pg_names(src)
+    backup = src.repo.latest("postgres", src.pg_db)
+    # a client connected to the database the restore would replace: the approval names its session
+    client = psycopg.connect(
+        host=src.pg["host"],
+        port=src.pg["port"],
+        user=src.pg["login"],
+        password=src.pg["password"],
+        dbname=occupied,
+        application_name="approval-test-client",
+    )
+    try:
+        run, st = restore(
+            dag, store="postgres", database=src.pg_db, target=occupied, confirm_overwrite=occupied, respond="Reject"
+        )
+        assert run.state == "success", st  # a rejection is an answer, not a failure
+        assert st["approve"] == "success" and st["restore_postgres"] == "skipped", st
+        assert task_result(run, "approve", key="approval")["approved"] is False
+        assert client.execute("SELECT 1").fetchone() == (1,)  # its session was not ended
+    finally:
+        client.close()
+    # nothing changed: the old database as it was, no new copy, nothing set aside
+    assert _notes(src, occupied) == [(1, "must survive a rejection")] and _pg_names(src) == names
+
+    [asked] = run.approvals
+    assert asked["task_id"] == "approve" and occupied in asked["subject"]
+    body = asked["body"]
+    from dbops.tools import human_bytes
+
+    assert f"`{occupied}`" in body and f"{occupied}_dbops_old_{backup.backup_id.lower()}" in body  # replaced, kept as
+    assert "Sessions that end" in body and "application approval-test-client" in body
+    assert backup.backup_id in body and f"{human_bytes(backup.total_bytes)} ({backup.total_bytes} bytes)" in body
+    assert f"taken {backup.taken_at.isoformat()}" in body and " old" in body  # the age
+    assert "Reject" in body and "nothing changes" in body
+
+    # approved, the same restore replaces it (the old one kept aside)
+    run, st = restore(
+        dag, store="postgres", database=src.pg_db, target=occupied, confirm_overwrite=occupied, respond="Approve"
+    )
+    assert run.state == "success" and st["restore_postgres"] == "success", st
+    assert pg_rows(src.pg, occupied) == pg_rows(src.pg, src.pg_db)
+    assert _notes(src, f"{occupied}_dbops_old_{backup.backup_id.lower()}") == [(1, "must survive a rejection")]
+
+
+def test_an_unanswered_approval_times_out_and_changes_nothing(src, dag, occupied):
+    from tests.integration.restore_sources import set_config
+
+    names = _pg_names(src)
+    set_config({**src.config, "restore": {"approval_timeout_minutes": 0.05}})
+    try:
+        # the scheduler's own timeout sweep, once the 3 s passed
+        run, st = restore(
+            dag, store="postgres", database=src.pg_db, target=occupied, confirm_overwrite=occupied, respond="timeout"
+        )
+    finally:
+        set_config(src.config)
+    assert run.state == "failed" and st["approve"] == "failed", st
+    assert st["restore_postgres"] == "upstream_failed", st
+    assert _notes(src, occupied) == [(1, "must survive a rejection")] and _pg_names(src) == names
 
 
 def test_redis_into_the_live_instance_needs_confirm(src, dag, capfd):
@@ -204,6 +336,11 @@ def test_redis_into_the_live_instance_needs_confirm(src, dag, capfd):
     assert "'dbops_redis' is the live Redis" in "".join(capfd.readouterr())
     run, st = restore(dag, store="redis")  # no target at all
     assert run.state == "failed" and st["plan"] == "failed", st
+    # confirmed, it still waits for an approval naming the live Redis; rejected, nothing is written
+    run, st = restore(dag, store="redis", target="dbops_redis", confirm_overwrite="dbops_redis", respond="Reject")
+    assert run.state == "success" and st["approve"] == "success" and st["restore_redis"] == "skipped", st
+    [asked] = run.approvals
+    assert "is the live Redis" in asked["body"] and "dbops_redis" in asked["subject"]
 
 
 # --------------------------------------------------------------------------- Kafka

@@ -61,8 +61,12 @@ def test_the_drill_is_green_on_good_backups_records_it_and_leaves_no_scratch(src
     redis_notes = src.repo.latest("redis").sidecars["drill"]["notes"]
     assert any("loaded by a scratch redis-server and copied with MIGRATE into a second one" in n for n in redis_notes)
     assert _scratch_left(src) == {"postgres": [], "mongo": [], "kafka": []}
-    summary = task_result(run, "summary")
+    summary = task_result(run, "summary", key="result")
     assert set(summary["drilled"]) == {"postgres/" + src.pg_db, "postgres/_globals", "mongo", "redis", "kafka"}
+    # the run's summary (the return value shown in the UI): each series and what the drill found
+    text = task_result(run, "summary")
+    assert text.startswith("restore drill of the local backups: 5 drilled, all equal to their backups"), text
+    assert f"redis/{chosen[('redis', None)]}: equal, restored into " in text, text
 
 
 def test_a_drill_that_finds_no_backup_fails(src, dag, tmp_path, capfd):
@@ -97,6 +101,9 @@ def test_a_drill_failing_after_its_restore_removes_the_scratch_and_a_rerun_conve
     assert run.state == "failed" and st["drill_mongo"] == "failed" and st["summary"] == "failed", st
     drill = src.repo.list("mongo")[-1].sidecars["drill"]
     assert drill["ok"] is False and drill["differences"] == ["restore failed: RuntimeError: comparison crashed"]
+    # the run's summary names the difference itself, although the summary task failed
+    text = task_result(run, "summary")
+    assert f"mongo/{backup_id}: restore failed: RuntimeError: comparison crashed" in text, text
     assert src.repo.latest("mongo") is None
     assert _scratch_left(src)["mongo"] == []  # dropped although the drill failed after restoring
 
@@ -113,8 +120,15 @@ def test_a_drill_failing_after_its_restore_removes_the_scratch_and_a_rerun_conve
     from dbops.tasks.drill import log
 
     backup = r.resolve_backup(src.repo, "mongo", None, backup_id)
-    result = r.run_drill(src.repo, backup, target="scratch", drill=store_drill("mongo", log.info),
-                         run_id=run.run_id, dag_id=run.dag_id, log=log.info)
+    result = r.run_drill(
+        src.repo,
+        backup,
+        target="scratch",
+        drill=store_drill("mongo", log.info),
+        run_id=run.run_id,
+        dag_id=run.dag_id,
+        log=log.info,
+    )
     assert result["ok"] is True, result
     assert src.repo.latest("mongo").backup_id == backup_id  # verified again
     assert _scratch_left(src)["mongo"] == []
@@ -122,7 +136,9 @@ def test_a_drill_failing_after_its_restore_removes_the_scratch_and_a_rerun_conve
 
 def test_a_flipped_byte_fails_the_drill_and_the_backup_is_no_longer_verified(src, dag, capfd, dagbag):
     backup = src.repo.latest("postgres", src.pg_db)
-    data_file = next(f["path"] for f in backup.manifest["files"] if f["path"].startswith("dump/") and ".dat" in f["path"])
+    data_file = next(
+        f["path"] for f in backup.manifest["files"] if f["path"].startswith("dump/") and ".dat" in f["path"]
+    )
     path = backup.path / data_file
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0x01
@@ -149,8 +165,20 @@ def test_a_flipped_byte_fails_the_drill_and_the_backup_is_no_longer_verified(src
     # a restore of "latest" now refuses: there is no verified backup left
     restore = without_retries(dagbag.get_dag("dbops_restore"))
     capfd.readouterr()
-    run = run_dag(restore, {"store": "postgres", "source": "local", "backup_id": "latest", "database": src.pg_db,
-                            "target": "", "confirm_overwrite": "", "topics": [], "target_time": "", "target_lsn": "",
-                            "target_name": ""})  # fmt: skip
+    run = run_dag(
+        restore,
+        {
+            "store": "postgres",
+            "source": "local",
+            "backup_id": "latest",
+            "database": src.pg_db,
+            "target": "",
+            "confirm_overwrite": "",
+            "topics": [],
+            "target_time": "",
+            "target_lsn": "",
+            "target_name": "",
+        },
+    )
     assert run.state == "failed" and states(run)["plan"] == "failed"
     assert f"no verified backup of postgres/{src.pg_db}" in "".join(capfd.readouterr())

@@ -22,13 +22,30 @@ from tests.offsite_support import Log, empty_prefix, local_repository_gone, remo
 
 pytestmark = pytest.mark.integration
 
-RESTORE = {"store": "postgres", "source": "local", "backup_id": "latest", "database": "", "target": "",
-           "confirm_overwrite": "", "topics": [], "target_time": "", "target_lsn": "", "target_name": ""}  # fmt: skip
+RESTORE = {
+    "store": "postgres",
+    "source": "local",
+    "backup_id": "latest",
+    "database": "",
+    "target": "",
+    "confirm_overwrite": "",
+    "topics": [],
+    "target_time": "",
+    "target_lsn": "",
+    "target_name": "",
+}
 
 
 def sync_conf(target: str) -> dict:
-    return {"targets": [target], "stores": ["postgres"], "retention_days": 30, "min_keep": 3, "dry_run": False,
-            "retention_dry_run": False, "deep_verify": False}  # fmt: skip
+    return {
+        "targets": [target],
+        "stores": ["postgres"],
+        "retention_days": 30,
+        "min_keep": 3,
+        "dry_run": False,
+        "retention_dry_run": False,
+        "deep_verify": False,
+    }
 
 
 @pytest.fixture(scope="module")
@@ -36,20 +53,33 @@ def env(devstack, dagbag, tmp_path_factory):
     base = tmp_path_factory.mktemp("offsite-restore")
     tag = uuid.uuid4().hex[:8]
     s3 = devstack.service("s3")
-    e = SimpleNamespace(pg=devstack.conn("dbops_postgres"), db=f"dbops_test_{tag}", root=base / "backups",
-                        fetch=base / "fetch", remote=remote_dir(devstack), prefix=f"restore-offsite-{tag}",
-                        client=s3.client(), bucket=s3.environment()["DBOPS_OFFSITE__S3_BUCKET"])  # fmt: skip
+    e = SimpleNamespace(
+        pg=devstack.conn("dbops_postgres"),
+        db=f"dbops_test_{tag}",
+        root=base / "backups",
+        fetch=base / "fetch",
+        remote=remote_dir(devstack),
+        prefix=f"restore-offsite-{tag}",
+        client=s3.client(),
+        bucket=s3.environment()["DBOPS_OFFSITE__S3_BUCKET"],
+    )
     e.config = {
         "backup": {"root": str(e.root)},
         "postgres": {"databases": [e.db]},
         "pitr": {"enabled": False},
-        "offsite": {"rsync_remote_dir": str(e.remote), "s3_prefix": e.prefix, "s3_bucket": e.bucket,
-                    "fetch_dir": str(e.fetch)},
-    }  # fmt: skip
+        "offsite": {
+            "rsync_remote_dir": str(e.remote),
+            "s3_prefix": e.prefix,
+            "s3_bucket": e.bucket,
+            "fetch_dir": str(e.fetch),
+        },
+    }
     from airflow.models.variable import Variable
 
-    dags = {d: dagbag.get_dag(d) for d in ("dbops_restore", "dbops_restore_drill", "dbops_offsite_sync",
-                                           "dbops_nightly_backup")}
+    dags = {
+        d: dagbag.get_dag(d)
+        for d in ("dbops_restore", "dbops_restore_drill", "dbops_offsite_sync", "dbops_nightly_backup")
+    }
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("AIRFLOW_VAR_DBOPS_OFFSITE_KEY", os.urandom(32).hex())
         try:
@@ -104,8 +134,7 @@ def test_restore_from_s3_with_the_local_repository_gone(env):
 def test_restore_from_rsync_resumes_an_interrupted_download_and_decrypts(env):
     from dbops.offsite.common import SeriesKey
     from dbops.offsite.restore import download_folder, fetch_repository
-    from dbops.offsite.targets import open_target
-    from dbops.runtime import runtime_config
+    from dbops.runtime import open_target, runtime_config
 
     # an earlier attempt got every file but the largest (as a killed download leaves it)
     config = runtime_config(env.config)  # outside a task the Variable is not read
@@ -143,7 +172,9 @@ def test_bad_sources_are_refused_before_any_work(env, capfd):
         capfd.readouterr()
         run, st = restore(env, source="rsync", database=env.db)
         assert run.state == "failed" and st["plan"] == "failed" and st["restore_postgres"] == "upstream_failed", st
-        assert "source 'rsync' is not a configured offsite target (offsite.targets: ['s3'])" in "".join(capfd.readouterr())
+        assert "source 'rsync' is not a configured offsite target (offsite.targets: ['s3'])" in "".join(
+            capfd.readouterr()
+        )
     finally:
         set_config(env.config)
     run, st = restore(env, source="s3", target_time="latest", database=env.db)  # S3 holds no base backup
@@ -153,7 +184,9 @@ def test_bad_sources_are_refused_before_any_work(env, capfd):
 
 
 def test_a_tampered_offsite_copy_is_refused_before_anything_is_restored(env, capfd):
-    data = next(f["path"] for f in env.backup.manifest["files"] if f["path"].startswith("dump/") and ".dat" in f["path"])
+    data = next(
+        f["path"] for f in env.backup.manifest["files"] if f["path"].startswith("dump/") and ".dat" in f["path"]
+    )
     key = f"{env.prefix}/postgres/{env.db}/{env.backup.backup_id}/{data}"
     original = env.client.get_object(Bucket=env.bucket, Key=key)["Body"].read()
     changed = bytearray(original)
@@ -186,7 +219,7 @@ def test_the_drill_from_s3_passes_and_records_beside_the_fetched_copy(env):
     assert run.state == "success", st
     assert st["drill_postgres[0]"] == st["drill_postgres[1]"] == st["summary"] == "success", st
     assert st["local_only"] == st["drill_postgres_pitr"] == "skipped", st
-    summary = task_result(run, "summary")
+    summary = task_result(run, "summary", key="result")
     assert summary["source"] == "s3" and set(summary["drilled"]) == {f"postgres/{env.db}", "postgres/_globals"}
     assert summary["drilled"][f"postgres/{env.db}"]["download"]["seconds"] >= 0
     copy_ = BackupRepository(env.fetch / "s3").latest("postgres", env.db)

@@ -48,14 +48,30 @@ def test_a_database_recovered_to_a_time_from_the_offsite_copies_alone(pitr_clust
         "backup": {"root": str(root)},
         "connections": {"postgres": ADMIN_CONN, "postgres_replication": REPLICATION_CONN},
         "postgres": {"databases": [DB]},
-        "pitr": {"slot": stack.slot, "scratch_dir": str(tmp / "scratch"), "scratch_os_user": "dbops-pg",
-                 "wait_for_wal_s": 60},
-        "offsite": {"targets": ["rsync"], "rsync_remote_dir": str(remote), "encryption": True,
-                    "fetch_dir": str(tmp / "fetch")},
-    }  # fmt: skip
-    env = {**cluster.connection_env(ADMIN_CONN, REPLICATION_CONN), "AIRFLOW_VAR_DBOPS_OFFSITE_KEY": os.urandom(32).hex()}
+        "pitr": {
+            "slot": stack.slot,
+            "scratch_dir": str(tmp / "scratch"),
+            "scratch_os_user": "dbops-pg",
+            "wait_for_wal_s": 60,
+        },
+        "offsite": {
+            "targets": ["rsync"],
+            "rsync_remote_dir": str(remote),
+            "encryption": True,
+            "fetch_dir": str(tmp / "fetch"),
+        },
+    }
+    env = {
+        **cluster.connection_env(ADMIN_CONN, REPLICATION_CONN),
+        "AIRFLOW_VAR_DBOPS_OFFSITE_KEY": os.urandom(32).hex(),
+    }
     dag = dagbag.get_dag("dbops_restore")
-    admin = {"host": cluster.host, "port": cluster.port, "login": cluster.superuser, "password": cluster.superuser_password}
+    admin = {
+        "host": cluster.host,
+        "port": cluster.port,
+        "login": cluster.superuser,
+        "password": cluster.superuser_password,
+    }
     with pytest.MonkeyPatch.context() as patch:
         for name, value in env.items():
             patch.setenv(name, value)
@@ -78,15 +94,32 @@ def test_a_database_recovered_to_a_time_from_the_offsite_copies_alone(pitr_clust
                 segment = conn.execute("SELECT pg_walfile_name(pg_switch_wal())").fetchone()[0]
             stack.wait_sealed(segment, timeout=60)
             assert run_dag(wal_check).state == "success"  # ships the sealed WAL
-            sync = run_dag(without_retries(dagbag.get_dag("dbops_offsite_sync")), {
-                "targets": ["rsync"], "stores": ["postgres_pitr"], "retention_days": 30, "min_keep": 3,
-                "dry_run": False, "retention_dry_run": False, "deep_verify": False})  # fmt: skip
+            sync = run_dag(
+                without_retries(dagbag.get_dag("dbops_offsite_sync")),
+                {
+                    "targets": ["rsync"],
+                    "stores": ["postgres_pitr"],
+                    "retention_days": 30,
+                    "min_keep": 3,
+                    "dry_run": False,
+                    "retention_dry_run": False,
+                    "deep_verify": False,
+                },
+            )
             assert sync.state == "success", states(sync)
             stack.stop_receiver()  # lost with the backup host
 
             with local_repository_gone(root):
-                run = run_dag(without_retries(dag), {**RESTORE, "source": "rsync", "database": DB, "target": COPY,
-                                                     "target_time": target_time.isoformat()})  # fmt: skip
+                run = run_dag(
+                    without_retries(dag),
+                    {
+                        **RESTORE,
+                        "source": "rsync",
+                        "database": DB,
+                        "target": COPY,
+                        "target_time": target_time.isoformat(),
+                    },
+                )
             st = states(run)
             assert run.state == "success", st
             assert st["restore_postgres_pitr_offsite"] == "success", st

@@ -33,13 +33,12 @@ def run_with_callback_channel(dag, conf: dict):
 
     import psutil
     import structlog
-    from uuid6 import uuid7
-
     from airflow.sdk.execution_time.supervisor import (
         InProcessSupervisorComms,
         InProcessTestSupervisor,
         set_supervisor_comms,
     )
+    from uuid6 import uuid7
 
     supervisor = InProcessTestSupervisor(
         id=uuid7(),
@@ -138,18 +137,10 @@ def system_logs_topic(devstack):
 # --- the tests ---------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def backup_root(tmp_path):
-    root = tmp_path / "backups"
-    root.mkdir(mode=0o700)
-    return root
-
-
 def test_a_successful_backup_run_publishes_its_summary_to_kafka_and_mongo(
     dagbag, dbops_variable, backup_root, devstack, system_logs_topic
 ):
-    dbops_variable({"backup": {"root": str(backup_root)},
-                    "notify": {"kafka_events": True, "mongo_events": True}})
+    dbops_variable({"backup": {"root": str(backup_root)}, "notify": {"kafka_events": True, "mongo_events": True}})
     dag = dagbag.get_dag("dbops_nightly_backup")
     started = time.monotonic()
     run = run_with_callback_channel(dag, {"stores": ["redis"]})
@@ -167,11 +158,18 @@ def test_a_successful_backup_run_publishes_its_summary_to_kafka_and_mongo(
     assert details["dag"] == "dbops_nightly_backup" and details["run"] == run.run_id
     assert details["outcome"] == "success" and event["level"] == "INFO" and event["service"] == "dbops"
     assert details["stores"] == ["redis"]
-    assert details["backups"] == [{
-        "task": "backup_redis", "store": "redis", "subject": None, "backup_id": backup.backup_id,
-        "total_bytes": backup.total_bytes, "seconds": details["backups"][0]["seconds"],
-        "reused": False, "compression": backup.manifest.get("compression", ""),
-    }]
+    assert details["backups"] == [
+        {
+            "task": "backup_redis",
+            "store": "redis",
+            "subject": None,
+            "backup_id": backup.backup_id,
+            "total_bytes": backup.total_bytes,
+            "seconds": details["backups"][0]["seconds"],
+            "reused": False,
+            "compression": backup.manifest.get("compression", ""),
+        }
+    ]
     assert details["total_bytes"] == backup.total_bytes > 0
     assert 0 < details["backups"][0]["seconds"] < run_seconds
     assert 0 < details["duration_s"] <= run_seconds + 1
@@ -191,16 +189,41 @@ def test_a_failed_run_alerts_by_webhook_and_email_and_reports_failed(
 ):
     redis = devstack.conn("dbops_redis")
     monkeypatch.setenv("AIRFLOW_CONN_DBOPS_REDIS", json.dumps({**redis, "port": _closed_port()}))
-    monkeypatch.setenv("AIRFLOW_CONN_DBOPS_ALERTS", json.dumps(
-        {"conn_type": "http", "host": "127.0.0.1", "port": webhook.server_port, "password": "alert-token",
-         "extra": {"endpoint": "/hooks/dbops"}}))
-    monkeypatch.setenv("AIRFLOW_CONN_DBOPS_SMTP", json.dumps(
-        {"conn_type": "smtp", "host": "127.0.0.1", "port": smtp_sink.server_address[1],
-         "extra": {"disable_tls": True, "disable_ssl": True, "from_email": "dbops@example.com",
-                   "timeout": 5, "retry_limit": 0}}))
-    dbops_variable({"backup": {"root": str(backup_root)},
-                    "notify": {"kafka_events": True, "mongo_events": True, "webhook": True,
-                               "email_to": ["dba@example.com"]}})
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_DBOPS_ALERTS",
+        json.dumps(
+            {
+                "conn_type": "http",
+                "host": "127.0.0.1",
+                "port": webhook.server_port,
+                "password": "alert-token",
+                "extra": {"endpoint": "/hooks/dbops"},
+            }
+        ),
+    )
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_DBOPS_SMTP",
+        json.dumps(
+            {
+                "conn_type": "smtp",
+                "host": "127.0.0.1",
+                "port": smtp_sink.server_address[1],
+                "extra": {
+                    "disable_tls": True,
+                    "disable_ssl": True,
+                    "from_email": "dbops@example.com",
+                    "timeout": 5,
+                    "retry_limit": 0,
+                },
+            }
+        ),
+    )
+    dbops_variable(
+        {
+            "backup": {"root": str(backup_root)},
+            "notify": {"kafka_events": True, "mongo_events": True, "webhook": True, "email_to": ["dba@example.com"]},
+        }
+    )
     dag = without_retries(dagbag.get_dag("dbops_nightly_backup"))
     run = run_with_callback_channel(dag, {"stores": ["redis"]})
     assert run.state == "failed"
@@ -242,8 +265,9 @@ def test_a_failed_run_alerts_by_webhook_and_email_and_reports_failed(
 def test_by_default_nothing_is_sent(
     dagbag, dbops_variable, backup_root, devstack, system_logs_topic, webhook, monkeypatch
 ):
-    monkeypatch.setenv("AIRFLOW_CONN_DBOPS_ALERTS", json.dumps(
-        {"conn_type": "http", "host": "127.0.0.1", "port": webhook.server_port}))
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_DBOPS_ALERTS", json.dumps({"conn_type": "http", "host": "127.0.0.1", "port": webhook.server_port})
+    )
     dbops_variable({"backup": {"root": str(backup_root)}})
     run = run_with_callback_channel(dagbag.get_dag("dbops_nightly_backup"), {"stores": ["redis"]})
     assert run.state == "success"
@@ -256,10 +280,13 @@ def test_a_failed_delivery_is_logged_and_changes_no_run_state(
     dagbag, dbops_variable, backup_root, devstack, caplog, capfd, monkeypatch
 ):
     # Kafka events on, but the broker is unreachable; Mongo events still arrive.
-    monkeypatch.setenv("AIRFLOW_CONN_DBOPS_KAFKA", json.dumps(
-        {"conn_type": "kafka", "extra": {"bootstrap.servers": f"127.0.0.1:{_closed_port()}"}}))
-    dbops_variable({"backup": {"root": str(backup_root)},
-                    "notify": {"kafka_events": True, "mongo_events": True, "timeout_s": 3}})
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_DBOPS_KAFKA",
+        json.dumps({"conn_type": "kafka", "extra": {"bootstrap.servers": f"127.0.0.1:{_closed_port()}"}}),
+    )
+    dbops_variable(
+        {"backup": {"root": str(backup_root)}, "notify": {"kafka_events": True, "mongo_events": True, "timeout_s": 3}}
+    )
     run = run_with_callback_channel(dagbag.get_dag("dbops_nightly_backup"), {"stores": ["redis"]})
     assert run.state == "success"  # the backup succeeded; the lost event does not make it a failure
     assert BackupRepository(backup_root).list("redis")

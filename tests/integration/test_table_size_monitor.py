@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -47,7 +47,9 @@ def add_rows(conn, n: int, width: int = 200) -> None:
 def history(conn, captured_at):
     rows = conn.execute(
         "SELECT schema_name, table_name, total_bytes, heap_bytes, index_bytes, toast_bytes, live_tuples "
-        "FROM dbops.table_size_history WHERE captured_at = %s", (captured_at,)).fetchall()
+        "FROM dbops.table_size_history WHERE captured_at = %s",
+        (captured_at,),
+    ).fetchall()
     conn.rollback()
     return {(r[0], r[1]): r[2:] for r in rows}
 
@@ -57,7 +59,8 @@ def test_a_capture_records_every_platform_table_with_consistent_sizes(conn):
     tables = conn.execute(
         "SELECT n.nspname, c.relname, pg_total_relation_size(c.oid) FROM pg_class c "
         "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind = 'r' AND n.nspname = ANY(%s)",
-        (PLATFORM_SCHEMAS,)).fetchall()
+        (PLATFORM_SCHEMAS,),
+    ).fetchall()
     conn.rollback()
     recorded = history(conn, captured_at)
     assert count == len(tables) == len(recorded) >= 14
@@ -69,7 +72,7 @@ def test_a_capture_records_every_platform_table_with_consistent_sizes(conn):
 
 def test_growth_over_several_captures_by_window_functions(conn):
     """Captures 30, 7 and ~1 day back and now, each after real growth; rates over the real spans."""
-    now = datetime.now(timezone.utc).replace(microsecond=0)
+    now = datetime.now(UTC).replace(microsecond=0)
     stamps = [now - timedelta(days=30), now - timedelta(days=7), now - timedelta(hours=23, minutes=50), now]
     for i, at in enumerate(stamps):
         if i:
@@ -98,7 +101,7 @@ def test_growth_over_several_captures_by_window_functions(conn):
 
 
 def test_growth_is_unknown_until_the_history_is_long_enough(conn):
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     sizes.capture(conn, PLATFORM_SCHEMAS, captured_at=now - timedelta(hours=12))  # too recent for "1 day"
     add_rows(conn, 100)
     sizes.capture(conn, PLATFORM_SCHEMAS, captured_at=now)
@@ -107,7 +110,7 @@ def test_growth_is_unknown_until_the_history_is_long_enough(conn):
 
 
 def test_thresholds_fire_naming_the_table_and_the_threshold(conn):
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     sizes.capture(conn, PLATFORM_SCHEMAS, captured_at=now - timedelta(days=1))
     add_rows(conn, 2000)
     sizes.capture(conn, PLATFORM_SCHEMAS, captured_at=now)
@@ -125,15 +128,16 @@ def test_thresholds_fire_naming_the_table_and_the_threshold(conn):
 
 
 def test_report_and_prometheus_files_from_real_rows(conn, tmp_path):
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     sizes.capture(conn, PLATFORM_SCHEMAS, captured_at=now - timedelta(days=1))
     add_rows(conn, 300)
     captured_at, _ = sizes.capture(conn, PLATFORM_SCHEMAS, captured_at=now)
     settings = MonitorSettings(reports_dir=tmp_path)
     rows = sizes.growth(conn, captured_at, settings)
-    report = sizes.atomic_write(sizes.report_path(tmp_path, captured_at),
-                                sizes.render_report(rows, [], captured_at=captured_at, database="x",
-                                                    schemas=settings.schemas))
+    report = sizes.atomic_write(
+        sizes.report_path(tmp_path, captured_at),
+        sizes.render_report(rows, [], captured_at=captured_at, database="x", schemas=settings.schemas),
+    )
     metrics = sizes.atomic_write(sizes.metrics_path(tmp_path), sizes.render_metrics(rows, [], captured_at))
     assert "data_platform.data_sources" in report.read_text()
     families = {f.name: f for f in text_string_to_metric_families(metrics.read_text())}
@@ -144,7 +148,7 @@ def test_report_and_prometheus_files_from_real_rows(conn, tmp_path):
 
 
 def test_old_history_is_pruned_recent_history_kept(conn):
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     sizes.capture(conn, PLATFORM_SCHEMAS, captured_at=now - timedelta(days=401))
     sizes.capture(conn, PLATFORM_SCHEMAS, captured_at=now - timedelta(days=399))
     removed = sizes.prune_history(conn, 400)

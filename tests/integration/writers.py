@@ -50,10 +50,14 @@ def postgres_writer(conn: dict, database: str) -> Writer:
     def step(rng: random.Random) -> None:
         roll = rng.random()
         if roll < 0.5:
-            session.execute("INSERT INTO live_writes (body, n) VALUES (md5(random()::text), %s)", [rng.randint(0, 9999)])
+            session.execute(
+                "INSERT INTO live_writes (body, n) VALUES (md5(random()::text), %s)", [rng.randint(0, 9999)]
+            )
         elif roll < 0.8:
-            session.execute("UPDATE live_writes SET n = n + 1 WHERE id = (SELECT min(id) + %s FROM live_writes)",
-                            [rng.randint(0, 50)])  # fmt: skip
+            session.execute(
+                "UPDATE live_writes SET n = n + 1 WHERE id = (SELECT min(id) + %s FROM live_writes)",
+                [rng.randint(0, 50)],
+            )
         else:
             session.execute("DELETE FROM live_writes WHERE id = (SELECT min(id) FROM live_writes)")
 
@@ -84,8 +88,9 @@ def mongo_writer(conn: dict, database: str) -> Writer:
 def redis_writer(conn: dict, prefix: str, databases: tuple[int, ...] = (0, 3, 9)) -> Writer:
     import redis
 
-    clients = {db: redis.Redis(host=conn["host"], port=conn["port"], password=conn.get("password"), db=db)
-               for db in databases}  # fmt: skip
+    clients = {
+        db: redis.Redis(host=conn["host"], port=conn["port"], password=conn.get("password"), db=db) for db in databases
+    }
 
     def step(rng: random.Random) -> None:
         client = clients[rng.choice(databases)]

@@ -8,16 +8,11 @@ import uuid
 import pytest
 from psycopg import sql
 
-from dbops.backup.repository import BackupRepository
+import tests.stack_env  # noqa: F401  (the local stack's connections and DBOPS_* settings)
 from tests.support import pg_connect
 
 # A Redis of the fault tests only: stopped and killed mid-backup (the shared one never is).
 SCRATCH_REDIS_PORT = 56397
-
-
-@pytest.fixture
-def repo(tmp_path) -> BackupRepository:
-    return BackupRepository(tmp_path / "backups")
 
 
 @pytest.fixture
@@ -68,6 +63,7 @@ def scratch_redis():
         yield server
     finally:
         server.stop()
+
 
 # the session-wide real Airflow of the bad-input and concurrency tests
 from tests.reliability.live_airflow import live_airflow  # noqa: E402,F401

@@ -24,13 +24,28 @@ DAG_ID = "dbops_nightly_backup"
 STALE_STAGING = timedelta(hours=12)
 
 
-def backup_now(repo: BackupRepository, adapter, *, subject: str | None = None, run_id: str, log: Log | None = None,
-               force: bool = False) -> BackupOutcome:  # fmt: skip
+def backup_now(
+    repo: BackupRepository,
+    adapter,
+    *,
+    subject: str | None = None,
+    run_id: str,
+    log: Log | None = None,
+    force: bool = False,
+) -> BackupOutcome:
     """``take_backup`` as the nightly backup task calls it."""
     return take_backup(
-        repo, adapter, store=adapter.store, subject=subject, run_id=run_id, dag_id=DAG_ID, logical_date=None,
-        force=force, stale_staging=STALE_STAGING, log=log or Log(),
-    )  # fmt: skip
+        repo,
+        adapter,
+        store=adapter.store,
+        subject=subject,
+        run_id=run_id,
+        dag_id=DAG_ID,
+        logical_date=None,
+        force=force,
+        stale_staging=STALE_STAGING,
+        log=log or Log(),
+    )
 
 
 @dataclass
@@ -101,8 +116,16 @@ def wait_until(condition, *, timeout: float, what: str, every: float = 0.02):
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
-def kill_tool_while_writing(job: Background, repo: BackupRepository, *, tool: str, store: str,
-                            subject: str | None = None, min_bytes: int, timeout: float = 90) -> dict:  # fmt: skip
+def kill_tool_while_writing(
+    job: Background,
+    repo: BackupRepository,
+    *,
+    tool: str,
+    store: str,
+    subject: str | None = None,
+    min_bytes: int,
+    timeout: float = 90,
+) -> dict:
     """Wait until ``tool`` runs as a child of this process and the staging folder holds
     ``min_bytes``, then SIGKILL it. Returns what was seen at that moment."""
 
@@ -140,9 +163,13 @@ def assert_verified(repo: BackupRepository, store: str, subject: str | None, bac
 
 def endpoint_of(conn: dict) -> Endpoint:
     return Endpoint(
-        host=conn["host"], port=conn["port"], login=conn.get("login"), password=conn.get("password"),
-        database=conn.get("schema"), extra=dict(conn.get("extra") or {}),
-    )  # fmt: skip
+        host=conn["host"],
+        port=conn["port"],
+        login=conn.get("login"),
+        password=conn.get("password"),
+        database=conn.get("schema"),
+        extra=dict(conn.get("extra") or {}),
+    )
 
 
 def redis_endpoint(server) -> Endpoint:

@@ -32,8 +32,10 @@ def _scratch_platform_database(conn: dict, name: str) -> None:
     with pg_connect(conn, name) as c:
         MigrationRunner(c, migrations()).run(StoreReport("postgres"))
         c.execute("CREATE TABLE public.load (id int PRIMARY KEY, body text)")
-        c.execute("INSERT INTO public.load SELECT g, md5(g::text) || repeat('x', 100) FROM generate_series(1, %s) g",
-                  [TABLE_ROWS])  # fmt: skip
+        c.execute(
+            "INSERT INTO public.load SELECT g, md5(g::text) || repeat('x', 100) FROM generate_series(1, %s) g",
+            [TABLE_ROWS],
+        )
         c.commit()
 
 
@@ -41,8 +43,10 @@ def dead_tuples(conn: dict, name: str) -> None:
     """Give VACUUM (ANALYZE) of dbops_pg_maintenance something to do."""
     with pg_connect(conn, name, autocommit=True) as c:
         c.execute("DELETE FROM public.load WHERE id % 2 = 0")
-        c.execute("INSERT INTO public.load SELECT g, md5(g::text) FROM generate_series(%s, %s) g",
-                  [TABLE_ROWS + 1, TABLE_ROWS + TABLE_ROWS // 2])  # fmt: skip
+        c.execute(
+            "INSERT INTO public.load SELECT g, md5(g::text) FROM generate_series(%s, %s) g",
+            [TABLE_ROWS + 1, TABLE_ROWS + TABLE_ROWS // 2],
+        )
 
 
 @pytest.fixture(scope="session")
@@ -56,8 +60,14 @@ def live_airflow(devstack, tmp_path_factory):
     root = tmp_path_factory.mktemp("reliability-airflow") / "backups"
     root.mkdir(mode=0o700)
     _scratch_platform_database(pg, database)
-    platform = {"conn_type": "postgres", "host": pg["host"], "port": pg["port"], "login": pg["login"],
-                "password": pg["password"], "schema": database}  # fmt: skip
+    platform = {
+        "conn_type": "postgres",
+        "host": pg["host"],
+        "port": pg["port"],
+        "login": pg["login"],
+        "password": pg["password"],
+        "schema": database,
+    }
     port = E2E_PORT
     instance = Airflow(
         name=f"airflow-reliability-{port}",
@@ -75,8 +85,9 @@ def live_airflow(devstack, tmp_path_factory):
     instance.drop_database()
     try:
         instance.up()
-        yield AirflowAPI(instance.url(), load_secrets()["airflow_admin"]), SimpleNamespace(
-            root=root, pg=pg, database=database, dir=instance.dir
+        yield (
+            AirflowAPI(instance.url(), load_secrets()["airflow_admin"]),
+            SimpleNamespace(root=root, pg=pg, database=database, dir=instance.dir),
         )
     finally:
         instance.stop()

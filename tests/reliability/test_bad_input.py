@@ -31,13 +31,26 @@ INJECTION = 'x"; DROP TABLE canary; --'
 
 def backup_conf(**params) -> dict:
     """Every Param, given: under ``dag.test`` a run's conf stays in the DAG's Param objects."""
-    return {"stores": ["redis"], "retention_days": 30, "min_keep": 3, "retention_dry_run": False, "force": False,
-            **params}  # fmt: skip
+    return {
+        "stores": ["redis"],
+        "retention_days": 30,
+        "min_keep": 3,
+        "retention_dry_run": False,
+        "force": False,
+        **params,
+    }
 
 
 def restore_conf(**params) -> dict:
-    return {"store": "postgres", "backup_id": "latest", "database": "", "target": "", "confirm_overwrite": "",
-            "topics": [], **params}  # fmt: skip
+    return {
+        "store": "postgres",
+        "backup_id": "latest",
+        "database": "",
+        "target": "",
+        "confirm_overwrite": "",
+        "topics": [],
+        **params,
+    }
 
 
 def maintenance_conf(**params) -> dict:
@@ -61,9 +74,13 @@ def world(devstack, dagbag, tmp_path_factory):
 
     tag = uuid.uuid4().hex[:8]
     w = SimpleNamespace(
-        tag=tag, pg=devstack.conn("dbops_postgres"), mongo=devstack.conn("dbops_mongo"),
-        redis=devstack.conn("dbops_redis"), db=f"dbops_bad_{tag}", root=tmp_path_factory.mktemp("bad") / "backups",
-    )  # fmt: skip
+        tag=tag,
+        pg=devstack.conn("dbops_postgres"),
+        mongo=devstack.conn("dbops_mongo"),
+        redis=devstack.conn("dbops_redis"),
+        db=f"dbops_bad_{tag}",
+        root=tmp_path_factory.mktemp("bad") / "backups",
+    )
     w.config = {"backup": {"root": str(w.root)}, "postgres": {"databases": [w.db]}, "mongo": {"database": w.db}}
     with pg_connect(w.pg, "postgres", autocommit=True) as admin:
         admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(w.db)))
@@ -155,9 +172,13 @@ PARAM_CASES = [
     ("backup_id_dotdot", RESTORE_DAG, restore_conf(backup_id="../../etc"), "backup_id"),
     ("backup_id_semicolon", RESTORE_DAG, restore_conf(backup_id="latest;rm"), "backup_id"),
     ("restore_unknown_store", RESTORE_DAG, restore_conf(store="oracle"), "store"),
-    ("vacuum_full_injection", MAINTENANCE_DAG, maintenance_conf(vacuum_full_tables=[f"public.{INJECTION}"]),
-     "vacuum_full_tables"),
-]  # fmt: skip
+    (
+        "vacuum_full_injection",
+        MAINTENANCE_DAG,
+        maintenance_conf(vacuum_full_tables=[f"public.{INJECTION}"]),
+        "vacuum_full_tables",
+    ),
+]
 
 
 @pytest.mark.parametrize("dag_id,conf,param", [c[1:] for c in PARAM_CASES], ids=[c[0] for c in PARAM_CASES])
@@ -183,8 +204,11 @@ def _runs_with_conf(dag_id: str, conf: dict) -> int:
         return sum(1 for run in session.query(DagRun).filter(DagRun.dag_id == dag_id) if run.conf == conf)
 
 
-REST_CASES = [c for c in PARAM_CASES if c[0] in
-              ("retention_days_0", "retention_days_abc", "unknown_store", "backup_id_dotdot", "backup_id_semicolon")]
+REST_CASES = [
+    c
+    for c in PARAM_CASES
+    if c[0] in ("retention_days_0", "retention_days_abc", "unknown_store", "backup_id_dotdot", "backup_id_semicolon")
+]
 
 
 def test_the_rest_api_refuses_bad_params_with_400_naming_them(live_airflow):
@@ -220,19 +244,36 @@ def _wait_parsed(api, dag_id: str, timeout: float = 120) -> None:
 
 
 def test_restore_over_the_live_database_without_confirm_is_refused(world, dagbag, capfd):
-    refused_run(world, dagbag.get_dag(RESTORE_DAG), restore_conf(database=world.db, target=world.db), capfd,
-                failed="plan", says=["refused before any work", f"set confirm_overwrite to '{world.db}' (exactly)"])
+    refused_run(
+        world,
+        dagbag.get_dag(RESTORE_DAG),
+        restore_conf(database=world.db, target=world.db),
+        capfd,
+        failed="plan",
+        says=["refused before any work", f"set confirm_overwrite to '{world.db}' (exactly)"],
+    )
 
 
 def test_a_confirm_naming_another_target_is_refused(world, dagbag, capfd):
-    refused_run(world, dagbag.get_dag(RESTORE_DAG),
-                restore_conf(database=world.db, target=world.db, confirm_overwrite=f"{world.db}_other"), capfd,
-                failed="plan", says=["refused before any work", "must name the target exactly"])  # fmt: skip
+    refused_run(
+        world,
+        dagbag.get_dag(RESTORE_DAG),
+        restore_conf(database=world.db, target=world.db, confirm_overwrite=f"{world.db}_other"),
+        capfd,
+        failed="plan",
+        says=["refused before any work", "must name the target exactly"],
+    )
 
 
 def test_a_backup_id_that_does_not_exist_is_refused(world, dagbag, capfd):
-    refused_run(world, dagbag.get_dag(RESTORE_DAG), restore_conf(database=world.db, backup_id="20200101T000000Z"),
-                capfd, failed="plan", says=[f"no backup 20200101T000000Z of postgres/{world.db}"])  # fmt: skip
+    refused_run(
+        world,
+        dagbag.get_dag(RESTORE_DAG),
+        restore_conf(database=world.db, backup_id="20200101T000000Z"),
+        capfd,
+        failed="plan",
+        says=[f"no backup 20200101T000000Z of postgres/{world.db}"],
+    )
 
 
 # --------------------------------------------------------------------------- connections
@@ -243,15 +284,27 @@ def _conn(name: str) -> dict:
 
 
 def test_a_missing_connection_is_named(world, dagbag, capfd):
-    refused_run(world, dagbag.get_dag(BACKUP_DAG), backup_conf(), capfd, failed="backup_redis",
-                says=["dbops_no_such_connection", "isn't defined"],
-                config={**world.config, "connections": {"redis": "dbops_no_such_connection"}})  # fmt: skip
+    refused_run(
+        world,
+        dagbag.get_dag(BACKUP_DAG),
+        backup_conf(),
+        capfd,
+        failed="backup_redis",
+        says=["dbops_no_such_connection", "isn't defined"],
+        config={**world.config, "connections": {"redis": "dbops_no_such_connection"}},
+    )
 
 
 def test_a_malformed_connection_uri_is_named(world, dagbag, capfd, monkeypatch):
     monkeypatch.setenv("AIRFLOW_CONN_DBOPS_REDIS", "redis://127.0.0.1:not-a-port/0")
-    refused_run(world, dagbag.get_dag(BACKUP_DAG), backup_conf(), capfd, failed="backup_redis",
-                says=["AIRFLOW_CONN_DBOPS_REDIS is malformed", "not-a-port"])  # fmt: skip
+    refused_run(
+        world,
+        dagbag.get_dag(BACKUP_DAG),
+        backup_conf(),
+        capfd,
+        failed="backup_redis",
+        says=["AIRFLOW_CONN_DBOPS_REDIS is malformed", "not-a-port"],
+    )
 
 
 WRONG_PASSWORD = {
@@ -267,8 +320,7 @@ def test_a_wrong_password_fails_the_backup_and_writes_nothing(world, dagbag, cap
     wrong = "Wrong-" + uuid.uuid4().hex
     monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", json.dumps({**_conn(conn_id), "password": wrong}))
     failed, says = WRONG_PASSWORD[store]
-    out = refused_run(world, dagbag.get_dag(BACKUP_DAG), backup_conf(stores=[store]), capfd, failed=failed,
-                      says=says)  # fmt: skip
+    out = refused_run(world, dagbag.get_dag(BACKUP_DAG), backup_conf(stores=[store]), capfd, failed=failed, says=says)
     assert wrong not in out  # even a wrong password is a secret
 
 
@@ -278,8 +330,14 @@ def test_an_unreachable_host_is_named(world, dagbag, capfd, monkeypatch, store):
     port = closed_port()
     monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", json.dumps({**_conn(conn_id), "port": port}))
     failed = "series_postgres" if store == "postgres" else "backup_redis"
-    refused_run(world, dagbag.get_dag(BACKUP_DAG), backup_conf(stores=[store]), capfd, failed=failed,
-                says=[str(port), "refused"])  # fmt: skip
+    refused_run(
+        world,
+        dagbag.get_dag(BACKUP_DAG),
+        backup_conf(stores=[store]),
+        capfd,
+        failed=failed,
+        says=[str(port), "refused"],
+    )
 
 
 # --------------------------------------------------------------------------- configuration
@@ -297,16 +355,19 @@ def _import_errors(config_text: str, tmp_path: Path) -> dict[str, str]:
         "print('IMPORT-ERRORS' + json.dumps(bag.import_errors))\n"
     )
     env = {**os.environ, "DBOPS_CONFIG": str(path)}
-    proc = subprocess.run([sys.executable, "-c", script, str(REPO)], env=env, capture_output=True, text=True,
-                          timeout=180)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-c", script, str(REPO)], env=env, capture_output=True, text=True, timeout=180
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.split("IMPORT-ERRORS", 1)[1])
 
 
 @pytest.mark.parametrize(
     "text,says",
-    [("backup:\n  root: [unclosed\n", "is not valid YAML"),
-     ("backup:\n  retension_days: 7\n", "backup.retension_days: Extra inputs are not permitted")],
+    [
+        ("backup:\n  root: [unclosed\n", "is not valid YAML"),
+        ("backup:\n  retension_days: 7\n", "backup.retension_days: Extra inputs are not permitted"),
+    ],
     ids=["invalid_yaml", "unknown_key"],
 )
 def test_a_broken_config_file_fails_every_dag_at_parse_time_naming_it(tmp_path, text, says):
@@ -317,23 +378,41 @@ def test_a_broken_config_file_fails_every_dag_at_parse_time_naming_it(tmp_path, 
 
 
 def test_an_unknown_key_in_the_variable_is_named_before_any_work(world, dagbag, capfd):
-    refused_run(world, dagbag.get_dag(BACKUP_DAG), backup_conf(), capfd, failed="plan",
-                says=["backup.retension_days: Extra inputs are not permitted"],
-                config={**world.config, "backup": {"root": str(world.root), "retension_days": 7}})  # fmt: skip
+    refused_run(
+        world,
+        dagbag.get_dag(BACKUP_DAG),
+        backup_conf(),
+        capfd,
+        failed="plan",
+        says=["backup.retension_days: Extra inputs are not permitted"],
+        config={**world.config, "backup": {"root": str(world.root), "retension_days": 7}},
+    )
 
 
 @pytest.mark.parametrize("root", ["/", "/etc"])
 def test_a_system_folder_as_backup_root_is_refused(world, dagbag, capfd, root):
-    refused_run(world, dagbag.get_dag(BACKUP_DAG), backup_conf(), capfd, failed="plan",
-                says=["backup.root", f"'{root}' is a system folder"],
-                config={**world.config, "backup": {"root": root}})  # fmt: skip
+    refused_run(
+        world,
+        dagbag.get_dag(BACKUP_DAG),
+        backup_conf(),
+        capfd,
+        failed="plan",
+        says=["backup.root", f"'{root}' is a system folder"],
+        config={**world.config, "backup": {"root": root}},
+    )
 
 
 def test_a_backup_root_outside_the_allowed_base_is_refused(world, dagbag, capfd, tmp_path):
     outside = tmp_path / "elsewhere" / "backups"
-    refused_run(world, dagbag.get_dag(BACKUP_DAG), backup_conf(), capfd, failed="plan",
-                says=["is outside backup.allowed_base"],
-                config={**world.config, "backup": {"root": str(outside), "allowed_base": str(world.root.parent)}})
+    refused_run(
+        world,
+        dagbag.get_dag(BACKUP_DAG),
+        backup_conf(),
+        capfd,
+        failed="plan",
+        says=["is outside backup.allowed_base"],
+        config={**world.config, "backup": {"root": str(outside), "allowed_base": str(world.root.parent)}},
+    )
     assert not outside.exists() and not outside.parent.exists()
 
 
@@ -343,9 +422,15 @@ def test_a_backup_root_outside_the_allowed_base_is_refused(world, dagbag, capfd,
 def test_a_database_name_with_quotes_and_semicolons_is_refused_for_backup(world, dagbag, capfd):
     """Not a database of the server: refused before any backup (globals included), no SQL ran.
     (A real database with such a name is backed up: see the Postgres recovery tests.)"""
-    refused_run(world, dagbag.get_dag(BACKUP_DAG), backup_conf(stores=["postgres"]), capfd, failed="series_postgres",
-                says=["do not exist", repr(INJECTION)],
-                config={**world.config, "postgres": {"databases": [INJECTION]}})  # fmt: skip
+    refused_run(
+        world,
+        dagbag.get_dag(BACKUP_DAG),
+        backup_conf(stores=["postgres"]),
+        capfd,
+        failed="series_postgres",
+        says=["do not exist", repr(INJECTION)],
+        config={**world.config, "postgres": {"databases": [INJECTION]}},
+    )
 
 
 def test_a_refusal_fails_at_once_and_is_not_retried(world, dagbag, capfd):
@@ -366,9 +451,15 @@ def test_a_refusal_fails_at_once_and_is_not_retried(world, dagbag, capfd):
 
 
 def test_a_maintenance_database_with_quotes_and_semicolons_is_refused(world, dagbag, capfd):
-    refused_run(world, dagbag.get_dag(MAINTENANCE_DAG), maintenance_conf(), capfd, failed="plan",
-                says=["refused before any work", "do not exist"],
-                config={**world.config, "maintenance": {"databases": [f"{world.db}{INJECTION}"]}})  # fmt: skip
+    refused_run(
+        world,
+        dagbag.get_dag(MAINTENANCE_DAG),
+        maintenance_conf(),
+        capfd,
+        failed="plan",
+        says=["refused before any work", "do not exist"],
+        config={**world.config, "maintenance": {"databases": [f"{world.db}{INJECTION}"]}},
+    )
 
 
 def test_a_restore_target_with_quotes_and_semicolons_is_quoted_not_executed(world, dagbag):

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import threading
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -41,7 +41,7 @@ def _wait(api, dag_id: str, run_ids: set[str], timeout: float = 300) -> dict[str
 
 
 def _trigger(api, dag_id: str, conf: dict) -> dict:
-    now = datetime.now(timezone.utc).isoformat()
+    now = datetime.now(UTC).isoformat()
     return api.call("POST", f"/dags/{dag_id}/dagRuns", {"logical_date": now, "conf": conf})
 
 
@@ -85,8 +85,18 @@ def test_a_manual_trigger_while_the_scheduled_backup_runs_waits_its_turn(live_ai
             assert all(c["ok"] for c in made["checks"]), made["checks"]
         assert len({m["backup_id"] for m in manifests}) == len(manifests)
         assert not any((instance.root / store / STAGING_DIR).iterdir())
-    print("scheduled run", first["start_date"], "->", first["end_date"], "| manual run", second["start_date"], "->",
-          second["end_date"], "| manual while the first ran:", while_first_runs.get(manual["dag_run_id"]))
+    print(
+        "scheduled run",
+        first["start_date"],
+        "->",
+        first["end_date"],
+        "| manual run",
+        second["start_date"],
+        "->",
+        second["end_date"],
+        "| manual while the first ran:",
+        while_first_runs.get(manual["dag_run_id"]),
+    )
 
 
 def test_maintenance_and_backup_of_one_database_are_serialised_by_the_pool(live_airflow):
@@ -108,19 +118,23 @@ def test_maintenance_and_backup_of_one_database_are_serialised_by_the_pool(live_
 
     # the two runs were active at the same time ...
     run_a = (datetime.fromisoformat(done_backup["start_date"]), datetime.fromisoformat(done_backup["end_date"]))
-    run_b = (datetime.fromisoformat(done_maintenance["start_date"]),
-             datetime.fromisoformat(done_maintenance["end_date"]))  # fmt: skip
+    run_b = (
+        datetime.fromisoformat(done_maintenance["start_date"]),
+        datetime.fromisoformat(done_maintenance["end_date"]),
+    )
     assert overlaps(run_a, run_b), (run_a, run_b)
     # ... but no two tasks of the dbops_postgres pool ever were
     heavy_backup = [t for t in _ran(api, BACKUP_DAG, backup["dag_run_id"]) if t["pool"] == "dbops_postgres"]
-    heavy_maintenance = [t for t in _ran(api, MAINTENANCE_DAG, maintenance["dag_run_id"])
-                         if t["pool"] == "dbops_postgres"]  # fmt: skip
+    heavy_maintenance = [
+        t for t in _ran(api, MAINTENANCE_DAG, maintenance["dag_run_id"]) if t["pool"] == "dbops_postgres"
+    ]
     assert len(heavy_backup) >= 2 and len(heavy_maintenance) >= 4, (heavy_backup, heavy_maintenance)
     for x in heavy_backup:
         for y in heavy_maintenance:
             assert not overlaps(interval(x), interval(y)), (x["task_id"], interval(x), y["task_id"], interval(y))
-    vacuum = next(t for t in task_instances(api, MAINTENANCE_DAG, maintenance["dag_run_id"])
-                  if t["task_id"] == "vacuum_analyze")  # fmt: skip
+    vacuum = next(
+        t for t in task_instances(api, MAINTENANCE_DAG, maintenance["dag_run_id"]) if t["task_id"] == "vacuum_analyze"
+    )
     assert vacuum["state"] == "success"
     print("backup run", run_a, "maintenance run", run_b)
     for t in sorted(heavy_backup + heavy_maintenance, key=lambda t: t["start_date"]):
@@ -136,8 +150,18 @@ def _redis_adapter(devstack) -> RedisBackup:
 
 
 def _take(repo, adapter, run_id: str, log: Log):
-    return take_backup(repo, adapter, store="redis", subject=None, run_id=run_id, dag_id="dbops_nightly_backup",
-                       logical_date=None, force=False, stale_staging=timedelta(hours=12), log=log)  # fmt: skip
+    return take_backup(
+        repo,
+        adapter,
+        store="redis",
+        subject=None,
+        run_id=run_id,
+        dag_id="dbops_nightly_backup",
+        logical_date=None,
+        force=False,
+        stale_staging=timedelta(hours=12),
+        log=log,
+    )
 
 
 def test_two_writers_of_one_series_in_threads_one_waits_nothing_is_clobbered(devstack, tmp_path):
@@ -178,14 +202,19 @@ def test_two_writers_of_one_series_in_threads_one_waits_nothing_is_clobbered(dev
 def test_the_lock_holds_across_processes_and_dies_with_its_holder(devstack, tmp_path):
     repo = BackupRepository(tmp_path / "backups")
     holder = subprocess.Popen(
-        [sys.executable, "-c",
-         "import sys, time; sys.path[:0] = [sys.argv[2] + '/plugins']\n"
-         "from dbops.backup.repository import BackupRepository\n"
-         "with BackupRepository(sys.argv[1]).writer_lock('redis', holder='another worker'):\n"
-         "    print('locked', flush=True); time.sleep(120)\n",
-         str(repo.root), str(REPO)],
-        stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; sys.path[:0] = [sys.argv[2] + '/plugins']\n"
+            "from dbops.backup.repository import BackupRepository\n"
+            "with BackupRepository(sys.argv[1]).writer_lock('redis', holder='another worker'):\n"
+            "    print('locked', flush=True); time.sleep(120)\n",
+            str(repo.root),
+            str(REPO),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "locked"
         with pytest.raises(SeriesBusyError, match=r"by another worker, pid \d+"):

@@ -84,8 +84,15 @@ def test_a_flipped_byte_is_caught_and_not_counted(store, request, repo):
 
     # the restore drill of the damaged backup fails, names the file, and records it
     log = Log()
-    result = run_drill(repo, backups[damaged.backup_id], target="scratch", drill=drill, run_id="drill__1",
-                       dag_id="dbops_restore_drill", log=log)  # fmt: skip
+    result = run_drill(
+        repo,
+        backups[damaged.backup_id],
+        target="scratch",
+        drill=drill,
+        run_id="drill__1",
+        dag_id="dbops_restore_drill",
+        log=log,
+    )
     assert result["ok"] is False
     assert any(d.startswith(f"corrupted: changed:{victim}:") for d in result["differences"]), result["differences"]
     assert f"MISMATCH {store}" in log.text and victim in log.text
@@ -95,8 +102,9 @@ def test_a_flipped_byte_is_caught_and_not_counted(store, request, repo):
     # not counted, so the older good one stays (min_keep 2 needs two good newer ones)
     newest = backup_now(repo, adapter, subject=subject, run_id="scheduled__day3")
     later = repo.list(store, subject)[-1].finished_at + timedelta(days=40)
-    decisions = apply_retention(repo, store, subject, RetentionPolicy(30, 2), now=later,
-                                new_backup_id=newest.backup_id, dry_run=False)  # fmt: skip
+    decisions = apply_retention(
+        repo, store, subject, RetentionPolicy(30, 2), now=later, new_backup_id=newest.backup_id, dry_run=False
+    )
     assert all(d.keep for d in decisions), [(d.backup.backup_id, d.reason) for d in decisions]
     assert [b.backup_id for b in repo.list(store, subject)] == [good.backup_id, damaged.backup_id, newest.backup_id]
 
@@ -111,8 +119,9 @@ def test_retention_re_reads_its_witnesses_before_deleting(repo, scratch_redis):
     flip_one_byte(middle.path / "dump.rdb")
     log = Log()
     later = newest.finished_at + timedelta(days=40)
-    decisions = apply_retention(repo, "redis", None, RetentionPolicy(30, 2), now=later, new_backup_id=ids[-1],
-                                dry_run=False, log=log)  # fmt: skip
+    decisions = apply_retention(
+        repo, "redis", None, RetentionPolicy(30, 2), now=later, new_backup_id=ids[-1], dry_run=False, log=log
+    )
     assert all(d.keep for d in decisions)
     assert [b.backup_id for b in repo.list("redis")] == ids
     assert f"redis {middle.backup_id} no longer matches its manifest" in log.text and "changed:dump.rdb" in log.text
@@ -122,7 +131,14 @@ def test_retention_re_reads_its_witnesses_before_deleting(repo, scratch_redis):
     # with the damage known, a fourth good backup makes two good ones newer than the oldest:
     # it goes, and so does the damaged one (old, and two verified backups are newer)
     fourth = backup_now(repo, adapter, run_id="scheduled__day4")
-    decisions = apply_retention(repo, "redis", None, RetentionPolicy(30, 2), now=later + timedelta(hours=1),
-                                new_backup_id=fourth.backup_id, dry_run=False)  # fmt: skip
+    decisions = apply_retention(
+        repo,
+        "redis",
+        None,
+        RetentionPolicy(30, 2),
+        now=later + timedelta(hours=1),
+        new_backup_id=fourth.backup_id,
+        dry_run=False,
+    )
     assert [d.backup.backup_id for d in decisions if not d.keep] == [oldest.backup_id, middle.backup_id]
     assert [b.backup_id for b in repo.list("redis")] == [newest.backup_id, fourth.backup_id]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -25,8 +25,9 @@ def small_disk(tmp_path):
     """A 2 MiB tmpfs, unmounted afterwards."""
     mount_point = tmp_path / "small-disk"
     mount_point.mkdir(mode=0o700)
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m,mode=0700", "tmpfs", str(mount_point)],
-                          capture_output=True, text=True)  # fmt: skip
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=2m,mode=0700", "tmpfs", str(mount_point)], capture_output=True, text=True
+    )
     if done.returncode != 0:
         pytest.fail(f"mounting a small tmpfs needs root: {done.stderr.strip()}")
     try:
@@ -41,8 +42,7 @@ def seed_old_backups(repo: BackupRepository, count: int, now: datetime) -> None:
         taken = now - timedelta(days=age)
         with repo.begin("redis", run_id=f"seed-{age}", dag_id="seed", logical_date=taken, now=taken) as staging:
             (staging.path / "dump.rdb").write_bytes(os.urandom(1024))
-            staging.seal({"tool": "seed", "tool_version": "1", "server_version": "1", "compression": "none"},
-                         now=taken)  # fmt: skip
+            staging.seal({"tool": "seed", "tool_version": "1", "server_version": "1", "compression": "none"}, now=taken)
 
 
 def test_a_full_disk_fails_clearly_cleans_staging_keeps_old_backups_and_skips_retention(
@@ -50,7 +50,7 @@ def test_a_full_disk_fails_clearly_cleans_staging_keeps_old_backups_and_skips_re
 ):
     root = small_disk / "backups"
     repo = BackupRepository(root)
-    seed_old_backups(repo, 3, datetime.now(timezone.utc))
+    seed_old_backups(repo, 3, datetime.now(UTC))
     before = fingerprint(root)
     fill_redis(scratch_redis, 4000)  # a ~4 MiB RDB for a 2 MiB disk
     dbops_variable({"backup": {"root": str(root), "keep_weekly": 0, "keep_monthly": 0}})  # the window alone

@@ -69,8 +69,9 @@ def test_pg_dump_killed_mid_backup(repo, pg_conn, pg_database):
                 "FROM generate_series(1, 400000) g"
             )
         conn.commit()
-    _killed_then_rerun(repo, adapter, subject=pg_database, tool="pg_dump", min_bytes=256 * 1024,
-                       older_id=older.backup_id)  # fmt: skip
+    _killed_then_rerun(
+        repo, adapter, subject=pg_database, tool="pg_dump", min_bytes=256 * 1024, older_id=older.backup_id
+    )
 
 
 def test_mongodump_killed_mid_backup(repo, mongo_conn, mongo_database):
@@ -85,8 +86,7 @@ def test_mongodump_killed_mid_backup(repo, mongo_conn, mongo_database):
                 [{"i": batch * 1000 + i, "payload": os.urandom(500).hex()} for i in range(1000)]
             )
     # under wine, the process run_tool started becomes mongodump.exe
-    _killed_then_rerun(repo, adapter, subject=None, tool="mongodump", min_bytes=1024 * 1024,
-                       older_id=older.backup_id)  # fmt: skip
+    _killed_then_rerun(repo, adapter, subject=None, tool="mongodump", min_bytes=1024 * 1024, older_id=older.backup_id)
 
 
 def test_redis_cli_killed_mid_snapshot(repo, scratch_redis):

@@ -56,13 +56,17 @@ def test_redis_stopped_mid_snapshot_then_restarted_and_cleared(repo, scratch_red
         client.config_set("rdb-key-save-delay", 300)  # a ~3 s stream: time to stop the server mid-way
         client.config_set("shutdown-timeout", 60)  # a graceful stop always lets the stream finish
         client.bgrewriteaof()  # the data survives the crash too (AOF everysec, rewritten now)
-    wait_until(lambda: scratch_redis.client().info("persistence")["aof_rewrite_in_progress"] == 0, timeout=30,
-               what="the AOF rewrite")  # fmt: skip
+    wait_until(
+        lambda: scratch_redis.client().info("persistence")["aof_rewrite_in_progress"] == 0,
+        timeout=30,
+        what="the AOF rewrite",
+    )
     before = fingerprint(repo.root)
 
     job = start_backup(repo, adapter, run_id="scheduled__tonight")
-    wait_until(lambda: job.done.is_set() or staging_bytes(repo, "redis") > 64 * 1024, timeout=60,
-               what="the snapshot streaming")  # fmt: skip
+    wait_until(
+        lambda: job.done.is_set() or staging_bytes(repo, "redis") > 64 * 1024, timeout=60, what="the snapshot streaming"
+    )
     assert not job.done.is_set(), job.error
     written = staging_bytes(repo, "redis")
     _stop(scratch_redis, how)
@@ -98,5 +102,7 @@ def test_redis_stopped_mid_snapshot_then_restarted_and_cleared(repo, scratch_red
     assert_verified(repo, "redis", None, outcome.backup_id)
     assert repo.list("redis")[-1].manifest["details"]["keys"] == KEYS
     assert backup_now(repo, adapter, run_id="scheduled__tonight").reused  # cleared again: nothing new
-    print(f"{how}: stopped after {written} bytes streamed; failed with {str(job.error).splitlines()[0]!r}; "
-          f"after restart: {outcome.summary()}")
+    print(
+        f"{how}: stopped after {written} bytes streamed; failed with {str(job.error).splitlines()[0]!r}; "
+        f"after restart: {outcome.summary()}"
+    )

@@ -12,7 +12,7 @@ import os
 import shutil
 import signal
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import psutil
 import pytest
@@ -28,24 +28,21 @@ PORT = int(os.environ.get("DBOPS_E2E_AIRFLOW_PORT", "58091"))
 
 
 @pytest.fixture(scope="module")
-def backup_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("worker-killed") / "backups"
-    root.mkdir(mode=0o700)
-    return root
-
-
-@pytest.fixture(scope="module")
-def airflow(devstack, scratch_redis, backup_root):
+def airflow(devstack, scratch_redis, module_backup_root):
     from devstack.core import load_secrets
     from devstack.services.airflow import Airflow
 
-    redis_conn = {"conn_type": "redis", "host": "127.0.0.1", "port": scratch_redis.port,
-                  "password": scratch_redis.password}  # fmt: skip
+    redis_conn = {
+        "conn_type": "redis",
+        "host": "127.0.0.1",
+        "port": scratch_redis.port,
+        "password": scratch_redis.password,
+    }
     instance = Airflow(
         name=f"airflow-faults-{PORT}",
         port=PORT,
         extra_env={
-            "DBOPS_BACKUP__ROOT": str(backup_root),
+            "DBOPS_BACKUP__ROOT": str(module_backup_root),
             "DBOPS_BACKUP__STORES": '["redis"]',
             "AIRFLOW_CONN_DBOPS_REDIS": json.dumps(redis_conn),
             "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
@@ -83,22 +80,34 @@ def _task_state(api: AirflowAPI, run_id: str) -> str | None:
     return api.task_states(DAG, run_id).get("backup_redis")
 
 
-def test_the_task_process_killed_mid_backup_then_retried(airflow, scratch_redis, backup_root):
-    repo = BackupRepository(backup_root)
+def test_the_task_process_killed_mid_backup_then_retried(airflow, scratch_redis, module_backup_root):
+    repo = BackupRepository(module_backup_root)
     started = time.monotonic()
     phases = {}
     fill_redis(scratch_redis, 20_000)
     with scratch_redis.client() as client:
         client.config_set("rdb-key-save-delay", 500)  # a ~10 s stream
     airflow.unpause(DAG)  # starts the latest scheduled run (catchup off); it is the one killed
-    run_id = wait_until(lambda: next((r["dag_run_id"] for r in airflow.call("GET", f"/dags/{DAG}/dagRuns")["dag_runs"]),
-                                     None), timeout=120, what="the scheduled run", every=1)  # fmt: skip
+    run_id = wait_until(
+        lambda: next((r["dag_run_id"] for r in airflow.call("GET", f"/dags/{DAG}/dagRuns")["dag_runs"]), None),
+        timeout=120,
+        what="the scheduled run",
+        every=1,
+    )
 
-    state = wait_until(lambda: (s := _task_state(airflow, run_id)) not in (None, "scheduled", "queued", "none") and s,
-                       timeout=300, what="backup_redis to start", every=1)  # fmt: skip
+    state = wait_until(
+        lambda: (s := _task_state(airflow, run_id)) not in (None, "scheduled", "queued", "none") and s,
+        timeout=300,
+        what="backup_redis to start",
+        every=1,
+    )
     assert state == "running", airflow.task_states(DAG, run_id)
-    tool = wait_until(lambda: (p := _redis_cli_under(str(backup_root))) and staging_bytes(repo, "redis") > 64 * 1024
-                      and p, timeout=120, what="redis-cli streaming inside the task", every=0.05)  # fmt: skip
+    tool = wait_until(
+        lambda: (p := _redis_cli_under(str(module_backup_root))) and staging_bytes(repo, "redis") > 64 * 1024 and p,
+        timeout=120,
+        what="redis-cli streaming inside the task",
+        every=0.05,
+    )
     phases["until the dump runs"] = round(time.monotonic() - started)
     worker = tool.parent()  # the task process: it runs the task code and started redis-cli
     assert "redis-cli" not in worker.name()
@@ -108,8 +117,12 @@ def test_the_task_process_killed_mid_backup_then_retried(airflow, scratch_redis,
     killed_at = time.monotonic()
 
     # Airflow sees the task die and schedules the retry (retries=2)
-    state = wait_until(lambda: (s := _task_state(airflow, run_id)) in ("up_for_retry", "failed") and s,
-                       timeout=120, what="Airflow to notice the dead task", every=1)  # fmt: skip
+    state = wait_until(
+        lambda: (s := _task_state(airflow, run_id)) in ("up_for_retry", "failed") and s,
+        timeout=120,
+        what="Airflow to notice the dead task",
+        every=1,
+    )
     assert state == "up_for_retry", state
     noticed = time.monotonic() - killed_at
     assert repo.find_by_run("redis", None, run_id, dag_id=DAG) is None  # nothing of the killed try listed
@@ -123,12 +136,23 @@ def test_the_task_process_killed_mid_backup_then_retried(airflow, scratch_redis,
     with scratch_redis.client() as client:
         client.config_set("rdb-key-save-delay", 0)
     # the retry, now instead of after retry_delay: clear the task as an operator would
-    airflow.call("POST", f"/dags/{DAG}/clearTaskInstances", {
-        "dag_run_id": run_id, "task_ids": ["backup_redis", "retention_redis"], "only_failed": False,
-        "dry_run": False, "reset_dag_runs": True,
-    })  # fmt: skip
-    final = wait_until(lambda: (r := airflow.call("GET", f"/dags/{DAG}/dagRuns/{run_id}"))["state"] in ("success", "failed")
-                       and r, timeout=180, what="the retried run", every=2)  # fmt: skip
+    airflow.call(
+        "POST",
+        f"/dags/{DAG}/clearTaskInstances",
+        {
+            "dag_run_id": run_id,
+            "task_ids": ["backup_redis", "retention_redis"],
+            "only_failed": False,
+            "dry_run": False,
+            "reset_dag_runs": True,
+        },
+    )
+    final = wait_until(
+        lambda: (r := airflow.call("GET", f"/dags/{DAG}/dagRuns/{run_id}"))["state"] in ("success", "failed") and r,
+        timeout=180,
+        what="the retried run",
+        every=2,
+    )
     states = airflow.task_states(DAG, run_id)
     phases["kill to retried run done"] = round(time.monotonic() - killed_at)
     assert final["state"] == "success", states
@@ -143,12 +167,14 @@ def test_the_task_process_killed_mid_backup_then_retried(airflow, scratch_redis,
     # until a later run's sweep finds it stale (stale_staging_hours).
     left = staging_left(repo, "redis")
     assert len(left) <= 1 and all(name.split(".")[0] < made[0].backup_id for name in left), left
-    later = datetime.now(timezone.utc) + STALE_STAGING + timedelta(minutes=1)
+    later = datetime.now(UTC) + STALE_STAGING + timedelta(minutes=1)
     assert [p.name for p in repo.sweep("redis", older_than=STALE_STAGING, now=later)] == left
     assert staging_left(repo, "redis") == [] and [b.backup_id for b in repo.list("redis")] == [made[0].backup_id]
-    print(f"killed the task process ({worker_cmd[:60]}) after {written} bytes; Airflow noticed in {noticed:.1f}s; "
-          f"redis-cli died with it; staging left by the killed try: {left}; retry made {made[0].backup_id}; "
-          f"phases: {phases}")
+    print(
+        f"killed the task process ({worker_cmd[:60]}) after {written} bytes; Airflow noticed in {noticed:.1f}s; "
+        f"redis-cli died with it; staging left by the killed try: {left}; retry made {made[0].backup_id}; "
+        f"phases: {phases}"
+    )
 
 
 WORKER = """
@@ -178,12 +204,25 @@ def test_a_worker_process_killed_mid_backup_takes_its_tool_along(scratch_redis, 
         client.config_set("rdb-key-save-delay", 300)
     repo_dir = Path(__file__).resolve().parents[2]
     worker = subprocess.Popen(
-        [sys.executable, "-c", WORKER, str(repo_dir), str(repo_dir / "plugins"), str(repo.root), str(scratch_redis.port)],
+        [
+            sys.executable,
+            "-c",
+            WORKER,
+            str(repo_dir),
+            str(repo_dir / "plugins"),
+            str(repo.root),
+            str(scratch_redis.port),
+        ],
         env={**os.environ, "FAULT_REDIS_PASSWORD": scratch_redis.password},
-    )  # fmt: skip
+    )
     try:
-        tool = wait_until(lambda: (p := find_tool_process("redis-cli", worker.pid)) and staging_bytes(repo, "redis") > 64 * 1024
-                          and p, timeout=60, what="redis-cli streaming in the worker")  # fmt: skip
+        tool = wait_until(
+            lambda: (
+                (p := find_tool_process("redis-cli", worker.pid)) and staging_bytes(repo, "redis") > 64 * 1024 and p
+            ),
+            timeout=60,
+            what="redis-cli streaming in the worker",
+        )
         worker.kill()
         worker.wait(timeout=10)
         wait_until(lambda: not _alive(tool), timeout=10, what="redis-cli to die with its worker", every=0.05)

@@ -36,7 +36,17 @@ from tests.support import mongo_client, pg_connect
 pytestmark = pytest.mark.integration
 
 CONNECTIONS = ("postgres", "redis", "mongo", "s3", "offsite_ssh")
-TOOLS = ("pg_dump", "pg_dumpall", "pg_restore", "redis-cli", "redis-server", "mongodump", "mongorestore", "rsync", "ssh")
+TOOLS = (
+    "pg_dump",
+    "pg_dumpall",
+    "pg_restore",
+    "redis-cli",
+    "redis-server",
+    "mongodump",
+    "mongorestore",
+    "rsync",
+    "ssh",
+)
 
 
 def secrets_in_use() -> dict[str, str]:
@@ -164,10 +174,17 @@ def every_dag(devstack, dagbag, tmp_path_factory):
     tag = uuid.uuid4().hex[:8]
     base = tmp_path_factory.mktemp("secrets")
     w = SimpleNamespace(
-        pg=devstack.conn("dbops_postgres"), mongo=devstack.conn("dbops_mongo"), db=f"dbops_sec_{tag}",
-        root=base / "backups", reports=base / "reports", remote=remote_dir(devstack), prefix=f"sec-{tag}",
-        runs=[], logs=[], found=needles(secrets_in_use()),
-    )  # fmt: skip
+        pg=devstack.conn("dbops_postgres"),
+        mongo=devstack.conn("dbops_mongo"),
+        db=f"dbops_sec_{tag}",
+        root=base / "backups",
+        reports=base / "reports",
+        remote=remote_dir(devstack),
+        prefix=f"sec-{tag}",
+        runs=[],
+        logs=[],
+        found=needles(secrets_in_use()),
+    )
     s3 = devstack.service("s3")
     bucket = s3.environment()["DBOPS_OFFSITE__S3_BUCKET"]
     config = {
@@ -181,25 +198,65 @@ def every_dag(devstack, dagbag, tmp_path_factory):
     _platform_database(w.pg, w.db)
     with mongo_client(w.mongo) as client:
         client[w.db].configurations.insert_many([{"k": i} for i in range(20)])
-    platform = {"conn_type": "postgres", "host": w.pg["host"], "port": w.pg["port"], "login": w.pg["login"],
-                "password": w.pg["password"], "schema": w.db}  # fmt: skip
+    platform = {
+        "conn_type": "postgres",
+        "host": w.pg["host"],
+        "port": w.pg["port"],
+        "login": w.pg["login"],
+        "password": w.pg["password"],
+        "schema": w.db,
+    }
     stores = ["postgres", "mongo", "redis", "kafka"]
     plan = [
         ("dbops_bootstrap", {"stores": [*stores, "weaviate"], "dry_run": False, "apply_redis_settings": False}),
-        ("dbops_nightly_backup", {"stores": stores, "retention_days": 30, "min_keep": 3, "retention_dry_run": False,
-                                  "force": False}),
-        ("dbops_offsite_sync", {"targets": ["rsync", "s3"], "stores": stores, "retention_days": 30, "min_keep": 3,
-                                "dry_run": False, "retention_dry_run": False, "deep_verify": False}),
-        ("dbops_restore", {"store": "postgres", "backup_id": "latest", "database": w.db, "target": "",
-                           "confirm_overwrite": "", "topics": [], "target_time": ""}),
-        ("dbops_restore", {"store": "mongo", "backup_id": "latest", "database": "", "target": "",
-                           "confirm_overwrite": "", "topics": [], "target_time": ""}),
+        (
+            "dbops_nightly_backup",
+            {"stores": stores, "retention_days": 30, "min_keep": 3, "retention_dry_run": False, "force": False},
+        ),
+        (
+            "dbops_offsite_sync",
+            {
+                "targets": ["rsync", "s3"],
+                "stores": stores,
+                "retention_days": 30,
+                "min_keep": 3,
+                "dry_run": False,
+                "retention_dry_run": False,
+                "deep_verify": False,
+            },
+        ),
+        (
+            "dbops_restore",
+            {
+                "store": "postgres",
+                "backup_id": "latest",
+                "database": w.db,
+                "target": "",
+                "confirm_overwrite": "",
+                "topics": [],
+                "target_time": "",
+            },
+        ),
+        (
+            "dbops_restore",
+            {
+                "store": "mongo",
+                "backup_id": "latest",
+                "database": "",
+                "target": "",
+                "confirm_overwrite": "",
+                "topics": [],
+                "target_time": "",
+            },
+        ),
         ("dbops_restore_drill", {"stores": stores}),
-        ("dbops_pg_maintenance", {"dry_run": False, "vacuum_full_tables": ["public.items"], "reindex_schemas": [],
-                                  "window_minutes": None}),
+        (
+            "dbops_pg_maintenance",
+            {"dry_run": False, "vacuum_full_tables": ["public.items"], "reindex_schemas": [], "window_minutes": None},
+        ),
         ("dbops_table_size_monitor", {}),
         ("dbops_health", {"stores": stores}),
-    ]  # fmt: skip
+    ]
     sampler = CommandLineSampler(w.found)
     handler = KeepRecords(w.logs)
     saved = sys.stdout, sys.stderr
@@ -213,7 +270,7 @@ def every_dag(devstack, dagbag, tmp_path_factory):
             sampler.start()
             for dag_id, conf in plan:
                 dag = dagbag.get_dag(dag_id)
-                run = run_dag(without_retries(dag), conf)
+                run = run_dag(without_retries(dag), conf, respond="Approve")  # VACUUM FULL waits for an approval
                 w.runs.append((dag_id, run.run_id, run.state, states(run)))
         w.sampler = sampler
         yield w
@@ -296,8 +353,7 @@ def test_no_secret_in_rendered_template_fields(every_dag):
 
     rows = _our_rows(RTIF, every_dag)
     assert len(rows) >= 20, len(rows)
-    text = "\n".join(json.dumps(r.rendered_fields, default=str) + json.dumps(r.k8s_pod_yaml, default=str)
-                     for r in rows)  # fmt: skip
+    text = "\n".join(json.dumps(r.rendered_fields, default=str) + json.dumps(r.k8s_pod_yaml, default=str) for r in rows)
     assert leaks(text, every_dag.found) == []
 
 
@@ -389,8 +445,9 @@ def _drop_database(conn: dict, database: str) -> None:
 
 
 @pytest.mark.parametrize("kind", list(CREDENTIAL_FILES))
-def test_temporary_credential_files_are_removed_when_the_task_fails(devstack, dagbag, tmp_path, private_tmp,
-                                                                   monkeypatch, capfd, request, kind):  # fmt: skip
+def test_temporary_credential_files_are_removed_when_the_task_fails(
+    devstack, dagbag, tmp_path, private_tmp, monkeypatch, capfd, request, kind
+):
     prefix, name, says = CREDENTIAL_FILES[kind]
     root = tmp_path / "backups"
     config: dict = {"backup": {"root": str(root)}}
@@ -405,21 +462,36 @@ def test_temporary_credential_files_are_removed_when_the_task_fails(devstack, da
             c.execute("CREATE TABLE filler AS SELECT g, md5(g::text) AS t FROM generate_series(1, 400000) g")
             c.commit()
         config["postgres"] = {"databases": [database]}
-        dag_id, conf, task = "dbops_nightly_backup", {"stores": ["postgres"], "retention_days": 30, "min_keep": 3,
-                                                      "retention_dry_run": False, "force": False}, "backup_postgres"
+        dag_id, conf, task = (
+            "dbops_nightly_backup",
+            {"stores": ["postgres"], "retention_days": 30, "min_keep": 3, "retention_dry_run": False, "force": False},
+            "backup_postgres",
+        )
     elif kind == "mongo":  # mongodump is killed while it runs
-        dag_id, conf, task = "dbops_nightly_backup", {"stores": ["mongo"], "retention_days": 30, "min_keep": 3,
-                                                      "retention_dry_run": False, "force": False}, "backup_mongo"
+        dag_id, conf, task = (
+            "dbops_nightly_backup",
+            {"stores": ["mongo"], "retention_days": 30, "min_keep": 3, "retention_dry_run": False, "force": False},
+            "backup_mongo",
+        )
     else:  # rsync fails: the remote folder cannot be created
-        from tests.offsite_support import make_backup
-
         from dbops.backup.repository import BackupRepository
+        from tests.offsite_support import make_backup
 
         make_backup(BackupRepository(root), "kafka", files={"topics.json": b"[]\n"})
         config["offsite"] = {"rsync_remote_dir": "/proc/dbops-cannot-exist"}
-        dag_id, conf, task = "dbops_offsite_sync", {"targets": ["rsync"], "stores": ["kafka"], "retention_days": 30,
-                                                    "min_keep": 3, "dry_run": False, "retention_dry_run": False,
-                                                    "deep_verify": False}, "ship_rsync"  # fmt: skip
+        dag_id, conf, task = (
+            "dbops_offsite_sync",
+            {
+                "targets": ["rsync"],
+                "stores": ["kafka"],
+                "retention_days": 30,
+                "min_keep": 3,
+                "dry_run": False,
+                "retention_dry_run": False,
+                "deep_verify": False,
+            },
+            "ship_rsync",
+        )
     monkeypatch.setenv("AIRFLOW_VAR_DBOPS_CONFIG", json.dumps(config))
     watcher.start()
     try:
@@ -428,7 +500,9 @@ def test_temporary_credential_files_are_removed_when_the_task_fails(devstack, da
         watcher.stop()
     st = states(run)
     # the killed tool fails its task (for Postgres, whichever series ran first: pg_dump or pg_dumpall)
-    assert run.state == "failed" and any(name.split("[")[0] == task and state == "failed" for name, state in st.items()), st
+    assert run.state == "failed" and any(
+        name.split("[")[0] == task and state == "failed" for name, state in st.items()
+    ), st
     assert says in "".join(capfd.readouterr())
     created = sorted(n for n in watcher.seen if n.startswith(prefix) and n.endswith("/" + name))
     assert created, f"no {prefix}*/{name} was seen: {sorted(watcher.seen)}"

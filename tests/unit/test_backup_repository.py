@@ -8,7 +8,8 @@ import os
 import shutil
 import stat
 from dataclasses import replace
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -27,30 +28,29 @@ from dbops.backup.repository import (
     manifest_digest,
     parse_backup_id,
 )
+from tests import support
 
-UTC = timezone.utc
+UTC = UTC
 T0 = datetime(2024, 3, 5, 2, 0, 7, tzinfo=UTC)
-META = {"tool": "pg_dump", "tool_version": "16.2", "server_version": "16.1", "compression": "zstd:3",
-        "details": {"databases": ["ai_platform"]}}
+META = {
+    "tool": "pg_dump",
+    "tool_version": "16.2",
+    "server_version": "16.1",
+    "compression": "zstd:3",
+    "details": {"databases": ["ai_platform"]},
+}
 
 
-@pytest.fixture
-def repo(tmp_path: Path) -> BackupRepository:
-    return BackupRepository(tmp_path / "backups")
-
-
-def make_backup(repo: BackupRepository, store: str = "redis", subject: str | None = None, *,
-                now: datetime = T0, run_id: str = "scheduled__2024-03-04T02:00:00+00:00",
-                files: dict[str, bytes] | None = None, check=None) -> Backup:
-    files = files if files is not None else {"dump.rdb": b"REDIS0011" + b"x" * 5000, "sub/part.dat": b"abc"}
-    with repo.begin(store, subject, run_id=run_id, dag_id="dbops_nightly_backup",
-                    logical_date=now - timedelta(days=1), now=now) as staging:
-        for rel, data in files.items():
-            path = staging.path / rel
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(data)
-        return staging.seal(META, [{"name": "dump-exit-code", "ok": True, "detail": "0"}],
-                            check=check, now=now + timedelta(minutes=3))
+# a backup begun at T0 by the nightly run of the day before, sealed 3 minutes later
+make_backup = partial(
+    support.make_backup,
+    now=T0,
+    took=timedelta(minutes=3),
+    run_id="scheduled__2024-03-04T02:00:00+00:00",
+    meta=META,
+    checks=[{"name": "dump-exit-code", "ok": True, "detail": "0"}],
+    files={"dump.rdb": b"REDIS0011" + b"x" * 5000, "sub/part.dat": b"abc"},
+)
 
 
 def visible(repo: BackupRepository, store: str = "redis", subject: str | None = None) -> list[str]:
@@ -69,11 +69,26 @@ def test_backup_id_format_parse_and_order():
     assert format_backup_id(berlin) == "20240305T020007Z"  # always UTC
     ids = ["20240305T020007Z-10", "20240305T020007Z-2", "20240305T020007Z", "20240304T235959Z"]
     assert sorted(ids, key=backup_id_key) == [
-        "20240304T235959Z", "20240305T020007Z", "20240305T020007Z-2", "20240305T020007Z-10"]
+        "20240304T235959Z",
+        "20240305T020007Z",
+        "20240305T020007Z-2",
+        "20240305T020007Z-10",
+    ]
 
 
-@pytest.mark.parametrize("bad", ["20240305T020007", "20240305T020007Z-1", "20240305T020007Z-02",
-                                 "20241305T020007Z", "x20240305T020007Z", "20240305t020007z", "../x", ""])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "20240305T020007",
+        "20240305T020007Z-1",
+        "20240305T020007Z-02",
+        "20241305T020007Z",
+        "x20240305T020007Z",
+        "20240305t020007z",
+        "../x",
+        "",
+    ],
+)
 def test_bad_backup_ids_are_refused(bad: str):
     with pytest.raises(ValueError, match="backup id"):
         parse_backup_id(bad)
@@ -112,7 +127,11 @@ def test_manifest_fields(repo: BackupRepository):
     manifest = json.loads(text)
     assert manifest == backup.manifest
     assert manifest["format"] == "dbops-backup" and manifest["format_version"] == 1
-    assert (manifest["store"], manifest["subject"], manifest["backup_id"]) == ("postgres", "ai_platform", backup.backup_id)
+    assert (manifest["store"], manifest["subject"], manifest["backup_id"]) == (
+        "postgres",
+        "ai_platform",
+        backup.backup_id,
+    )
     data = b"REDIS0011" + b"x" * 5000
     assert manifest["files"] == [
         {"path": "dump.rdb", "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()},
@@ -134,8 +153,9 @@ def test_manifest_fields(repo: BackupRepository):
 
 
 def test_seal_accepts_an_adapter_dump_result_and_checks(repo: BackupRepository):
-    result = DumpResult(tool="redis-cli", tool_version="7.0.15", server_version="7.0.15",
-                        compression="none", details={"keys": 12})
+    result = DumpResult(
+        tool="redis-cli", tool_version="7.0.15", server_version="7.0.15", compression="none", details={"keys": 12}
+    )
     seen = {}
 
     def tool_check(folder: Path, manifest):
@@ -262,8 +282,10 @@ def test_refuses_to_seal_empty_or_strange_staging(repo: BackupRepository, tmp_pa
         os.mkfifo(staging.path / "pipe")
     elif content == "manifest":
         (staging.path / "manifest.json").write_text("{}")
-    with pytest.raises(RepositoryError, match={"empty": "empty", "symlink": "symlink", "fifo": "special",
-                                               "manifest": "manifest"}[content]):
+    with pytest.raises(
+        RepositoryError,
+        match={"empty": "empty", "symlink": "symlink", "fifo": "special", "manifest": "manifest"}[content],
+    ):
         staging.seal(META, now=T0)
     assert not staging.path.exists() and visible(repo) == []
 
@@ -303,8 +325,11 @@ def test_a_failed_given_check_stops_before_the_tool_check(repo: BackupRepository
     with repo.begin("redis", run_id="r", dag_id="d", logical_date=None, now=T0) as staging:
         (staging.path / "dump.rdb").write_bytes(b"data")
         with pytest.raises(BackupVerificationError, match="dump-exit-code"):
-            staging.seal(META, [{"name": "dump-exit-code", "ok": False, "detail": "exit 1"}],
-                         check=lambda f, m: called.append(1) or [])
+            staging.seal(
+                META,
+                [{"name": "dump-exit-code", "ok": False, "detail": "exit 1"}],
+                check=lambda f, m: called.append(1) or [],
+            )
     assert called == [] and visible(repo) == []
 
 
@@ -530,10 +555,12 @@ def test_delete_refuses_a_path_outside_the_series(repo: BackupRepository, tmp_pa
     outside = tmp_path / "precious" / backup.backup_id
     outside.mkdir(parents=True)
     (outside / "data").write_text("keep me")
-    for fake in (replace(backup, path=outside),
-                 replace(backup, path=other.path),  # mongo's folder, presented as redis'
-                 replace(backup, path=Path(str(backup.path) + "/../../mongo") / backup.backup_id),
-                 replace(backup, path=Path("relative") / backup.backup_id)):
+    for fake in (
+        replace(backup, path=outside),
+        replace(backup, path=other.path),  # mongo's folder, presented as redis'
+        replace(backup, path=Path(str(backup.path) + "/../../mongo") / backup.backup_id),
+        replace(backup, path=Path("relative") / backup.backup_id),
+    ):
         with pytest.raises(UnsafePathError):
             repo.delete(fake)
     assert (outside / "data").read_text() == "keep me"
@@ -615,8 +642,9 @@ def test_sweep_removes_only_stale_staging_and_deleting_leftovers(repo: BackupRep
 # ----------------------------------------------------------------------------- names and root
 
 
-@pytest.mark.parametrize("store", ["", "..", "../etc", "a/b", "Redis", ".staging", "-x", "_x", "a..b", "x" * 64,
-                                   "red is", "/abs"])
+@pytest.mark.parametrize(
+    "store", ["", "..", "../etc", "a/b", "Redis", ".staging", "-x", "_x", "a..b", "x" * 64, "red is", "/abs"]
+)
 def test_bad_store_names_are_refused(repo: BackupRepository, store: str):
     with pytest.raises(ValueError, match="invalid store name") as err:
         repo.begin(store, run_id="r", dag_id="d", logical_date=None, now=T0)
@@ -634,8 +662,12 @@ def test_bad_subject_names_are_refused(repo: BackupRepository, subject: str):
 
 
 def test_good_names_are_accepted(repo: BackupRepository):
-    for store, subject in [("postgres", "_globals"), ("postgres", "ai_platform"), ("kafka", None),
-                           ("s3.mirror-1", "db.v2")]:
+    for store, subject in [
+        ("postgres", "_globals"),
+        ("postgres", "ai_platform"),
+        ("kafka", None),
+        ("s3.mirror-1", "db.v2"),
+    ]:
         repo.begin(store, subject, run_id="r", dag_id="d", logical_date=None, now=T0).abort()
 
 
@@ -671,3 +703,24 @@ def test_in_memory_backup_needs_aware_times_and_valid_names():
         Backup(path=Path("/x"), store="redis", backup_id="20240305T020007Z", finished_at=datetime(2024, 3, 5))
     with pytest.raises(ValueError, match="backup id"):
         Backup(path=Path("/x"), store="redis", backup_id="latest", finished_at=T0)
+
+
+def test_sizes_count_the_data_and_keep_the_sidecar_files_apart(repo: BackupRepository):
+    description = json.dumps({"databases": {"0": {"keys": 3}}}).encode()
+    backup = make_backup(repo, files={"dump.rdb": b"R" * 4000, "source_description.json": description})
+    repo.record(backup, "verify", {"ok": True, "checks": []}, now=T0 + timedelta(hours=1))
+    repo.record(backup, "drill", {"ok": True, "differences": []}, now=T0 + timedelta(hours=2))
+    [listed] = repo.list("redis")
+    folder = backup.path
+    on_disk = {p.name: p.stat().st_size for p in folder.iterdir()}
+    assert set(on_disk) == {"dump.rdb", "source_description.json", "manifest.json", "verify.json", "drill.json"}
+    # the data: the dump alone; everything the manifest lists is still total_bytes (verified, shipped)
+    assert listed.data_bytes == 4000
+    assert listed.total_bytes == 4000 + len(description)
+    assert listed.sidecar_bytes == sum(on_disk.values()) - 4000
+    assert listed.data_bytes + listed.sidecar_bytes == sum(on_disk.values())
+    # a result recorded later is counted once listed again
+    repo.record(listed, "pin", {"ok": True, "pinned": True, "reason": "audit"}, now=T0 + timedelta(hours=3))
+    [again] = repo.list("redis")
+    assert again.sidecar_bytes == listed.sidecar_bytes + (folder / "pin.json").stat().st_size
+    assert again.data_bytes == 4000

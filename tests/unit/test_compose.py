@@ -175,17 +175,17 @@ def tokens(text: str) -> Iterator[str | Ref]:
             body = text[i + 2 : end]
             match = _NAME.match(body)
             if not match:
-                raise InterpolationError(f"invalid interpolation format: {text[i:end + 1]!r}")
+                raise InterpolationError(f"invalid interpolation format: {text[i : end + 1]!r}")
             rest = body[match.end() :]
             op = next((o for o in _OPERATORS if rest.startswith(o)), "")
             if rest and not op:
-                raise InterpolationError(f"invalid interpolation format: {text[i:end + 1]!r}")
+                raise InterpolationError(f"invalid interpolation format: {text[i : end + 1]!r}")
             yield Ref(match.group(), op, rest[len(op) :])
             i = end + 1
             continue
         match = _NAME.match(text, i + 1)
         if not match:
-            raise InterpolationError(f"invalid interpolation format at {text[i:i + 10]!r}: write $$ for a '$'")
+            raise InterpolationError(f"invalid interpolation format at {text[i : i + 10]!r}: write $$ for a '$'")
         yield Ref(match.group())
         i = match.end()
     if literal:
@@ -307,7 +307,7 @@ def literal_secrets(raw: Any) -> list[str]:
     for path, name, value in strings(raw):
         masked, refs = _masked(value)
 
-        def required(text: str) -> bool:
+        def required(text: str, refs: list[Ref] = refs) -> bool:  # this iteration's refs
             return _is_required_ref(text, refs)
 
         for ref in refs:
@@ -456,12 +456,17 @@ def test_airflow_runs_the_celery_executor_everywhere(services):
         assert environment["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor", name
         assert environment["AIRFLOW__CELERY__BROKER_URL"].startswith("redis://"), name
         assert "@redis:6379/" in environment["AIRFLOW__CELERY__BROKER_URL"], name
-        assert re.match(r"postgresql(\+psycopg2?)?://airflow:.+@postgres(:5432)?/airflow$", environment["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]), name
+        assert re.match(
+            r"postgresql(\+psycopg2?)?://airflow:.+@postgres(:5432)?/airflow$",
+            environment["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"],
+        ), name
         assert environment["AIRFLOW__CELERY__RESULT_BACKEND"].startswith("db+postgresql://"), name
         assert environment["AIRFLOW__CORE__LOAD_EXAMPLES"].lower() == "false", name
         assert environment["AIRFLOW__CORE__FERNET_KEY"] == "change-me", name
         assert environment["AIRFLOW__API_AUTH__JWT_SECRET"] == "change-me", name
-        assert environment["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] == "http://airflow-apiserver:8080/execution/", name
+        assert environment["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] == "http://airflow-apiserver:8080/execution/", (
+            name
+        )
 
 
 @pytest.mark.parametrize("name", AIRFLOW_SERVICES)
@@ -503,7 +508,7 @@ def test_worker_holds_the_backup_repository(services):
     assert f"dbops-backups:{BACKUP_ROOT}" in worker["volumes"]
     assert _env_of(worker)["DBOPS_BACKUP__ROOT"] == BACKUP_ROOT
     assert f"dbops-backups:{BACKUP_ROOT}" in services["airflow-init"]["volumes"]
-    assert f"chown \"50000:0\" {BACKUP_ROOT}" in " ".join(command_words(services["airflow-init"]))
+    assert f'chown "50000:0" {BACKUP_ROOT}' in " ".join(command_words(services["airflow-init"]))
 
 
 def test_dbops_settings_in_the_compose_file_are_accepted_by_dbops(services):
@@ -633,7 +638,6 @@ def test_wal_receiver_settings_are_accepted_by_dbops(services):
 def test_wal_receiver_script_writes_a_private_passfile(tmp_path):
     """The script's passfile, run for real with a stand-in for python: 0600, escaped, no argv."""
     import os
-    import stat
     import subprocess
 
     secret = tmp_path / "password"
@@ -644,17 +648,28 @@ def test_wal_receiver_script_writes_a_private_passfile(tmp_path):
     (fake_bin / "python").chmod(0o755)
     result = subprocess.run(
         ["bash", str(SCRIPTS / "wal_receiver.sh"), "--check"],
-        env={"PATH": f"{fake_bin}:{os.environ['PATH']}", "PGHOST": "platform-postgres", "PGPORT": "5432",
-             "PGUSER": "dbops_replication", "DBOPS_REPLICATION_PASSWORD_FILE": str(secret), "TMPDIR": str(tmp_path)},
-        capture_output=True, text=True, check=True,
-    )  # fmt: skip
+        env={
+            "PATH": f"{fake_bin}:{os.environ['PATH']}",
+            "PGHOST": "platform-postgres",
+            "PGPORT": "5432",
+            "PGUSER": "dbops_replication",
+            "DBOPS_REPLICATION_PASSWORD_FILE": str(secret),
+            "TMPDIR": str(tmp_path),
+        },
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     line, mode, args = result.stdout.splitlines()
     assert line == "platform-postgres:5432:*:dbops_replication:p\\:w\\\\d"
     assert mode == "600" and args == "-m dbops.pitr.receiver --check"
     secret.write_text("")
-    empty = subprocess.run(["bash", str(SCRIPTS / "wal_receiver.sh")], capture_output=True, text=True,
-                           env={"PATH": os.environ["PATH"], "PGHOST": "h", "PGUSER": "u",
-                                "DBOPS_REPLICATION_PASSWORD_FILE": str(secret)})  # fmt: skip
+    empty = subprocess.run(
+        ["bash", str(SCRIPTS / "wal_receiver.sh")],
+        capture_output=True,
+        text=True,
+        env={"PATH": os.environ["PATH"], "PGHOST": "h", "PGUSER": "u", "DBOPS_REPLICATION_PASSWORD_FILE": str(secret)},
+    )
     assert empty.returncode == 1 and "is empty" in empty.stderr
 
 
@@ -785,9 +800,7 @@ def test_dockerfile_extends_the_official_image_with_the_tools_and_the_lock():
     assert f"apache-airflow=={AIRFLOW_VERSION}\n" in REQUIREMENTS.read_text()
     assert "--python-version 3.11" in REQUIREMENTS.read_text()
 
-    installs = " ".join(
-        v for i, v in instructions if i == "RUN" for v in re.findall(r"apt-get install[^;&]*", v)
-    )
+    installs = " ".join(v for i, v in instructions if i == "RUN" for v in re.findall(r"apt-get install[^;&]*", v))
     installs = " ".join(installs.replace('"', "").split())
     for key, default in args.items():
         installs = installs.replace(f"${{{key}}}", default)
@@ -827,9 +840,7 @@ def test_interpolation_follows_compose():
 
 
 def test_dotenv_parsing():
-    env = parse_dotenv(
-        "# c\nA=1 # note\nexport B='x\\ny # z'\nC=\"p\\nq\"\nD=\n"
-    )
+    env = parse_dotenv("# c\nA=1 # note\nexport B='x\\ny # z'\nC=\"p\\nq\"\nD=\n")
     assert env == {"A": "1", "B": "x\\ny # z", "C": "p\nq", "D": ""}
     with pytest.raises(ValueError):
         parse_dotenv("not a line\n")
@@ -850,7 +861,9 @@ def test_schema_check_rejects_a_broken_file(compose):
     "mutate",
     [
         lambda c: c["services"]["mongo"]["environment"].update(MONGO_INITDB_ROOT_PASSWORD="hunter2"),
-        lambda c: c["services"]["mongo"]["environment"].update(MONGO_INITDB_ROOT_PASSWORD="${MONGO_ROOT_PASSWORD:-hunter2}"),
+        lambda c: c["services"]["mongo"]["environment"].update(
+            MONGO_INITDB_ROOT_PASSWORD="${MONGO_ROOT_PASSWORD:-hunter2}"
+        ),
         lambda c: c["services"]["mongo"]["environment"].update(MONGO_INITDB_ROOT_PASSWORD="${MONGO_ROOT_PASSWORD}"),
         lambda c: c["services"]["redis"].update(command="redis-server --requirepass hunter2"),
         lambda c: c["services"]["airflow-worker"]["environment"].update(

@@ -72,7 +72,6 @@ def test_missing_file_is_refused(tmp_path: Path):
         load_config(tmp_path / "absent.yaml", environ={})
 
 
-
 def test_root_with_dotdot_is_normalised_before_the_system_folder_check():
     with pytest.raises(ConfigError, match="backup.root"):
         load_config(environ={"DBOPS_BACKUP__ROOT": "/data/backups/../../etc"})

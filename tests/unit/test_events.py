@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -12,15 +12,29 @@ from dbops import events
 from dbops.config import ConfigError, DbopsConfig, load_config
 from dbops.events import RunFacts, TaskFacts
 
-T0 = datetime(2026, 11, 22, 2, 0, 1, tzinfo=timezone.utc)
+T0 = datetime(2026, 11, 22, 2, 0, 1, tzinfo=UTC)
 
 REDIS_RESULT = {
-    "store": "redis", "subject": None, "backup_id": "20261122T020003Z", "path": "/backups/redis/20261122T020003Z",
-    "total_bytes": 123_456, "seconds": 1.25, "reused": False, "compression": "none", "summary": "redis: ...",
+    "store": "redis",
+    "subject": None,
+    "backup_id": "20261122T020003Z",
+    "path": "/backups/redis/20261122T020003Z",
+    "total_bytes": 123_456,
+    "seconds": 1.25,
+    "reused": False,
+    "compression": "none",
+    "summary": "redis: ...",
 }
 PG_RESULT = {
-    "store": "postgres", "subject": "ai_platform", "backup_id": "20261122T020002Z", "path": "/x",
-    "total_bytes": 2_000_000, "seconds": 7.5, "reused": False, "compression": "gzip", "summary": "...",
+    "store": "postgres",
+    "subject": "ai_platform",
+    "backup_id": "20261122T020002Z",
+    "path": "/x",
+    "total_bytes": 2_000_000,
+    "seconds": 7.5,
+    "reused": False,
+    "compression": "gzip",
+    "summary": "...",
 }
 
 
@@ -176,11 +190,13 @@ def test_notify_is_off_by_default():
 
 
 def test_notify_from_environment():
-    config = load_config(environ={
-        "DBOPS_NOTIFY__KAFKA_EVENTS": "true",
-        "DBOPS_NOTIFY__EMAIL_TO": '["dba@example.com"]',
-        "DBOPS_NOTIFY__ALERT_ON": '["failed", "success"]',
-    })
+    config = load_config(
+        environ={
+            "DBOPS_NOTIFY__KAFKA_EVENTS": "true",
+            "DBOPS_NOTIFY__EMAIL_TO": '["dba@example.com"]',
+            "DBOPS_NOTIFY__ALERT_ON": '["failed", "success"]',
+        }
+    )
     assert config.notify.kafka_events is True
     assert config.notify.email_to == ["dba@example.com"]
     assert config.notify.alert_on == ["failed", "success"]

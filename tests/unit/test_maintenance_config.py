@@ -14,27 +14,48 @@ def test_defaults():
     assert c.maintenance.vacuum_full_tables == [] and c.maintenance.window_minutes == 180
     assert c.maintenance.lock_timeout == "5s"
     assert c.monitor.schemas == PLATFORM_SCHEMAS
-    assert set(PLATFORM_SCHEMAS) == {"auth", "data_platform", "algo_platform", "model_platform",
-                                     "service_platform", "public"}
+    assert set(PLATFORM_SCHEMAS) == {
+        "auth",
+        "data_platform",
+        "algo_platform",
+        "model_platform",
+        "service_platform",
+        "public",
+    }
     assert c.monitor.reports_dir == Path("/opt/dbops/reports")
-    assert (c.health.pg_max_connections, c.health.redis_max_memory_percent,
-            c.health.mongo_max_replication_lag_s) == (150, 80.0, 60.0)
+    assert (c.health.pg_max_connections, c.health.redis_max_memory_percent, c.health.mongo_max_replication_lag_s) == (
+        150,
+        80.0,
+        60.0,
+    )
     assert c.schedules.health == "*/10 * * * *"
 
 
 def test_environment_sets_lists_and_durations():
-    c = load_config(environ={
-        "DBOPS_MAINTENANCE__VACUUM_FULL_TABLES": '["auth.users", "data_platform.data_items"]',
-        "DBOPS_MAINTENANCE__LOCK_TIMEOUT": "2500",  # JSON number: milliseconds, as PostgreSQL reads it
-        "DBOPS_MONITOR__SIZE_LIMITS": '{"data_platform.data_items": 1000}',
-    })
+    c = load_config(
+        environ={
+            "DBOPS_MAINTENANCE__VACUUM_FULL_TABLES": '["auth.users", "data_platform.data_items"]',
+            "DBOPS_MAINTENANCE__LOCK_TIMEOUT": "2500",  # JSON number: milliseconds, as PostgreSQL reads it
+            "DBOPS_MONITOR__SIZE_LIMITS": '{"data_platform.data_items": 1000}',
+        }
+    )
     assert c.maintenance.vacuum_full_tables == ["auth.users", "data_platform.data_items"]
     assert c.maintenance.lock_timeout == "2500"
     assert c.monitor.size_limits == {"data_platform.data_items": 1000}
 
 
-@pytest.mark.parametrize(("text", "ms"), [("250ms", 250), ("5s", 5000), ("30min", 1_800_000), ("2h", 7_200_000),
-                                          ("1d", 86_400_000), ("100", 100), (" 7 s ", 7000)])
+@pytest.mark.parametrize(
+    ("text", "ms"),
+    [
+        ("250ms", 250),
+        ("5s", 5000),
+        ("30min", 1_800_000),
+        ("2h", 7_200_000),
+        ("1d", 86_400_000),
+        ("100", 100),
+        (" 7 s ", 7000),
+    ],
+)
 def test_durations(text, ms):
     assert pg_duration_ms(text) == ms
 

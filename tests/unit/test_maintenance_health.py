@@ -2,21 +2,27 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from dbops.maintenance import health
 
 
 def pg(count):
-    return {"database_connections": count, "server_connections": count + 2, "max_connections": 200,
-            "by_state": {"idle": count}}
+    return {
+        "database_connections": count,
+        "server_connections": count + 2,
+        "max_connections": 200,
+        "by_state": {"idle": count},
+    }
 
 
 def test_pg_connections_over_the_threshold_fail_naming_it():
     assert health.evaluate_pg_connections(pg(150), "ai_platform", 150).ok
     check = health.evaluate_pg_connections(pg(151), "ai_platform", 150)
     assert not check.ok
-    assert check.problems == ["PostgreSQL: 151 connections to database ai_platform exceed health.pg_max_connections = 150"]
+    assert check.problems == [
+        "PostgreSQL: 151 connections to database ai_platform exceed health.pg_max_connections = 150"
+    ]
 
 
 def test_redis_memory_percent_of_maxmemory():
@@ -33,10 +39,12 @@ def test_redis_without_maxmemory_cannot_pass():
 
 
 def rs(*lags):
-    t0 = datetime(2026, 11, 22, tzinfo=timezone.utc)
+    t0 = datetime(2026, 11, 22, tzinfo=UTC)
     members = [{"name": "m0:27017", "stateStr": "PRIMARY", "optimeDate": t0}]
-    members += [{"name": f"m{i + 1}:27017", "stateStr": "SECONDARY", "optimeDate": t0 - timedelta(seconds=lag)}
-                for i, lag in enumerate(lags)]
+    members += [
+        {"name": f"m{i + 1}:27017", "stateStr": "SECONDARY", "optimeDate": t0 - timedelta(seconds=lag)}
+        for i, lag in enumerate(lags)
+    ]
     return {"set": "rs0", "members": members}
 
 
@@ -44,8 +52,10 @@ def test_mongo_lag_per_secondary():
     assert health.evaluate_mongo_lag(rs(0, 60), 60).ok
     check = health.evaluate_mongo_lag(rs(5, 61), 60)
     assert not check.ok
-    assert check.problems == ["MongoDB: secondary m2:27017 is 61 s behind the primary m0:27017, more than "
-                              "health.mongo_max_replication_lag_s = 60 s"]
+    assert check.problems == [
+        "MongoDB: secondary m2:27017 is 61 s behind the primary m0:27017, more than "
+        "health.mongo_max_replication_lag_s = 60 s"
+    ]
 
 
 def test_mongo_standalone_is_not_applicable_and_a_set_without_primary_fails():
@@ -56,12 +66,17 @@ def test_mongo_standalone_is_not_applicable_and_a_set_without_primary_fails():
 
 
 def test_kafka_topics_present_with_their_partitions():
-    spec = [{"name": "data-ingestion", "partitions": 3}, {"name": "model-events", "partitions": 3},
-            {"name": "system-logs", "partitions": 3}]
+    spec = [
+        {"name": "data-ingestion", "partitions": 3},
+        {"name": "model-events", "partitions": 3},
+        {"name": "system-logs", "partitions": 3},
+    ]
     actual = {"data-ingestion": {"partitions": 3}, "model-events": {"partitions": 1}, "other": {"partitions": 1}}
     check = health.evaluate_kafka_topics(actual, spec)
     assert not check.ok
-    assert check.problems == ["Kafka: topic model-events has 1 partitions, expected 3",
-                              "Kafka: topic system-logs is missing (expected 3 partitions)"]
+    assert check.problems == [
+        "Kafka: topic model-events has 1 partitions, expected 3",
+        "Kafka: topic system-logs is missing (expected 3 partitions)",
+    ]
     actual.update({"model-events": {"partitions": 3}, "system-logs": {"partitions": 6}})
     assert health.evaluate_kafka_topics(actual, spec).ok

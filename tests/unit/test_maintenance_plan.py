@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -10,7 +10,7 @@ from dbops.config import MaintenanceSettings
 from dbops.maintenance.postgres import ANALYZE, VACUUM, TableActivity, plan_vacuum, reindex_candidates
 from dbops.maintenance.window import Window
 
-NOW = datetime(2026, 11, 22, 3, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 11, 22, 3, 0, tzinfo=UTC)
 
 
 def activity(name="t", *, live=10_000, dead=0, changed=0, inserted=0, vacuumed=NOW, analyzed=NOW, size=8192):
@@ -31,13 +31,17 @@ def test_dead_tuples_over_min_plus_fraction_of_live_need_vacuum():
 def test_a_changed_table_not_vacuumed_for_too_long_needs_vacuum_an_unchanged_one_does_not():
     s = settings(vacuum_max_age_days=7)
     old = NOW - timedelta(days=8)
-    plan = plan_vacuum([
-        activity("changed", dead=1, vacuumed=old),
-        activity("inserted_only", inserted=5, vacuumed=old),
-        activity("unchanged", vacuumed=old),
-        activity("recent", dead=1, vacuumed=NOW - timedelta(days=6)),
-        activity("never", dead=3, vacuumed=None),
-    ], s, NOW)
+    plan = plan_vacuum(
+        [
+            activity("changed", dead=1, vacuumed=old),
+            activity("inserted_only", inserted=5, vacuumed=old),
+            activity("unchanged", vacuumed=old),
+            activity("recent", dead=1, vacuumed=NOW - timedelta(days=6)),
+            activity("never", dead=3, vacuumed=None),
+        ],
+        s,
+        NOW,
+    )
     assert {p.table_name for p in plan if p.kind == VACUUM} == {"changed", "inserted_only", "never"}
     assert any("never vacuumed" in p.reason for p in plan)
 
@@ -49,29 +53,44 @@ def test_age_rule_can_be_switched_off():
 
 def test_stale_statistics_need_analyze_only():
     s = settings(analyze_min_changes=100, analyze_change_fraction=0.1)  # 100 + 0.1 x 10000 = 1100
-    plan = plan_vacuum([
-        activity("stale", changed=1100),
-        activity("fresh", changed=1099),
-        activity("never_analyzed", analyzed=None),
-        activity("empty_never_analyzed", live=0, analyzed=None),
-    ], s, NOW)
+    plan = plan_vacuum(
+        [
+            activity("stale", changed=1100),
+            activity("fresh", changed=1099),
+            activity("never_analyzed", analyzed=None),
+            activity("empty_never_analyzed", live=0, analyzed=None),
+        ],
+        s,
+        NOW,
+    )
     assert [(p.table_name, p.kind) for p in plan] == [("never_analyzed", ANALYZE), ("stale", ANALYZE)]
 
 
 def test_vacuum_analyze_covers_analyze_and_the_most_dead_go_first():
     s = settings()
-    plan = plan_vacuum([
-        activity("a", dead=2000, changed=50_000),
-        activity("b", dead=90_000),
-        activity("c", changed=50_000),
-    ], s, NOW)
+    plan = plan_vacuum(
+        [
+            activity("a", dead=2000, changed=50_000),
+            activity("b", dead=90_000),
+            activity("c", changed=50_000),
+        ],
+        s,
+        NOW,
+    )
     assert [(p.table_name, p.kind) for p in plan] == [("b", VACUUM), ("a", VACUUM), ("c", ANALYZE)]
 
 
 def bloat_row(name, *, ratio, size, valid=True, stats_missing=False):
-    return {"schema_name": "s", "index_name": name, "table_name": "t", "valid": valid, "index_bytes": size,
-            "bloat_bytes": None if ratio is None else int(size * ratio), "bloat_ratio": ratio,
-            "stats_missing": stats_missing}
+    return {
+        "schema_name": "s",
+        "index_name": name,
+        "table_name": "t",
+        "valid": valid,
+        "index_bytes": size,
+        "bloat_bytes": None if ratio is None else int(size * ratio),
+        "bloat_ratio": ratio,
+        "stats_missing": stats_missing,
+    }
 
 
 def test_reindex_candidates_pass_both_the_ratio_and_the_size_bound():
@@ -90,8 +109,10 @@ def test_reindex_candidates_pass_both_the_ratio_and_the_size_bound():
 
 def test_listed_schemas_add_every_index_once_biggest_bloat_first():
     s = settings(reindex_bloat_ratio=0.3, reindex_min_bytes=0)
-    listed = [{"schema_name": "s", "index_name": n, "table_name": "t", "index_bytes": b}
-              for n, b in (("bloated", 10), ("other", 20))]
+    listed = [
+        {"schema_name": "s", "index_name": n, "table_name": "t", "index_bytes": b}
+        for n, b in (("bloated", 10), ("other", 20))
+    ]
     chosen = reindex_candidates([bloat_row("bloated", ratio=0.6, size=10)], listed, s)
     assert [c.index_name for c in chosen] == ["bloated", "other"]
     assert "reindex_schemas" in chosen[1].reason

@@ -2,20 +2,28 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from types import SimpleNamespace
 
 from dbops.alerting import webhook_url
 from dbops.maintenance import reports
 from dbops.maintenance.journal import Entry
 
-T0 = datetime(2026, 11, 22, 3, 0, tzinfo=timezone.utc)
+T0 = datetime(2026, 11, 22, 3, 0, tzinfo=UTC)
 
 
 def journal_row(action, finished=True, **detail):
-    return {"kind": "reindex", "target": "s.i", "action": action, "before_bytes": 8192 * 100,
-            "after_bytes": 8192 * 10 if finished else None, "duration_ms": 1500 if finished else None,
-            "started_at": T0, "finished_at": T0 if finished else None, "detail": detail}
+    return {
+        "kind": "reindex",
+        "target": "s.i",
+        "action": action,
+        "before_bytes": 8192 * 100,
+        "after_bytes": 8192 * 10 if finished else None,
+        "duration_ms": 1500 if finished else None,
+        "started_at": T0,
+        "finished_at": T0 if finished else None,
+        "detail": detail,
+    }
 
 
 def test_an_action_that_never_finished_counts_as_failed():
@@ -42,8 +50,13 @@ def test_entry_note_joins_reason_and_error():
 
 
 def test_webhook_url_from_an_http_connection():
-    conn = SimpleNamespace(schema="https", host="alerts.example", port=9443, extra='{"endpoint": "hook"}',
-                           extra_dejson={"endpoint": "hook"})
+    conn = SimpleNamespace(
+        schema="https",
+        host="alerts.example",
+        port=9443,
+        extra='{"endpoint": "hook"}',
+        extra_dejson={"endpoint": "hook"},
+    )
     assert webhook_url(conn) == "https://alerts.example:9443/hook"
     bare = SimpleNamespace(schema=None, host="relay", port=None, extra=None, extra_dejson={})
     assert webhook_url(bare) == "http://relay"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import stat
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -12,15 +12,30 @@ from prometheus_client.parser import text_string_to_metric_families
 from dbops.config import MonitorSettings
 from dbops.maintenance import sizes
 
-NOW = datetime(2026, 11, 22, 0, 0, 5, tzinfo=timezone.utc)
+NOW = datetime(2026, 11, 22, 0, 0, 5, tzinfo=UTC)
 
 
 def row(table="data_items", *, total=1000, g1=None, g7=None, g30=None, limit=10_000, days=None, schema="data_platform"):
-    return {"schema_name": schema, "table_name": table, "captured_at": NOW, "total_bytes": total,
-            "heap_bytes": total // 2, "index_bytes": total // 4, "toast_bytes": total - total // 2 - total // 4,
-            "live_tuples": 10, "dead_tuples": 1, "captures": 3, "growth_1d": g1, "growth_7d": g7, "growth_30d": g30,
-            "span_1d_days": 1.0 if g1 is not None else None, "span_7d_days": None, "span_30d_days": None,
-            "limit_bytes": limit, "days_to_limit": days}
+    return {
+        "schema_name": schema,
+        "table_name": table,
+        "captured_at": NOW,
+        "total_bytes": total,
+        "heap_bytes": total // 2,
+        "index_bytes": total // 4,
+        "toast_bytes": total - total // 2 - total // 4,
+        "live_tuples": 10,
+        "dead_tuples": 1,
+        "captures": 3,
+        "growth_1d": g1,
+        "growth_7d": g7,
+        "growth_30d": g30,
+        "span_1d_days": 1.0 if g1 is not None else None,
+        "span_7d_days": None,
+        "span_30d_days": None,
+        "limit_bytes": limit,
+        "days_to_limit": days,
+    }
 
 
 @pytest.mark.parametrize(
@@ -41,8 +56,12 @@ def test_only_a_current_run_measures(logical_date, measures):
 
 
 def test_alert_names_table_and_threshold_for_size_growth_and_forecast():
-    s = MonitorSettings(size_limit_bytes=10_000, size_limits={"auth.users": 500},
-                        max_growth_bytes_per_day=100, alert_days_until_limit=30)
+    s = MonitorSettings(
+        size_limit_bytes=10_000,
+        size_limits={"auth.users": 500},
+        max_growth_bytes_per_day=100,
+        alert_days_until_limit=30,
+    )
     rows = [
         row("users", schema="auth", total=600, limit=500, days=0),
         row("fast", g1=150.0, g7=150.0, days=60.0),
@@ -52,7 +71,10 @@ def test_alert_names_table_and_threshold_for_size_growth_and_forecast():
     ]
     found = sizes.alerts(rows, s)
     assert [(a.table, a.rule) for a in found] == [
-        ("auth.users", "size_limit"), ("data_platform.fast", "growth"), ("data_platform.soon", "days_to_limit")]
+        ("auth.users", "size_limit"),
+        ("data_platform.fast", "growth"),
+        ("data_platform.soon", "days_to_limit"),
+    ]
     assert "monitor.size_limits['auth.users'] = 500" in found[0].message
     assert "monitor.max_growth_bytes_per_day = 100" in found[1].message
     assert "in 20 days" in found[2].message and "monitor.alert_days_until_limit = 30" in found[2].message
@@ -64,13 +86,14 @@ def test_thresholds_can_be_switched_off():
 
 
 def test_metrics_parse_as_prometheus_text_and_leave_unknowns_out():
-    rows = [row("a", g1=12.5, g7=10.0, days=42.0), row("b\"x", g1=None)]
+    rows = [row("a", g1=12.5, g7=10.0, days=42.0), row('b"x', g1=None)]
     text = sizes.render_metrics(rows, [], NOW)
     families = {f.name: f for f in text_string_to_metric_families(text)}
     total = {(s.labels["schema"], s.labels["table"]): s.value for s in families["dbops_table_total_bytes"].samples}
     assert total == {("data_platform", "a"): 1000, ("data_platform", 'b"x'): 1000}
-    growth = {(s.labels["table"], s.labels["window"]): s.value
-              for s in families["dbops_table_growth_bytes_per_day"].samples}
+    growth = {
+        (s.labels["table"], s.labels["window"]): s.value for s in families["dbops_table_growth_bytes_per_day"].samples
+    }
     assert growth == {("a", "1d"): 12.5, ("a", "7d"): 10.0}  # no sample for unknown growth
     assert families["dbops_table_days_until_size_limit"].samples[0].value == 42
     assert families["dbops_table_size_capture_timestamp_seconds"].samples[0].value == NOW.timestamp()
@@ -101,6 +124,7 @@ def test_report_files_are_named_by_capture_time_and_old_ones_pruned(tmp_path):
 def test_report_text_lists_tables_and_alerts():
     s = MonitorSettings(size_limit_bytes=500)
     rows = [row("big", total=600, limit=500, days=0)]
-    text = sizes.render_report(rows, sizes.alerts(rows, s), captured_at=NOW, database="ai_platform",
-                               schemas=["data_platform"])
+    text = sizes.render_report(
+        rows, sizes.alerts(rows, s), captured_at=NOW, database="ai_platform", schemas=["data_platform"]
+    )
     assert "data_platform.big" in text and "alerts:" in text and "over its size limit" in text

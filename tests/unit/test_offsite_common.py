@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import os
 import stat
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
@@ -14,7 +14,7 @@ from dbops.config import ConfigError, load_config
 from dbops.offsite.common import Envelope, SeriesKey, plain_files, split_backup_path, split_staging_path
 from dbops.offsite.rsync import SSHParams, SSHSession, check_remote_dir, parse_rsync_stats
 
-UTC = timezone.utc
+UTC = UTC
 HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHW9Ydn0wDXq4o6sFPy7J8A3c5s2lYDq8tT3V0b7z9sY"
 
 
@@ -22,9 +22,11 @@ def _private_key() -> str:
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-    return Ed25519PrivateKey.generate().private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
-    ).decode()
+    return (
+        Ed25519PrivateKey.generate()
+        .private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption())
+        .decode()
+    )
 
 
 # --------------------------------------------------------------------------- layout
@@ -33,9 +35,19 @@ def _private_key() -> str:
 def test_paths_inside_backup_folders_are_recognised_and_nothing_else():
     assert split_backup_path("redis/20240101T020000Z/dump.rdb") == (SeriesKey("redis"), "20240101T020000Z", "dump.rdb")
     assert split_backup_path("postgres/ai_platform/20240101T020000Z-2/sub/x.dat") == (
-        SeriesKey("postgres", "ai_platform"), "20240101T020000Z-2", "sub/x.dat")  # fmt: skip
-    for rel in ("redis/.staging/20240101T020000Z/x", "redis/notanid/x", "redis/20240101T020000Z",
-                "Redis/20240101T020000Z/x", "redis/20240101T020000Z/../x", "x", ""):  # fmt: skip
+        SeriesKey("postgres", "ai_platform"),
+        "20240101T020000Z-2",
+        "sub/x.dat",
+    )
+    for rel in (
+        "redis/.staging/20240101T020000Z/x",
+        "redis/notanid/x",
+        "redis/20240101T020000Z",
+        "Redis/20240101T020000Z/x",
+        "redis/20240101T020000Z/../x",
+        "x",
+        "",
+    ):
         assert split_backup_path(rel) is None, rel
     assert split_staging_path("redis/.staging/20240101T020000Z") == (SeriesKey("redis"), "20240101T020000Z")
     assert split_staging_path("postgres/db/.staging/abc") == (SeriesKey("postgres", "db"), "abc")
@@ -43,8 +55,13 @@ def test_paths_inside_backup_folders_are_recognised_and_nothing_else():
 
 
 def _manifest() -> dict:
-    return {"manifest_sha256": "m1", "files": [{"path": "a.bin", "bytes": 3, "sha256": "a" * 64},
-                                               {"path": "d/b.bin", "bytes": 5, "sha256": "b" * 64}]}  # fmt: skip
+    return {
+        "manifest_sha256": "m1",
+        "files": [
+            {"path": "a.bin", "bytes": 3, "sha256": "a" * 64},
+            {"path": "d/b.bin", "bytes": 5, "sha256": "b" * 64},
+        ],
+    }
 
 
 def test_the_envelope_round_trips_and_is_checked_against_its_manifest():
@@ -66,10 +83,36 @@ def test_the_envelope_round_trips_and_is_checked_against_its_manifest():
         ({"ok": False}, "successful arrival"),
         ({"format": "other"}, "format"),
         ({"files": []}, "no files"),
-        ({"files": [{"path": "../x", "stored_path": "x", "bytes": 1, "sha256": None, "plain_bytes": 1,
-                     "plain_sha256": "a"}]}, "unsafe path"),  # fmt: skip
-        ({"files": [{"path": "x", "stored_path": "manifest.json", "bytes": 1, "sha256": None, "plain_bytes": 1,
-                     "plain_sha256": "a"}]}, "stores a file as"),  # fmt: skip
+        (
+            {
+                "files": [
+                    {
+                        "path": "../x",
+                        "stored_path": "x",
+                        "bytes": 1,
+                        "sha256": None,
+                        "plain_bytes": 1,
+                        "plain_sha256": "a",
+                    }
+                ]
+            },
+            "unsafe path",
+        ),
+        (
+            {
+                "files": [
+                    {
+                        "path": "x",
+                        "stored_path": "manifest.json",
+                        "bytes": 1,
+                        "sha256": None,
+                        "plain_bytes": 1,
+                        "plain_sha256": "a",
+                    }
+                ]
+            },
+            "stores a file as",
+        ),
         ({"encryption": "yes"}, "encryption"),
     ],
 )
@@ -84,8 +127,14 @@ def test_the_manifest_mac_is_kept_and_checked():
 
     enc = Encryption(bytes(range(32)), 4096)
     manifest = json.dumps(_manifest()).encode()
-    sealed = Envelope("m1", tuple(plain_files(_manifest())), enc.describe(), "rsync", datetime(2024, 1, 1, tzinfo=UTC),
-                      manifest_mac=enc.manifest_mac(manifest))  # fmt: skip
+    sealed = Envelope(
+        "m1",
+        tuple(plain_files(_manifest())),
+        enc.describe(),
+        "rsync",
+        datetime(2024, 1, 1, tzinfo=UTC),
+        manifest_mac=enc.manifest_mac(manifest),
+    )
     again = Envelope.from_dict(json.loads(sealed.to_bytes()))
     assert again == sealed and again.check_manifest_mac(manifest, enc) == []
     # a manifest changed offsite (a file dropped), or the mac stripped, or checked without the key
@@ -119,7 +168,11 @@ Total bytes received: 38
 """
     stats = parse_rsync_stats(text)
     assert (stats.files_transferred, stats.literal_bytes, stats.bytes_sent, stats.bytes_received) == (
-        2, 1048576, 1049001, 38)  # fmt: skip
+        2,
+        1048576,
+        1049001,
+        38,
+    )
     assert parse_rsync_stats("Literal data: 12 bytes\nMatched data: 99 bytes\n").matched_bytes == 99
 
 
@@ -131,12 +184,12 @@ def test_remote_dirs_must_be_plain_absolute_and_not_system_folders():
 
 
 def test_the_publish_script_flushes_everything_before_the_rename_and_the_folders_after(tmp_path):
-    """The remote publish script, run here by ``sh`` with a ``sync`` that records what it
+    """The offsite script's publish, run here by ``bash`` with a ``sync`` that records what it
     flushes and whether the backup was visible yet (then runs the real one)."""
     import shutil
     import subprocess
 
-    from dbops.offsite.rsync import RsyncTarget
+    from dbops.offsite.rsync import REMOTE_SCRIPT, RsyncTarget
 
     root = tmp_path / "offsite"
     key, bid = SeriesKey("postgres", "ai_platform"), "20240101T020000Z"
@@ -156,9 +209,10 @@ def test_the_publish_script_flushes_everything_before_the_rename_and_the_folders
     )
     (bin_dir / "sync").chmod(0o755)
     target = RsyncTarget(SSHParams(host="h", user="u", private_key="K"), str(root))
-    script = target._publish_script(key, bid, extras=[])
-    subprocess.run(["sh", "-c", script], input=b'{"ok": true}', check=True,
-                   env={**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"})  # fmt: skip
+    script = ["bash", str(REMOTE_SCRIPT), "publish", target.root, target.series_dir(key), bid]
+    subprocess.run(
+        script, input=b'{"ok": true}', check=True, env={**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    )
     assert (final / "offsite.json").read_bytes() == b'{"ok": true}' and not (final / ".rsync-partial").exists()
     lines = record.read_text().splitlines()
     before = {line.split(" ", 1)[1] for line in lines if line.startswith("before ")}
@@ -166,7 +220,7 @@ def test_the_publish_script_flushes_everything_before_the_rename_and_the_folders
     assert before == {str(staged / x).rstrip("/.") for x in (".", "sub", "toc.dat", "sub/a.dat", "offsite.json")}
     assert after == {str(final.parent), str(final.parent / ".staging"), str(root / "postgres"), str(root)}
     # the rerun of a publish that already happened refuses to replace it
-    again = subprocess.run(["sh", "-c", script], input=b"{}", capture_output=True)
+    again = subprocess.run(script, input=b"{}", capture_output=True)
     assert again.returncode == 3 and b"already exists offsite" in again.stderr
 
 
@@ -176,9 +230,17 @@ def test_the_publish_script_flushes_everything_before_the_rename_and_the_folders
 def test_ssh_params_are_validated():
     good = dict(host="backup.example.org", user="dbops", private_key="KEY", host_key=HOST_KEY)
     SSHParams(**good)
-    for change in ({"host": "-oProxyCommand=x"}, {"host": "a b"}, {"user": "root;id"}, {"port": 0},
-                   {"private_key": None}, {"key_file": "/k"}, {"host_key": "ssh-dss AAAA"},
-                   {"host_key": "ssh-ed25519 not*base64"}, {"no_host_key_check": True}):  # fmt: skip
+    for change in (
+        {"host": "-oProxyCommand=x"},
+        {"host": "a b"},
+        {"user": "root;id"},
+        {"port": 0},
+        {"private_key": None},
+        {"key_file": "/k"},
+        {"host_key": "ssh-dss AAAA"},
+        {"host_key": "ssh-ed25519 not*base64"},
+        {"no_host_key_check": True},
+    ):
         with pytest.raises(ValueError):
             SSHParams(**{**good, **change})
     assert "KEY" not in repr(SSHParams(**good))
@@ -216,26 +278,40 @@ def test_without_a_host_key_the_check_stays_on_unless_the_connection_turns_it_of
 
 
 def test_connection_helpers_read_the_ssh_and_aws_connections(monkeypatch):
-    from dbops import connections
-    from dbops.offsite.targets import ssh_params
+    from dbops import runtime
+    from dbops.runtime import ssh_params
 
     key = _private_key()
-    conn = {"conn_type": "ssh", "host": "offsite.example.org", "port": 2222, "login": "dbops",
-            "extra": {"private_key": key, "host_key": HOST_KEY, "no_host_key_check": "false"}}  # fmt: skip
+    conn = {
+        "conn_type": "ssh",
+        "host": "offsite.example.org",
+        "port": 2222,
+        "login": "dbops",
+        "extra": {"private_key": key, "host_key": HOST_KEY, "no_host_key_check": "false"},
+    }
     monkeypatch.setenv("AIRFLOW_CONN_T_OFFSITE", json.dumps(conn))
     params = ssh_params("t_offsite", connect_timeout=7)
     assert (params.host, params.port, params.user, params.connect_timeout) == ("offsite.example.org", 2222, "dbops", 7)
     assert params.private_key == key and params.host_key == HOST_KEY and not params.no_host_key_check
 
-    monkeypatch.setenv("AIRFLOW_CONN_T_PASS", json.dumps({**conn, "extra": {**conn["extra"], "private_key_passphrase": "x"}}))
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_T_PASS", json.dumps({**conn, "extra": {**conn["extra"], "private_key_passphrase": "x"}})
+    )
     with pytest.raises(Exception, match="passphrase"):
         ssh_params("t_pass")
 
-    s3 = {"conn_type": "aws", "login": "AK", "password": "SK",
-          "extra": {"endpoint_url": "http://127.0.0.1:1", "region_name": "eu-west-1",
-                    "config_kwargs": {"s3": {"addressing_style": "path"}}}}  # fmt: skip
+    s3 = {
+        "conn_type": "aws",
+        "login": "AK",
+        "password": "SK",
+        "extra": {
+            "endpoint_url": "http://127.0.0.1:1",
+            "region_name": "eu-west-1",
+            "config_kwargs": {"s3": {"addressing_style": "path"}},
+        },
+    }
     monkeypatch.setenv("AIRFLOW_CONN_T_S3", json.dumps(s3))
-    client = connections.s3_client("t_s3")
+    client = runtime.s3_client("t_s3")
     assert client.meta.endpoint_url == "http://127.0.0.1:1" and client.meta.region_name == "eu-west-1"
 
 
@@ -246,14 +322,29 @@ def test_offsite_config_defaults_and_refusals():
     offsite = load_config(environ={}).offsite
     assert offsite.targets == ["rsync", "s3"] and offsite.encryption is False
     assert (offsite.s3_multipart_chunk_mib, offsite.s3_max_concurrency, offsite.rsync_compress) == (64, 4, False)
-    env = {"DBOPS_OFFSITE__TARGETS": '["s3"]', "DBOPS_OFFSITE__S3_STORAGE_CLASS": "STANDARD_IA",
-           "DBOPS_OFFSITE__ENCRYPTION": "true", "DBOPS_OFFSITE__ENCRYPTION_KEY": "connection:offsite_key"}  # fmt: skip
+    env = {
+        "DBOPS_OFFSITE__TARGETS": '["s3"]',
+        "DBOPS_OFFSITE__S3_STORAGE_CLASS": "STANDARD_IA",
+        "DBOPS_OFFSITE__ENCRYPTION": "true",
+        "DBOPS_OFFSITE__ENCRYPTION_KEY": "connection:offsite_key",
+    }
     offsite = load_config(environ=env).offsite
     assert offsite.targets == ["s3"] and offsite.s3_storage_class == "STANDARD_IA" and offsite.encryption
-    for key, value in [("TARGETS", '["ftp"]'), ("TARGETS", '["s3", "s3"]'), ("TARGETS", "[]"),
-                       ("RSYNC_REMOTE_DIR", "/etc"), ("RSYNC_REMOTE_DIR", "relative"), ("S3_BUCKET", "Bad_Bucket"),
-                       ("S3_PREFIX", "/lead"), ("S3_PREFIX", "a//b"), ("S3_SSE", "rot13"),
-                       ("S3_SSE_KMS_KEY_ID", "alias/x"), ("S3_MULTIPART_CHUNK_MIB", "1"),
-                       ("ENCRYPTION_KEY", "file:/etc/key"), ("RSYNC_PATH", "rsync; rm"), ("WORK_DIR", "/tmp")]:  # fmt: skip
+    for key, value in [
+        ("TARGETS", '["ftp"]'),
+        ("TARGETS", '["s3", "s3"]'),
+        ("TARGETS", "[]"),
+        ("RSYNC_REMOTE_DIR", "/etc"),
+        ("RSYNC_REMOTE_DIR", "relative"),
+        ("S3_BUCKET", "Bad_Bucket"),
+        ("S3_PREFIX", "/lead"),
+        ("S3_PREFIX", "a//b"),
+        ("S3_SSE", "rot13"),
+        ("S3_SSE_KMS_KEY_ID", "alias/x"),
+        ("S3_MULTIPART_CHUNK_MIB", "1"),
+        ("ENCRYPTION_KEY", "file:/etc/key"),
+        ("RSYNC_PATH", "rsync; rm"),
+        ("WORK_DIR", "/tmp"),
+    ]:
         with pytest.raises(ConfigError, match=f"offsite.{key.lower()}"):
             load_config(environ={f"DBOPS_OFFSITE__{key}": value})

@@ -99,7 +99,9 @@ def test_every_kind_of_damage_is_refused():
     header, records = blob[:HEADER_BYTES], _records(blob)
     assert len(records) == 4
     damaged = {
-        "bit flip in a record": blob[: HEADER_BYTES + 5] + bytes([blob[HEADER_BYTES + 5] ^ 1]) + blob[HEADER_BYTES + 6 :],
+        "bit flip in a record": blob[: HEADER_BYTES + 5]
+        + bytes([blob[HEADER_BYTES + 5] ^ 1])
+        + blob[HEADER_BYTES + 6 :],
         "bit flip in the last tag": blob[:-1] + bytes([blob[-1] ^ 0x80]),
         "salt changed": header[:12] + bytes([header[12] ^ 1]) + header[13:] + b"".join(records),
         "records swapped": header + records[1] + records[0] + records[2] + records[3],

@@ -29,11 +29,6 @@ FILES = {"toc.dat": 3000, "1.dat.gz": 20_000, "2.dat.gz": 9_000}
 
 
 @pytest.fixture
-def repo(tmp_path):
-    return BackupRepository(tmp_path / "backups")
-
-
-@pytest.fixture
 def fetch(tmp_path):
     return BackupRepository(tmp_path / "fetch")
 
@@ -75,8 +70,11 @@ def test_latest_is_the_newest_usable_copy_and_what_was_passed_over_is_named(s3, 
     assert resolve_offsite(target(s3), "postgres", "ai_platform", old.backup_id, Log()).backup_id == old.backup_id
     with pytest.raises(OffsiteError, match=f"{broken.backup_id} on .* cannot be restored: toc.dat: offsite.json"):
         resolve_offsite(target(s3), "postgres", "ai_platform", broken.backup_id, Log())
-    with pytest.raises(OffsiteError, match=f"no complete backup 20200101T000000Z of postgres/ai_platform on .*newest: "
-                                           f"{old.backup_id}, {good.backup_id}, {broken.backup_id}"):  # fmt: skip
+    with pytest.raises(
+        OffsiteError,
+        match=f"no complete backup 20200101T000000Z of postgres/ai_platform on .*newest: "
+        f"{old.backup_id}, {good.backup_id}, {broken.backup_id}",
+    ):
         resolve_offsite(target(s3), "postgres", "ai_platform", "20200101T000000Z", Log())
     with pytest.raises(OffsiteError, match="no usable backup of redis on .*: 0 complete copies"):
         resolve_offsite(target(s3), "redis", None, "latest", Log())
@@ -122,8 +120,9 @@ def test_a_copy_that_fails_a_check_leaves_nothing_and_a_wrong_key_keeps_the_down
     enc = Encryption(os.urandom(32), 4096)
     ship(s3, repo, encryption=enc)
     with pytest.raises(OffsiteError, match="key id") as refused:
-        fetch_backup(target(s3), fetch, "redis", None, secret.backup_id, encryption=Encryption(os.urandom(32)),
-                     log=Log())  # fmt: skip
+        fetch_backup(
+            target(s3), fetch, "redis", None, secret.backup_id, encryption=Encryption(os.urandom(32)), log=Log()
+        )
     assert not isinstance(refused.value, OffsiteVerificationError)  # no verdict on the copy
     assert (download_folder(fetch, "redis", None, secret.backup_id) / "dump.rdb.enc").is_file()
     back = fetch_backup(target(s3), fetch, "redis", None, secret.backup_id, encryption=enc, log=Log())
@@ -170,15 +169,18 @@ def test_space_needed_counts_both_copies_while_an_encrypted_one_is_decrypted(s3,
     secret = make_backup(repo, "kafka", files={"topics.json": 10_000})
     ship(s3, repo, encryption=Encryption(os.urandom(32), 4096))
     catalog = target(s3).catalog(Log())
-    assert space_needed(next(iter(catalog.backups[next(k for k in catalog.backups if k.store == "redis")].values()))) \
-        == plain.total_bytes  # fmt: skip
+    assert (
+        space_needed(next(iter(catalog.backups[next(k for k in catalog.backups if k.store == "redis")].values())))
+        == plain.total_bytes
+    )
     item = next(iter(catalog.backups[next(k for k in catalog.backups if k.store == "kafka")].values()))
     assert space_needed(item) == secret.total_bytes + sum(f.bytes for f in item.envelope.files) > 2 * 10_000
 
 
 def test_the_fetch_repository_is_one_folder_per_target_outside_the_backup_root(tmp_path):
-    config = DbopsConfig.model_validate({"backup": {"root": str(tmp_path / "gone")},
-                                         "restore": {"scratch_dir": str(tmp_path / "scratch")}})  # fmt: skip
+    config = DbopsConfig.model_validate(
+        {"backup": {"root": str(tmp_path / "gone")}, "restore": {"scratch_dir": str(tmp_path / "scratch")}}
+    )
     assert fetch_repository(config, "s3").root == tmp_path / "scratch" / "dbops-offsite-fetch" / "s3"
     chosen = DbopsConfig.model_validate({"offsite": {"fetch_dir": str(tmp_path / "fetch")}})
     assert fetch_repository(chosen, "rsync").root == tmp_path / "fetch" / "rsync"

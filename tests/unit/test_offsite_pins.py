@@ -4,14 +4,14 @@ The real targets are exercised in tests/integration/test_pin_dag.py."""
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
 from dbops.offsite.common import SeriesKey
 from dbops.offsite.pins import PINS_REL, PinsUnreadable, parse_pins, read_pins, series_pins, set_pin
 
-NOW = datetime(2026, 12, 6, 9, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 12, 6, 9, 0, tzinfo=UTC)
 
 
 class Files:
@@ -43,7 +43,9 @@ def test_pin_and_unpin_round_trip_and_are_idempotent():
     assert set_pin(target, SeriesKey("redis"), "20261005T020000Z", {"reason": "x", "by": "m"}, now=NOW, log=print)
     body = json.loads(target.files[PINS_REL])
     assert body["format"] == "dbops-offsite-pins" and set(body["pins"]) == {
-        "postgres/ai_platform/20261004T020000Z", "redis/20261005T020000Z"}  # fmt: skip
+        "postgres/ai_platform/20261004T020000Z",
+        "redis/20261005T020000Z",
+    }
     assert body["pins"]["postgres/ai_platform/20261004T020000Z"]["at"] == "2026-12-06T09:00:00Z"
     pins = read_pins(target, print)
     assert series_pins(pins, pg) == {"20261004T020000Z": "audit (pinned in pins.json of the target)"}
@@ -57,8 +59,16 @@ def test_pin_and_unpin_round_trip_and_are_idempotent():
         set_pin(target, pg, "../../etc", {"reason": "x"}, now=NOW, log=print)
 
 
-@pytest.mark.parametrize("data", [b"{", b"[]", b'{"format": "other", "version": 1, "pins": {}}',
-                                  b'{"format": "dbops-offsite-pins", "version": 1, "pins": {"a": {}}}', b"\xff"])
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"{",
+        b"[]",
+        b'{"format": "other", "version": 1, "pins": {}}',
+        b'{"format": "dbops-offsite-pins", "version": 1, "pins": {"a": {}}}',
+        b"\xff",
+    ],
+)
 def test_an_unreadable_pins_file_is_an_error_never_no_pins(data):
     with pytest.raises(PinsUnreadable, match="pins.json is unreadable"):
         parse_pins(data, "s3")
@@ -72,14 +82,24 @@ def test_an_unreadable_pins_file_is_an_error_never_no_pins(data):
 def test_pin_params_are_refused_naming_the_bad_one():
     from dbops.tasks.pin import check_pin_params
 
-    good = {"store": "postgres", "subject": "ai_platform", "backup_id": "20261004T020000Z", "action": "pin",
-            "reason": "audit"}  # fmt: skip
+    good = {
+        "store": "postgres",
+        "subject": "ai_platform",
+        "backup_id": "20261004T020000Z",
+        "action": "pin",
+        "reason": "audit",
+    }
     assert check_pin_params(good)["subject"] == "ai_platform"
     assert check_pin_params({**good, "store": "postgres_pitr", "subject": ""})["subject"] is None
     assert check_pin_params({**good, "action": "unpin", "reason": ""})["reason"] is None
-    for bad, match in [({"store": "mysql"}, "store 'mysql'"), ({"backup_id": "latest"}, "backup_id 'latest'"),
-                       ({"backup_id": "../../etc"}, "not a backup id"), ({"action": "drop"}, "action 'drop'"),
-                       ({"reason": "  "}, "needs a reason"), ({"subject": "../x"}, "subject"),
-                       ({"reason": "x" * 501}, "at most 500")]:  # fmt: skip
+    for bad, match in [
+        ({"store": "mysql"}, "store 'mysql'"),
+        ({"backup_id": "latest"}, "backup_id 'latest'"),
+        ({"backup_id": "../../etc"}, "not a backup id"),
+        ({"action": "drop"}, "action 'drop'"),
+        ({"reason": "  "}, "needs a reason"),
+        ({"subject": "../x"}, "subject"),
+        ({"reason": "x" * 501}, "at most 500"),
+    ]:
         with pytest.raises(ValueError, match=match):
             check_pin_params({**good, **bad})

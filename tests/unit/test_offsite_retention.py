@@ -3,7 +3,7 @@ missing-locally guard, the newest-arrived precondition, and a property over rand
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from hypothesis import given, settings
@@ -14,7 +14,7 @@ from dbops.backup.retention import RetentionPolicy
 from dbops.offsite.common import Envelope, OffsiteBackup, SeriesKey, plain_files
 from dbops.offsite.retention import judged, plan_series
 
-UTC = timezone.utc
+UTC = UTC
 NOW = datetime(2024, 6, 15, 3, 0, tzinfo=UTC)
 DAY = timedelta(days=1)
 KEY = SeriesKey("redis")
@@ -23,18 +23,32 @@ POLICY = RetentionPolicy(30, 3)
 
 def local(finished: datetime, *, ok: bool | None = None) -> Backup:
     backup_id = format_backup_id(finished - timedelta(minutes=10))
-    manifest = {"manifest_sha256": f"m-{backup_id}",
-                "files": [{"path": "dump.rdb", "bytes": 10, "sha256": "a" * 64}], "checks": []}  # fmt: skip
+    manifest = {
+        "manifest_sha256": f"m-{backup_id}",
+        "files": [{"path": "dump.rdb", "bytes": 10, "sha256": "a" * 64}],
+        "checks": [],
+    }
     sidecars = {} if ok is None else {"drill": {"ok": ok, "at": format_time(finished + DAY)}}
-    return Backup(path=Path("/b/redis") / backup_id, store="redis", backup_id=backup_id, finished_at=finished,
-                  manifest=manifest, sidecars=sidecars)  # fmt: skip
+    return Backup(
+        path=Path("/b/redis") / backup_id,
+        store="redis",
+        backup_id=backup_id,
+        finished_at=finished,
+        manifest=manifest,
+        sidecars=sidecars,
+    )
 
 
 def offsite(backup: Backup, *, envelope: bool = True) -> OffsiteBackup:
     env = None
     if envelope:
-        env = Envelope(backup.manifest["manifest_sha256"], tuple(plain_files(backup.manifest)), None, "test",
-                       backup.finished_at + timedelta(minutes=30))  # fmt: skip
+        env = Envelope(
+            backup.manifest["manifest_sha256"],
+            tuple(plain_files(backup.manifest)),
+            None,
+            "test",
+            backup.finished_at + timedelta(minutes=30),
+        )
     return OffsiteBackup(KEY, backup, env, "" if envelope else "offsite.json is missing")
 
 
@@ -63,8 +77,10 @@ def test_local_deletions_are_not_mirrored_offsite():
     assert deleted(decisions) == [b.backup_id for b in backups[:10]]
     by_id = {d.backup_id: d for d in decisions}
     assert by_id[backups[-2].backup_id].keep and not by_id[backups[-2].backup_id].local
-    assert by_id[backups[0].backup_id].line().startswith("delete redis/") and "(missing locally)" in by_id[
-        backups[0].backup_id].line()  # fmt: skip
+    assert (
+        by_id[backups[0].backup_id].line().startswith("delete redis/")
+        and "(missing locally)" in by_id[backups[0].backup_id].line()
+    )
 
 
 def test_nothing_is_deleted_until_the_newest_local_backup_arrived():
@@ -128,8 +144,10 @@ def test_property_never_deletes_inside_the_window_nor_below_min_keep(ages, local
         assert NOW - by_id[backup_id].finished_at >= policy.window
     # verified as the offsite side can know it: arrived intact, and not known bad locally
     local_ids = {b.backup_id for b in locals_}
-    verified = sorted((b for b in backups if judged(offsite(b), b if b.backup_id in local_ids else None).verified),
-                      key=lambda b: b.finished_at)  # fmt: skip
+    verified = sorted(
+        (b for b in backups if judged(offsite(b), b if b.backup_id in local_ids else None).verified),
+        key=lambda b: b.finished_at,
+    )
     assert not gone & {b.backup_id for b in verified[-min_keep:]}
     for backup_id in gone:  # whatever goes has min_keep verified newer copies left offsite
         newer = [b for b in verified if b.finished_at > by_id[backup_id].finished_at and b.backup_id not in gone]
@@ -142,13 +160,24 @@ def test_property_never_deletes_inside_the_window_nor_below_min_keep(ages, local
 def test_a_backup_pinned_locally_or_in_pins_json_is_never_deleted_offsite():
     backups = daily(60)
     pinned_locally = backups[2]
-    backups[2] = Backup(path=pinned_locally.path, store="redis", backup_id=pinned_locally.backup_id,
-                        finished_at=pinned_locally.finished_at, manifest=pinned_locally.manifest,
-                        sidecars={"pin": {"ok": True, "pinned": True, "reason": "audit", "at": format_time(NOW)}})  # fmt: skip
+    backups[2] = Backup(
+        path=pinned_locally.path,
+        store="redis",
+        backup_id=pinned_locally.backup_id,
+        finished_at=pinned_locally.finished_at,
+        manifest=pinned_locally.manifest,
+        sidecars={"pin": {"ok": True, "pinned": True, "reason": "audit", "at": format_time(NOW)}},
+    )
     gone_locally = backups[5]  # pinned only offsite, and no longer in the local repository
     still_local = [b for b in backups if b is not gone_locally]
-    decisions, refused = plan_series(KEY, map(offsite, backups), still_local, POLICY, NOW,
-                                     {gone_locally.backup_id: "legal hold (pinned in pins.json of the target)"})  # fmt: skip
+    decisions, refused = plan_series(
+        KEY,
+        map(offsite, backups),
+        still_local,
+        POLICY,
+        NOW,
+        {gone_locally.backup_id: "legal hold (pinned in pins.json of the target)"},
+    )
     assert refused is None
     by_id = {d.backup_id: d for d in decisions}
     assert by_id[backups[2].backup_id].keep and by_id[backups[2].backup_id].reason.startswith("pinned: audit")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import os
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -19,15 +19,10 @@ from dbops.offsite.s3 import S3Settings, S3Target
 from dbops.offsite.sync import plan_shipping, ship_all, verify_all
 from tests.offsite_support import Log, StubS3, daily_backups, make_backup
 
-UTC = timezone.utc
+UTC = UTC
 NOW = datetime.now(UTC)
 POLICY = RetentionPolicy(30, 3)
 STORES = ["postgres", "redis", "kafka"]
-
-
-@pytest.fixture
-def repo(tmp_path):
-    return BackupRepository(tmp_path / "backups")
 
 
 @pytest.fixture
@@ -40,14 +35,23 @@ def target(s3, **settings) -> S3Target:
 
 
 def ship(s3, repo, *, encryption=None, now=NOW, dry_run=False, **settings):
-    return ship_all(target(s3, **settings), repo, STORES, POLICY, encryption=encryption, now=now,
-                    dry_run=dry_run, log=Log())  # fmt: skip
+    return ship_all(
+        target(s3, **settings), repo, STORES, POLICY, encryption=encryption, now=now, dry_run=dry_run, log=Log()
+    )
 
 
 def verify(s3, repo, report=None, *, deep=False, encryption=None):
     report = report or {"expected": [], "shipped": []}
-    return verify_all(target(s3), repo, STORES, expected=report["expected"], shipped=report["shipped"],
-                      deep=deep, encryption=encryption, log=Log())  # fmt: skip
+    return verify_all(
+        target(s3),
+        repo,
+        STORES,
+        expected=report["expected"],
+        shipped=report["shipped"],
+        deep=deep,
+        encryption=encryption,
+        log=Log(),
+    )
 
 
 def test_ships_complete_backups_only_manifest_last_and_a_second_sync_sends_nothing(s3, repo):
@@ -133,8 +137,9 @@ def test_backups_not_verified_locally_or_older_than_the_offsite_window_are_not_s
     assert set(report["not_shipped"]) == {f"redis/{b.backup_id}" for b in old[:5]} | {f"kafka/{bad.backup_id}"}
     assert "verify/drill failed" in report["not_shipped"][f"kafka/{bad.backup_id}"]
     # with a long enough offsite window the old ones go too
-    longer = ship_all(target(s3), repo, STORES, RetentionPolicy(60, 3), encryption=None, now=NOW,
-                      dry_run=False, log=Log())  # fmt: skip
+    longer = ship_all(
+        target(s3), repo, STORES, RetentionPolicy(60, 3), encryption=None, now=NOW, dry_run=False, log=Log()
+    )
     assert len(longer["shipped"]) == 5
 
 
@@ -205,8 +210,15 @@ def test_encrypted_copies_hold_no_plaintext_and_restore_decrypts_and_verifies(s3
     with pytest.raises(OffsiteError, match="no decryption key"):
         fetch_backup(target(s3), restored, "postgres", "ai_platform", backup.backup_id, encryption=None, log=Log())
     with pytest.raises(OffsiteError, match="key id"):
-        fetch_backup(target(s3), restored, "postgres", "ai_platform", backup.backup_id,
-                     encryption=Encryption(os.urandom(32), 4096), log=Log())  # fmt: skip
+        fetch_backup(
+            target(s3),
+            restored,
+            "postgres",
+            "ai_platform",
+            backup.backup_id,
+            encryption=Encryption(os.urandom(32), 4096),
+            log=Log(),
+        )
     got = fetch_backup(target(s3), restored, "postgres", "ai_platform", backup.backup_id, encryption=enc, log=Log())
     assert (got.path / "toc.dat").read_bytes() == secret
     assert got.manifest == backup.manifest
@@ -234,15 +246,33 @@ def test_offsite_retention_on_a_forty_day_catalog(s3, repo):
     for b in backups[:5] + [backups[-3]]:
         repo.delete(b)
     log = Log()
-    plan = apply_offsite_retention(target(s3), target(s3).catalog(log), repo, STORES, POLICY, now=NOW,
-                                   dry_run=True, stale_after=timedelta(hours=48), log=log)  # fmt: skip
+    plan = apply_offsite_retention(
+        target(s3),
+        target(s3).catalog(log),
+        repo,
+        STORES,
+        POLICY,
+        now=NOW,
+        dry_run=True,
+        stale_after=timedelta(hours=48),
+        log=log,
+    )
     (series,) = plan["series"]
     assert series["obsolete"] == [b.backup_id for b in backups[:10]]
     assert target(s3).catalog(Log()).count() == 40  # dry run: nothing deleted
     assert "dry run: delete" in log.text
 
-    apply_offsite_retention(target(s3), target(s3).catalog(log), repo, STORES, POLICY, now=NOW,
-                            dry_run=False, stale_after=timedelta(hours=48), log=log)  # fmt: skip
+    apply_offsite_retention(
+        target(s3),
+        target(s3).catalog(log),
+        repo,
+        STORES,
+        POLICY,
+        now=NOW,
+        dry_run=False,
+        stale_after=timedelta(hours=48),
+        log=log,
+    )
     left = sorted(b.backup_id for b in target(s3).catalog(Log()).all())
     assert left == sorted(b.backup_id for b in backups[10:])
     assert backups[-3].backup_id in left  # missing locally, inside the window: kept
@@ -254,8 +284,17 @@ def test_offsite_retention_waits_for_the_newest_local_backup_to_arrive(s3, repo)
     ship_all(target(s3), repo, STORES, RetentionPolicy(60, 3), encryption=None, now=NOW, dry_run=False, log=Log())
     make_backup(repo, "redis")  # today's backup, not shipped yet
     log = Log()
-    plan = apply_offsite_retention(target(s3), target(s3).catalog(log), repo, STORES, POLICY, now=NOW,
-                                   dry_run=False, stale_after=timedelta(hours=48), log=log)  # fmt: skip
+    plan = apply_offsite_retention(
+        target(s3),
+        target(s3).catalog(log),
+        repo,
+        STORES,
+        POLICY,
+        now=NOW,
+        dry_run=False,
+        stale_after=timedelta(hours=48),
+        log=log,
+    )
     assert plan["series"][0]["obsolete"] == [] and "not complete offsite yet" in plan["series"][0]["refused"]
     assert target(s3).catalog(Log()).count() == 40
 
@@ -267,10 +306,21 @@ def test_incomplete_uploads_are_removed_only_when_nothing_will_resume_them(s3, r
         s3.put_object(Bucket="b", Key=f"offsite/redis/{backup.backup_id}/a.bin", Body=b"partial")
         s3.objects[f"offsite/redis/{backup.backup_id}/a.bin"]["modified"] = NOW - timedelta(days=3)
     repo.delete(gone)
-    s3.uploads = [{"Key": "offsite/redis/x/a.bin", "UploadId": "1", "Initiated": NOW - timedelta(days=3)},
-                  {"Key": "offsite/redis/y/a.bin", "UploadId": "2", "Initiated": NOW}]  # fmt: skip
-    report = apply_offsite_retention(target(s3), target(s3).catalog(Log()), repo, STORES, POLICY, now=NOW,
-                                     dry_run=False, stale_after=timedelta(hours=48), log=Log())  # fmt: skip
+    s3.uploads = [
+        {"Key": "offsite/redis/x/a.bin", "UploadId": "1", "Initiated": NOW - timedelta(days=3)},
+        {"Key": "offsite/redis/y/a.bin", "UploadId": "2", "Initiated": NOW},
+    ]
+    report = apply_offsite_retention(
+        target(s3),
+        target(s3).catalog(Log()),
+        repo,
+        STORES,
+        POLICY,
+        now=NOW,
+        dry_run=False,
+        stale_after=timedelta(hours=48),
+        log=Log(),
+    )
     assert report["incomplete_removed"] == [f"redis/{gone.backup_id}"]
     assert f"offsite/redis/{kept.backup_id}/a.bin" in s3.objects  # the next sync resumes it
     assert report["housekeeping"] == ["offsite/redis/x/a.bin"] and len(s3.uploads) == 1
@@ -299,10 +349,21 @@ def test_shipping_judges_each_series_as_offsite_retention_does(s3, repo):
     [(skipped, why)] = plan.not_shipped
     assert skipped.backup_id == base_old.backup_id and "expire it at once" in why and "tier" not in why
 
-    report = ship_all(target(s3), repo, ["redis", "postgres_pitr"], tiered, encryption=None, now=NOW,
-                      dry_run=False, log=Log())  # fmt: skip
-    kept = apply_offsite_retention(target(s3), target(s3).catalog(Log()), repo, ["redis", "postgres_pitr"], tiered,
-                                   now=NOW, dry_run=False, stale_after=timedelta(hours=48), log=Log())  # fmt: skip
+    report = ship_all(
+        target(s3), repo, ["redis", "postgres_pitr"], tiered, encryption=None, now=NOW, dry_run=False, log=Log()
+    )
+    kept = apply_offsite_retention(
+        target(s3),
+        target(s3).catalog(Log()),
+        repo,
+        ["redis", "postgres_pitr"],
+        tiered,
+        now=NOW,
+        dry_run=False,
+        stale_after=timedelta(hours=48),
+        log=Log(),
+    )
     assert all(not s["obsolete"] for s in kept["series"])  # nothing shipped only to be deleted
-    assert sorted(report["shipped"]) == sorted([f"redis/{redis_old.backup_id}", f"redis/{redis_new.backup_id}",
-                                                f"postgres_pitr/{base_new.backup_id}"])  # fmt: skip
+    assert sorted(report["shipped"]) == sorted(
+        [f"redis/{redis_old.backup_id}", f"redis/{redis_new.backup_id}", f"postgres_pitr/{base_new.backup_id}"]
+    )

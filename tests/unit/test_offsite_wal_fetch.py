@@ -55,8 +55,9 @@ def test_the_fetched_archive_has_the_same_files_and_catalog_lines_from_the_base_
     local = local_archive(tmp_path / "local")
     ship_wal(target(s3), local, None, Log())
     log = Log()
-    fetched = fetch_wal_archive(target(s3), tmp_path / "scratch", system_identifier=SYSTEM, encryption=None,
-                                base=base_at(3), log=log)  # fmt: skip
+    fetched = fetch_wal_archive(
+        target(s3), tmp_path / "scratch", system_identifier=SYSTEM, encryption=None, base=base_at(3), log=log
+    )
     wanted = [e for e in local.entries() if e.segno >= 3]
     assert [e.to_json() for e in fetched.entries()] == [e.to_json() for e in wanted]
     assert fetched.header()["system_identifier"] == SYSTEM and fetched.segment_size == SIZE
@@ -79,8 +80,13 @@ def test_encrypted_wal_is_decrypted_with_its_context_and_refused_without_the_key
     with pytest.raises(OffsiteVerificationError, match="no decryption key was given"):
         fetch_wal_archive(target(s3), tmp_path / "nokey", system_identifier=SYSTEM, encryption=None, log=Log())
     with pytest.raises(OffsiteVerificationError, match="key id"):
-        fetch_wal_archive(target(s3), tmp_path / "otherkey", system_identifier=SYSTEM,
-                          encryption=Encryption(os.urandom(32)), log=Log())  # fmt: skip
+        fetch_wal_archive(
+            target(s3),
+            tmp_path / "otherkey",
+            system_identifier=SYSTEM,
+            encryption=Encryption(os.urandom(32)),
+            log=Log(),
+        )
 
 
 def test_a_changed_offsite_file_is_named_the_others_are_kept_and_the_rerun_fetches_only_it(tmp_path, s3):
@@ -119,7 +125,9 @@ def test_refused_before_any_download(tmp_path, s3):
     ship_wal(target(s3), local, None, Log())
     s3.download_file = lambda *a, **k: pytest.fail("nothing may be downloaded")
     with pytest.raises(OffsiteArchiveMismatch, match="holds the WAL of system 7400000000000000001"):
-        fetch_wal_archive(target(s3), tmp_path / "b", system_identifier="7499999999999999999", encryption=None, log=Log())
+        fetch_wal_archive(
+            target(s3), tmp_path / "b", system_identifier="7499999999999999999", encryption=None, log=Log()
+        )
     assert not (tmp_path / "b").exists()
 
     # a gap after the base backup: the offsite catalog without segment 4
@@ -127,19 +135,31 @@ def test_refused_before_any_download(tmp_path, s3):
     del catalog.files[segment_name(1, 4, SIZE)]
     target(s3).write_file(CATALOG_REL, catalog.to_bytes(), Log())
     with pytest.raises(OffsiteWalChainBroken, match=f"missing {segment_name(1, 4, SIZE)}"):
-        fetch_wal_archive(target(s3), tmp_path / "c", system_identifier=SYSTEM, encryption=None, base=base_at(2), log=Log())
+        fetch_wal_archive(
+            target(s3), tmp_path / "c", system_identifier=SYSTEM, encryption=None, base=base_at(2), log=Log()
+        )
     # from after the gap it is whole
     s3.download_file = StubS3.download_file.__get__(s3)
-    fetched = fetch_wal_archive(target(s3), tmp_path / "d", system_identifier=SYSTEM, encryption=None, base=base_at(5),
-                                log=Log())  # fmt: skip
+    fetched = fetch_wal_archive(
+        target(s3), tmp_path / "d", system_identifier=SYSTEM, encryption=None, base=base_at(5), log=Log()
+    )
     assert [e.segno for e in fetched.entries()] == [5]
 
 
 def test_up_to_stops_after_the_first_segment_sealed_well_after_the_target():
     now = datetime(2026, 12, 1, 12, tzinfo=UTC)
     entries = [
-        WalEntry(segment_name(1, n, SIZE), "segment", 1, n, segment_name(1, n, SIZE) + ".gz", 10, "a" * 64, "b" * 64,
-                 now + timedelta(hours=n))  # fmt: skip
+        WalEntry(
+            segment_name(1, n, SIZE),
+            "segment",
+            1,
+            n,
+            segment_name(1, n, SIZE) + ".gz",
+            10,
+            "a" * 64,
+            "b" * 64,
+            now + timedelta(hours=n),
+        )
         for n in range(1, 9)
     ]
     everything = _plan(entries, None, None, SIZE, "here")

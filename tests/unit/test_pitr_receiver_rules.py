@@ -27,10 +27,16 @@ SEGMENT = 16 * 1024 * 1024
 
 def facts(**changes) -> ServerFacts:
     values = dict(
-        system_identifier="7300000000000000001", timeline=1, xlogpos=parse_lsn("0/5000060"),
-        wal_level="replica", max_wal_senders=10, max_replication_slots=10, segment_size=SEGMENT,
-        server_version_num=160014, slot_type=None,
-    )  # fmt: skip
+        system_identifier="7300000000000000001",
+        timeline=1,
+        xlogpos=parse_lsn("0/5000060"),
+        wal_level="replica",
+        max_wal_senders=10,
+        max_replication_slots=10,
+        segment_size=SEGMENT,
+        server_version_num=160014,
+        slot_type=None,
+    )
     values.update(changes)
     return ServerFacts(**values)
 
@@ -65,10 +71,17 @@ def test_a_ready_server_has_no_problem():
 @pytest.mark.parametrize(
     "message, meaning",
     [
-        ('connection to server at "db" (10.0.0.5), port 5432 failed: FATAL:  no pg_hba.conf entry for replication '
-         'connection from host "10.0.0.9", user "dbops_replication", no encryption', "host replication dbops_replication"),
-        ("FATAL:  permission denied to start WAL sender\nDETAIL:  Only roles with the REPLICATION attribute may start "
-         "a WAL sender process.", "ALTER ROLE dbops_replication REPLICATION"),
+        (
+            'connection to server at "db" (10.0.0.5), port 5432 failed: FATAL:  no pg_hba.conf entry for replication '
+            'connection from host "10.0.0.9", user "dbops_replication", no encryption',
+            "host replication dbops_replication",
+        ),
+        (
+            "FATAL:  permission denied to start WAL sender\nDETAIL: "
+            " Only roles with the REPLICATION attribute may start "
+            "a WAL sender process.",
+            "ALTER ROLE dbops_replication REPLICATION",
+        ),
         ("FATAL:  number of requested standby connections exceeds max_wal_senders (currently 0)", "max_wal_senders"),
         ("fe_sendauth: no password supplied", "PGPASSFILE needs a line"),
         ('FATAL:  password authentication failed for user "dbops_replication"', "rejected the password"),
@@ -76,7 +89,7 @@ def test_a_ready_server_has_no_problem():
         ("Connection refused\n\tIs the server running", "does not accept connections"),
         ("something new", "cannot open a replication connection: something new"),
     ],
-)  # fmt: skip
+)
 def test_a_refused_connection_is_explained(message, meaning):
     explained = explain_connect_error(message, "dbops_replication")
     assert meaning in explained

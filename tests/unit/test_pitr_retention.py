@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import random
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from hypothesis import given, settings
@@ -27,7 +27,7 @@ from dbops.pitr.wal import (
     segno_of,
 )
 
-UTC = timezone.utc
+UTC = UTC
 SEG = 16 * 1024 * 1024
 T0 = datetime(2026, 3, 1, tzinfo=UTC)
 STEP = timedelta(minutes=15)  # one segment of WAL every 15 minutes
@@ -48,8 +48,17 @@ SWITCH_SEGNO = SWITCH_LSN // SEG  # timeline 1 ends in this segment; timeline 2'
 
 def seg(timeline: int, segno: int) -> WalEntry:
     name = segment_name(timeline, segno, SEG)
-    return WalEntry(name, "segment", timeline, segno, f"{name}.gz", 1000, f"{segno:064x}", f"{segno + 1:064x}",
-                    T0 + (segno + 1) * STEP)  # fmt: skip
+    return WalEntry(
+        name,
+        "segment",
+        timeline,
+        segno,
+        f"{name}.gz",
+        1000,
+        f"{segno:064x}",
+        f"{segno + 1:064x}",
+        T0 + (segno + 1) * STEP,
+    )
 
 
 def hist(timeline: int, *switches: tuple[int, int]) -> WalEntry:
@@ -75,8 +84,9 @@ def forty_nightly_bases() -> list[BaseInfo]:
 
 def chain_problems(entries: list[WalEntry], base: BaseInfo) -> list[str]:
     if base.pinned:  # a pinned base backup is kept consistent: its start to its stop
-        return check_chain(entries, base.timeline, base.start_lsn, segment_size=SEG, end_lsn=base.stop_lsn,
-                           end_timeline=base.timeline)  # fmt: skip
+        return check_chain(
+            entries, base.timeline, base.start_lsn, segment_size=SEG, end_lsn=base.stop_lsn, end_timeline=base.timeline
+        )
     return check_chain(entries, base.timeline, base.start_lsn, segment_size=SEG)
 
 
@@ -87,8 +97,11 @@ def test_forty_day_catalog_keeps_exactly_what_recovery_needs(tmp_path):
 
     # base backups: days 10..39 are inside 30 days at NOW (day 10's is 29 d 23 h old), day 3 is pinned
     assert [b.backup_id for b in plan.keep_backups] == [nightly_base(3).backup_id] + [
-        nightly_base(d).backup_id for d in range(10, DAYS)]  # fmt: skip
-    assert [b.backup_id for b in plan.expire_backups] == [nightly_base(d).backup_id for d in (0, 1, 2, 4, 5, 6, 7, 8, 9)]
+        nightly_base(d).backup_id for d in range(10, DAYS)
+    ]
+    assert [b.backup_id for b in plan.expire_backups] == [
+        nightly_base(d).backup_id for d in (0, 1, 2, 4, 5, 6, 7, 8, 9)
+    ]
     assert plan.anchor == bases[10]
     assert "pinned" in plan.backup_reasons[bases[3].backup_id]
     assert "older than 30 days" in plan.backup_reasons[bases[9].backup_id]
@@ -134,8 +147,9 @@ def test_applying_the_plan_twice_expires_nothing_more():
     entries = forty_day_catalog()
     bases = forty_nightly_bases()
     first = plan_wal_retention(bases, entries, now=NOW, retention_days=30, min_keep=2, segment_size=SEG)
-    second = plan_wal_retention(first.keep_backups, first.keep_entries, now=NOW, retention_days=30, min_keep=2,
-                                segment_size=SEG)  # fmt: skip
+    second = plan_wal_retention(
+        first.keep_backups, first.keep_entries, now=NOW, retention_days=30, min_keep=2, segment_size=SEG
+    )
     assert second.expire_entries == [] and second.expire_backups == []
     assert "no WAL segment expires" in second.reasons
 
@@ -146,7 +160,9 @@ def test_after_the_promotion_the_old_timeline_goes_once_no_base_backup_needs_it(
     assert {b.timeline for b in bases} == {2}
     plan = plan_wal_retention(bases, entries, now=NOW, retention_days=30, min_keep=2, segment_size=SEG)
     start = segno_of(bases[0].start_lsn, SEG)
-    assert {e.name for e in plan.keep_entries} == {segment_name(2, s, SEG) for s in range(start, SEGMENTS)} | {"00000002.history"}
+    assert {e.name for e in plan.keep_entries} == {segment_name(2, s, SEG) for s in range(start, SEGMENTS)} | {
+        "00000002.history"
+    }
     assert all(e.timeline == 1 or e.segno < start for e in plan.expire_entries)
 
 
@@ -224,11 +240,13 @@ def test_pinned_base_ending_in_the_promotion_segment_keeps_the_new_timeline_copy
     kept = {(e.timeline, e.segno) for e in plan.keep_entries if e.kind == "segment"}
     assert {(1, 9), (2, 10)} <= kept
     # followed on timeline 1 alone the end is missing; through the promotion it is complete
-    assert check_chain(plan.keep_entries, 1, pinned.start_lsn, segment_size=SEG, end_lsn=pinned.stop_lsn,
-                       end_timeline=1) == ["missing 00000001000000000000000A (timeline 1)"]  # fmt: skip
+    assert check_chain(
+        plan.keep_entries, 1, pinned.start_lsn, segment_size=SEG, end_lsn=pinned.stop_lsn, end_timeline=1
+    ) == ["missing 00000001000000000000000A (timeline 1)"]
     assert check_chain(plan.keep_entries, 1, pinned.start_lsn, segment_size=SEG, end_lsn=pinned.stop_lsn) == []
     assert {(e.timeline, e.segno) for e in plan.expire_entries} == {(1, s) for s in range(9)} | {
-        (2, s) for s in range(11, 20)}  # fmt: skip
+        (2, s) for s in range(11, 20)
+    }
 
 
 def test_arguments_are_checked():
@@ -241,7 +259,9 @@ def test_arguments_are_checked():
     with pytest.raises(ValueError, match="power of two"):
         plan_wal_retention([], [], now=NOW, retention_days=30, min_keep=2, segment_size=1000)
     with pytest.raises(ValueError, match="twice"):
-        plan_wal_retention([nightly_base(1), nightly_base(1)], [], now=NOW, retention_days=30, min_keep=2, segment_size=SEG)
+        plan_wal_retention(
+            [nightly_base(1), nightly_base(1)], [], now=NOW, retention_days=30, min_keep=2, segment_size=SEG
+        )
     with pytest.raises(ValueError, match="timezone-aware"):
         BaseInfo("x", datetime(2026, 1, 1), 1, 0, 1, True, False)
     with pytest.raises(ValueError, match="start_lsn <= stop_lsn"):
@@ -275,8 +295,17 @@ def archives(draw):
         limit = switches[tl - 1] - 1 if tl - 1 < len(switches) else n * SEG  # a backup never spans a promotion
         stop = min(start + draw(st.integers(0, 2 * SEG)), limit)
         stop = max(stop, start)
-        bases.append(BaseInfo(f"b{i}", T0 + timedelta(hours=start // SEG), tl, start, stop,
-                              draw(st.booleans()), draw(st.integers(0, 5)) == 0))  # fmt: skip
+        bases.append(
+            BaseInfo(
+                f"b{i}",
+                T0 + timedelta(hours=start // SEG),
+                tl,
+                start,
+                stop,
+                draw(st.booleans()),
+                draw(st.integers(0, 5)) == 0,
+            )
+        )
     now = T0 + timedelta(hours=n + draw(st.integers(0, 24 * 10)))
     return entries, bases, timeline_of_segno, now, draw(st.integers(1, 5)), draw(st.integers(1, 4))
 
@@ -289,10 +318,13 @@ def needed_segments(base: BaseInfo, timeline_of_segno, n: int, *, to_stop: bool)
 
 
 def check_plan(entries, bases, timeline_of_segno, now, retention_days, min_keep) -> None:
-    plan = plan_wal_retention(bases, entries, now=now, retention_days=retention_days, min_keep=min_keep,
-                              segment_size=SEG)  # fmt: skip
+    plan = plan_wal_retention(
+        bases, entries, now=now, retention_days=retention_days, min_keep=min_keep, segment_size=SEG
+    )
     n = sum(1 for e in entries if e.kind == "segment")
-    assert sorted(plan.keep_entries + plan.expire_entries, key=lambda e: e.sort_key) == sorted(entries, key=lambda e: e.sort_key)
+    assert sorted(plan.keep_entries + plan.expire_entries, key=lambda e: e.sort_key) == sorted(
+        entries, key=lambda e: e.sort_key
+    )
     assert not {e.name for e in plan.keep_entries} & {e.name for e in plan.expire_entries}
     assert all(e.kind == "segment" for e in plan.expire_entries)  # history files always stay
     verified = [b for b in bases if b.verified]
@@ -320,4 +352,6 @@ def test_randomized_forty_day_catalogs():
     for _ in range(20):
         bases = [nightly_base(d, pinned=rng.random() < 0.1, verified=rng.random() < 0.8) for d in range(DAYS)]
         now = NOW + timedelta(hours=rng.randrange(0, 24 * 20))
-        check_plan(entries, bases, lambda s: 1 if s < SWITCH_SEGNO else 2, now, rng.randrange(1, 40), rng.randrange(1, 5))
+        check_plan(
+            entries, bases, lambda s: 1 if s < SWITCH_SEGNO else 2, now, rng.randrange(1, 40), rng.randrange(1, 5)
+        )

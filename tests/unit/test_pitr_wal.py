@@ -12,7 +12,7 @@ import hashlib
 import json
 import os
 import stat
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -43,7 +43,7 @@ MIB = 1024 * 1024
 SEG16 = 16 * MIB
 SMALL = MIB  # most tests use 1 MiB segments: sealing stays fast
 SYSID = "7301234567890123456"
-UTC = timezone.utc
+UTC = UTC
 
 
 def make_archive(tmp_path: Path, segment_size: int = SMALL) -> WalArchive:
@@ -113,9 +113,16 @@ def test_known_names_and_segment_numbers():
 
 
 @pytest.mark.parametrize(
-    "name", ["00000001000000000000003", "0000000100000000000000034", "000000010000000000000g03", "000000000000000000000003",
-             "000000010000000000000003.partial", "000000010000000000000100"],
-)  # fmt: skip
+    "name",
+    [
+        "00000001000000000000003",
+        "0000000100000000000000034",
+        "000000010000000000000g03",
+        "000000000000000000000003",
+        "000000010000000000000003.partial",
+        "000000010000000000000100",
+    ],
+)
 def test_not_segment_names(name):
     # the last one: low part 0x100 does not exist with 16 MiB segments (256 per xlogid)
     assert parse_wal_name(name) is None
@@ -161,7 +168,12 @@ def test_init_creates_private_folders_and_refuses_another_server(tmp_path):
     archive = make_archive(tmp_path)
     assert mode(archive.root) == 0o700 and mode(archive.segments) == 0o700
     assert mode(archive.catalog_path) == 0o600
-    assert archive.header() == {"format": "dbops-wal", "version": 1, "system_identifier": SYSID, "wal_segment_size": SMALL}
+    assert archive.header() == {
+        "format": "dbops-wal",
+        "version": 1,
+        "system_identifier": SYSID,
+        "wal_segment_size": SMALL,
+    }
     assert archive.init(SYSID, SMALL)["system_identifier"] == SYSID  # the same server: fine
     with pytest.raises(WalConflict, match="belongs to system 7301234567890123456"):
         archive.init("7300000000000000000", SMALL)
@@ -196,10 +208,16 @@ def test_seal_a_real_16_mib_segment(tmp_path):
     header, line = catalog_lines(archive)
     assert header["wal_segment_size"] == SEG16
     assert line == {
-        "name": "000000010000000000000003", "kind": "segment", "timeline": 1, "segno": 3,
-        "file": "000000010000000000000003.gz", "size": entry.size, "sha256": entry.sha256,
-        "raw_sha256": entry.raw_sha256, "sealed_at": line["sealed_at"],
-    }  # fmt: skip
+        "name": "000000010000000000000003",
+        "kind": "segment",
+        "timeline": 1,
+        "segno": 3,
+        "file": "000000010000000000000003.gz",
+        "size": entry.size,
+        "sha256": entry.sha256,
+        "raw_sha256": entry.raw_sha256,
+        "sealed_at": line["sealed_at"],
+    }
     assert line["sealed_at"].endswith("Z")
     assert archive.entries() == [entry]
     assert archive.completed_unsealed() == []
@@ -398,7 +416,11 @@ def test_completed_unsealed_lists_only_completed_files_oldest_first(tmp_path):
     for path in archive.completed_unsealed():
         archive.seal(path)
     assert archive.completed_unsealed() == []
-    assert [e.name for e in archive.entries()] == ["000000010000000000000008", "00000002.history", "000000020000000000000009"]
+    assert [e.name for e in archive.entries()] == [
+        "000000010000000000000008",
+        "00000002.history",
+        "000000020000000000000009",
+    ]
     assert newest_timeline(archive.entries()) == 2
     assert archive.sweep() == [".000000010000000000000007.gz.tmp-00ff"]
 
@@ -497,8 +519,18 @@ def seg(timeline: int, segno: int, segment_size: int = SEG16) -> WalEntry:
 
 def hist(timeline: int, *switches: tuple[int, str]) -> WalEntry:
     name = history_name(timeline)
-    return WalEntry(name, "history", timeline, None, name, 40, "2" * 64, "2" * 64, WHEN,
-                    tuple((p, parse_lsn(lsn)) for p, lsn in switches))  # fmt: skip
+    return WalEntry(
+        name,
+        "history",
+        timeline,
+        None,
+        name,
+        40,
+        "2" * 64,
+        "2" * 64,
+        WHEN,
+        tuple((p, parse_lsn(lsn)) for p, lsn in switches),
+    )
 
 
 def test_chain_complete_and_a_removed_segment(tmp_path):
@@ -547,7 +579,8 @@ def test_chain_follows_a_timeline_switch_through_its_history_file():
     assert check_chain(entries, 1, start, segment_size=SEG16) == []
     chain = chain_entries(entries, 1, start, segment_size=SEG16)
     assert [(e.kind, e.timeline, e.segno) for e in chain] == [("history", 2, None)] + [
-        ("segment", 1, s) for s in range(3, 7)] + [("segment", 2, s) for s in range(7, 11)]  # fmt: skip
+        ("segment", 1, s) for s in range(3, 7)
+    ] + [("segment", 2, s) for s in range(7, 11)]
     # a base backup on timeline 2
     assert check_chain(entries, 2, parse_lsn("0/8000028"), segment_size=SEG16) == []
     # gaps on either side of the switch are named with their timeline
@@ -575,8 +608,11 @@ def test_missing_history_files_are_reported():
     ]
     # timeline 3's history names timeline 2, whose own history file is missing: recovery to
     # "latest" probes 00000002.history first and would stop on timeline 1
-    entries = [seg(1, s) for s in range(3, 7)] + [hist(3, (1, "0/7000060"), (2, "0/8000060"))] + [
-        seg(2, 7), seg(3, 8), seg(3, 9)]  # fmt: skip
+    entries = (
+        [seg(1, s) for s in range(3, 7)]
+        + [hist(3, (1, "0/7000060"), (2, "0/8000060"))]
+        + [seg(2, 7), seg(3, 8), seg(3, 9)]
+    )
     assert check_chain(entries, 1, parse_lsn("0/3000028"), segment_size=SEG16) == [
         "missing history file 00000002.history (timeline 2)"
     ]

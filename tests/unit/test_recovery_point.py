@@ -4,34 +4,52 @@ only their times matter, and written through a real repository where the disk is
 
 from __future__ import annotations
 
+import json
 import os
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from dbops.backup import recovery_point as rp
 from dbops.backup.repository import Backup, BackupRepository, format_time
 from dbops.config import ConfigError, DbopsConfig
 
-UTC = timezone.utc
+UTC = UTC
 NOW = datetime(2026, 12, 6, 12, 0, tzinfo=UTC)
 LIMITS = rp.Limits()
 
 
-def backup(store: str, finished: datetime, subject: str | None = None, *, drill: tuple | None = None,
-           size: int = 1000, verified: bool = True) -> Backup:
+def backup(
+    store: str,
+    finished: datetime,
+    subject: str | None = None,
+    *,
+    drill: tuple | None = None,
+    size: int = 1000,
+    verified: bool = True,
+) -> Backup:
     """A backup as listed; ``drill``: (ok, at) of its drill.json."""
     sidecars = {}
     if drill is not None:
-        sidecars["drill"] = {"ok": drill[0], "at": format_time(drill[1]) if drill[1] else None,
-                             "differences": [] if drill[0] else ["orders: 10 rows, expected 12"]}
+        sidecars["drill"] = {
+            "ok": drill[0],
+            "at": format_time(drill[1]) if drill[1] else None,
+            "differences": [] if drill[0] else ["orders: 10 rows, expected 12"],
+        }
     if not verified:
         sidecars["verify"] = {"ok": False, "at": format_time(finished + timedelta(minutes=5))}
-    return Backup(path=Path("/nowhere") / store / finished.strftime("%Y%m%dT%H%M%SZ"), store=store, subject=subject,
-                  backup_id=finished.strftime("%Y%m%dT%H%M%SZ"), finished_at=finished, total_bytes=size,
-                  sidecars=sidecars)
+    return Backup(
+        path=Path("/nowhere") / store / finished.strftime("%Y%m%dT%H%M%SZ"),
+        store=store,
+        subject=subject,
+        backup_id=finished.strftime("%Y%m%dT%H%M%SZ"),
+        finished_at=finished,
+        total_bytes=size,
+        sidecars=sidecars,
+    )
 
 
 def healthy_series(store: str, subject: str | None = None, *, newest_age_h: float = 10) -> list[Backup]:
@@ -48,14 +66,33 @@ def copies(store: str, age_h: float = 10, subject=None) -> list[rp.OffsiteCopy]:
     return [rp.OffsiteCopy(store, subject, at.strftime("%Y%m%dT%H%M%SZ"), at)]
 
 
-def run(series: dict, *, stores=None, offsite=None, run_=None, pitr=None, wal_check=None, leftovers=(),
-        free=10**12, **kwargs) -> dict:
+def run(
+    series: dict,
+    *,
+    stores=None,
+    offsite=None,
+    run_=None,
+    pitr=None,
+    wal_check=None,
+    leftovers=(),
+    free=10**12,
+    **kwargs,
+) -> dict:
     stores = stores or list(series)
-    local = rp.LocalFacts(series=series, leftovers=list(leftovers), disk_free_bytes=free, base_backups=pitr,
-                          wal_check=wal_check)
+    local = rp.LocalFacts(
+        series=series, leftovers=list(leftovers), disk_free_bytes=free, base_backups=pitr, wal_check=wal_check
+    )
     offsite = {"s3": [c for s in stores for c in copies(s)]} if offsite is None else offsite
-    return rp.evaluate(local, stores=stores, now=NOW, limits=kwargs.pop("limits", LIMITS), offsite=offsite,
-                       nightly=nightly() if run_ is None else run_, drilled=kwargs.pop("drilled", ("redis",)), **kwargs)
+    return rp.evaluate(
+        local,
+        stores=stores,
+        now=NOW,
+        limits=kwargs.pop("limits", LIMITS),
+        offsite=offsite,
+        nightly=nightly() if run_ is None else run_,
+        drilled=kwargs.pop("drilled", ("redis",)),
+        **kwargs,
+    )
 
 
 def status(result: dict, store: str) -> str:
@@ -64,7 +101,8 @@ def status(result: dict, store: str) -> str:
 
 def checks(result: dict, name: str) -> list[dict]:
     return [c for s in result["stores"] for c in s["checks"] if c["check"] == name] + [
-        c for c in result["common"] if c["check"] == name]
+        c for c in result["common"] if c["check"] == name
+    ]
 
 
 def test_everything_fresh_is_green():
@@ -77,8 +115,7 @@ def test_everything_fresh_is_green():
 
 @pytest.mark.parametrize("age_h, expected", [(24.0, "green"), (25.0, "late"), (27.0, "failed")])
 def test_the_newest_verified_backup_age(age_h, expected):
-    result = run({"redis": {None: healthy_series("redis", newest_age_h=age_h)}},
-                 offsite={"s3": copies("redis", 1)})
+    result = run({"redis": {None: healthy_series("redis", newest_age_h=age_h)}}, offsite={"s3": copies("redis", 1)})
     assert status(result, "redis") == expected
     (age,) = checks(result, rp.BACKUP_AGE)
     assert age["status"] == expected
@@ -96,15 +133,30 @@ def test_an_unverified_newest_backup_does_not_count_and_is_a_warning():
 
 
 def test_every_database_of_postgres_is_its_own_series():
-    result = run({"postgres": {"app": healthy_series("postgres", "app"),
-                               "billing": healthy_series("postgres", "billing", newest_age_h=40)}},
-                 offsite={"s3": copies("postgres", 1, "app") + copies("postgres", 1, "billing")}, drilled=())
+    result = run(
+        {
+            "postgres": {
+                "app": healthy_series("postgres", "app"),
+                "billing": healthy_series("postgres", "billing", newest_age_h=40),
+            }
+        },
+        offsite={"s3": copies("postgres", 1, "app") + copies("postgres", 1, "billing")},
+        drilled=(),
+    )
     by_series = {c["series"]: c["status"] for c in checks(result, rp.BACKUP_AGE)}
     assert by_series == {"postgres/app": "green", "postgres/billing": "failed"}
     assert status(result, "postgres") == "failed"
-    ignored = run({"postgres": {"app": healthy_series("postgres", "app"),
-                                "billing": healthy_series("postgres", "billing", newest_age_h=40)}},
-                  offsite={"s3": copies("postgres", 1, "app")}, drilled=(), ignore_series=["postgres/billing"])
+    ignored = run(
+        {
+            "postgres": {
+                "app": healthy_series("postgres", "app"),
+                "billing": healthy_series("postgres", "billing", newest_age_h=40),
+            }
+        },
+        offsite={"s3": copies("postgres", 1, "app")},
+        drilled=(),
+        ignore_series=["postgres/billing"],
+    )
     assert status(ignored, "postgres") == "green", ignored["problems"]
 
 
@@ -120,12 +172,18 @@ def test_nothing_found_is_not_a_pass():
 
 
 def test_a_backup_from_the_future_is_a_clock_problem_not_green():
-    series = [backup("redis", NOW - timedelta(days=3), drill=(True, NOW - timedelta(days=2))),
-              backup("redis", NOW + timedelta(hours=3))]
+    series = [
+        backup("redis", NOW - timedelta(days=3), drill=(True, NOW - timedelta(days=2))),
+        backup("redis", NOW + timedelta(hours=3)),
+    ]
     result = run({"redis": {None: series}})
     assert status(result, "redis") == "failed"
     clock = checks(result, rp.BACKUP_CLOCK)[0]
-    assert clock["status"] == "failed" and "clock problem" in clock["reason"] and "max_clock_skew_minutes" in clock["reason"]
+    assert (
+        clock["status"] == "failed"
+        and "clock problem" in clock["reason"]
+        and "max_clock_skew_minutes" in clock["reason"]
+    )
     # within the allowed skew, a few minutes ahead is still fine
     near = [series[0], backup("redis", NOW + timedelta(minutes=5))]
     assert status(run({"redis": {None: near}}), "redis") == "green"
@@ -133,16 +191,19 @@ def test_a_backup_from_the_future_is_a_clock_problem_not_green():
 
 @pytest.mark.parametrize("age_h, expected", [(20, "green"), (48, "late"), (60, "failed")])
 def test_the_newest_offsite_copy_per_target(age_h, expected):
-    result = run({"redis": {None: healthy_series("redis")}},
-                 offsite={"s3": copies("redis", age_h), "rsync": copies("redis", 1)})
+    result = run(
+        {"redis": {None: healthy_series("redis")}}, offsite={"s3": copies("redis", age_h), "rsync": copies("redis", 1)}
+    )
     by_target = {c["target"]: c["status"] for c in checks(result, rp.OFFSITE_AGE)}
     assert by_target == {"s3": expected, "rsync": "green"}
     assert status(result, "redis") == expected
 
 
 def test_offsite_missing_unreadable_or_from_the_future():
-    result = run({"redis": {None: healthy_series("redis")}},
-                 offsite={"s3": [], "rsync": "no Airflow connection 'dbops_offsite_ssh'"})
+    result = run(
+        {"redis": {None: healthy_series("redis")}},
+        offsite={"s3": [], "rsync": "no Airflow connection 'dbops_offsite_ssh'"},
+    )
     reasons = {c["target"]: (c["status"], c["reason"]) for c in checks(result, rp.OFFSITE_AGE)}
     assert reasons["s3"] == ("failed", "no copy of redis on offsite target s3")
     assert reasons["rsync"][0] == "failed" and "dbops_offsite_ssh" in reasons["rsync"][1]
@@ -155,16 +216,20 @@ def test_offsite_missing_unreadable_or_from_the_future():
 
 @pytest.mark.parametrize("drill_age_d, expected", [(2, "green"), (7.8, "late"), (9, "failed")])
 def test_the_last_passed_drill(drill_age_d, expected):
-    series = [backup("redis", NOW - timedelta(days=10), drill=(True, NOW - timedelta(days=drill_age_d))),
-              backup("redis", NOW - timedelta(hours=3))]
+    series = [
+        backup("redis", NOW - timedelta(days=10), drill=(True, NOW - timedelta(days=drill_age_d))),
+        backup("redis", NOW - timedelta(hours=3)),
+    ]
     result = run({"redis": {None: series}})
     (drill,) = checks(result, rp.DRILL_AGE)
     assert drill["status"] == expected
 
 
 def test_a_failed_or_missing_drill_fails():
-    failed_last = [backup("redis", NOW - timedelta(days=3), drill=(True, NOW - timedelta(days=3))),
-                   backup("redis", NOW - timedelta(days=1), drill=(False, NOW - timedelta(hours=20)))]
+    failed_last = [
+        backup("redis", NOW - timedelta(days=3), drill=(True, NOW - timedelta(days=3))),
+        backup("redis", NOW - timedelta(days=1), drill=(False, NOW - timedelta(hours=20))),
+    ]
     (drill,) = checks(run({"redis": {None: failed_last}}), rp.DRILL_AGE)
     assert drill["status"] == "failed" and "failed" in drill["reason"] and "orders" in drill["reason"]
     never = [backup("redis", NOW - timedelta(days=20)), backup("redis", NOW - timedelta(hours=3))]
@@ -179,27 +244,47 @@ def test_a_failed_or_missing_drill_fails():
 def dr_run(age_d: float, *, ok: bool = True, targets=("s3",), stores=("redis",), run_id="manual__dr") -> dict:
     """One run as dbops_dr_drill records it in dr_drill.json."""
     failures = [] if ok else ["s3: redis/20261101T020000Z: keys differ: 3 keys, expected 4"]
-    return {"run_id": run_id, "at": format_time(NOW - timedelta(days=age_d)), "ok": ok, "targets": list(targets),
-            "stores": list(stores), "failures": failures,
-            "rto": [{"target": t, "series": s, "ok": ok, "rto_s": 12.5} for t in targets for s in stores]}
+    return {
+        "run_id": run_id,
+        "at": format_time(NOW - timedelta(days=age_d)),
+        "ok": ok,
+        "targets": list(targets),
+        "stores": list(stores),
+        "failures": failures,
+        "rto": [{"target": t, "series": s, "ok": ok, "rto_s": 12.5} for t in targets for s in stores],
+    }
 
 
 @pytest.mark.parametrize("age_d, expected", [(10, "green"), (34, "late"), (40, "failed")])
 def test_the_last_passed_dr_drill_per_store_and_target(age_d, expected):
-    series = {"redis": {None: [backup("redis", NOW - timedelta(days=60), drill=(True, NOW - timedelta(days=1))),
-                               backup("redis", NOW - timedelta(hours=3))]}}  # fmt: skip
+    series = {
+        "redis": {
+            None: [
+                backup("redis", NOW - timedelta(days=60), drill=(True, NOW - timedelta(days=1))),
+                backup("redis", NOW - timedelta(hours=3)),
+            ]
+        }
+    }
     (dr,) = checks(run(series, dr_drills=[dr_run(age_d)]), rp.DR_DRILL_AGE)
     assert (dr["status"], dr["target"]) == (expected, "s3")
 
 
 def test_a_failed_missing_or_unreadable_dr_drill_fails(tmp_path):
-    series = {"redis": {None: [backup("redis", NOW - timedelta(days=60), drill=(True, NOW - timedelta(days=1))),
-                               backup("redis", NOW - timedelta(hours=3))]}}  # fmt: skip
+    series = {
+        "redis": {
+            None: [
+                backup("redis", NOW - timedelta(days=60), drill=(True, NOW - timedelta(days=1))),
+                backup("redis", NOW - timedelta(hours=3)),
+            ]
+        }
+    }
     # the newest run failed for redis: failed, naming the difference, though an older one passed
     (dr,) = checks(run(series, dr_drills=[dr_run(2, ok=False), dr_run(20)]), rp.DR_DRILL_AGE)
     assert dr["status"] == "failed" and "keys differ" in dr["reason"]
     # a run of another store or target does not count for redis on s3
-    (dr,) = checks(run(series, dr_drills=[dr_run(2, stores=("kafka",)), dr_run(3, targets=("rsync",))]), rp.DR_DRILL_AGE)
+    (dr,) = checks(
+        run(series, dr_drills=[dr_run(2, stores=("kafka",)), dr_run(3, targets=("rsync",))]), rp.DR_DRILL_AGE
+    )
     assert dr["status"] == "failed" and "no passed DR drill of redis from offsite target s3" in dr["reason"]
     # never run, but the store is younger than the limit: still to come
     young = {"redis": {None: [backup("redis", NOW - timedelta(days=5), drill=(True, NOW - timedelta(days=1)))]}}
@@ -224,7 +309,9 @@ def test_the_nightly_run():
     planless = run(series, offsite=offsite, drilled=(), run_=nightly(state="failed", failed=["plan"]))
     assert status(planless, "redis") == status(planless, "mongo") == "failed"
     missing = run(series, offsite=offsite, drilled=(), run_=nightly(age_h=30))
-    assert status(missing, "mongo") == "failed" and "max_nightly_gap_hours" in checks(missing, rp.NIGHTLY_RUN)[0]["reason"]
+    assert (
+        status(missing, "mongo") == "failed" and "max_nightly_gap_hours" in checks(missing, rp.NIGHTLY_RUN)[0]["reason"]
+    )
     local = rp.LocalFacts(series=series, disk_free_bytes=10**12)
     never = rp.evaluate(local, stores=["redis", "mongo"], now=NOW, offsite=offsite, nightly=None)
     assert checks(never, rp.NIGHTLY_RUN)[0]["status"] == "failed"
@@ -250,19 +337,27 @@ def test_disk_free_against_the_next_backup(free, expected):
 
 
 def pitr_facts(base_age_h=5, drill_age_d=2, check_age_min=10, ok=True):
-    bases = [backup("postgres_pitr", NOW - timedelta(hours=base_age_h), drill=(True, NOW - timedelta(days=drill_age_d)))]
-    wal = {"at": format_time(NOW - timedelta(minutes=check_age_min)), "ok": ok,
-           "problems": [] if ok else ["receiver heartbeat is 300 s old"]}
+    bases = [
+        backup("postgres_pitr", NOW - timedelta(hours=base_age_h), drill=(True, NOW - timedelta(days=drill_age_d)))
+    ]
+    wal = {
+        "at": format_time(NOW - timedelta(minutes=check_age_min)),
+        "ok": ok,
+        "problems": [] if ok else ["receiver heartbeat is 300 s old"],
+    }
     return bases, wal
 
 
-@pytest.mark.parametrize("kwargs, check, expected", [
-    ({}, None, "green"),
-    ({"base_age_h": 30}, rp.PITR_BASE_AGE, "failed"),
-    ({"drill_age_d": 9}, rp.PITR_DRILL_AGE, "failed"),
-    ({"ok": False}, rp.WAL_CHECK, "failed"),
-    ({"check_age_min": 60}, rp.WAL_CHECK, "late"),
-])
+@pytest.mark.parametrize(
+    "kwargs, check, expected",
+    [
+        ({}, None, "green"),
+        ({"base_age_h": 30}, rp.PITR_BASE_AGE, "failed"),
+        ({"drill_age_d": 9}, rp.PITR_DRILL_AGE, "failed"),
+        ({"ok": False}, rp.WAL_CHECK, "failed"),
+        ({"check_age_min": 60}, rp.WAL_CHECK, "late"),
+    ],
+)
 def test_point_in_time_recovery_counts_for_postgres(kwargs, check, expected):
     bases, wal = pitr_facts(**kwargs)
     series = {"postgres": {"app": healthy_series("postgres", "app")}}
@@ -296,11 +391,15 @@ def test_metrics_are_prometheus_text():
     text = rp.render_metrics(result)
     assert 'dbops_recovery_point_status{store="redis"} 2' in text
     assert 'dbops_recovery_point_age_seconds{check="backup_age",store="redis",series="redis",target=""} 108000' in text
-    assert 'dbops_recovery_point_age_limit_seconds{check="backup_age",store="redis",series="redis",target=""} 93600' in text
+    assert (
+        'dbops_recovery_point_age_limit_seconds{check="backup_age",store="redis",series="redis",target=""} 93600'
+        in text
+    )
     assert "# TYPE dbops_recovery_point_failed_checks gauge\ndbops_recovery_point_failed_checks 1\n" in text
     assert text.endswith("\n") and all(
         line.startswith("#") or line.split(" ")[-1].lstrip("-").replace(".", "", 1).isdigit()
-        for line in text.splitlines())
+        for line in text.splitlines()
+    )
 
 
 def test_collect_local_reads_a_real_repository(tmp_path):
@@ -308,8 +407,11 @@ def test_collect_local_reads_a_real_repository(tmp_path):
     taken = datetime.now(UTC) - timedelta(hours=2)
     with repo.begin("redis", None, run_id="r1", dag_id="dbops_nightly_backup", logical_date=taken, now=taken) as st:
         (st.path / "dump.rdb").write_bytes(b"x" * 500)
-        made = st.seal({"tool": "redis-cli", "tool_version": "7", "server_version": "7", "compression": "none"},
-                       [{"name": "redis-check-rdb", "ok": True, "detail": ""}], now=taken)
+        made = st.seal(
+            {"tool": "redis-cli", "tool_version": "7", "server_version": "7", "compression": "none"},
+            [{"name": "redis-check-rdb", "ok": True, "detail": ""}],
+            now=taken,
+        )
     stale = repo.series_path("redis") / ".staging" / "20261201T000000Z.abc"
     stale.mkdir(parents=True)
     (stale / "part").write_bytes(b"y")
@@ -345,10 +447,11 @@ def test_the_page_judges_a_failed_nightly_lookup_and_shows_a_stale_dag_result(tm
 
     repo = BackupRepository(tmp_path / "backups")
     repo.root.mkdir(parents=True, exist_ok=True)
-    (repo.root / rp.RESULT_FILE).write_text('{"generated_at": "%s", "status": "green"}'
-                                              % format_time(NOW - timedelta(hours=3)))
-    config = DbopsConfig().with_overrides({"backup": {"root": str(repo.root), "stores": ["redis"]},
-                                           "pitr": {"enabled": False}})
+    generated_at = format_time(NOW - timedelta(hours=3))
+    (repo.root / rp.RESULT_FILE).write_text(json.dumps({"generated_at": generated_at, "status": "green"}))
+    config = DbopsConfig().with_overrides(
+        {"backup": {"root": str(repo.root), "stores": ["redis"]}, "pitr": {"enabled": False}}
+    )
 
     def broken(_now):
         raise ConnectionError("metadata database unreachable")

@@ -3,17 +3,16 @@ the drill record (sidecar) and what it does to "verified"."""
 
 from __future__ import annotations
 
-import json
-from datetime import datetime, timedelta, timezone
-from pathlib import Path
+from datetime import UTC, datetime, timedelta
+from functools import partial
 
 import pytest
 
 from dbops.backup import restore as r
-from dbops.backup.repository import BackupRepository
 from dbops.backup.runner import DESCRIPTION_FILE
+from tests import support
 
-UTC = timezone.utc
+UTC = UTC
 T0 = datetime(2026, 3, 1, 2, 0, 0, tzinfo=UTC)
 META = {"tool": "redis-cli --rdb", "tool_version": "7", "server_version": "7", "compression": "lzf"}
 
@@ -22,25 +21,22 @@ def log(_line: str) -> None:
     pass
 
 
-@pytest.fixture
-def repo(tmp_path: Path) -> BackupRepository:
-    return BackupRepository(tmp_path / "backups")
-
-
-def make_backup(repo, store="redis", subject=None, *, at=T0, description=None, data=b"REDIS0011" + b"x" * 100):
-    with repo.begin(store, subject, run_id=f"run-{at.isoformat()}", dag_id="dbops_nightly_backup",
-                    logical_date=at, now=at) as staging:
-        (staging.path / "dump.rdb").write_bytes(data)
-        (staging.path / DESCRIPTION_FILE).write_text(json.dumps(description or {"keys": {}}))
-        return staging.seal(META, now=at + timedelta(minutes=1))
+# a redis backup with its description (what a drill compares against), sealed a minute after T0
+make_backup = partial(
+    support.make_backup,
+    now=T0,
+    took=timedelta(minutes=1),
+    meta=META,
+    files={"dump.rdb": b"REDIS0011" + b"x" * 100, DESCRIPTION_FILE: b'{"keys": {}}'},
+)
 
 
 # --------------------------------------------------------------------------- resolving
 
 
 def test_latest_is_the_newest_verified_backup(repo):
-    old = make_backup(repo, at=T0)
-    new = make_backup(repo, at=T0 + timedelta(days=1))
+    old = make_backup(repo, now=T0)
+    new = make_backup(repo, now=T0 + timedelta(days=1))
     assert r.resolve_backup(repo, "redis", None, "latest").backup_id == new.backup_id
     repo.record(new, "drill", {"ok": False, "differences": ["key 0:a missing"]})
     assert r.resolve_backup(repo, "redis", None, "latest").backup_id == old.backup_id

@@ -22,8 +22,23 @@ def test_valid_backup_ids(good):
 
 @pytest.mark.parametrize(
     "bad",
-    ["../../etc", "..", "/etc/passwd", "", None, 20260301, "LATEST", "latest ", "20260230T020000Z",
-     f"{ID}-1", f"{ID}-02", "20260301t020000z", f"{ID}/../x", f"{ID}\x00", "2026-03-01T02:00:00Z"],
+    [
+        "../../etc",
+        "..",
+        "/etc/passwd",
+        "",
+        None,
+        20260301,
+        "LATEST",
+        "latest ",
+        "20260230T020000Z",
+        f"{ID}-1",
+        f"{ID}-02",
+        "20260301t020000z",
+        f"{ID}/../x",
+        f"{ID}\x00",
+        "2026-03-01T02:00:00Z",
+    ],
 )
 def test_malformed_backup_ids_are_refused_naming_the_format(bad):
     with pytest.raises(r.RestoreRefused, match="YYYYMMDDTHHMMSSZ"):
@@ -180,7 +195,12 @@ def test_restore_settings_defaults_and_validation():
     config = DbopsConfig()
     assert config.restore.jobs == 2 and config.restore.scratch_dir is None and config.redis.scratch_port is None
     assert config.with_overrides({"redis": {"scratch_port": 56390}}).redis.scratch_port == 56390
-    for bad in ({"redis": {"scratch_port": 80}}, {"restore": {"jobs": 0}}, {"restore": {"scratch_dir": "relative"}},
-                {"restore": {"scratch_dir": "/etc"}}, {"restore": {"unknown": 1}}):
+    for bad in (
+        {"redis": {"scratch_port": 80}},
+        {"restore": {"jobs": 0}},
+        {"restore": {"scratch_dir": "relative"}},
+        {"restore": {"scratch_dir": "/etc"}},
+        {"restore": {"unknown": 1}},
+    ):
         with pytest.raises(ConfigError):
             config.with_overrides(bad)

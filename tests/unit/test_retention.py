@@ -7,7 +7,7 @@ strictly less than ``retention_days`` x 24 h; one exactly that old is outside.
 from __future__ import annotations
 
 import random
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -18,21 +18,37 @@ from hypothesis import strategies as st
 from dbops.backup.repository import Backup, BackupRepository, format_backup_id, format_time
 from dbops.backup.retention import Decision, RetentionPolicy, RetentionRefused, apply_retention
 
-UTC = timezone.utc
+UTC = UTC
 DAY = timedelta(days=1)
 NOW = datetime(2024, 6, 15, 2, 30, tzinfo=UTC)
 META = {"tool": "redis-cli", "tool_version": "7.0", "server_version": "7.0", "compression": "none"}
 
 
-def mem_backup(finished: datetime, *, verified: bool | None = None, seq: int = 1, store: str = "redis",
-               subject: str | None = None, taken: datetime | None = None) -> Backup:
+def mem_backup(
+    finished: datetime,
+    *,
+    verified: bool | None = None,
+    seq: int = 1,
+    store: str = "redis",
+    subject: str | None = None,
+    taken: datetime | None = None,
+) -> Backup:
     """A Backup in memory; ``verified`` None means no verify/drill result recorded yet."""
     taken = taken or finished - timedelta(minutes=10)
     backup_id = format_backup_id(taken, seq)
-    sidecars = {} if verified is None else {
-        "verify": {"kind": "verify", "ok": verified, "at": format_time(finished + timedelta(minutes=1))}}
-    return Backup(path=Path("/backups") / store / backup_id, store=store, subject=subject,
-                  backup_id=backup_id, finished_at=finished, sidecars=sidecars)
+    sidecars = (
+        {}
+        if verified is None
+        else {"verify": {"kind": "verify", "ok": verified, "at": format_time(finished + timedelta(minutes=1))}}
+    )
+    return Backup(
+        path=Path("/backups") / store / backup_id,
+        store=store,
+        subject=subject,
+        backup_id=backup_id,
+        finished_at=finished,
+        sidecars=sidecars,
+    )
 
 
 def daily(last: datetime, count: int, **kwargs) -> list[Backup]:
@@ -277,8 +293,9 @@ def test_property_obsolete_means_old_with_enough_newer_verified(case):
 
 
 def write_backup(repo: BackupRepository, now: datetime, *, run_id: str | None = None) -> Backup:
-    with repo.begin("redis", run_id=run_id or f"run-{now:%Y%m%d}", dag_id="dbops_nightly_backup",
-                    logical_date=now, now=now) as staging:
+    with repo.begin(
+        "redis", run_id=run_id or f"run-{now:%Y%m%d}", dag_id="dbops_nightly_backup", logical_date=now, now=now
+    ) as staging:
         (staging.path / "dump.rdb").write_bytes(f"dump of {now}".encode())
         return staging.seal(META, now=now + timedelta(minutes=5))
 
@@ -298,8 +315,16 @@ def ids(repo: BackupRepository) -> list[str]:
 def test_apply_retention_deletes_the_obsolete(seeded):
     repo, backups = seeded
     logged: list[str] = []
-    decisions = apply_retention(repo, "redis", None, RetentionPolicy(3, 2), now=NOW,
-                                new_backup_id=backups[-1].backup_id, dry_run=False, log=logged.append)
+    decisions = apply_retention(
+        repo,
+        "redis",
+        None,
+        RetentionPolicy(3, 2),
+        now=NOW,
+        new_backup_id=backups[-1].backup_id,
+        dry_run=False,
+        log=logged.append,
+    )
     assert [d.keep for d in decisions] == [False] * 7 + [True] * 3
     assert ids(repo) == [b.backup_id for b in backups[-3:]]
     assert len(logged) == 7 and all(line.startswith("deleted redis ") for line in logged)
@@ -310,15 +335,24 @@ def test_dry_run_deletes_nothing(seeded):
     repo, backups = seeded
     before = ids(repo)
     logged: list[str] = []
-    decisions = apply_retention(repo, "redis", None, RetentionPolicy(3, 2), now=NOW,
-                                new_backup_id=backups[-1].backup_id, dry_run=True, log=logged.append)
+    decisions = apply_retention(
+        repo,
+        "redis",
+        None,
+        RetentionPolicy(3, 2),
+        now=NOW,
+        new_backup_id=backups[-1].backup_id,
+        dry_run=True,
+        log=logged.append,
+    )
     assert sum(not d.keep for d in decisions) == 7
     assert ids(repo) == before and all(b.path.exists() for b in backups)
     assert len(logged) == 7 and all(line.startswith("dry run: would delete") for line in logged)
 
 
-@pytest.mark.parametrize("why", ["none", "unknown", "other-series", "failed-verification", "half-written",
-                                 "old-backup"])
+@pytest.mark.parametrize(
+    "why", ["none", "unknown", "other-series", "failed-verification", "half-written", "old-backup"]
+)
 def test_apply_retention_refuses_without_a_good_new_backup(seeded, why: str):
     repo, backups = seeded
     new_id: str | None = backups[-1].backup_id
@@ -355,8 +389,9 @@ def test_apply_retention_never_touches_what_is_not_a_backup(seeded):
     (stray / "dump.rdb").write_bytes(b"hand copied")
     staging = repo.begin("redis", run_id="r", dag_id="d", logical_date=None, now=NOW - 90 * DAY)
     (staging.path / "dump.rdb").write_bytes(b"in progress")
-    apply_retention(repo, "redis", None, RetentionPolicy(1, 1), now=NOW,
-                    new_backup_id=backups[-1].backup_id, dry_run=False)
+    apply_retention(
+        repo, "redis", None, RetentionPolicy(1, 1), now=NOW, new_backup_id=backups[-1].backup_id, dry_run=False
+    )
     assert ids(repo) == [backups[-1].backup_id]
     assert (stray / "dump.rdb").exists() and (staging.path / "dump.rdb").exists()
 
@@ -384,8 +419,17 @@ def test_a_store_that_cannot_expire_a_backup_keeps_its_record(seeded):
             raise ExpiryRefused("the filesystem backend is out of reach")
         removed.append(backup.backup_id)
 
-    apply_retention(repo, "redis", None, RetentionPolicy(3, 2), now=NOW, new_backup_id=backups[-1].backup_id,
-                    dry_run=False, log=lines.append, before_delete=before_delete)  # fmt: skip
+    apply_retention(
+        repo,
+        "redis",
+        None,
+        RetentionPolicy(3, 2),
+        now=NOW,
+        new_backup_id=backups[-1].backup_id,
+        dry_run=False,
+        log=lines.append,
+        before_delete=before_delete,
+    )
     left = [b.backup_id for b in repo.list("redis")]
     assert backups[0].backup_id in left and removed and not set(removed) & set(left)
     assert any("kept" in line and "out of reach" in line for line in lines)

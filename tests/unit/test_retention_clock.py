@@ -4,16 +4,16 @@ the run. On today's main a worker clock 40 days fast deleted 27 of 30 daily back
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
-from pathlib import Path
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from dbops.backup.repository import BackupRepository
 from dbops.backup.retention import RetentionPolicy, RetentionRefused
 from dbops.backup.runner import expire
+from tests.support import make_backup
 
-UTC = timezone.utc
+UTC = UTC
 DAY = timedelta(days=1)
 REAL_NOW = datetime(2026, 11, 30, 2, 10, tzinfo=UTC)  # the true time of tonight's run
 RUN_STARTED = datetime(2026, 11, 30, 2, 0, 5, tzinfo=UTC)  # the scheduler's clock
@@ -22,18 +22,21 @@ POLICY = RetentionPolicy(30, 3)
 
 
 def write(repo: BackupRepository, at: datetime, run_id: str):
-    with repo.begin("redis", run_id=run_id, dag_id="dbops_nightly_backup", logical_date=at, now=at) as staging:
-        (staging.path / "dump.rdb").write_bytes(f"dump of {at}".encode())
-        return staging.seal(META, now=at + timedelta(minutes=2))
+    """A redis backup begun at ``at`` (by the clock of the worker that took it), sealed 2 minutes later."""
+    return make_backup(
+        repo, now=at, took=timedelta(minutes=2), run_id=run_id, meta=META, files={"dump.rdb": f"dump of {at}".encode()}
+    )
 
 
 @pytest.fixture
-def repo(tmp_path: Path) -> BackupRepository:
-    """Thirty daily backups taken by good clocks, the newest last night."""
-    repo = BackupRepository(tmp_path / "backups")
+def thirty_nights(repo: BackupRepository) -> BackupRepository:
+    """``repo`` with thirty daily backups taken by good clocks, the newest last night."""
     for i in range(30, 0, -1):
         write(repo, REAL_NOW - i * DAY, f"night-{i}")
     return repo
+
+
+pytestmark = pytest.mark.usefixtures("thirty_nights")
 
 
 def ids(repo: BackupRepository) -> list[str]:
@@ -42,17 +45,28 @@ def ids(repo: BackupRepository) -> list[str]:
 
 def run_retention(repo, *, now, run_started_at=RUN_STARTED, dry_run=False):
     return expire(
-        repo, "redis", None, POLICY, run_id="tonight", dag_id="dbops_nightly_backup", now=now,
-        run_started_at=run_started_at, max_clock_skew=timedelta(minutes=15), max_delay=timedelta(hours=12),
-        dry_run=dry_run, log=lambda _line: None,
-    )  # fmt: skip
+        repo,
+        "redis",
+        None,
+        POLICY,
+        run_id="tonight",
+        dag_id="dbops_nightly_backup",
+        now=now,
+        run_started_at=run_started_at,
+        max_clock_skew=timedelta(minutes=15),
+        max_delay=timedelta(hours=12),
+        dry_run=dry_run,
+        log=lambda _line: None,
+    )
 
 
 def test_a_worker_clock_forty_days_fast_deletes_nothing_and_says_why(repo):
     fast = timedelta(days=40)
     write(repo, REAL_NOW - timedelta(minutes=8) + fast, "tonight")  # stamped by the fast clock
     before = ids(repo)
-    with pytest.raises(RetentionRefused, match=r"nothing deleted: the clock disagrees.*scheduler's clock.*40d 0h later"):
+    with pytest.raises(
+        RetentionRefused, match=r"nothing deleted: the clock disagrees.*scheduler's clock.*40d 0h later"
+    ):
         run_retention(repo, now=REAL_NOW + fast)
     assert ids(repo) == before and len(before) == 31
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import calendar
 from collections.abc import Iterable
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from dbops.backup.repository import Backup, BackupRepository, format_backup_id, format_time
 from dbops.backup.retention import Decision, RetentionPolicy, apply_retention, pin_reason, pin_record, unpin_record
 
-UTC = timezone.utc
+UTC = UTC
 DAY = timedelta(days=1)
 NOW = datetime(2026, 12, 6, 2, 30, tzinfo=UTC)  # a Sunday: the last day of 2026-W49
 META = {"tool": "redis-cli", "tool_version": "7.0", "server_version": "7.0", "compression": "none"}
@@ -36,8 +36,13 @@ def mem_backup(finished: datetime, *, verified: bool | None = None, pin: str | N
     if pin is not None:
         sidecars["pin"] = {"kind": "pin", "ok": True, "pinned": True, "reason": pin, "at": format_time(finished)}
     backup_id = format_backup_id(taken, 1)
-    return Backup(path=Path("/backups/redis") / backup_id, store="redis", backup_id=backup_id,
-                  finished_at=finished, sidecars=sidecars)  # fmt: skip
+    return Backup(
+        path=Path("/backups/redis") / backup_id,
+        store="redis",
+        backup_id=backup_id,
+        finished_at=finished,
+        sidecars=sidecars,
+    )
 
 
 def by_id(decisions: Iterable[Decision]) -> dict[str, Decision]:
@@ -101,9 +106,13 @@ def test_a_pin_is_kept_forever_and_does_not_count_toward_min_keep():
 
 def test_pins_given_by_the_caller_count_like_sidecars_and_an_unreadable_pin_holds():
     old = [mem_backup(NOW - (100 + i) * DAY) for i in range(4)]
-    unreadable = Backup(path=Path("/x"), store="redis", backup_id=format_backup_id(NOW - 200 * DAY, 1),
-                        finished_at=NOW - 200 * DAY,
-                        sidecars={"pin": {"kind": "pin", "ok": False, "detail": "unreadable pin.json: bad"}})  # fmt: skip
+    unreadable = Backup(
+        path=Path("/x"),
+        store="redis",
+        backup_id=format_backup_id(NOW - 200 * DAY, 1),
+        finished_at=NOW - 200 * DAY,
+        sidecars={"pin": {"kind": "pin", "ok": False, "detail": "unreadable pin.json: bad"}},
+    )
     assert "unreadable" in (pin_reason(unreadable) or "")
     decisions = by_id(RetentionPolicy(30, 1).evaluate(old + [unreadable], NOW, pins={old[3].backup_id: "legal hold"}))
     assert decisions[old[3].backup_id].keep and decisions[old[3].backup_id].reason.startswith("pinned: legal hold")
@@ -117,18 +126,31 @@ def test_pin_records():
     with pytest.raises(ValueError, match="reason"):
         pin_record("   ", "manual__1")
     unpinned = mem_backup(NOW)
-    unpinned = Backup(path=unpinned.path, store="redis", backup_id=unpinned.backup_id, finished_at=NOW,
-                      sidecars={"pin": {**unpin_record("r"), "kind": "pin", "at": format_time(NOW)}})  # fmt: skip
+    unpinned = Backup(
+        path=unpinned.path,
+        store="redis",
+        backup_id=unpinned.backup_id,
+        finished_at=NOW,
+        sidecars={"pin": {**unpin_record("r"), "kind": "pin", "at": format_time(NOW)}},
+    )
     assert pin_reason(unpinned) is None
 
 
 # ----------------------------------------------------------------------------- 400 days, from the calendar
 
 
-def expected_from_calendar(days: dict[date, tuple[bool, str | None]], today: date, *, retention_days: int,
-                           min_keep: int, weeks: int, months: int) -> set[date]:  # fmt: skip
+def expected_from_calendar(
+    days: dict[date, tuple[bool, str | None]],
+    today: date,
+    *,
+    retention_days: int,
+    min_keep: int,
+    weeks: int,
+    months: int,
+) -> set[date]:
     """The kept days of a one-backup-a-day catalog (backup at 02:00 UTC, now 02:30 on
     ``today``), worked out with calendar arithmetic only."""
+
     def member(period: list[date]) -> date | None:
         present = [d for d in period if d in days]
         good = [d for d in present if days[d][0]]
@@ -166,8 +188,10 @@ def four_hundred_days() -> dict[date, tuple[bool, str | None]]:
 
 def test_a_400_day_catalog_with_tiers_and_pins_keeps_exactly_what_the_calendar_says():
     days = four_hundred_days()
-    catalog = [mem_backup(datetime(d.year, d.month, d.day, 2, tzinfo=UTC), verified=ok, pin=pin)
-               for d, (ok, pin) in days.items()]  # fmt: skip
+    catalog = [
+        mem_backup(datetime(d.year, d.month, d.day, 2, tzinfo=UTC), verified=ok, pin=pin)
+        for d, (ok, pin) in days.items()
+    ]
     policy = RetentionPolicy(30, 3, keep_weekly=8, keep_monthly=12)
     decisions = policy.evaluate(catalog, NOW)
     kept = {d.backup.finished_at.date() for d in decisions if d.keep}
@@ -230,19 +254,30 @@ def old_evaluate(policy: RetentionPolicy, backups: list[Backup], now: datetime) 
             count += 1
     days = _plural(policy.retention_days, "day")
     out = []
-    for backup, newer in zip(ordered, verified_newer):
+    for backup, newer in zip(ordered, verified_newer, strict=True):
         age = now - backup.finished_at
         state = "" if backup.verified else ", latest verification failed"
         if age < policy.window:
             out.append((backup.backup_id, True, f"younger than {days} (age {_age_text(age)}){state}"))
         elif newer < policy.min_keep:
             what = "one of the newest verified backups" if backup.verified else "not verified"
-            out.append((backup.backup_id, True,
-                        f"older than {days} (age {_age_text(age)}) but kept by min_keep={policy.min_keep}: "
-                        f"{what}, only {_plural(newer, 'newer verified backup')} exist"))  # fmt: skip
+            out.append(
+                (
+                    backup.backup_id,
+                    True,
+                    f"older than {days} (age {_age_text(age)}) but kept by min_keep={policy.min_keep}: "
+                    f"{what}, only {_plural(newer, 'newer verified backup')} exist",
+                )
+            )
         else:
-            out.append((backup.backup_id, False, f"older than {days} (age {_age_text(age)}){state} and "
-                        f"{_plural(newer, 'newer verified backup')} exist"))  # fmt: skip
+            out.append(
+                (
+                    backup.backup_id,
+                    False,
+                    f"older than {days} (age {_age_text(age)}){state} and "
+                    f"{_plural(newer, 'newer verified backup')} exist",
+                )
+            )
     return out
 
 
@@ -252,14 +287,19 @@ def cases(draw, *, tiers: bool = True, pins: bool = True):
     now = datetime(2026, 1, 1, tzinfo=UTC) + timedelta(minutes=draw(st.integers(0, 3 * 365 * 24 * 60)))
     hours = draw(st.lists(st.integers(0, 500 * 24), min_size=0, max_size=60, unique=True))
     catalog = [
-        mem_backup(now - timedelta(hours=h, minutes=5), verified=draw(st.sampled_from([None, True, True, False])),
-                   pin=("kept for audit" if pins and draw(st.integers(0, 9)) == 0 else None))
+        mem_backup(
+            now - timedelta(hours=h, minutes=5),
+            verified=draw(st.sampled_from([None, True, True, False])),
+            pin=("kept for audit" if pins and draw(st.integers(0, 9)) == 0 else None),
+        )
         for h in hours
-    ]  # fmt: skip
+    ]
     policy = RetentionPolicy(
-        draw(st.integers(1, 60)), draw(st.integers(1, 5)),
-        draw(st.integers(0, 12)) if tiers else 0, draw(st.integers(0, 15)) if tiers else 0,
-    )  # fmt: skip
+        draw(st.integers(1, 60)),
+        draw(st.integers(1, 5)),
+        draw(st.integers(0, 12)) if tiers else 0,
+        draw(st.integers(0, 15)) if tiers else 0,
+    )
     return catalog, now, policy
 
 
@@ -277,7 +317,7 @@ def test_property_never_fewer_than_min_keep_verified_unpinned_backups(case):
     catalog, now, policy = case
     decisions = policy.evaluate(catalog, now)
     good = [d for d in decisions if d.backup.verified and pin_reason(d.backup) is None]
-    assert all(d.keep for d in good[-policy.min_keep:])  # the newest min_keep of them, oldest first
+    assert all(d.keep for d in good[-policy.min_keep :])  # the newest min_keep of them, oldest first
     assert sum(d.keep for d in good) >= min(policy.min_keep, len(good))
 
 
@@ -328,14 +368,17 @@ def test_property_a_tier_member_is_never_deleted_before_its_tier_expires(case, l
         assert decisions[backup_id].keep
         for tier in tiers:
             assert f"{tier} tier: newest" in decisions[backup_id].reason, decisions[backup_id].reason
-    assert not [d.reason for d in decisions.values() if "tier: newest" in d.reason and d.backup.backup_id not in members]
+    assert not [
+        d.reason for d in decisions.values() if "tier: newest" in d.reason and d.backup.backup_id not in members
+    ]
     survivors = [d.backup for d in decisions.values() if d.keep]
     later = now + timedelta(hours=later_hours)
     after = by_id(policy.evaluate(survivors, later))
     for backup_id, tiers in members.items():
         b = after[backup_id].backup
-        still = ("weekly" in tiers and (week_start(later) - week_start(b.finished_at)).days // 7 < policy.keep_weekly) or (
-            "monthly" in tiers and months_between(b.finished_at, later) < policy.keep_monthly)  # fmt: skip
+        still = (
+            "weekly" in tiers and (week_start(later) - week_start(b.finished_at)).days // 7 < policy.keep_weekly
+        ) or ("monthly" in tiers and months_between(b.finished_at, later) < policy.keep_monthly)
         if still:
             assert after[backup_id].keep, (backup_id, after[backup_id].reason)
 

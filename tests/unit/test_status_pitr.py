@@ -5,7 +5,7 @@ receiver.json as the WAL check and the receiver write them."""
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -16,23 +16,38 @@ from dbops.pitr import check
 from dbops.pitr.wal import BASE_STORE, WAL_DIR, WalArchive
 from dbops.status import pitr
 
-UTC = timezone.utc
+UTC = UTC
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 
 
 def make_base_backup(repo: BackupRepository, taken: datetime, timeline: int, start_lsn: str, stop_lsn: str):
-    details = {"timeline": timeline, "start_lsn": start_lsn, "stop_lsn": stop_lsn,
-               "start_segment": "000000010000000000000002", "stop_segment": "000000010000000000000002",
-               "system_identifier": "7345678901234567890", "wal_segment_size": 16 * 1024 * 1024,
-               "consistent_at": format_time(taken + timedelta(seconds=30)), "server_version": "16.14",
-               "compression": "gzip"}
-    meta = {"tool": "pg_basebackup", "tool_version": "16.14", "server_version": "16.14", "compression": "gzip",
-            "details": details}
-    with repo.begin(BASE_STORE, None, run_id=f"run_{taken:%Y%m%d%H}", dag_id="dbops_base_backup",
-                    logical_date=taken, now=taken) as staging:
+    details = {
+        "timeline": timeline,
+        "start_lsn": start_lsn,
+        "stop_lsn": stop_lsn,
+        "start_segment": "000000010000000000000002",
+        "stop_segment": "000000010000000000000002",
+        "system_identifier": "7345678901234567890",
+        "wal_segment_size": 16 * 1024 * 1024,
+        "consistent_at": format_time(taken + timedelta(seconds=30)),
+        "server_version": "16.14",
+        "compression": "gzip",
+    }
+    meta = {
+        "tool": "pg_basebackup",
+        "tool_version": "16.14",
+        "server_version": "16.14",
+        "compression": "gzip",
+        "details": details,
+    }
+    with repo.begin(
+        BASE_STORE, None, run_id=f"run_{taken:%Y%m%d%H}", dag_id="dbops_base_backup", logical_date=taken, now=taken
+    ) as staging:
         (staging.path / "base.tar.gz").write_bytes(b"base" * 100)
         (staging.path / "backup_manifest").write_text("{}")
-        return staging.seal(meta, [{"name": "pg_basebackup", "ok": True, "detail": ""}], now=taken + timedelta(minutes=1))
+        return staging.seal(
+            meta, [{"name": "pg_basebackup", "ok": True, "detail": ""}], now=taken + timedelta(minutes=1)
+        )
 
 
 def write_json(path: Path, value: dict) -> None:
@@ -40,22 +55,42 @@ def write_json(path: Path, value: dict) -> None:
     path.write_text(json.dumps(value))
 
 
-def check_result(at: datetime, *, ok: bool = True, problems=(), lag_s=0.4, lag_bytes=1200,
-                 earliest="2026-11-28T01:30:30Z", latest="2026-12-01T11:50:00Z") -> dict:
+def check_result(
+    at: datetime,
+    *,
+    ok: bool = True,
+    problems=(),
+    lag_s=0.4,
+    lag_bytes=1200,
+    earliest="2026-11-28T01:30:30Z",
+    latest="2026-12-01T11:50:00Z",
+) -> dict:
     """check.json exactly as the WAL check writes it (its own dataclass)."""
-    return check.WalCheck(at=format_time(at), ok=ok, problems=list(problems), lag_s=lag_s, lag_bytes=lag_bytes,
-                          earliest=earliest, latest=latest, base_backups=2, segments=140, rehashed=3).to_dict()
+    return check.WalCheck(
+        at=format_time(at),
+        ok=ok,
+        problems=list(problems),
+        lag_s=lag_s,
+        lag_bytes=lag_bytes,
+        earliest=earliest,
+        latest=latest,
+        base_backups=2,
+        segments=140,
+        rehashed=3,
+    ).to_dict()
 
 
 def heartbeat(at: datetime, state="streaming", error=None) -> dict:
-    return {"pid": 4242, "started_at": format_time(at - timedelta(hours=5)), "heartbeat_at": format_time(at),
-            "state": state, "error": error, "system_identifier": "7345678901234567890", "timeline": 1,
-            "last_sealed": "00000001000000000000008B"}
-
-
-@pytest.fixture
-def repo(tmp_path: Path) -> BackupRepository:
-    return BackupRepository(tmp_path / "backups")
+    return {
+        "pid": 4242,
+        "started_at": format_time(at - timedelta(hours=5)),
+        "heartbeat_at": format_time(at),
+        "state": state,
+        "error": error,
+        "system_identifier": "7345678901234567890",
+        "timeline": 1,
+        "last_sealed": "00000001000000000000008B",
+    }
 
 
 @pytest.fixture
@@ -70,11 +105,16 @@ def snapshot(root: Path) -> dict[str, tuple[int, int]]:
 def test_window_lag_check_and_base_backups_newest_first_with_drills(repo, wal_root):
     older = make_base_backup(repo, NOW - timedelta(days=3, hours=10), 1, "0/2000028", "0/2000138")
     newer = make_base_backup(repo, NOW - timedelta(hours=10), 1, "0/8A000028", "0/8A000100")
-    repo.record(older, "drill", {"ok": True, "target": "2026-11-29T08:00:00Z", "differences": []},
-                now=NOW - timedelta(days=1))
+    repo.record(
+        older, "drill", {"ok": True, "target": "2026-11-29T08:00:00Z", "differences": []}, now=NOW - timedelta(days=1)
+    )
     repo.record(older, "pin", {"pinned": True, "reason": "audit 2026-11", "ok": True}, now=NOW - timedelta(days=1))
-    repo.record(newer, "drill", {"ok": False, "target": "2026-12-01T05:00:00Z",
-                                 "differences": ["marker 17 missing"]}, now=NOW - timedelta(hours=2))
+    repo.record(
+        newer,
+        "drill",
+        {"ok": False, "target": "2026-12-01T05:00:00Z", "differences": ["marker 17 missing"]},
+        now=NOW - timedelta(hours=2),
+    )
     write_json(wal_root / check.CHECK_FILE, check_result(NOW - timedelta(minutes=4)))
     write_json(WalArchive(wal_root).status_path, heartbeat(NOW - timedelta(seconds=3)))
     before = snapshot(repo.root)
@@ -82,8 +122,12 @@ def test_window_lag_check_and_base_backups_newest_first_with_drills(repo, wal_ro
     result = pitr.pitr_overview(repo, wal_root, NOW, enabled=True, max_lag_s=60)
 
     assert result["enabled"] is True and result["message"] is None
-    assert result["window"] == {"earliest": "2026-11-28T01:30:30Z", "latest": "2026-12-01T11:50:00Z",
-                                "as_of": format_time(NOW - timedelta(minutes=4)), "proven": True}
+    assert result["window"] == {
+        "earliest": "2026-11-28T01:30:30Z",
+        "latest": "2026-12-01T11:50:00Z",
+        "as_of": format_time(NOW - timedelta(minutes=4)),
+        "proven": True,
+    }
     receiver = result["receiver"]
     assert receiver["state"] == "streaming" and receiver["alive"] is True
     assert receiver["heartbeat_age_s"] == 3.0 and receiver["error"] is None
@@ -122,10 +166,14 @@ def test_nothing_yet_says_so_for_each_part(repo, wal_root):
 
 def test_a_failed_check_shows_its_problems_and_a_late_lag(repo, wal_root):
     make_base_backup(repo, NOW - timedelta(days=1), 1, "0/2000028", "0/2000138")
-    problems = ["WAL chain from base backup x: segment 000000010000000000000007 missing",
-                "the receiver is 95 s (8000 bytes) behind the server (pitr.max_lag_s 60)"]
-    write_json(wal_root / check.CHECK_FILE, check_result(NOW - timedelta(minutes=10), ok=False,
-                                                          problems=problems, lag_s=95.0, lag_bytes=8000))
+    problems = [
+        "WAL chain from base backup x: segment 000000010000000000000007 missing",
+        "the receiver is 95 s (8000 bytes) behind the server (pitr.max_lag_s 60)",
+    ]
+    write_json(
+        wal_root / check.CHECK_FILE,
+        check_result(NOW - timedelta(minutes=10), ok=False, problems=problems, lag_s=95.0, lag_bytes=8000),
+    )
     write_json(WalArchive(wal_root).status_path, heartbeat(NOW - timedelta(seconds=2)))
 
     result = pitr.pitr_overview(repo, wal_root, NOW, enabled=True, max_lag_s=60)
@@ -148,12 +196,17 @@ def test_a_check_older_than_30_minutes_is_stale(repo, wal_root, age_minutes, sta
     assert result["last_check"]["stale"] is (not proven) and result["window"]["proven"] is proven
 
 
-@pytest.mark.parametrize("content, status", [
-    ({"at": "yesterday", "ok": True, "earliest": "2026-11-28T01:30:30Z", "latest": "2026-12-01T11:50:00Z"},
-     "unreadable"),  # a pass of unknown age proves nothing now
-    ({"at": "2026-12-01T11:55:00Z", "ok": "yes"}, "failed"),  # only a literal true passes
-    ({"at": "2026-12-01T11:55:00Z"}, "failed"),
-])
+@pytest.mark.parametrize(
+    "content, status",
+    [
+        (
+            {"at": "yesterday", "ok": True, "earliest": "2026-11-28T01:30:30Z", "latest": "2026-12-01T11:50:00Z"},
+            "unreadable",
+        ),  # a pass of unknown age proves nothing now
+        ({"at": "2026-12-01T11:55:00Z", "ok": "yes"}, "failed"),  # only a literal true passes
+        ({"at": "2026-12-01T11:55:00Z"}, "failed"),
+    ],
+)
 def test_a_check_file_that_does_not_say_ok_plainly_is_not_a_pass(repo, wal_root, content, status):
     write_json(wal_root / check.CHECK_FILE, content)
 
@@ -174,14 +227,21 @@ def test_a_torn_check_file_reads_as_never_checked(repo, wal_root):
     assert pitr.pitr_overview(repo, wal_root, NOW, enabled=True)["last_check"]["status"] == pitr.NEVER_CHECKED
 
 
-@pytest.mark.parametrize("beat, state, alive, error", [
-    (heartbeat(NOW - timedelta(seconds=5), state="starting"), "starting", True, None),
-    (heartbeat(NOW - timedelta(seconds=5), state="error", error="FATAL: password authentication failed"),
-     "error", False, "FATAL: password authentication failed"),
-    # a killed receiver cannot report: its heartbeat just gets old
-    (heartbeat(NOW - timedelta(minutes=5)), "not running", False, None),
-    ({**heartbeat(NOW), "heartbeat_at": None}, "unreadable", False, None),
-])
+@pytest.mark.parametrize(
+    "beat, state, alive, error",
+    [
+        (heartbeat(NOW - timedelta(seconds=5), state="starting"), "starting", True, None),
+        (
+            heartbeat(NOW - timedelta(seconds=5), state="error", error="FATAL: password authentication failed"),
+            "error",
+            False,
+            "FATAL: password authentication failed",
+        ),
+        # a killed receiver cannot report: its heartbeat just gets old
+        (heartbeat(NOW - timedelta(minutes=5)), "not running", False, None),
+        ({**heartbeat(NOW), "heartbeat_at": None}, "unreadable", False, None),
+    ],
+)
 def test_receiver_states(repo, wal_root, beat, state, alive, error):
     write_json(WalArchive(wal_root).status_path, beat)
 

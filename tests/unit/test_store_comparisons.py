@@ -8,19 +8,24 @@ from dbops.stores.postgres import recovery as pg_recovery
 from dbops.stores.redis import recovery as redis_recovery
 
 
-
 def _redis(keys, sample="all", databases=None):
     return {"keys": keys, "sample": sample, "match": None, "databases": databases or {}, "matched": {}}
 
 
 def test_redis_comparison_tolerates_only_expired_volatile_keys():
-    source = _redis({
-        "0:session:a": {"type": "string", "expires": True, "digest": "1"},
-        "0:cache:b": {"type": "hash", "expires": False, "digest": "2"},
-        "0:stats:c": {"type": "zset", "expires": False, "digest": "3"},
-    })
-    restored = _redis({"0:cache:b": {"type": "hash", "expires": False, "digest": "2"},
-                       "0:stats:c": {"type": "zset", "expires": False, "digest": "3"}})
+    source = _redis(
+        {
+            "0:session:a": {"type": "string", "expires": True, "digest": "1"},
+            "0:cache:b": {"type": "hash", "expires": False, "digest": "2"},
+            "0:stats:c": {"type": "zset", "expires": False, "digest": "3"},
+        }
+    )
+    restored = _redis(
+        {
+            "0:cache:b": {"type": "hash", "expires": False, "digest": "2"},
+            "0:stats:c": {"type": "zset", "expires": False, "digest": "3"},
+        }
+    )
     differences, notes = redis_recovery.compare_redis(source, restored)
     assert differences == [] and "expired since the backup" in notes[0]
 
@@ -34,14 +39,21 @@ def test_redis_comparison_tolerates_only_expired_volatile_keys():
 
 
 def test_redis_comparison_of_a_sampled_source_checks_counts():
-    source = _redis({"0:k": {"type": "string", "expires": False, "digest": "1"}}, sample="sha1-prefix-0",
-                    databases={"0": {"keys": 20000, "expires": 100}})
-    restored = {**_redis({"0:k": {"type": "string", "expires": False, "digest": "1"}, "0:z": {}}),
-                "matched": {"0": 19950}}
+    source = _redis(
+        {"0:k": {"type": "string", "expires": False, "digest": "1"}},
+        sample="sha1-prefix-0",
+        databases={"0": {"keys": 20000, "expires": 100}},
+    )
+    restored = {
+        **_redis({"0:k": {"type": "string", "expires": False, "digest": "1"}, "0:z": {}}),
+        "matched": {"0": 19950},
+    }
     differences, notes = redis_recovery.compare_redis(source, restored)
     assert differences == [] and any("sampled" in n for n in notes)  # unexpected keys cannot be judged
     restored["matched"] = {"0": 19000}
-    assert redis_recovery.compare_redis(source, restored)[0] == ["db 0: 19000 keys restored, the source had 20000 (100 with a TTL)"]
+    assert redis_recovery.compare_redis(source, restored)[0] == [
+        "db 0: 19000 keys restored, the source had 20000 (100 with a TTL)"
+    ]
 
 
 def _coll(count, ttl=None, digest="s"):
@@ -51,8 +63,13 @@ def _coll(count, ttl=None, digest="s"):
 
 def test_mongo_comparison_tolerates_ttl_removals_only_when_every_document_was_restored():
     source = {"collections": {"task_status_cache": _coll(10, ttl=86400, digest="a"), "logs": _coll(5, digest="b")}}
-    restored = {"collections": {"task_status_cache": _coll(7, ttl=86400, digest="c"), "logs": _coll(5, digest="b"),
-                                mongo_recovery.MONGO_MARKER: {"count": 1}}}
+    restored = {
+        "collections": {
+            "task_status_cache": _coll(7, ttl=86400, digest="c"),
+            "logs": _coll(5, digest="b"),
+            mongo_recovery.MONGO_MARKER: {"count": 1},
+        }
+    }
     differences, notes = mongo_recovery.compare_mongo(source, restored, dumped=15, restored=15)
     assert differences == [] and "3 document(s) already removed by its TTL index" in notes[0]
     # mongorestore restored fewer than the archive holds: no tolerance, and it is named
@@ -81,7 +98,7 @@ ALTER ROLE "Odd ""Name""" WITH NOSUPERUSER INHERIT NOCREATEROLE NOCREATEDB NOLOG
 --
 -- PostgreSQL database cluster dump complete
 --
-'''
+'''  # noqa: E501 - pg_dumpall's output, verbatim
 
 
 def test_roles_in_globals_are_parsed_and_compared():
@@ -95,9 +112,10 @@ def test_roles_in_globals_are_parsed_and_compared():
     assert pg_recovery.compare_roles(source, roles) == []
     source["roles"]["etl"] = {"superuser": False, "can_login": True}
     source["roles"]["app_reader"] = {"superuser": True, "can_login": True}
-    assert pg_recovery.compare_roles(source, roles) == ["role etl missing", "role app_reader: superuser False, the source had True"]
-
-
+    assert pg_recovery.compare_roles(source, roles) == [
+        "role etl missing",
+        "role app_reader: superuser False, the source had True",
+    ]
 
 
 def test_roles_that_changed_while_pg_dumpall_ran_are_not_judged():

@@ -60,8 +60,18 @@ def take(adapter, tmp_path, run_id="run-1", log=None, force=False):
     backup = adapter.series_backup(None, run_key=f"dbops_nightly_backup/{run_id}")
     backup.poll_every = 0
     repo = BackupRepository(tmp_path / "repo")
-    take_backup(repo, backup, store="weaviate", subject=None, run_id=run_id, dag_id="dbops_nightly_backup",
-                logical_date=None, force=force, stale_staging=timedelta(hours=1), log=log or (lambda _: None))  # fmt: skip
+    take_backup(
+        repo,
+        backup,
+        store="weaviate",
+        subject=None,
+        run_id=run_id,
+        dag_id="dbops_nightly_backup",
+        logical_date=None,
+        force=force,
+        stale_staging=timedelta(hours=1),
+        log=log or (lambda _: None),
+    )
     return repo, repo.list("weaviate")[-1]
 
 
@@ -174,7 +184,9 @@ def test_restore_on_a_server_that_can_corrupt_data_is_refused_unless_acknowledge
         with pytest.raises(RestoreRefused, match=rf"runs {version}.*accept_unsafe_version"):
             adapter.plan_restore(backup, RestoreRequest("weaviate", backup.backup_id), lines.append)
         assert not any(method == "POST" and "restore" in path for method, path in fake.calls)
-        plan, result = restore(adapter, backup, RestoreRequest("weaviate", backup.backup_id, accept_unsafe_version=True), lines)
+        plan, result = restore(
+            adapter, backup, RestoreRequest("weaviate", backup.backup_id, accept_unsafe_version=True), lines
+        )
         assert result["differences"] == [] and any("can corrupt data" in line for line in lines)
         assert fake.violations == []
 
@@ -201,7 +213,9 @@ def test_a_retry_finds_the_failed_attempts_backup_and_takes_the_next_id(tmp_path
         assert any(f"backup {first} is left in backend 'filesystem'" in line for line in lines)
         # a rerun with force: the recorded backup is kept, a third id is used
         _, forced = take(adapter, tmp_path, log=lines.append, force=True)
-        assert json.loads((forced.path / RECORD_FILE).read_text())["id"] == run_backup_id("dbops_nightly_backup/run-1", 3)
+        assert json.loads((forced.path / RECORD_FILE).read_text())["id"] == run_backup_id(
+            "dbops_nightly_backup/run-1", 3
+        )
         assert fake.violations == []
 
 

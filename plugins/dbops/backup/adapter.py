@@ -20,7 +20,7 @@ they live in :mod:`dbops.backup` and are not an adapter's business.
 Credentials arrive in an :class:`Endpoint` and reach the tools only through the
 environment or 0600 files that are removed afterwards: never argv, never a log line.
 Adapters reach the Airflow connections only through the :class:`Links` they are given
-(the task layer passes :mod:`dbops.connections`), so nothing below the tasks imports Airflow.
+(the task layer passes :mod:`dbops.runtime`), so nothing below the tasks imports Airflow.
 """
 
 from __future__ import annotations

@@ -35,8 +35,8 @@ from typing import Any
 
 from dbops.backup.repository import (
     DELETING_DIR,
-    UTC,
     STAGING_DIR,
+    UTC,
     Backup,
     BackupRepository,
     _tree_mtime,
@@ -111,13 +111,17 @@ class Limits:
         """The limits of a :class:`dbops.config.DbopsConfig`."""
         rp = config.recovery_point
         return cls(
-            max_backup_age_hours=rp.max_backup_age_hours, max_offsite_age_hours=rp.max_offsite_age_hours,
-            max_drill_age_days=rp.max_drill_age_days, max_dr_drill_age_days=rp.max_dr_drill_age_days,
+            max_backup_age_hours=rp.max_backup_age_hours,
+            max_offsite_age_hours=rp.max_offsite_age_hours,
+            max_drill_age_days=rp.max_drill_age_days,
+            max_dr_drill_age_days=rp.max_dr_drill_age_days,
             max_base_backup_age_hours=rp.max_base_backup_age_hours,
-            max_wal_check_age_minutes=rp.max_wal_check_age_minutes, max_nightly_gap_hours=rp.max_nightly_gap_hours,
+            max_wal_check_age_minutes=rp.max_wal_check_age_minutes,
+            max_nightly_gap_hours=rp.max_nightly_gap_hours,
             stale_staging_hours=config.backup.stale_staging_hours,
             max_clock_skew_minutes=config.backup.max_clock_skew_minutes,
-            late_fraction=rp.late_fraction, disk_margin=rp.disk_margin,
+            late_fraction=rp.late_fraction,
+            disk_margin=rp.disk_margin,
         )
 
 
@@ -201,8 +205,8 @@ def collect_local(repo: BackupRepository, stores: Sequence[str], *, pitr_enabled
     for store in stores:
         try:
             subjects = [None, *repo.subjects(store)]
-            series[store] = {s: repo.list(store, s) for s in subjects}
-            series[store] = {s: b for s, b in series[store].items() if b or s is not None}
+            listed = {s: repo.list(store, s) for s in subjects}
+            series[store] = {s: b for s, b in listed.items() if b or s is not None}
             leftovers += _leftovers(repo, store, store, subjects)
         except (OSError, ValueError, RuntimeError) as exc:
             series[store] = _error(exc)
@@ -228,8 +232,15 @@ def collect_local(repo: BackupRepository, stores: Sequence[str], *, pitr_enabled
             wal_check = None
         except (OSError, ValueError) as exc:
             wal_check, wal_error = None, f"{path} unreadable: {_error(exc)}"
-    return LocalFacts(series=series, leftovers=leftovers, disk_free_bytes=free, disk_error=disk_error,
-                      base_backups=bases, wal_check=wal_check, wal_check_error=wal_error)
+    return LocalFacts(
+        series=series,
+        leftovers=leftovers,
+        disk_free_bytes=free,
+        disk_error=disk_error,
+        base_backups=bases,
+        wal_check=wal_check,
+        wal_check_error=wal_error,
+    )
 
 
 def newest_copies(catalog: Any) -> list[OffsiteCopy]:
@@ -242,13 +253,18 @@ def newest_copies(catalog: Any) -> list[OffsiteCopy]:
         if item.envelope is None or not backup.verified:
             continue
         newest[(backup.store, backup.subject)] = OffsiteCopy(
-            backup.store, backup.subject, backup.backup_id, backup.finished_at,
-            getattr(item.envelope, "shipped_at", None))
+            backup.store,
+            backup.subject,
+            backup.backup_id,
+            backup.finished_at,
+            getattr(item.envelope, "shipped_at", None),
+        )
     return list(newest.values())
 
 
-def unconfigured_stores(stores: Iterable[str], connection_ids: Mapping[str, str],
-                        exists: Callable[[str], bool]) -> dict[str, str]:
+def unconfigured_stores(
+    stores: Iterable[str], connection_ids: Mapping[str, str], exists: Callable[[str], bool]
+) -> dict[str, str]:
     """The optional stores among ``stores`` that have no connection, with the reason
     (the nightly backup skips them; they are shown as off, never as green)."""
     off = {}
@@ -316,20 +332,39 @@ class _Evaluation:
         return (at - self.now).total_seconds() > self.skew_s
 
     def clock_reason(self, what: str, at: datetime) -> str:
-        return (f"clock problem: {what} is dated {format_time(at)}, {human((at - self.now).total_seconds())} ahead of "
-                f"this clock ({format_time(self.now)}; more than backup.max_clock_skew_minutes = "
-                f"{self.limits.max_clock_skew_minutes:g}): fix the clocks, an age cannot be trusted")
+        return (
+            f"clock problem: {what} is dated {format_time(at)}, {human((at - self.now).total_seconds())} ahead of "
+            f"this clock ({format_time(self.now)}; more than backup.max_clock_skew_minutes = "
+            f"{self.limits.max_clock_skew_minutes:g}): fix the clocks, an age cannot be trusted"
+        )
 
-    def age(self, check: str, store: str, what: str, at: datetime | None, limit_s: float, *,
-            missing: str, grace_since: datetime | None = None, setting: str, **extra: Any) -> Check:
+    def age(
+        self,
+        check: str,
+        store: str | None,
+        what: str,
+        at: datetime | None,
+        limit_s: float,
+        *,
+        missing: str,
+        grace_since: datetime | None = None,
+        setting: str,
+        **extra: Any,
+    ) -> Check:
         """An age check: failed over ``limit_s``, late past ``late_fraction`` of it, failed for
         a time in the future. Nothing there (``at`` None) fails, unless the series itself is
         younger than the limit (``grace_since``): then it is late (still to come)."""
         if at is None:
             series_age = None if grace_since is None else (self.now - grace_since).total_seconds()
             if series_age is not None and series_age <= limit_s:
-                return self.add(check, store, LATE, f"{missing} yet (the series is {human(series_age)} old, "
-                                                    f"{setting} = {human(limit_s)})", limit_s=limit_s, **extra)
+                return self.add(
+                    check,
+                    store,
+                    LATE,
+                    f"{missing} yet (the series is {human(series_age)} old, {setting} = {human(limit_s)})",
+                    limit_s=limit_s,
+                    **extra,
+                )
             return self.add(check, store, FAILED, missing, limit_s=limit_s, **extra)
         age_s = (self.now - at).total_seconds()
         common = {"age_s": round(age_s, 1), "limit_s": limit_s, "at": format_time(at), **extra}
@@ -354,8 +389,9 @@ def _drills(backups: Iterable[Backup]) -> list[tuple[datetime | None, Mapping[st
     return [(_drill_time(b.sidecars["drill"]), b.sidecars["drill"], b) for b in backups if "drill" in b.sidecars]
 
 
-def _check_drills(ev: _Evaluation, check: str, store: str, label: str, backups: list[Backup], limit_s: float,
-                  setting: str) -> None:
+def _check_drills(
+    ev: _Evaluation, check: str, store: str, label: str, backups: list[Backup], limit_s: float, setting: str
+) -> None:
     """The newest drill must have passed; the newest passed drill must be younger than the
     limit. An unreadable drill time counts as a failed drill (never as a pass)."""
     drills = _drills(backups)
@@ -366,17 +402,41 @@ def _check_drills(ev: _Evaluation, check: str, store: str, label: str, backups: 
     if dated and dated[-1][1].get("ok") is not True:
         at, result, backup = dated[-1]
         found = "; ".join(str(x) for x in (result.get("differences") or [])[:3]) or str(result.get("detail") or "")
-        ev.add(check, store, FAILED, f"the last drill of {label} (backup {backup.backup_id}, {format_time(at)}) failed"
-                                     + (f": {found}" if found else ""), series=label, at=format_time(at))
+        ev.add(
+            check,
+            store,
+            FAILED,
+            f"the last drill of {label} (backup {backup.backup_id}, {format_time(at)}) failed"
+            + (f": {found}" if found else ""),
+            series=label,
+            at=format_time(at),
+        )
         return
     passed = [at for at, d, _b in dated if d.get("ok") is True]
     first = min((b.finished_at for b in backups), default=None)
-    ev.age(check, store, f"the last passed drill of {label}", passed[-1] if passed else None, limit_s,
-           missing=f"no passed drill of {label}", grace_since=first, setting=setting, series=label)
+    ev.age(
+        check,
+        store,
+        f"the last passed drill of {label}",
+        passed[-1] if passed else None,
+        limit_s,
+        missing=f"no passed drill of {label}",
+        grace_since=first,
+        setting=setting,
+        series=label,
+    )
 
 
-def _store_facts(ev: _Evaluation, store: str, series: Mapping[str | None, list[Backup]], *, drilled: bool,
-                 ignore: set[str], offsite: Mapping[str, list[OffsiteCopy] | str], root: str) -> list[Backup]:
+def _store_facts(
+    ev: _Evaluation,
+    store: str,
+    series: Mapping[str | None, list[Backup]],
+    *,
+    drilled: bool,
+    ignore: set[str],
+    offsite: Mapping[str, list[OffsiteCopy] | str],
+    root: str,
+) -> list[Backup]:
     """The checks of one store's series; returns the newest backup of each checked series."""
     lim = ev.limits
     checked = {s: b for s, b in series.items() if b and series_label(store, s) not in ignore}
@@ -390,27 +450,59 @@ def _store_facts(ev: _Evaluation, store: str, series: Mapping[str | None, list[B
         newest.append(backups[-1])
         future = [b for b in backups if ev.future(b.finished_at)]
         if future:
-            ev.add(BACKUP_CLOCK, store, FAILED, ev.clock_reason(f"backup {label}/{future[-1].backup_id}",
-                                                                future[-1].finished_at), series=label)
+            ev.add(
+                BACKUP_CLOCK,
+                store,
+                FAILED,
+                ev.clock_reason(f"backup {label}/{future[-1].backup_id}", future[-1].finished_at),
+                series=label,
+            )
         good = [b for b in backups if b.verified and not ev.future(b.finished_at)]
-        ev.age(BACKUP_AGE, store, f"the newest verified backup of {label} ({good[-1].backup_id})" if good else label,
-               good[-1].finished_at if good else None, lim.max_backup_age_hours * 3600,
-               missing=f"no verified backup of {label} (newest {backups[-1].backup_id} is not verified)",
-               setting="recovery_point.max_backup_age_hours", series=label)
+        ev.age(
+            BACKUP_AGE,
+            store,
+            f"the newest verified backup of {label} ({good[-1].backup_id})" if good else label,
+            good[-1].finished_at if good else None,
+            lim.max_backup_age_hours * 3600,
+            missing=f"no verified backup of {label} (newest {backups[-1].backup_id} is not verified)",
+            setting="recovery_point.max_backup_age_hours",
+            series=label,
+        )
         if good and backups[-1].sort_key > good[-1].sort_key and not ev.future(backups[-1].finished_at):
-            ev.add(UNVERIFIED, store, LATE, f"the newest backup of {label} ({backups[-1].backup_id}) is not verified: "
-                                            f"the recovery point is {good[-1].backup_id}", series=label)
+            ev.add(
+                UNVERIFIED,
+                store,
+                LATE,
+                f"the newest backup of {label} ({backups[-1].backup_id}) is not verified: "
+                f"the recovery point is {good[-1].backup_id}",
+                series=label,
+            )
         if drilled:
-            _check_drills(ev, DRILL_AGE, store, label, backups, lim.max_drill_age_days * 86400,
-                          "recovery_point.max_drill_age_days")
+            _check_drills(
+                ev,
+                DRILL_AGE,
+                store,
+                label,
+                backups,
+                lim.max_drill_age_days * 86400,
+                "recovery_point.max_drill_age_days",
+            )
         for target, copies in sorted(offsite.items()):
             if isinstance(copies, str):
                 continue  # one failure per target, added by the caller
             copy = next((c for c in copies if c.store == store and c.subject == subject), None)
-            ev.age(OFFSITE_AGE, store, f"the newest copy of {label} on {target} ({copy.backup_id})" if copy else label,
-                   copy.finished_at if copy else None, lim.max_offsite_age_hours * 3600,
-                   missing=f"no copy of {label} on offsite target {target}", grace_since=backups[0].finished_at,
-                   setting="recovery_point.max_offsite_age_hours", series=label, target=target)
+            ev.age(
+                OFFSITE_AGE,
+                store,
+                f"the newest copy of {label} on {target} ({copy.backup_id})" if copy else label,
+                copy.finished_at if copy else None,
+                lim.max_offsite_age_hours * 3600,
+                missing=f"no copy of {label} on offsite target {target}",
+                grace_since=backups[0].finished_at,
+                setting="recovery_point.max_offsite_age_hours",
+                series=label,
+                target=target,
+            )
     return newest
 
 
@@ -420,8 +512,13 @@ def _nightly(ev: _Evaluation, run: NightlyRun | None, error: str | None, stores:
         ev.add(NIGHTLY_RUN, None, FAILED, f"the runs of {NIGHTLY_DAG} could not be read: {error}")
         return
     if run is None:
-        ev.add(NIGHTLY_RUN, None, FAILED, f"{NIGHTLY_DAG} has no scheduled run (paused, or never scheduled)",
-               limit_s=limit_s)
+        ev.add(
+            NIGHTLY_RUN,
+            None,
+            FAILED,
+            f"{NIGHTLY_DAG} has no scheduled run (paused, or never scheduled)",
+            limit_s=limit_s,
+        )
         return
     at = format_time(run.scheduled_at)
     if str(run.state) == "failed":
@@ -429,19 +526,36 @@ def _nightly(ev: _Evaluation, run: NightlyRun | None, error: str | None, stores:
         affected = sorted({s for s in stores for t in run.failed_tasks if t.partition("_")[2] == s})
         tasks = ", ".join(run.failed_tasks) or "no task named"
         reason = f"the last run of {NIGHTLY_DAG} ({run.run_id}) failed: {tasks}"
-        for store in affected or [None]:  # a failure outside a store's tasks (plan) is every store's
+        stores_hit: list[str | None] = [*affected] or [None]
+        for store in stores_hit:  # a failure outside a store's tasks (plan) is every store's
             ev.add(NIGHTLY_RUN, store, FAILED, reason, at=at)
         return
-    ev.age(NIGHTLY_RUN, None, f"the last run of {NIGHTLY_DAG} ({run.run_id}, {run.state})",  # type: ignore[arg-type]
-           run.scheduled_at, limit_s, missing="", setting="recovery_point.max_nightly_gap_hours")
+    ev.age(
+        NIGHTLY_RUN,
+        None,
+        f"the last run of {NIGHTLY_DAG} ({run.run_id}, {run.state})",
+        run.scheduled_at,
+        limit_s,
+        missing="",
+        setting="recovery_point.max_nightly_gap_hours",
+    )
 
 
-def evaluate(local: LocalFacts, *, stores: Sequence[str], now: datetime, limits: Limits = Limits(),
-             offsite: Mapping[str, list[OffsiteCopy] | str] | None = None,
-             dr_drills: Sequence[Mapping[str, Any]] | str | None = None,
-             nightly: NightlyRun | None = None, nightly_error: str | None = None,
-             off: Mapping[str, str] | None = None, drilled: Iterable[str] = (), ignore_series: Iterable[str] = (),
-             root: str = "the repository") -> dict[str, Any]:
+def evaluate(
+    local: LocalFacts,
+    *,
+    stores: Sequence[str],
+    now: datetime,
+    limits: Limits = Limits(),
+    offsite: Mapping[str, list[OffsiteCopy] | str] | None = None,
+    dr_drills: Sequence[Mapping[str, Any]] | str | None = None,
+    nightly: NightlyRun | None = None,
+    nightly_error: str | None = None,
+    off: Mapping[str, str] | None = None,
+    drilled: Iterable[str] = (),
+    ignore_series: Iterable[str] = (),
+    root: str = "the repository",
+) -> dict[str, Any]:
     """Every check of every store in ``stores``; see the module docstring.
 
     ``offsite`` maps each configured target to its newest copies (:func:`newest_copies`) or
@@ -478,10 +592,15 @@ def evaluate(local: LocalFacts, *, stores: Sequence[str], now: datetime, limits:
     for store in checked:
         old = [x for x in local.leftovers if x.store == store and (ev.now - x.modified).total_seconds() > stale_s]
         if old:
-            ev.add(STAGING, store, LATE, f"{len(old)} leftover(s) of a crashed backup or deletion older than "
-                                         f"backup.stale_staging_hours = {limits.stale_staging_hours:g} h: "
-                                         + ", ".join(str(x.path) for x in old[:3])
-                                         + " (the next backup of the series sweeps them; they take disk space)")
+            ev.add(
+                STAGING,
+                store,
+                LATE,
+                f"{len(old)} leftover(s) of a crashed backup or deletion older than "
+                f"backup.stale_staging_hours = {limits.stale_staging_hours:g} h: "
+                + ", ".join(str(x.path) for x in old[:3])
+                + " (the next backup of the series sweeps them; they take disk space)",
+            )
     _disk(ev, local, newest)
     return _result(ev, stores, off)
 
@@ -501,8 +620,13 @@ def read_dr_drills(fetch_root: Path) -> list[Mapping[str, Any]] | str:
     return [r for r in runs if isinstance(r, Mapping)]
 
 
-def _dr_drills(ev: _Evaluation, store: str, series: Mapping[str | None, list[Backup]],
-               offsite: Mapping[str, list[OffsiteCopy] | str], runs: Sequence[Mapping[str, Any]] | str) -> None:
+def _dr_drills(
+    ev: _Evaluation,
+    store: str,
+    series: Mapping[str | None, list[Backup]],
+    offsite: Mapping[str, list[OffsiteCopy] | str],
+    runs: Sequence[Mapping[str, Any]] | str,
+) -> None:
     """Per target: the newest DR drill that covered ``store`` there must have passed for it,
     and the newest passed one be younger than ``max_dr_drill_age_days``."""
     limit_s = ev.limits.max_dr_drill_age_days * 86400
@@ -515,24 +639,48 @@ def _dr_drills(ev: _Evaluation, store: str, series: Mapping[str | None, list[Bac
         for run in runs:
             if target not in (run.get("targets") or []) or store not in (run.get("stores") or []):
                 continue
-            mine = [r for r in run.get("rto") or [] if r.get("target") == target
-                    and str(r.get("series", "")).partition("/")[0] == store]  # fmt: skip
+            mine = [
+                r
+                for r in run.get("rto") or []
+                if r.get("target") == target and str(r.get("series", "")).partition("/")[0] == store
+            ]
             try:
                 at = parse_time(run.get("at"))
             except (TypeError, ValueError):
                 at = None
-            covered.append((at, run, bool(mine) and all(r.get("ok") is True for r in mine)
-                            and not any(f.startswith(f"{target}: {store}") for f in run.get("failures") or [])))
+            covered.append(
+                (
+                    at,
+                    run,
+                    bool(mine)
+                    and all(r.get("ok") is True for r in mine)
+                    and not any(f.startswith(f"{target}: {store}") for f in run.get("failures") or []),
+                )
+            )
         if covered and not covered[0][2]:
             at, run, _ok = covered[0]
             mine = [f for f in run.get("failures") or [] if f.startswith(f"{target}: {store}")]
-            ev.add(DR_DRILL_AGE, store, FAILED, f"the last DR drill of {store} from {target} ({run.get('run_id')}) "
-                   "failed" + (f": {'; '.join(mine[:2])}" if mine else " or recorded nothing for it"), target=target)
+            ev.add(
+                DR_DRILL_AGE,
+                store,
+                FAILED,
+                f"the last DR drill of {store} from {target} ({run.get('run_id')}) "
+                "failed" + (f": {'; '.join(mine[:2])}" if mine else " or recorded nothing for it"),
+                target=target,
+            )
             continue
         passed = [at for at, _run, ok in covered if ok and at is not None]
-        ev.age(DR_DRILL_AGE, store, f"the last passed DR drill of {store} from {target}", passed[0] if passed else None,
-               limit_s, missing=f"no passed DR drill of {store} from offsite target {target} (dbops_dr_drill)",
-               grace_since=first, setting="recovery_point.max_dr_drill_age_days", target=target)
+        ev.age(
+            DR_DRILL_AGE,
+            store,
+            f"the last passed DR drill of {store} from {target}",
+            passed[0] if passed else None,
+            limit_s,
+            missing=f"no passed DR drill of {store} from offsite target {target} (dbops_dr_drill)",
+            grace_since=first,
+            setting="recovery_point.max_dr_drill_age_days",
+            target=target,
+        )
 
 
 def _pitr(ev: _Evaluation, local: LocalFacts, newest: list[Backup]) -> None:
@@ -545,15 +693,33 @@ def _pitr(ev: _Evaluation, local: LocalFacts, newest: list[Backup]) -> None:
         good = [b for b in bases if b.verified and not ev.future(b.finished_at)]
         for b in bases:
             if ev.future(b.finished_at):
-                ev.add(BACKUP_CLOCK, "postgres", FAILED, ev.clock_reason(f"base backup {b.backup_id}", b.finished_at),
-                       series=BASE_STORE)
-        ev.age(PITR_BASE_AGE, "postgres", f"the newest verified base backup ({good[-1].backup_id})" if good else "",
-               good[-1].finished_at if good else None, lim.max_base_backup_age_hours * 3600,
-               missing="no verified base backup: no point-in-time recovery possible",
-               setting="recovery_point.max_base_backup_age_hours", series=BASE_STORE)
+                ev.add(
+                    BACKUP_CLOCK,
+                    "postgres",
+                    FAILED,
+                    ev.clock_reason(f"base backup {b.backup_id}", b.finished_at),
+                    series=BASE_STORE,
+                )
+        ev.age(
+            PITR_BASE_AGE,
+            "postgres",
+            f"the newest verified base backup ({good[-1].backup_id})" if good else "",
+            good[-1].finished_at if good else None,
+            lim.max_base_backup_age_hours * 3600,
+            missing="no verified base backup: no point-in-time recovery possible",
+            setting="recovery_point.max_base_backup_age_hours",
+            series=BASE_STORE,
+        )
         if bases:
-            _check_drills(ev, PITR_DRILL_AGE, "postgres", BASE_STORE, bases, lim.max_drill_age_days * 86400,
-                          "recovery_point.max_drill_age_days")
+            _check_drills(
+                ev,
+                PITR_DRILL_AGE,
+                "postgres",
+                BASE_STORE,
+                bases,
+                lim.max_drill_age_days * 86400,
+                "recovery_point.max_drill_age_days",
+            )
             newest.append(bases[-1])
     limit_s = lim.max_wal_check_age_minutes * 60
     if local.wal_check_error:
@@ -566,17 +732,37 @@ def _pitr(ev: _Evaluation, local: LocalFacts, newest: list[Backup]) -> None:
     try:
         at = parse_time(result.get("at"))
     except (TypeError, ValueError):
-        ev.add(WAL_CHECK, "postgres", FAILED, f"the last WAL check has no readable time: {result.get('at')!r}",
-               series=WAL_DIR)
+        ev.add(
+            WAL_CHECK,
+            "postgres",
+            FAILED,
+            f"the last WAL check has no readable time: {result.get('at')!r}",
+            series=WAL_DIR,
+        )
         return
     if result.get("ok") is not True and not ev.future(at):
         problems = [str(p) for p in result.get("problems") or []] or ["it named no problem"]
-        ev.add(WAL_CHECK, "postgres", FAILED, f"the last WAL check ({format_time(at)}) failed: "
-               + "; ".join(problems[:3]), series=WAL_DIR, at=format_time(at),
-               age_s=round((ev.now - at).total_seconds(), 1), limit_s=limit_s)
+        ev.add(
+            WAL_CHECK,
+            "postgres",
+            FAILED,
+            f"the last WAL check ({format_time(at)}) failed: " + "; ".join(problems[:3]),
+            series=WAL_DIR,
+            at=format_time(at),
+            age_s=round((ev.now - at).total_seconds(), 1),
+            limit_s=limit_s,
+        )
         return
-    found = ev.age(WAL_CHECK, "postgres", "the last passed WAL check", at, limit_s, missing="",
-                   setting="recovery_point.max_wal_check_age_minutes", series=WAL_DIR)
+    found = ev.age(
+        WAL_CHECK,
+        "postgres",
+        "the last passed WAL check",
+        at,
+        limit_s,
+        missing="",
+        setting="recovery_point.max_wal_check_age_minutes",
+        series=WAL_DIR,
+    )
     if found.status == FAILED and not ev.future(at):
         found.status = LATE  # a stale check is unmonitored WAL, not a known loss: dbops_wal_check alerts on loss
         found.reason += " (is dbops_wal_check paused?)"
@@ -591,8 +777,10 @@ def _disk(ev: _Evaluation, local: LocalFacts, newest: list[Backup]) -> None:
     expected = int(sum(b.total_bytes for b in newest) * (1 + ev.limits.disk_margin))
     free = local.disk_free_bytes
     extra = {"age_s": None, "limit_s": None}
-    text = (f"{size_text(free)} free in the repository, the next backups need about {size_text(expected)} "
-            f"(the newest ones plus {ev.limits.disk_margin:.0%})")
+    text = (
+        f"{size_text(free)} free in the repository, the next backups need about {size_text(expected)} "
+        f"(the newest ones plus {ev.limits.disk_margin:.0%})"
+    )
     if free < expected:
         ev.add(DISK, None, FAILED, f"{text}: the next backup will not fit", **extra)
     elif free < 2 * expected:
@@ -607,7 +795,7 @@ def worst(statuses: Iterable[str]) -> str:
 
 
 def _result(ev: _Evaluation, stores: Sequence[str], off: Mapping[str, str]) -> dict[str, Any]:
-    per_store = []
+    per_store: list[dict[str, Any]] = []
     for store in stores:
         if store in off:
             per_store.append({"store": store, "status": OFF, "reasons": [off[store]], "checks": []})
@@ -615,8 +803,14 @@ def _result(ev: _Evaluation, stores: Sequence[str], off: Mapping[str, str]) -> d
         mine = [c for c in ev.checks if c.store in (store, None)]
         status = worst(c.status for c in mine)
         reasons = [c.reason for c in mine if c.status == status] if status != GREEN else []
-        per_store.append({"store": store, "status": status, "reasons": reasons,
-                          "checks": [c.to_dict() for c in mine if c.store == store]})
+        per_store.append(
+            {
+                "store": store,
+                "status": status,
+                "reasons": reasons,
+                "checks": [c.to_dict() for c in mine if c.store == store],
+            }
+        )
     problems = [c.to_dict() for c in ev.checks if c.status != GREEN]
     overall = worst([c.status for c in ev.checks] or [FAILED])
     return {
@@ -664,38 +858,78 @@ def render_metrics(result: Mapping[str, Any]) -> str:
         out.extend([f"# HELP {name} {help_text}", f"# TYPE {name} gauge", *samples])
 
     code = {**SEVERITY, OFF: -1}
-    family("dbops_recovery_point_status", "Recovery-point status per store: 0 green, 1 late, 2 failed, -1 off.",
-           [f"dbops_recovery_point_status{_labels(store=s['store'])} {code[s['status']]}" for s in result["stores"]])
+    family(
+        "dbops_recovery_point_status",
+        "Recovery-point status per store: 0 green, 1 late, 2 failed, -1 off.",
+        [f"dbops_recovery_point_status{_labels(store=s['store'])} {code[s['status']]}" for s in result["stores"]],
+    )
     checks = [c for s in result["stores"] for c in s["checks"]] + list(result["common"])
     keys = ("check", "store", "series", "target")
-    family("dbops_recovery_point_check_status", "Status of one recovery-point check: 0 green, 1 late, 2 failed.",
-           [f"dbops_recovery_point_check_status{_labels(**{k: c[k] for k in keys})} {SEVERITY[c['status']]}"
-            for c in checks])
-    family("dbops_recovery_point_age_seconds", "Age of the newest backup, copy, drill, run or check the check found.",
-           [f"dbops_recovery_point_age_seconds{_labels(**{k: c[k] for k in keys})} {_num(c['age_s'])}"
-            for c in checks if c["age_s"] is not None])
-    family("dbops_recovery_point_age_limit_seconds", "The age limit of the check.",
-           [f"dbops_recovery_point_age_limit_seconds{_labels(**{k: c[k] for k in keys})} {_num(c['limit_s'])}"
-            for c in checks if c["limit_s"] is not None])
+    family(
+        "dbops_recovery_point_check_status",
+        "Status of one recovery-point check: 0 green, 1 late, 2 failed.",
+        [
+            f"dbops_recovery_point_check_status{_labels(**{k: c[k] for k in keys})} {SEVERITY[c['status']]}"
+            for c in checks
+        ],
+    )
+    family(
+        "dbops_recovery_point_age_seconds",
+        "Age of the newest backup, copy, drill, run or check the check found.",
+        [
+            f"dbops_recovery_point_age_seconds{_labels(**{k: c[k] for k in keys})} {_num(c['age_s'])}"
+            for c in checks
+            if c["age_s"] is not None
+        ],
+    )
+    family(
+        "dbops_recovery_point_age_limit_seconds",
+        "The age limit of the check.",
+        [
+            f"dbops_recovery_point_age_limit_seconds{_labels(**{k: c[k] for k in keys})} {_num(c['limit_s'])}"
+            for c in checks
+            if c["limit_s"] is not None
+        ],
+    )
     disk = result.get("disk") or {}
     if disk:
-        family("dbops_recovery_point_disk_free_bytes", "Free bytes on the repository's file system.",
-               [f"dbops_recovery_point_disk_free_bytes {disk['free_bytes']}"])
-        family("dbops_recovery_point_next_backup_bytes", "Expected size of the next backups (newest plus margin).",
-               [f"dbops_recovery_point_next_backup_bytes {disk['expected_bytes']}"])
-    family("dbops_recovery_point_failed_checks", "Failed recovery-point checks.",
-           [f"dbops_recovery_point_failed_checks {sum(1 for p in result['problems'] if p['status'] == FAILED)}"])
-    family("dbops_recovery_point_timestamp_seconds", "When the checks ran (Unix seconds).",
-           [f"dbops_recovery_point_timestamp_seconds {_num(parse_time(result['generated_at']).timestamp())}"])
+        family(
+            "dbops_recovery_point_disk_free_bytes",
+            "Free bytes on the repository's file system.",
+            [f"dbops_recovery_point_disk_free_bytes {disk['free_bytes']}"],
+        )
+        family(
+            "dbops_recovery_point_next_backup_bytes",
+            "Expected size of the next backups (newest plus margin).",
+            [f"dbops_recovery_point_next_backup_bytes {disk['expected_bytes']}"],
+        )
+    family(
+        "dbops_recovery_point_failed_checks",
+        "Failed recovery-point checks.",
+        [f"dbops_recovery_point_failed_checks {sum(1 for p in result['problems'] if p['status'] == FAILED)}"],
+    )
+    family(
+        "dbops_recovery_point_timestamp_seconds",
+        "When the checks ran (Unix seconds).",
+        [f"dbops_recovery_point_timestamp_seconds {_num(parse_time(result['generated_at']).timestamp())}"],
+    )
     return "\n".join(out) + "\n"
 
 
 # --------------------------------------------------------------------------- from the config
 
 
-def check_config(config: Any, repo: BackupRepository, *, now: datetime, offsite: Mapping[str, list[OffsiteCopy] | str],
-                 nightly: NightlyRun | None, nightly_error: str | None,
-                 connection_exists: Callable[[str], bool], fetch_root: Path | None = None) -> dict[str, Any]:
+def check_config(
+    config: Any,
+    repo: BackupRepository,
+    *,
+    now: datetime,
+    offsite: Mapping[str, list[OffsiteCopy] | str],
+    nightly: NightlyRun | None,
+    nightly_error: str | None,
+    connection_exists: Callable[[str], bool],
+    fetch_root: Path | None = None,
+) -> dict[str, Any]:
     """:func:`evaluate` for a :class:`dbops.config.DbopsConfig`, the repository read now: the
     one way the task and the DB Ops page judge (they differ only in how they read the
     offsite catalogs and the DagRun table)."""
@@ -707,6 +941,17 @@ def check_config(config: Any, repo: BackupRepository, *, now: datetime, offsite:
     ignored = [*config.recovery_point.ignore_series, *(f"postgres/{db}" for db in config.postgres.exclude_databases)]
     # the DR drill restores from the offsite targets into the fetch root (dbops.offsite.restore.fetch_root)
     dr_drills = read_dr_drills(fetch_root) if fetch_root is not None and offsite else None
-    return evaluate(local, stores=stores, now=now, limits=Limits.from_config(config), offsite=offsite, dr_drills=dr_drills,
-                    nightly=nightly, nightly_error=nightly_error, off=off, drilled=DRILLED_STORES,
-                    ignore_series=ignored, root=str(repo.root))
+    return evaluate(
+        local,
+        stores=stores,
+        now=now,
+        limits=Limits.from_config(config),
+        offsite=offsite,
+        dr_drills=dr_drills,
+        nightly=nightly,
+        nightly_error=nightly_error,
+        off=off,
+        drilled=DRILLED_STORES,
+        ignore_series=ignored,
+        root=str(repo.root),
+    )

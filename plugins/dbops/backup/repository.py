@@ -33,6 +33,7 @@ No Airflow import here: the operators build on this.
 
 from __future__ import annotations
 
+import builtins
 import dataclasses
 import errno
 import fcntl
@@ -46,15 +47,18 @@ import stat
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from dbops.config import checked_backup_root
 
-UTC = timezone.utc
+UTC = UTC
 
 MANIFEST_NAME = "manifest.json"
+# dbops' own description of the source, sealed in the manifest beside the dump: metadata, not
+# the backup's data (sizes shown to people count the data; these files are shown apart)
+DESCRIPTION_FILES = frozenset({"source_description.json"})
 MANIFEST_FORMAT = "dbops-backup"
 MANIFEST_FORMAT_VERSION = 1
 STAGING_DIR = ".staging"
@@ -79,7 +83,7 @@ _SIDECAR_TMP_RE = re.compile(r"^\.[a-z0-9][a-z0-9_.-]{0,62}\.json\.tmp-[0-9a-f]+
 CheckResult = dict[str, Any]  # {"name": str, "ok": bool, "detail": str}
 # The caller's tool-level check: (staging folder, manifest draft) -> checks. Each check
 # is a mapping with name/ok/detail or an object with those attributes (adapter.Check).
-CheckFn = Callable[[Path, Mapping[str, Any]], Iterable[Any]]
+CheckFn = Callable[[Path, dict[str, Any]], Iterable[Any]]
 
 
 class RepositoryError(RuntimeError):
@@ -112,9 +116,7 @@ class BackupVerificationError(RepositoryError):
 def check_store_name(store: str) -> str:
     """``store`` if it is a safe folder name, else ValueError naming it."""
     if not isinstance(store, str) or not _STORE_RE.match(store) or ".." in store:
-        raise ValueError(
-            f"invalid store name {store!r}: use 1-63 of a-z 0-9 _ . - starting with a letter or digit"
-        )
+        raise ValueError(f"invalid store name {store!r}: use 1-63 of a-z 0-9 _ . - starting with a letter or digit")
     return store
 
 
@@ -147,7 +149,7 @@ def format_time(value: datetime) -> str:
     return as_utc(value).isoformat().replace("+00:00", "Z")
 
 
-def parse_time(text: str) -> datetime:
+def parse_time(text: object) -> datetime:
     """The inverse of :func:`format_time`; refuses times without a zone."""
     if not isinstance(text, str):
         raise ValueError(f"not a time: {text!r}")
@@ -192,9 +194,7 @@ def is_backup_id(name: str) -> bool:
 
 def canonical_json(value: Any) -> bytes:
     """The bytes the manifest checksum is computed over: sorted keys, no spaces, UTF-8."""
-    return json.dumps(
-        value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-    ).encode("utf-8")
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
 
 
 def manifest_digest(manifest: Mapping[str, Any]) -> str:
@@ -322,6 +322,7 @@ def _remove_tree(path: Path) -> None:
     except FileNotFoundError:
         return
     if stat.S_ISDIR(st.st_mode):
+
         def onerror(func: Any, p: str, exc_info: Any) -> None:
             if not isinstance(exc_info[1], FileNotFoundError):
                 raise exc_info[1]
@@ -367,6 +368,11 @@ class Backup:
     Constructible in memory (tests, retention what-ifs): only ``path``, ``store``,
     ``backup_id`` and ``finished_at`` are required. ``sidecars`` maps a kind ("verify",
     "drill", ...) to the result recorded for it.
+
+    Sizes: ``total_bytes`` is every file the manifest lists (what is verified and shipped);
+    ``data_bytes`` the backup's data in it (without :data:`DESCRIPTION_FILES`);
+    ``sidecar_bytes`` the rest of the folder: the manifest, the description, verify / drill /
+    pin / offsite results (measured when listed).
     """
 
     path: Path
@@ -380,6 +386,7 @@ class Backup:
     logical_date: datetime | None = None
     total_bytes: int = 0
     sidecars: Mapping[str, Mapping[str, Any]] = field(default_factory=dict, hash=False)
+    sidecar_bytes: int = field(default=0, compare=False)  # measured when listed: not part of identity
 
     def __post_init__(self) -> None:
         check_store_name(self.store)
@@ -396,6 +403,17 @@ class Backup:
         return parse_backup_id(self.backup_id)[0]
 
     @property
+    def description_bytes(self) -> int:
+        """Bytes of the manifest's description files (metadata sealed beside the data)."""
+        files = self.manifest.get("files", [])
+        return sum(int(f.get("bytes") or 0) for f in files if f.get("path") in DESCRIPTION_FILES)
+
+    @property
+    def data_bytes(self) -> int:
+        """The backup's data: what the manifest lists, without dbops' description files."""
+        return self.total_bytes - self.description_bytes
+
+    @property
     def sort_key(self) -> tuple[datetime, datetime, int]:
         """Oldest first: by finish time, then by id (stable for equal finish times)."""
         taken, seq = parse_backup_id(self.backup_id)
@@ -407,6 +425,7 @@ class Backup:
         A sidecar without a readable time sorts as newest, so an unreadable result can
         only make a backup look unverified, never verified.
         """
+
         def newness(result: Mapping[str, Any]) -> tuple[bool, datetime, bool]:
             try:
                 at, unreadable = parse_time(result["at"]), False
@@ -438,9 +457,7 @@ class Problem:
 # --------------------------------------------------------------------------- manifest validation
 
 
-def _validate_manifest(
-    manifest: Any, *, folder_name: str, store: str, subject: str | None
-) -> dict[str, Any]:
+def _validate_manifest(manifest: Any, *, folder_name: str, store: str, subject: str | None) -> dict[str, Any]:
     """``manifest`` if it is a complete manifest of this folder, else NotABackupError."""
 
     def bad(reason: str) -> NotABackupError:
@@ -487,7 +504,7 @@ def _validate_manifest(
         raise bad("manifest total_bytes differs from the sum of its files")
     for key in ("started_at", "finished_at"):
         try:
-            parse_time(manifest.get(key))  # type: ignore[arg-type]
+            parse_time(manifest.get(key))
         except (ValueError, TypeError):
             raise bad(f"manifest {key} is not a UTC time: {manifest.get(key)!r}") from None
     if manifest.get("logical_date") is not None:
@@ -583,7 +600,22 @@ def _load_backup(path: Path, store: str, subject: str | None) -> Backup:
         logical_date=None if logical is None else parse_time(logical),
         total_bytes=manifest["total_bytes"],
         sidecars=_load_sidecars(path, files),
+        sidecar_bytes=_sidecar_bytes(path, manifest),
     )
+
+
+def _sidecar_bytes(path: Path, manifest: Mapping[str, Any]) -> int:
+    """The folder's files beside the data: manifest, description files, sidecar results."""
+    files = {entry["path"] for entry in manifest["files"]}
+    total = sum(int(e["bytes"]) for e in manifest["files"] if e["path"] in DESCRIPTION_FILES)
+    with os.scandir(path) as entries:
+        for entry in entries:
+            if entry.name == MANIFEST_NAME or _sidecar_kind(entry.name, files) is not None:
+                try:
+                    total += entry.stat(follow_symlinks=False).st_size
+                except FileNotFoundError:  # a sidecar replaced while listed
+                    pass
+    return total
 
 
 # --------------------------------------------------------------------------- metadata
@@ -1051,9 +1083,7 @@ class BackupRepository:
             logical_date=logical_date,
         )
 
-    def record(
-        self, backup: Backup, kind: str, result: Mapping[str, Any], *, now: datetime | None = None
-    ) -> Backup:
+    def record(self, backup: Backup, kind: str, result: Mapping[str, Any], *, now: datetime | None = None) -> Backup:
         """Write ``<backup>/<kind>.json`` atomically (the manifest itself never changes).
 
         ``result`` needs ``ok`` (bool); ``kind`` and ``at`` (now, UTC) are added. Returns
@@ -1111,7 +1141,7 @@ class BackupRepository:
                 continue
         return sorted(backups, key=lambda b: b.sort_key)
 
-    def problems(self, store: str, subject: str | None = None) -> list[Problem]:
+    def problems(self, store: str, subject: str | None = None) -> builtins.list[Problem]:
         """Entries of a series folder that are not backups, with the reason (for the log).
 
         Staging and deleting folders are not listed: :meth:`sweep` deals with them. Under
@@ -1128,9 +1158,7 @@ class BackupRepository:
                 found.append(Problem(series / name, str(exc)))
         return found
 
-    def find_by_run(
-        self, store: str, subject: str | None, run_id: str, *, dag_id: str | None = None
-    ) -> Backup | None:
+    def find_by_run(self, store: str, subject: str | None, run_id: str, *, dag_id: str | None = None) -> Backup | None:
         """The newest complete backup a run made (so a rerun of that run does nothing).
 
         Run ids are unique per DAG only: pass ``dag_id`` when more than one DAG writes.
@@ -1165,7 +1193,7 @@ class BackupRepository:
             raise NotABackupError(f"{expected} has a different manifest than the backup given")
         return current
 
-    def verify(self, backup: Backup) -> list[CheckResult]:
+    def verify(self, backup: Backup) -> builtins.list[CheckResult]:
         """Re-read every file and compare with the manifest: one check per problem
         (missing/changed/extra/unreadable file), plus "manifest" and "files" checks.
 
@@ -1208,7 +1236,7 @@ class BackupRepository:
 
     def sweep(
         self, store: str, subject: str | None = None, *, older_than: timedelta, now: datetime | None = None
-    ) -> list[Path]:
+    ) -> builtins.list[Path]:
         """Remove staging folders untouched for ``older_than`` and all ``.deleting`` leftovers.
 
         A staging folder's age is that of the newest entry in its tree, so a long dump

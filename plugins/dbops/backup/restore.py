@@ -250,10 +250,17 @@ def restore_summary(result: dict[str, Any]) -> str:
         what += f" of {result['source']}"
     if result.get("already"):
         head = f"{result['target']} already holds {what}: nothing restored again"
+    elif result.get("replaced"):
+        aside = result.get("set_aside")
+        kept = f", the old one set aside as {', '.join(aside) if isinstance(aside, list) else aside}" if aside else ""
+        head = f"replaced {result['target']} with {what}{kept} in {result['seconds']:.1f}s"
     else:
-        head = f"restored {what} into {result['target']} in {result['seconds']:.1f}s"
+        head = f"restored {what} into {result['target']} (created) in {result['seconds']:.1f}s"
     if result["differences"]:
-        return f"{head}; {len(result['differences'])} difference(s) from the source"
+        # the differences themselves (the first few), not only their number
+        shown = "; ".join(result["differences"][:3])
+        more = f" (+{len(result['differences']) - 3} more)" if len(result["differences"]) > 3 else ""
+        return f"{head}; {len(result['differences'])} difference(s) from the source: {shown}{more}"
     return f"{head}; equal to the source as described at backup time"
 
 

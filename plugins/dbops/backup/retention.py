@@ -168,8 +168,10 @@ class RetentionPolicy:
         return text
 
     def _tiers(self) -> list[_Tier]:
-        tiers = [_Tier("weekly", self.keep_weekly, _week_index, week_label),
-                 _Tier("monthly", self.keep_monthly, _month_index, month_label)]  # fmt: skip
+        tiers = [
+            _Tier("weekly", self.keep_weekly, _week_index, week_label),
+            _Tier("monthly", self.keep_monthly, _month_index, month_label),
+        ]
         return [t for t in tiers if t.periods > 0]
 
     def evaluate(
@@ -206,7 +208,7 @@ class RetentionPolicy:
 
         days = _plural(self.retention_days, "day")
         decisions = []
-        for backup, newer in zip(ordered, verified_newer):
+        for backup, newer in zip(ordered, verified_newer, strict=True):
             age = now - backup.finished_at
             state = "" if backup.verified else ", latest verification failed"
             if pinned[backup.backup_id]:
@@ -263,7 +265,9 @@ class RetentionPolicy:
                 members.setdefault(member.backup_id, []).append(f"{tier.name} tier: {which} of {label}{note}")
                 for b in group:
                     if b is not member:
-                        misses.setdefault(b.backup_id, []).append(f"{tier.name} tier keeps {member.backup_id} of {label}")
+                        misses.setdefault(b.backup_id, []).append(
+                            f"{tier.name} tier keeps {member.backup_id} of {label}"
+                        )
         return ({k: "; ".join(v) for k, v in members.items()}, {k: "; ".join(v) for k, v in misses.items()})
 
 
@@ -389,14 +393,19 @@ def check_clock(
     taken = new.taken_at
     problems = []
     if taken - now > max_skew:
-        problems.append(f"this run's backup {new.backup_id} is {_age_text(taken - now)} in the future of now ({now:%Y-%m-%dT%H:%M:%SZ})")
+        problems.append(
+            f"this run's backup {new.backup_id} is {_age_text(taken - now)} "
+            f"in the future of now ({now:%Y-%m-%dT%H:%M:%SZ})"
+        )
     elif now - taken > max_delay:
         problems.append(
             f"this run's backup {new.backup_id} is {_age_text(now - taken)} old by this clock: retention runs only "
             f"just after it (within {_age_text(max_delay)})"
         )
     if newest_other is not None and newest_other.taken_at - now > max_skew:
-        problems.append(f"now ({now:%Y-%m-%dT%H:%M:%SZ}) is earlier than the newest other backup {newest_other.backup_id}")
+        problems.append(
+            f"now ({now:%Y-%m-%dT%H:%M:%SZ}) is earlier than the newest other backup {newest_other.backup_id}"
+        )
     if run_started_at is not None:
         started = as_utc(run_started_at, "run_started_at")
         if started - taken > max_skew or taken - started > max_delay:

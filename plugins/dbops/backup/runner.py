@@ -55,7 +55,9 @@ def _space_problem(exc: BaseException, folder: os.PathLike[str] | str) -> str | 
     return f"only {human_bytes(free)} left free" if free is not None and free < LOW_SPACE_BYTES else None
 
 
-def _space_error(exc: Exception, repo: BackupRepository, folder: os.PathLike[str], where: str) -> BackupSpaceError | None:
+def _space_error(
+    exc: Exception, repo: BackupRepository, folder: os.PathLike[str], where: str
+) -> BackupSpaceError | None:
     """A clear error when ``exc`` came from a full backup filesystem (measured before the
     partial backup is removed), else None."""
     problem = _space_problem(exc, folder)
@@ -82,13 +84,19 @@ class BackupOutcome:
     seconds: float
     reused: bool
     compression: str
+    # the sizes people read: the backup's data, and apart the manifest / description / results
+    data_bytes: int = 0
+    sidecar_bytes: int = 0
+
+    def size(self) -> str:
+        return f"{human_bytes(self.data_bytes)} data (+{human_bytes(self.sidecar_bytes)} manifest and metadata)"
 
     def summary(self) -> str:
         where = f"{self.store}/{self.subject}" if self.subject else self.store
         if self.reused:
-            return f"{where}: backup {self.backup_id} already made by this run ({human_bytes(self.total_bytes)}), nothing to do"
+            return f"{where}: backup {self.backup_id} already made by this run ({self.size()}), nothing to do"
         return (
-            f"{where}: backup {self.backup_id} verified, {human_bytes(self.total_bytes)} "
+            f"{where}: backup {self.backup_id} verified, {self.size()} "
             f"({self.compression}) in {self.seconds:.1f}s -> {self.path}"
         )
 
@@ -106,6 +114,8 @@ def _outcome(backup: Backup, seconds: float, reused: bool) -> BackupOutcome:
         seconds=round(seconds, 3),
         reused=reused,
         compression=str(backup.manifest.get("compression", "")),
+        data_bytes=backup.data_bytes,
+        sidecar_bytes=backup.sidecar_bytes,
     )
 
 
@@ -189,9 +199,16 @@ def expire(
         where=where,
     )
     decisions = apply_retention(
-        repo, store, subject, policy, now=now, new_backup_id=new.backup_id, dry_run=dry_run, log=log,
+        repo,
+        store,
+        subject,
+        policy,
+        now=now,
+        new_backup_id=new.backup_id,
+        dry_run=dry_run,
+        log=log,
         before_delete=before_delete,
-    )  # fmt: skip
+    )
     obsolete = [d.backup.backup_id for d in decisions if not d.keep]
     kept = [d.backup.backup_id for d in decisions if d.keep]
     verb = "would delete" if dry_run else "deleted"

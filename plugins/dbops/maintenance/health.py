@@ -9,7 +9,7 @@
 
 Each ``evaluate_*`` function is pure (measurements in, :class:`Check` out); the
 ``measure_*`` functions read a live store through a client handed in by the caller.
-"""
+"""  # noqa: E501 - a Markdown table row is one line
 
 from __future__ import annotations
 
@@ -32,8 +32,15 @@ class Check:
     applicable: bool = True
 
     def to_dict(self) -> dict[str, Any]:
-        return {"store": self.store, "rule": self.rule, "ok": self.ok, "applicable": self.applicable,
-                "summary": self.summary, "problems": self.problems, "measured": self.measured}
+        return {
+            "store": self.store,
+            "rule": self.rule,
+            "ok": self.ok,
+            "applicable": self.applicable,
+            "summary": self.summary,
+            "problems": self.problems,
+            "measured": self.measured,
+        }
 
 
 # ----------------------------------------------------------------------------- PostgreSQL
@@ -41,13 +48,16 @@ class Check:
 
 def evaluate_pg_connections(measured: dict[str, Any], database: str, threshold: int) -> Check:
     count = measured["database_connections"]
-    summary = (f"{count} client connections to database {database} (threshold {threshold}; "
-               f"server: {measured['server_connections']} of max_connections {measured['max_connections']}; "
-               f"by state: {measured.get('by_state') or {}})")
+    summary = (
+        f"{count} client connections to database {database} (threshold {threshold}; "
+        f"server: {measured['server_connections']} of max_connections {measured['max_connections']}; "
+        f"by state: {measured.get('by_state') or {}})"
+    )
     problems = []
     if count > threshold:
-        problems.append(f"PostgreSQL: {count} connections to database {database} exceed "
-                        f"health.pg_max_connections = {threshold}")
+        problems.append(
+            f"PostgreSQL: {count} connections to database {database} exceed health.pg_max_connections = {threshold}"
+        )
     return Check("postgres", "PostgreSQLHighConnections", not problems, summary, problems, measured)
 
 
@@ -55,7 +65,7 @@ def measure_pg_connections(conn) -> dict[str, Any]:
     with conn.cursor() as cur:
         cur.execute(load_sql("monitor/pg_connections.sql"))
         names = [c.name for c in cur.description]
-        row = dict(zip(names, cur.fetchone()))
+        row = dict(zip(names, cur.fetchone(), strict=True))
     conn.rollback()
     return row
 
@@ -67,17 +77,24 @@ def evaluate_redis_memory(info: dict[str, Any], max_percent: float) -> Check:
     used, maxmemory = int(info["used_memory"]), int(info.get("maxmemory") or 0)
     measured = {"used_memory": used, "maxmemory": maxmemory, "maxmemory_policy": info.get("maxmemory_policy")}
     if maxmemory <= 0:
-        problems = [f"Redis: maxmemory is 0 (unlimited): used memory {render.size(used)} cannot be judged "
-                    f"against health.redis_max_memory_percent = {max_percent:g} %; set maxmemory "
-                    "(the platform's redis.conf has 1gb, see dbops_bootstrap)"]
+        problems = [
+            f"Redis: maxmemory is 0 (unlimited): used memory {render.size(used)} cannot be judged "
+            f"against health.redis_max_memory_percent = {max_percent:g} %; set maxmemory "
+            "(the platform's redis.conf has 1gb, see dbops_bootstrap)"
+        ]
         return Check("redis", "RedisHighMemoryUsage", False, "maxmemory not set", problems, measured)
     percent = 100.0 * used / maxmemory
     measured["used_percent"] = round(percent, 2)
-    summary = f"used {render.size(used)} of maxmemory {render.size(maxmemory)} = {percent:.1f} % (threshold {max_percent:g} %)"
+    summary = (
+        f"used {render.size(used)} of maxmemory {render.size(maxmemory)} = {percent:.1f} % "
+        f"(threshold {max_percent:g} %)"
+    )
     problems = []
     if percent > max_percent:
-        problems.append(f"Redis: used memory {percent:.1f} % of maxmemory ({render.size(used)} of "
-                        f"{render.size(maxmemory)}) exceeds health.redis_max_memory_percent = {max_percent:g} %")
+        problems.append(
+            f"Redis: used memory {percent:.1f} % of maxmemory ({render.size(used)} of "
+            f"{render.size(maxmemory)}) exceeds health.redis_max_memory_percent = {max_percent:g} %"
+        )
     return Check("redis", "RedisHighMemoryUsage", not problems, summary, problems, measured)
 
 
@@ -91,27 +108,40 @@ def measure_redis_memory(client) -> dict[str, Any]:
 def evaluate_mongo_lag(status: dict[str, Any] | None, max_lag_s: float) -> Check:
     """``status`` is the reply of replSetGetStatus, or None for a server without a replica set."""
     if status is None:
-        return Check("mongo", "MongoDBReplicationLag", True,
-                     "standalone server (no replica set): replication lag does not apply", applicable=False)
+        return Check(
+            "mongo",
+            "MongoDBReplicationLag",
+            True,
+            "standalone server (no replica set): replication lag does not apply",
+            applicable=False,
+        )
     members = status.get("members", [])
     primary = next((m for m in members if m.get("stateStr") == "PRIMARY"), None)
     if primary is None:
-        return Check("mongo", "MongoDBReplicationLag", False, f"replica set {status.get('set')} has no primary",
-                     [f"MongoDB: replica set {status.get('set')} has no PRIMARY member"])
+        return Check(
+            "mongo",
+            "MongoDBReplicationLag",
+            False,
+            f"replica set {status.get('set')} has no primary",
+            [f"MongoDB: replica set {status.get('set')} has no PRIMARY member"],
+        )
     lags = {}
     for m in members:
         if m.get("stateStr") == "SECONDARY":
             lags[m["name"]] = _seconds(primary["optimeDate"]) - _seconds(m["optimeDate"])
     worst = max(lags.values(), default=0.0)
-    summary = (f"replica set {status.get('set')}: {len(lags)} secondaries, worst lag {worst:.0f} s "
-               f"(threshold {max_lag_s:g} s)")
+    summary = (
+        f"replica set {status.get('set')}: {len(lags)} secondaries, worst lag {worst:.0f} s (threshold {max_lag_s:g} s)"
+    )
     problems = [
         f"MongoDB: secondary {name} is {lag:.0f} s behind the primary {primary['name']}, more than "
         f"health.mongo_max_replication_lag_s = {max_lag_s:g} s"
-        for name, lag in sorted(lags.items()) if lag > max_lag_s
+        for name, lag in sorted(lags.items())
+        if lag > max_lag_s
     ]
-    return Check("mongo", "MongoDBReplicationLag", not problems, summary, problems,
-                 {"set": status.get("set"), "lag_s": lags})
+    return Check(
+        "mongo", "MongoDBReplicationLag", not problems, summary, problems, {"set": status.get("set"), "lag_s": lags}
+    )
 
 
 def _seconds(value: datetime) -> float:

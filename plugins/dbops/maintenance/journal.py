@@ -115,4 +115,4 @@ def run_rows(conn, run_id: str) -> list[dict[str, Any]]:
     with conn.cursor() as cur:
         cur.execute(load_sql("maintenance/journal_run.sql"), {"run_id": run_id})
         names = [c.name for c in cur.description]
-        return [dict(zip(names, row)) for row in cur.fetchall()]
+        return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]

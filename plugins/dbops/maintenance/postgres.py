@@ -23,7 +23,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -51,7 +51,9 @@ _RETRYABLE = (errors.LockNotAvailable, errors.DeadlockDetected)
 # ----------------------------------------------------------------------------- session
 
 
-def prepare_session(conn, *, lock_timeout: str, statement_timeout: str, application_name: str = APPLICATION_NAME) -> None:
+def prepare_session(
+    conn, *, lock_timeout: str, statement_timeout: str, application_name: str = APPLICATION_NAME
+) -> None:
     """Autocommit, and the timeouts that bound every following statement of ``conn``."""
     conn.autocommit = True
     conn.execute(
@@ -64,12 +66,48 @@ def fetch_dicts(conn, query: str, params: dict[str, Any] | None = None) -> list[
     with conn.cursor() as cur:
         cur.execute(query, params or {})
         names = [c.name for c in cur.description]
-        return [dict(zip(names, row)) for row in cur.fetchall()]
+        return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
 
 
 def existing_databases(conn, names: list[str]) -> set[str]:
     rows = fetch_dicts(conn, load_sql("maintenance/databases_exist.sql"), {"names": names})
     return {r["datname"] for r in rows}
+
+
+# ----------------------------------------------------------------------------- names in Params
+
+
+def system_schema(name: str) -> bool:
+    """A schema of PostgreSQL itself: ``pg_catalog``, ``pg_toast``, the per-session ``pg_temp_N`` /
+    ``pg_toast_temp_N`` (every ``pg_`` name is reserved for the system) and ``information_schema``."""
+    return name == "information_schema" or name.startswith("pg_")
+
+
+def refused_names(schemas: dict[str, list[str]], tables: dict[str, list[str]]) -> list[str]:
+    """Why named schemas and tables cannot be maintained, before any database is asked.
+
+    ``schemas`` / ``tables``: setting name -> names (``schema.table`` for tables)."""
+    problems = []
+    for setting, names in schemas.items():
+        problems += [
+            f"{setting}: {n} is a system schema (pg_catalog, information_schema, pg_toast, "
+            f"pg_temp*: never maintained by dbops)"
+            for n in names
+            if system_schema(n)
+        ]
+    for setting, names in tables.items():
+        problems += [
+            f"{setting}: {n} is in the system schema {n.split('.', 1)[0]} (never maintained by dbops)"
+            for n in names
+            if system_schema(n.split(".", 1)[0])
+        ]
+    return problems
+
+
+def existing_names(conn, schemas: list[str], tables: list[str]) -> tuple[set[str], set[str]]:
+    """(the schemas, the ``schema.table`` tables) of the given names present in this database."""
+    rows = fetch_dicts(conn, load_sql("maintenance/names_exist.sql"), {"schemas": schemas, "tables": tables})
+    return ({r["name"] for r in rows if r["kind"] == "schema"}, {r["name"] for r in rows if r["kind"] == "table"})
 
 
 def _statement(name: str, **identifiers: sql.Composable) -> sql.Composed:
@@ -170,7 +208,9 @@ class Planned:
 
 
 def table_activity(conn, schemas: list[str] | None) -> list[TableActivity]:
-    return [TableActivity(**r) for r in fetch_dicts(conn, load_sql("maintenance/table_activity.sql"), {"schemas": schemas})]
+    return [
+        TableActivity(**r) for r in fetch_dicts(conn, load_sql("maintenance/table_activity.sql"), {"schemas": schemas})
+    ]
 
 
 def vacuum_reason(t: TableActivity, s: MaintenanceSettings, now: datetime) -> str | None:
@@ -207,7 +247,7 @@ def analyze_reason(t: TableActivity, s: MaintenanceSettings) -> str | None:
 
 def plan_vacuum(tables: list[TableActivity], s: MaintenanceSettings, now: datetime | None = None) -> list[Planned]:
     """VACUUM (ANALYZE) where needed, else ANALYZE where statistics are stale; most dead first."""
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     plan = []
     for t in tables:
         reason = vacuum_reason(t, s, now)
@@ -298,17 +338,32 @@ def drop_invalid_leftovers(ctx: Context) -> tuple[list[Entry], list[dict[str, st
         target = ctx.target(row["schema_name"], row["index_name"])
         if not row["leftover_of"]:
             reason = "invalid index, not a REINDEX CONCURRENTLY leftover: rebuild or drop it (left untouched)"
-            entries.append(ctx.journal.record(Entry(
-                INVALID_INDEX, target, REPORT, before_bytes=row["index_bytes"],
-                detail=ctx.base_detail(table=row["table_name"], reason=reason),
-            )))
+            entries.append(
+                ctx.journal.record(
+                    Entry(
+                        INVALID_INDEX,
+                        target,
+                        REPORT,
+                        before_bytes=row["index_bytes"],
+                        detail=ctx.base_detail(table=row["table_name"], reason=reason),
+                    )
+                )
+            )
             continue
         if row["build_in_progress"]:
-            entries.append(ctx.journal.record(Entry(
-                INVALID_INDEX, target, SKIPPED, before_bytes=row["index_bytes"],
-                detail=ctx.base_detail(table=row["table_name"],
-                                       reason=f"an index build on {row['table_name']} is running now"),
-            )))
+            entries.append(
+                ctx.journal.record(
+                    Entry(
+                        INVALID_INDEX,
+                        target,
+                        SKIPPED,
+                        before_bytes=row["index_bytes"],
+                        detail=ctx.base_detail(
+                            table=row["table_name"], reason=f"an index build on {row['table_name']} is running now"
+                        ),
+                    )
+                )
+            )
             continue
         reason = f"leftover of a failed REINDEX CONCURRENTLY (_cc{row['leftover_of']})"
         entry = _drop_index(ctx, row, reason)
@@ -316,8 +371,13 @@ def drop_invalid_leftovers(ctx: Context) -> tuple[list[Entry], list[dict[str, st
         if entry.action in (DROP_INDEX, PLANNED) and row["leftover_of"] == "new" and row["original_name"]:
             original = _index_facts(ctx.conn, row["schema_name"], row["original_name"])
             if original is not None and original["valid"]:
-                retry.append({"schema": row["schema_name"], "index": row["original_name"],
-                              "reason": f"retry: its rebuild left {row['index_name']} behind (now dropped)"})
+                retry.append(
+                    {
+                        "schema": row["schema_name"],
+                        "index": row["original_name"],
+                        "reason": f"retry: its rebuild left {row['index_name']} behind (now dropped)",
+                    }
+                )
     return entries, retry
 
 
@@ -332,8 +392,9 @@ class IndexCandidate:
     bloat_ratio: float | None = None
 
 
-def reindex_candidates(bloat_rows: list[dict[str, Any]], listed_rows: list[dict[str, Any]],
-                       s: MaintenanceSettings) -> list[IndexCandidate]:
+def reindex_candidates(
+    bloat_rows: list[dict[str, Any]], listed_rows: list[dict[str, Any]], s: MaintenanceSettings
+) -> list[IndexCandidate]:
     """Bloated btree indexes (estimate over both bounds), then every index of the listed schemas."""
     chosen: dict[tuple[str, str], IndexCandidate] = {}
     for r in bloat_rows:
@@ -342,16 +403,25 @@ def reindex_candidates(bloat_rows: list[dict[str, Any]], listed_rows: list[dict[
             continue
         if float(ratio) >= s.reindex_bloat_ratio and r["index_bytes"] >= s.reindex_min_bytes:
             chosen[(r["schema_name"], r["index_name"])] = IndexCandidate(
-                r["schema_name"], r["index_name"], r["table_name"], r["index_bytes"],
-                reason=(f"estimated bloat {float(ratio):.0%} ({r['bloat_bytes']} of {r['index_bytes']} bytes) "
-                        f">= {s.reindex_bloat_ratio:.0%}"),
-                bloat_bytes=r["bloat_bytes"], bloat_ratio=float(ratio),
+                r["schema_name"],
+                r["index_name"],
+                r["table_name"],
+                r["index_bytes"],
+                reason=(
+                    f"estimated bloat {float(ratio):.0%} ({r['bloat_bytes']} of {r['index_bytes']} bytes) "
+                    f">= {s.reindex_bloat_ratio:.0%}"
+                ),
+                bloat_bytes=r["bloat_bytes"],
+                bloat_ratio=float(ratio),
             )
     for r in listed_rows:
         key = (r["schema_name"], r["index_name"])
         if key not in chosen:
             chosen[key] = IndexCandidate(
-                r["schema_name"], r["index_name"], r["table_name"], r["index_bytes"],
+                r["schema_name"],
+                r["index_name"],
+                r["table_name"],
+                r["index_bytes"],
                 reason=f"schema {r['schema_name']} is listed in reindex_schemas",
             )
     return sorted(chosen.values(), key=lambda c: (-(c.bloat_bytes or 0), -c.index_bytes, c.schema_name, c.index_name))
@@ -359,7 +429,8 @@ def reindex_candidates(bloat_rows: list[dict[str, Any]], listed_rows: list[dict[
 
 def _leftovers_of(ctx: Context, schema: str, index: str) -> list[dict[str, Any]]:
     return [
-        r for r in invalid_indexes(ctx.conn, [schema])
+        r
+        for r in invalid_indexes(ctx.conn, [schema])
         if r["original_name"] == index and r["leftover_of"] and not r["build_in_progress"]
     ]
 
@@ -399,9 +470,15 @@ def reindex_one(ctx: Context, schema: str, index: str, reason: str, extra: dict[
             entries.append(_drop_index(ctx, leftover, f"left behind by the failed reindex of {target}"))
         if attempt == 2 or not entry.detail.get("retryable"):
             return entries
-        entry = Entry(REINDEX, target, REINDEX, before_bytes=facts["index_bytes"],
-                      detail=ctx.base_detail(reason=f"{reason}; retry after: {entry.detail.get('error')}",
-                                             table=facts["table_name"], **(extra or {})))
+        entry = Entry(
+            REINDEX,
+            target,
+            REINDEX,
+            before_bytes=facts["index_bytes"],
+            detail=ctx.base_detail(
+                reason=f"{reason}; retry after: {entry.detail.get('error')}", table=facts["table_name"], **(extra or {})
+            ),
+        )
     return entries
 
 
@@ -415,8 +492,9 @@ def reindex_phase(ctx: Context, retry: list[dict[str, str]] | None = None) -> li
     bloat_rows = index_bloat(ctx.conn, ctx.settings.schemas)
     listed = []
     if ctx.settings.reindex_schemas:
-        listed = fetch_dicts(ctx.conn, load_sql("maintenance/reindexable_indexes.sql"),
-                             {"schemas": ctx.settings.reindex_schemas})
+        listed = fetch_dicts(
+            ctx.conn, load_sql("maintenance/reindexable_indexes.sql"), {"schemas": ctx.settings.reindex_schemas}
+        )
     for c in reindex_candidates(bloat_rows, listed, ctx.settings):
         if (c.schema_name, c.index_name) in done:
             continue
@@ -441,8 +519,9 @@ def vacuum_full_phase(ctx: Context, tables: list[str]) -> list[Entry]:
         schema, table = name.split(".", 1)
         target = ctx.target(schema, table)
         facts = _table_facts(ctx.conn, schema, table)
-        entry = Entry(VACUUM_FULL, target, VACUUM_FULL,
-                      detail=ctx.base_detail(reason="listed in vacuum_full_tables", table=name))
+        entry = Entry(
+            VACUUM_FULL, target, VACUUM_FULL, detail=ctx.base_detail(reason="listed in vacuum_full_tables", table=name)
+        )
         if facts is None:
             entry.action = SKIPPED
             entry.detail.update(missing=True, reason=f"table {name} does not exist in database {ctx.database}")

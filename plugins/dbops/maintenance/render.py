@@ -42,12 +42,10 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[Any]], *, empty: str =
     if not body:
         return empty
     widths = [max(len(h), *(len(r[i]) for r in body)) for i, h in enumerate(headers)]
-    numeric = [
-        all(_looks_numeric(r[i]) for r in body if r[i] != "-") for i in range(len(headers))
-    ]
+    numeric = [all(_looks_numeric(r[i]) for r in body if r[i] != "-") for i in range(len(headers))]
 
     def line(values: Sequence[str]) -> str:
-        parts = [v.rjust(w) if num else v.ljust(w) for v, w, num in zip(values, widths, numeric)]
+        parts = [v.rjust(w) if num else v.ljust(w) for v, w, num in zip(values, widths, numeric, strict=True)]
         return "  ".join(parts).rstrip()
 
     out = [line(list(headers)), "  ".join("-" * w for w in widths)]

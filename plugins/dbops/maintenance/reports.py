@@ -35,8 +35,10 @@ def table_bloat(conn, schemas: list[str] | None) -> list[dict[str, Any]]:
 def stats_age(stats_reset: datetime | None, age_s: int | None) -> str:
     """How long the usage counters have been counting, in words."""
     if stats_reset is None:
-        return ("statistics never reset (counting since the cluster was created, "
-                "or since its last crash recovery, which resets them)")
+        return (
+            "statistics never reset (counting since the cluster was created, "
+            "or since its last crash recovery, which resets them)"
+        )
     days, rest = divmod(int(age_s or 0), 86400)
     return f"statistics reset {stats_reset:%Y-%m-%d %H:%M} UTC, {days} days {rest // 3600} h ago"
 
@@ -71,24 +73,43 @@ def bloat_entries(conn, settings: MaintenanceSettings, target: Any) -> list[Entr
 
     def over(r: dict[str, Any]) -> bool:
         ratio = r["bloat_ratio"]
-        return (ratio is not None and float(ratio) >= settings.report_bloat_ratio
-                and (r["bloat_bytes"] or 0) >= settings.report_min_bytes)
+        return (
+            ratio is not None
+            and float(ratio) >= settings.report_bloat_ratio
+            and (r["bloat_bytes"] or 0) >= settings.report_min_bytes
+        )
 
     for r in table_bloat(conn, settings.schemas):
         if over(r):
-            entries.append(Entry(
-                TABLE_BLOAT, target(r["schema_name"], r["table_name"]), REPORT, before_bytes=r["heap_bytes"],
-                detail={"bloat_bytes": r["bloat_bytes"], "bloat_ratio": float(r["bloat_ratio"]),
-                        "reason": f"estimated {float(r['bloat_ratio']):.0%} bloat"},
-            ))
+            entries.append(
+                Entry(
+                    TABLE_BLOAT,
+                    target(r["schema_name"], r["table_name"]),
+                    REPORT,
+                    before_bytes=r["heap_bytes"],
+                    detail={
+                        "bloat_bytes": r["bloat_bytes"],
+                        "bloat_ratio": float(r["bloat_ratio"]),
+                        "reason": f"estimated {float(r['bloat_ratio']):.0%} bloat",
+                    },
+                )
+            )
     for r in index_bloat(conn, settings.schemas):
         if over(r):
-            entries.append(Entry(
-                INDEX_BLOAT, target(r["schema_name"], r["index_name"]), REPORT, before_bytes=r["index_bytes"],
-                detail={"table": r["table_name"], "bloat_bytes": r["bloat_bytes"],
+            entries.append(
+                Entry(
+                    INDEX_BLOAT,
+                    target(r["schema_name"], r["index_name"]),
+                    REPORT,
+                    before_bytes=r["index_bytes"],
+                    detail={
+                        "table": r["table_name"],
+                        "bloat_bytes": r["bloat_bytes"],
                         "bloat_ratio": float(r["bloat_ratio"]),
-                        "reason": f"estimated {float(r['bloat_ratio']):.0%} bloat"},
-            ))
+                        "reason": f"estimated {float(r['bloat_ratio']):.0%} bloat",
+                    },
+                )
+            )
     return entries
 
 
@@ -102,8 +123,15 @@ ACTION_HEADERS = ("kind", "target", "action", "before", "after", "took", "note")
 
 
 def entry_row(e: Entry) -> tuple:
-    return (e.kind, e.target, e.action, render.size(e.before_bytes), render.size(e.after_bytes),
-            render.duration_ms(e.duration_ms), e.note)
+    return (
+        e.kind,
+        e.target,
+        e.action,
+        render.size(e.before_bytes),
+        render.size(e.after_bytes),
+        render.duration_ms(e.duration_ms),
+        e.note,
+    )
 
 
 def render_entries(title: str, entries: list[Entry]) -> str:
@@ -119,8 +147,9 @@ def journal_entries(rows: list[dict[str, Any]]) -> list[Entry]:
         if r["finished_at"] is None:
             detail["error"] = f"started {r['started_at']:%H:%M:%S} and never finished (task killed?)"
             action = FAILED
-        entries.append(Entry(r["kind"], r["target"], action, r["before_bytes"], r["after_bytes"],
-                             r["duration_ms"], detail))
+        entries.append(
+            Entry(r["kind"], r["target"], action, r["before_bytes"], r["after_bytes"], r["duration_ms"], detail)
+        )
     return entries
 
 
@@ -133,7 +162,15 @@ def render_unused(entries: list[Entry], age: str) -> str:
 
 
 def render_bloat(entries: list[Entry]) -> str:
-    rows = [(e.kind.replace("_bloat", ""), e.target, render.size(e.before_bytes),
-             render.size(e.detail["bloat_bytes"]), f"{e.detail['bloat_ratio']:.0%}") for e in entries]
+    rows = [
+        (
+            e.kind.replace("_bloat", ""),
+            e.target,
+            render.size(e.before_bytes),
+            render.size(e.detail["bloat_bytes"]),
+            f"{e.detail['bloat_ratio']:.0%}",
+        )
+        for e in entries
+    ]
     head = "Estimated bloat (catalog statistics; no pgstattuple)"
     return f"{head}\n{render.table(('relation', 'name', 'size', 'bloat', 'ratio'), rows)}"

@@ -13,7 +13,7 @@ import os
 import re
 import tempfile
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -46,8 +46,14 @@ SIZES_REFUSAL = (
 )
 
 
-def measurement_refusal(logical_date: datetime | None, now: datetime, max_delay_hours: float, *,
-                        setting: str = "monitor.max_start_delay_hours", consequence: str = SIZES_REFUSAL) -> str | None:
+def measurement_refusal(
+    logical_date: datetime | None,
+    now: datetime,
+    max_delay_hours: float,
+    *,
+    setting: str = "monitor.max_start_delay_hours",
+    consequence: str = SIZES_REFUSAL,
+) -> str | None:
     """Why a run must not measure (its logical date is in the past), or None.
 
     A store can only be measured now. A run whose logical date is more than
@@ -77,8 +83,11 @@ def _human_delay(delay: timedelta) -> str:
 def prepare_session(conn, settings: MonitorSettings) -> None:
     conn.execute(
         load_sql("monitor/session_settings.sql"),
-        {"lock_timeout": settings.lock_timeout, "statement_timeout": settings.statement_timeout,
-         "application_name": APPLICATION_NAME},
+        {
+            "lock_timeout": settings.lock_timeout,
+            "statement_timeout": settings.statement_timeout,
+            "application_name": APPLICATION_NAME,
+        },
     )
     conn.commit()
 
@@ -95,7 +104,9 @@ def ensure_ready(conn) -> None:
 def capture(conn, schemas: list[str], captured_at: datetime | None = None) -> tuple[datetime | None, int]:
     """Append one snapshot of every table of ``schemas`` (one transaction); (time, tables)."""
     with conn.transaction():
-        rows = conn.execute(load_sql("monitor/capture.sql"), {"captured_at": captured_at, "schemas": schemas}).fetchall()
+        rows = conn.execute(
+            load_sql("monitor/capture.sql"), {"captured_at": captured_at, "schemas": schemas}
+        ).fetchall()
     return (rows[0][0] if rows else captured_at), len(rows)
 
 
@@ -122,7 +133,7 @@ def growth(conn, captured_at: datetime, settings: MonitorSettings) -> list[dict[
     with conn.cursor() as cur:
         cur.execute(load_sql("monitor/growth.sql"), params)
         names = [c.name for c in cur.description]
-        rows = [{n: _plain(v) for n, v in zip(names, row)} for row in cur.fetchall()]
+        rows = [{n: _plain(v) for n, v in zip(names, row, strict=True)} for row in cur.fetchall()]
     conn.rollback()
     return rows
 
@@ -148,30 +159,63 @@ def alerts(rows: list[dict[str, Any]], settings: MonitorSettings) -> list[Alert]
         name = f"{r['schema_name']}.{r['table_name']}"
         limit, source = r["limit_bytes"], _limit_source(settings, name)
         if r["total_bytes"] > limit:
-            found.append(Alert(name, "size_limit", (
-                f"{name} is {render.size(r['total_bytes'])} ({r['total_bytes']} bytes), over its size limit "
-                f"{render.size(limit)} ({source} = {limit})")))
+            found.append(
+                Alert(
+                    name,
+                    "size_limit",
+                    (
+                        f"{name} is {render.size(r['total_bytes'])} ({r['total_bytes']} bytes), over its size limit "
+                        f"{render.size(limit)} ({source} = {limit})"
+                    ),
+                )
+            )
             continue  # days_to_limit is 0: one alert per table says it
         g1 = r["growth_1d"]
         if settings.max_growth_bytes_per_day is not None and g1 is not None and g1 > settings.max_growth_bytes_per_day:
-            found.append(Alert(name, "growth", (
-                f"{name} grew {render.size(g1)}/day over the last {r['span_1d_days']:g} days "
-                f"({g1:.0f} bytes/day), above monitor.max_growth_bytes_per_day = "
-                f"{settings.max_growth_bytes_per_day} ({render.size(settings.max_growth_bytes_per_day)}/day)")))
+            found.append(
+                Alert(
+                    name,
+                    "growth",
+                    (
+                        f"{name} grew {render.size(g1)}/day over the last {r['span_1d_days']:g} days "
+                        f"({g1:.0f} bytes/day), above monitor.max_growth_bytes_per_day = "
+                        f"{settings.max_growth_bytes_per_day} ({render.size(settings.max_growth_bytes_per_day)}/day)"
+                    ),
+                )
+            )
         days = r["days_to_limit"]
         if settings.alert_days_until_limit is not None and days is not None and days < settings.alert_days_until_limit:
             rate = next(r[f"growth_{w}"] for w in ("7d", "1d", "30d") if r[f"growth_{w}"] is not None)
-            found.append(Alert(name, "days_to_limit", (
-                f"{name} ({render.size(r['total_bytes'])}) reaches its size limit {render.size(limit)} "
-                f"({source}) in {days:g} days at {render.size(rate)}/day, sooner than "
-                f"monitor.alert_days_until_limit = {settings.alert_days_until_limit:g} days")))
+            found.append(
+                Alert(
+                    name,
+                    "days_to_limit",
+                    (
+                        f"{name} ({render.size(r['total_bytes'])}) reaches its size limit {render.size(limit)} "
+                        f"({source}) in {days:g} days at {render.size(rate)}/day, sooner than "
+                        f"monitor.alert_days_until_limit = {settings.alert_days_until_limit:g} days"
+                    ),
+                )
+            )
     return found
 
 
 # ----------------------------------------------------------------------------- outputs
 
-REPORT_HEADERS = ("table", "total", "heap", "index", "toast", "live", "dead",
-                  "/day 1d", "/day 7d", "/day 30d", "limit", "days to limit")
+REPORT_HEADERS = (
+    "table",
+    "total",
+    "heap",
+    "index",
+    "toast",
+    "live",
+    "dead",
+    "/day 1d",
+    "/day 7d",
+    "/day 30d",
+    "limit",
+    "days to limit",
+)
 
 
 def _growth_cell(value: float | None) -> str:
@@ -180,20 +224,34 @@ def _growth_cell(value: float | None) -> str:
     return ("+" if value > 0 else "") + render.size(value)
 
 
-def render_report(rows: list[dict[str, Any]], found: list[Alert], *, captured_at: datetime, database: str,
-                  schemas: list[str]) -> str:
+def render_report(
+    rows: list[dict[str, Any]], found: list[Alert], *, captured_at: datetime, database: str, schemas: list[str]
+) -> str:
     lines = [
         f"dbops table sizes of database {database}, captured {captured_at:%Y-%m-%d %H:%M:%S} UTC",
-        f"schemas: {', '.join(schemas)}; growth in bytes per day over 1, 7 and 30 days "
-        "('-': not enough history yet)",
+        f"schemas: {', '.join(schemas)}; growth in bytes per day over 1, 7 and 30 days ('-': not enough history yet)",
         "",
-        render.table(REPORT_HEADERS, [
-            (f"{r['schema_name']}.{r['table_name']}", render.size(r["total_bytes"]), render.size(r["heap_bytes"]),
-             render.size(r["index_bytes"]), render.size(r["toast_bytes"]), r["live_tuples"], r["dead_tuples"],
-             _growth_cell(r["growth_1d"]), _growth_cell(r["growth_7d"]), _growth_cell(r["growth_30d"]),
-             render.size(r["limit_bytes"]), r["days_to_limit"])
-            for r in rows
-        ], empty="(no tables in these schemas)"),
+        render.table(
+            REPORT_HEADERS,
+            [
+                (
+                    f"{r['schema_name']}.{r['table_name']}",
+                    render.size(r["total_bytes"]),
+                    render.size(r["heap_bytes"]),
+                    render.size(r["index_bytes"]),
+                    render.size(r["toast_bytes"]),
+                    r["live_tuples"],
+                    r["dead_tuples"],
+                    _growth_cell(r["growth_1d"]),
+                    _growth_cell(r["growth_7d"]),
+                    _growth_cell(r["growth_30d"]),
+                    render.size(r["limit_bytes"]),
+                    r["days_to_limit"],
+                )
+                for r in rows
+            ],
+            empty="(no tables in these schemas)",
+        ),
         "",
         f"total: {len(rows)} tables, {render.size(sum(r['total_bytes'] for r in rows))}",
         "",
@@ -219,8 +277,11 @@ _METRICS = [
     ("dbops_table_live_tuples", "Estimated live rows (pg_stat_user_tables.n_live_tup).", "live_tuples"),
     ("dbops_table_dead_tuples", "Estimated dead rows (pg_stat_user_tables.n_dead_tup).", "dead_tuples"),
     ("dbops_table_size_limit_bytes", "Configured size limit of the table.", "limit_bytes"),
-    ("dbops_table_days_until_size_limit", "Days until the table reaches its size limit at its growth rate.",
-     "days_to_limit"),
+    (
+        "dbops_table_days_until_size_limit",
+        "Days until the table reaches its size limit at its growth rate.",
+        "days_to_limit",
+    ),
 ]
 
 
@@ -237,14 +298,26 @@ def render_metrics(rows: list[dict[str, Any]], found: list[Alert], captured_at: 
 
     for name, help_text, column in _METRICS:
         family(name, help_text, [f"{name}{labels(r)} {_number(r[column])}" for r in rows if r[column] is not None])
-    family("dbops_table_growth_bytes_per_day", "Table growth in bytes per day over the window (1d, 7d, 30d).", [
-        f"dbops_table_growth_bytes_per_day{labels(r, window=w)} {_number(r[f'growth_{w}'])}"
-        for r in rows for w in WINDOWS if r[f"growth_{w}"] is not None
-    ])
-    family("dbops_table_size_alerts", "Tables over a size or growth threshold at the last capture.",
-           [f"dbops_table_size_alerts {len(found)}"])
-    family("dbops_table_size_capture_timestamp_seconds", "Time of the last capture (Unix seconds).",
-           [f"dbops_table_size_capture_timestamp_seconds {_number(round(captured_at.timestamp(), 3))}"])
+    family(
+        "dbops_table_growth_bytes_per_day",
+        "Table growth in bytes per day over the window (1d, 7d, 30d).",
+        [
+            f"dbops_table_growth_bytes_per_day{labels(r, window=w)} {_number(r[f'growth_{w}'])}"
+            for r in rows
+            for w in WINDOWS
+            if r[f"growth_{w}"] is not None
+        ],
+    )
+    family(
+        "dbops_table_size_alerts",
+        "Tables over a size or growth threshold at the last capture.",
+        [f"dbops_table_size_alerts {len(found)}"],
+    )
+    family(
+        "dbops_table_size_capture_timestamp_seconds",
+        "Time of the last capture (Unix seconds).",
+        [f"dbops_table_size_capture_timestamp_seconds {_number(round(captured_at.timestamp(), 3))}"],
+    )
     return "\n".join(out) + "\n"
 
 
@@ -271,7 +344,7 @@ def atomic_write(path: Path, text: str, mode: int = 0o640) -> Path:
 
 
 def report_path(reports_dir: Path, captured_at: datetime) -> Path:
-    stamp = captured_at.astimezone(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    stamp = captured_at.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
     return reports_dir / REPORT_SUBDIR / f"table_sizes_{stamp}.txt"
 
 
@@ -290,7 +363,7 @@ def prune_reports(reports_dir: Path, days: int, now: datetime) -> list[Path]:
         match = _REPORT_NAME.match(path.name)
         if not match or not path.is_file():
             continue
-        taken = datetime.strptime(match.group(1), "%Y%m%dT%H%M%SZ").replace(tzinfo=timezone.utc)
+        taken = datetime.strptime(match.group(1), "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
         if taken < cutoff:
             path.unlink()
             gone.append(path)

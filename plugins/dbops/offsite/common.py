@@ -209,8 +209,12 @@ class Envelope:
     @property
     def legacy_unauthenticated(self) -> bool:
         """Encrypted before manifests were authenticated (v1, no mac): nothing to check."""
-        return bool(self.encryption) and self.manifest_mac is None and \
-            self.encryption.get("scheme") == _LEGACY_SCHEME  # fmt: skip
+        return (
+            self.encryption is not None
+            and bool(self.encryption)
+            and self.manifest_mac is None
+            and self.encryption.get("scheme") == _LEGACY_SCHEME
+        )
 
     def check_manifest_mac(self, manifest_bytes: bytes, encryption: Any) -> list[str]:
         """Problems authenticating ``manifest_bytes`` (the exact bytes of ``manifest.json``)
@@ -226,16 +230,22 @@ class Envelope:
             return []
         wanted = (self.encryption or {}).get("key_id")
         if encryption is None:
-            return [f"the manifest cannot be authenticated: the copy is encrypted (key id {wanted}) "
-                    "and no encryption key was given"]  # fmt: skip
+            return [
+                f"the manifest cannot be authenticated: the copy is encrypted (key id {wanted}) "
+                "and no encryption key was given"
+            ]
         if wanted is not None and wanted != encryption.key_id:
-            return [f"the manifest cannot be authenticated: the copy was encrypted with key id {wanted}, "
-                    f"the key given has id {encryption.key_id}"]  # fmt: skip
+            return [
+                f"the manifest cannot be authenticated: the copy was encrypted with key id {wanted}, "
+                f"the key given has id {encryption.key_id}"
+            ]
         if self.manifest_mac is None:
             return ["offsite.json of an encrypted copy has no manifest_mac: the manifest is not authenticated"]
         if not hmac.compare_digest(self.manifest_mac, encryption.manifest_mac(bytes(manifest_bytes))):
-            return ["manifest.json does not match its manifest_mac: the manifest was changed offsite "
-                    "or belongs to another copy"]  # fmt: skip
+            return [
+                "manifest.json does not match its manifest_mac: the manifest was changed offsite "
+                "or belongs to another copy"
+            ]
         return []
 
     def check_against(self, manifest: Mapping[str, Any]) -> list[str]:
@@ -256,7 +266,8 @@ class Envelope:
             if stored.plain_bytes != entry["bytes"] or stored.plain_sha256 != entry["sha256"]:
                 problems.append(f"{path}: offsite.json records another size/sha256 than the manifest")
             if self.encryption is None and (
-                stored.bytes != entry["bytes"] or stored.sha256 not in (None, entry["sha256"])
+                stored.bytes != entry["bytes"]
+                or stored.sha256 not in (None, entry["sha256"])
                 or stored.stored_path != path
             ):
                 problems.append(f"{path}: stored unencrypted but not as the manifest says")
@@ -266,8 +277,7 @@ class Envelope:
 def plain_files(manifest: Mapping[str, Any]) -> list[StoredFile]:
     """The envelope entries of an unencrypted copy: stored exactly as in the manifest."""
     return [
-        StoredFile(f["path"], f["path"], f["bytes"], f["sha256"], f["bytes"], f["sha256"])
-        for f in manifest["files"]
+        StoredFile(f["path"], f["path"], f["bytes"], f["sha256"], f["bytes"], f["sha256"]) for f in manifest["files"]
     ]
 
 
@@ -332,9 +342,11 @@ def catalog_from_mirror(mirror: Path) -> dict[SeriesKey, dict[str, OffsiteBackup
     envelopes in the repository layout, judged by the repository's own listing."""
     repo = BackupRepository(mirror)
     found: dict[SeriesKey, dict[str, OffsiteBackup]] = {}
-    stores = sorted(
-        e.name for e in os.scandir(mirror) if e.is_dir(follow_symlinks=False) and _valid_store(e.name)
-    ) if mirror.is_dir() else []
+    stores = (
+        sorted(e.name for e in os.scandir(mirror) if e.is_dir(follow_symlinks=False) and _valid_store(e.name))
+        if mirror.is_dir()
+        else []
+    )
     for store in stores:
         for subject in [None, *repo.subjects(store)]:
             key = SeriesKey(store, subject)
@@ -387,8 +399,14 @@ class TransferStats:
     seconds: float = 0.0
 
     def add(self, other: TransferStats) -> TransferStats:
-        for name in ("files_transferred", "files_skipped", "bytes_sent", "bytes_received",
-                     "literal_bytes", "matched_bytes"):  # fmt: skip
+        for name in (
+            "files_transferred",
+            "files_skipped",
+            "bytes_sent",
+            "bytes_received",
+            "literal_bytes",
+            "matched_bytes",
+        ):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.seconds = round(self.seconds + other.seconds, 3)
         return self
@@ -440,12 +458,14 @@ class FileTarget(Protocol):
     def list_files(self, folder: str, log: LogFn) -> dict[str, int]:
         """Size of every file directly in ``folder`` (none when it does not exist)."""
 
-    def put_files(self, folder: str, source_dir: Path, files: Sequence[StoredFile], key_id: str | None,
-                  log: LogFn) -> TransferStats:  # fmt: skip
+    def put_files(
+        self, folder: str, source_dir: Path, files: Sequence[StoredFile], key_id: str | None, log: LogFn
+    ) -> TransferStats:
         """Copy ``source_dir/<stored_path>`` to ``folder/<stored_path>`` (no arrival check)."""
 
-    def check_files(self, folder: str, files: Sequence[StoredFile], key_id: str | None, *, deep: bool,
-                    log: LogFn) -> list[str]:  # fmt: skip
+    def check_files(
+        self, folder: str, files: Sequence[StoredFile], key_id: str | None, *, deep: bool, log: LogFn
+    ) -> list[str]:
         """Problems (``<stored_path>: ...``) of the stored files: rsync hashes them on the host;
         S3 checks size and sha256 metadata, and with ``deep`` reads every object back."""
 

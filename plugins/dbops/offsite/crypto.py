@@ -43,7 +43,7 @@ import os
 import struct
 from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -62,6 +62,16 @@ MIN_CHUNK = 4096
 MAX_CHUNK = 64 * 1024 * 1024
 _HKDF_INFO = {MAGIC: b"dbops-offsite " + SCHEME.encode(), MAGIC_V1: b"dbops-offsite " + SCHEME_V1.encode()}
 _MAC_INFO = b"dbops-offsite manifest mac v1"
+
+
+class Readable(Protocol):
+    """What decryption reads from: a file, or a stream that hashes what passes (S3 bodies)."""
+
+    def read(self, n: int = -1, /) -> bytes: ...
+
+
+class Writable(Protocol):
+    def write(self, data: bytes, /) -> int: ...
 
 
 class DecryptionError(ValueError):
@@ -179,8 +189,9 @@ class Encryption:
 
     # ---------------------------------------------------------------- decrypt
 
-    def decrypt_stream(self, src: BinaryIO, dst: BinaryIO, context: str, *,
-                       scheme: str | None = None) -> tuple[int, str]:  # fmt: skip
+    def decrypt_stream(
+        self, src: Readable, dst: Writable, context: str, *, scheme: str | None = None
+    ) -> tuple[int, str]:
         """Decrypt ``src``, the stored copy of the file ``context`` names (the context its
         encryption used), into ``dst``; returns (plaintext bytes, plaintext sha256).
         ``scheme``: the one the copy's envelope records, when known (a v2 file presented
@@ -308,7 +319,7 @@ class EncryptingReader:
         return self._done and not self._buffer
 
 
-def _read_exactly(src: BinaryIO, n: int) -> bytes:
+def _read_exactly(src: Readable, n: int) -> bytes:
     """Up to ``n`` bytes, fewer only at the end of ``src`` (short reads are retried)."""
     parts, got = [], 0
     while got < n:

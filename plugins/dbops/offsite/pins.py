@@ -51,12 +51,15 @@ def parse_pins(data: bytes | None, where: str) -> dict[str, dict[str, Any]]:
         if not isinstance(body, dict) or body.get("format") != PINS_FORMAT or body.get("version") != PINS_VERSION:
             raise ValueError(f"not a {PINS_FORMAT} version {PINS_VERSION} file")
         pins = body.get("pins")
-        if not isinstance(pins, dict) or not all(isinstance(v, dict) and isinstance(v.get("reason"), str)
-                                                 for v in pins.values()):  # fmt: skip
+        if not isinstance(pins, dict) or not all(
+            isinstance(v, dict) and isinstance(v.get("reason"), str) for v in pins.values()
+        ):
             raise ValueError("'pins' must map '<series>/<backup_id>' to an entry with a reason")
     except (UnicodeDecodeError, ValueError) as exc:
-        raise PinsUnreadable(f"{where}: {PINS_REL} is unreadable ({exc}); fix or remove it by hand, "
-                             "offsite retention there deletes nothing until then") from None  # fmt: skip
+        raise PinsUnreadable(
+            f"{where}: {PINS_REL} is unreadable ({exc}); fix or remove it by hand, "
+            "offsite retention there deletes nothing until then"
+        ) from None
     return pins
 
 
@@ -70,14 +73,15 @@ def series_pins(pins: Mapping[str, Mapping[str, Any]], key: SeriesKey) -> dict[s
     prefix = f"{key.rel}/"
     found = {}
     for name, entry in pins.items():
-        rest = name[len(prefix):] if name.startswith(prefix) else ""
+        rest = name[len(prefix) :] if name.startswith(prefix) else ""
         if rest and "/" not in rest:
             found[rest] = f"{entry['reason']} (pinned in {PINS_REL} of the target)"
     return found
 
 
-def set_pin(target: FileTarget, key: SeriesKey, backup_id: str, entry: Mapping[str, Any] | None, *,
-            now: datetime, log: LogFn) -> bool:  # fmt: skip
+def set_pin(
+    target: FileTarget, key: SeriesKey, backup_id: str, entry: Mapping[str, Any] | None, *, now: datetime, log: LogFn
+) -> bool:
     """Pin (``entry`` with a reason) or unpin (None) one backup in the target's pins.json.
     Returns whether the file changed (False: it already said so)."""
     name = pin_key(key, backup_id)

@@ -207,9 +207,13 @@ def _reuse(repo: BackupRepository, backup: Backup, where: str, log: LogFn) -> Ba
         return backup
     failed = "; ".join(f"{c['name']}: {c['detail']}" for c in checks if not c["ok"])
     if origin is None:
-        raise OffsiteError(f"{where} exists in {repo.root} but fails verification ({failed}); "
-                           "remove it before fetching the offsite copy")  # fmt: skip
-    log(f"{where}: the copy fetched earlier into {repo.root} fails verification ({failed}); removing it, fetching again")
+        raise OffsiteError(
+            f"{where} exists in {repo.root} but fails verification ({failed}); "
+            "remove it before fetching the offsite copy"
+        )
+    log(
+        f"{where}: the copy fetched earlier into {repo.root} fails verification ({failed}); removing it, fetching again"
+    )
     repo.delete(backup)
     return None
 
@@ -242,21 +246,27 @@ def fetch_backup(
                 return reused
             _fetch(target, repo, key, backup_id, encryption=encryption, log=log)
     except SeriesBusyError as exc:
-        raise OffsiteError(f"{where}: another fetch or write of this series in {repo.root} is running ({exc})") from None
+        raise OffsiteError(
+            f"{where}: another fetch or write of this series in {repo.root} is running ({exc})"
+        ) from None
     backup = _listed(repo, store, subject, backup_id)
     if backup is None:  # pragma: no cover - the manifest was validated above
         raise OffsiteError(f"{where} was fetched but the repository does not list it")
     checks = repo.verify(backup)
     if not checks_ok(checks):
-        raise OffsiteVerificationError(f"{where}: fetched copy fails verification",
-                                       [f"{c['name']}: {c['detail']}" for c in checks if not c["ok"]])  # fmt: skip
-    log(f"{where} fetched from {target.location()} into {backup.path}: {len(backup.manifest['files'])} files, "
-        f"{human_bytes(backup.total_bytes)}, verified against its manifest")  # fmt: skip
+        raise OffsiteVerificationError(
+            f"{where}: fetched copy fails verification", [f"{c['name']}: {c['detail']}" for c in checks if not c["ok"]]
+        )
+    log(
+        f"{where} fetched from {target.location()} into {backup.path}: {len(backup.manifest['files'])} files, "
+        f"{human_bytes(backup.total_bytes)}, verified against its manifest"
+    )
     return backup
 
 
-def _fetch(target: Target, repo: BackupRepository, key: SeriesKey, backup_id: str, *,
-           encryption: Encryption | None, log: LogFn) -> None:  # fmt: skip
+def _fetch(
+    target: Target, repo: BackupRepository, key: SeriesKey, backup_id: str, *, encryption: Encryption | None, log: LogFn
+) -> None:
     """Download, check and publish (under the series' writer lock)."""
     store, subject, where = key.store, key.subject, f"{key}/{backup_id}"
     series = repo.series_path(store, subject)
@@ -265,15 +275,20 @@ def _fetch(target: Target, repo: BackupRepository, key: SeriesKey, backup_id: st
     raw = download_folder(repo, store, subject, backup_id)
     resumed = raw.is_dir() and any(raw.iterdir())
     if resumed:
-        log(f"resuming the download of {where} kept by an earlier attempt in {raw}: complete files are not fetched again")
+        log(
+            f"resuming the download of {where} kept by an earlier "
+            f"attempt in {raw}: complete files are not fetched again"
+        )
     try:
         stats: TransferStats = target.download(key, backup_id, raw, log)
     except BaseException:
         log(f"the download of {where} did not finish; {raw} is kept, a rerun resumes it")
         raise
     skipped = f", {stats.files_skipped} already complete" if stats.files_skipped else ""
-    log(f"downloaded {where} from {target.location()}: {stats.files_transferred} file(s) transferred "
-        f"({human_bytes(stats.literal_bytes)} of file data){skipped}")  # fmt: skip
+    log(
+        f"downloaded {where} from {target.location()}: {stats.files_transferred} file(s) transferred "
+        f"({human_bytes(stats.literal_bytes)} of file data){skipped}"
+    )
     assembled = staging_root / f"{backup_id}.restore-{secrets.token_hex(6)}"
     try:
         _assemble(raw, assembled, target, key, backup_id, encryption=encryption, stats=stats, resumed=resumed, log=log)
@@ -295,8 +310,18 @@ def _fetch(target: Target, repo: BackupRepository, key: SeriesKey, backup_id: st
     fsync_dir(staging_root)
 
 
-def _assemble(raw: Path, assembled: Path, target: Target, key: SeriesKey, backup_id: str, *,
-              encryption: Encryption | None, stats: TransferStats, resumed: bool, log: LogFn) -> None:  # fmt: skip
+def _assemble(
+    raw: Path,
+    assembled: Path,
+    target: Target,
+    key: SeriesKey,
+    backup_id: str,
+    *,
+    encryption: Encryption | None,
+    stats: TransferStats,
+    resumed: bool,
+    log: LogFn,
+) -> None:
     """Check the download in ``raw`` and build the backup folder ``assembled`` from it."""
     store, subject, where = key.store, key.subject, f"{key}/{backup_id}"
     try:
@@ -336,8 +361,12 @@ def _assemble(raw: Path, assembled: Path, target: Target, key: SeriesKey, backup
             assert encryption is not None
             try:
                 # the envelope's scheme: a v2 copy relabelled v1 (to drop its manifest mac) is refused
-                encryption.decrypt_file(src, dst, file_context(store, subject, backup_id, f.path, f.plain_sha256),
-                                        scheme=envelope.encryption.get("scheme"))
+                encryption.decrypt_file(
+                    src,
+                    dst,
+                    file_context(store, subject, backup_id, f.path, f.plain_sha256),
+                    scheme=envelope.encryption.get("scheme"),
+                )
             except ValueError as exc:
                 problems.append(f"{f.stored_path}: {exc}")
                 continue
@@ -349,16 +378,26 @@ def _assemble(raw: Path, assembled: Path, target: Target, key: SeriesKey, backup
                 shutil.copyfile(src, dst)
         size, digest = _hash(dst)
         if size != f.plain_bytes or digest != f.plain_sha256:
-            problems.append(f"{f.path}: {size} bytes sha256 {digest}, the manifest says {f.plain_bytes} {f.plain_sha256}")
+            problems.append(
+                f"{f.path}: {size} bytes sha256 {digest}, the manifest says {f.plain_bytes} {f.plain_sha256}"
+            )
         os.chmod(dst, 0o600)
     if problems:
         raise OffsiteVerificationError(f"{where}: the offsite copy does not restore intact", problems)
     shutil.copyfile(raw / MANIFEST_NAME, assembled / MANIFEST_NAME)
     os.chmod(assembled / MANIFEST_NAME, 0o600)
     if f"{FETCHED_KIND}.json" not in {f.path for f in envelope.files}:
-        origin = {"ok": True, "kind": FETCHED_KIND, "at": format_time(utc_now()), "target": target.name,
-                  "location": target.location(), "manifest_sha256": manifest["manifest_sha256"],
-                  "encrypted": bool(envelope.encryption), "resumed": resumed, "download": stats.to_dict()}  # fmt: skip
+        origin = {
+            "ok": True,
+            "kind": FETCHED_KIND,
+            "at": format_time(utc_now()),
+            "target": target.name,
+            "location": target.location(),
+            "manifest_sha256": manifest["manifest_sha256"],
+            "encrypted": bool(envelope.encryption),
+            "resumed": resumed,
+            "download": stats.to_dict(),
+        }
         path = assembled / f"{FETCHED_KIND}.json"
         path.write_text(json.dumps(origin, sort_keys=True, indent=2) + "\n")
         os.chmod(path, 0o600)

@@ -28,10 +28,11 @@ import dataclasses
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any, cast
 
 from dbops.backup.repository import Backup, BackupRepository, as_utc, format_time
 from dbops.backup.retention import RetentionPolicy
-from dbops.offsite.common import Catalog, LogFn, OffsiteBackup, SeriesKey, StagingEntry, Target
+from dbops.offsite.common import Catalog, FileTarget, LogFn, OffsiteBackup, SeriesKey, StagingEntry, Target
 from dbops.offsite.pins import read_pins, series_pins
 from dbops.pitr.wal import BASE_STORE
 
@@ -64,7 +65,7 @@ def judged(item: OffsiteBackup, local: Backup | None) -> Backup:
     if local is not None and not local.verified:
         ok = False
     at = item.envelope.shipped_at if item.envelope is not None else item.backup.finished_at
-    sidecars = {"verify": {"ok": ok, "at": format_time(at)}}
+    sidecars: dict[str, Any] = {"verify": {"ok": ok, "at": format_time(at)}}
     if local is not None and "pin" in local.sidecars:
         sidecars["pin"] = local.sidecars["pin"]
     return dataclasses.replace(item.backup, sidecars=sidecars)
@@ -140,7 +141,7 @@ def apply_offsite_retention(
     on the target; returns what was kept, deleted (or would be) and refused. The target's
     pins.json is read first: unreadable, nothing is deleted (PinsUnreadable)."""
     stores = set(stores)
-    pins = read_pins(target, log)
+    pins = read_pins(cast(FileTarget, target), log)  # every concrete target (rsync, S3) is a FileTarget too
     verb = "would delete" if dry_run else "deleted"
     report: dict = {"target": target.name, "dry_run": dry_run, "series": [], "incomplete_removed": []}
     for key in catalog.series():
@@ -148,8 +149,9 @@ def apply_offsite_retention(
             continue
         offsite = list(catalog.backups[key].values())
         judge = series_policy(policy, key)
-        decisions, refused = plan_series(key, offsite, repo.list(key.store, key.subject), judge, now,
-                                         series_pins(pins, key))  # fmt: skip
+        decisions, refused = plan_series(
+            key, offsite, repo.list(key.store, key.subject), judge, now, series_pins(pins, key)
+        )
         deleted = []
         for d in decisions:
             log(("dry run: " if dry_run and not d.keep else "") + d.line())
@@ -163,10 +165,15 @@ def apply_offsite_retention(
         kept = [d.backup_id for d in decisions if d.keep]
         log(f"{key} on {target.name}: kept {len(kept)}, {verb} {len(deleted)} ({judge.describe()})")
         report["series"].append(
-            {"series": key.rel, "kept": kept, "obsolete": deleted, "refused": refused,
-             "missing_locally": [d.backup_id for d in decisions if not d.local],
-             "pinned": [d.backup_id for d in decisions if d.reason.startswith("pinned: ")]}
-        )  # fmt: skip
+            {
+                "series": key.rel,
+                "kept": kept,
+                "obsolete": deleted,
+                "refused": refused,
+                "missing_locally": [d.backup_id for d in decisions if not d.local],
+                "pinned": [d.backup_id for d in decisions if d.reason.startswith("pinned: ")],
+            }
+        )
     for entry, why in incomplete_to_remove(catalog, repo, stale_after=stale_after, now=now):
         if entry.key.store not in stores:
             continue

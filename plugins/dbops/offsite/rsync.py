@@ -24,10 +24,11 @@ while one is removed.
   what is missing or differs (``--checksum`` against what is already there, partial
   files kept in ``.rsync-partial``).
 
-Remote commands are POSIX ``sh`` with GNU ``find -printf``, ``sha256sum -z`` and ``sync
-FILE...`` (Debian/Ubuntu/RHEL coreutils >= 8.24 and findutils; an older ``sync`` ignores
-its arguments and flushes everything, which is durable too); every path is shell-quoted,
-and every name in it was validated (store, subject, backup id) or comes from the manifest.
+Remote commands are the subcommands of ``include/scripts/offsite_remote.sh``, sent as the
+script of ``bash -c`` with shell-quoted arguments (stdin stays free for data). It needs bash,
+GNU ``find -printf``, ``sha256sum -z`` and ``sync FILE...`` (Debian/Ubuntu/RHEL coreutils >= 8.24
+and findutils; an older ``sync`` ignores its arguments and flushes everything, which is durable
+too); every name passed was validated (store, subject, backup id) or comes from the manifest.
 """
 
 from __future__ import annotations
@@ -45,14 +46,14 @@ import subprocess
 import tempfile
 import threading
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
+from functools import cache
 from pathlib import Path
 from typing import Any
 
 from dbops.backup.repository import MANIFEST_NAME, Backup, utc_now
 from dbops.config import checked_backup_root
 from dbops.offsite.common import (
-    DELETING_DIR,
     ENCRYPTED_SUFFIX,
     ENVELOPE_NAME,
     STAGING_DIR,
@@ -73,13 +74,20 @@ from dbops.offsite.common import (
     split_staging_path,
 )
 from dbops.offsite.crypto import DecryptionError, Encryption, file_context
+from dbops.sqlfiles import SCRIPTS_DIR
 from dbops.tools import find_tool, human_bytes, run_tool, write_secret_file
 
 PARTIAL_DIR = ".rsync-partial"
+REMOTE_SCRIPT = SCRIPTS_DIR / "offsite_remote.sh"
 HOST_KEY_TYPES = (
-    "ssh-ed25519", "ssh-rsa", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521",
-    "sk-ssh-ed25519@openssh.com", "sk-ecdsa-sha2-nistp256@openssh.com",
-)  # fmt: skip
+    "ssh-ed25519",
+    "ssh-rsa",
+    "ecdsa-sha2-nistp256",
+    "ecdsa-sha2-nistp384",
+    "ecdsa-sha2-nistp521",
+    "sk-ssh-ed25519@openssh.com",
+    "sk-ecdsa-sha2-nistp256@openssh.com",
+)
 _HOST_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._:-]*$")
 _USER_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]*$")
 _STATS = {
@@ -191,8 +199,11 @@ class SSHSession:
             if p.host_key:
                 known = self.dir / "known_hosts"
                 write_secret_file(known, p.known_hosts_line())
-                options |= {"StrictHostKeyChecking": "yes", "UserKnownHostsFile": str(known),
-                            "GlobalKnownHostsFile": "/dev/null"}  # fmt: skip
+                options |= {
+                    "StrictHostKeyChecking": "yes",
+                    "UserKnownHostsFile": str(known),
+                    "GlobalKnownHostsFile": "/dev/null",
+                }
             elif p.no_host_key_check:
                 options |= {"StrictHostKeyChecking": "no", "UserKnownHostsFile": "/dev/null"}
             else:
@@ -211,8 +222,13 @@ class SSHSession:
     def close(self) -> None:
         if self.dir is not None:
             if (self.dir / "cm").exists():  # stop the multiplexing master before its key goes
-                subprocess.run([*self._argv, "-O", "exit", self.destination], capture_output=True, timeout=30,
-                               stdin=subprocess.DEVNULL, check=False)  # fmt: skip
+                subprocess.run(
+                    [*self._argv, "-O", "exit", self.destination],
+                    capture_output=True,
+                    timeout=30,
+                    stdin=subprocess.DEVNULL,
+                    check=False,
+                )
             shutil.rmtree(self.dir, ignore_errors=True)
             self.dir = None
 
@@ -244,9 +260,17 @@ class SSHSession:
             fh.write(data)
         return path
 
-    def run(self, script: str, *, log: LogFn, stdin: bytes | None = None, timeout: float | None = None) -> str:
-        """Run a POSIX sh ``script`` on the host; its stdout. ToolError on failure."""
-        argv = [*self.ssh_argv(), self.destination, "sh -c " + shlex.quote(script)]
+    def remote_argv(self, command: str, *args: str) -> list[str]:
+        """``ssh ...`` running ``command`` of the offsite script on the host, with ``args``."""
+        remote = ["bash", "-c", _remote_script(), "offsite_remote", command, *args]
+        # ssh joins its arguments into one line for the login shell: quote each one
+        return [*self.ssh_argv(), self.destination, shlex.join(remote)]
+
+    def run(
+        self, command: str, *args: str, log: LogFn, stdin: bytes | None = None, timeout: float | None = None
+    ) -> str:
+        """Run ``command`` of the offsite script on the host; its stdout. ToolError on failure."""
+        argv = self.remote_argv(command, *args)
         stdin_path = self.temp_file("stdin", stdin) if stdin is not None else None
         try:
             return run_tool(argv, log=log, stdin_path=stdin_path, timeout=timeout)
@@ -255,11 +279,12 @@ class SSHSession:
                 stdin_path.unlink(missing_ok=True)
 
 
+@cache
+def _remote_script() -> str:
+    return REMOTE_SCRIPT.read_text(encoding="utf-8")
+
+
 # --------------------------------------------------------------------------- the target
-
-
-def _q(value: str) -> str:
-    return shlex.quote(value)
 
 
 def _plain_names(names) -> list[str]:
@@ -344,16 +369,23 @@ class RsyncTarget:
     # ---------------------------------------------------------------- rsync
 
     def _rsync(self, args: list[str], log: LogFn) -> TransferStats:
-        argv = ["rsync", "--stats", "--no-human-readable", "-e", self.session.rsh(),
-                f"--rsync-path={self.rsync_path}", f"--timeout={self.io_timeout_s}"]  # fmt: skip
+        argv = [
+            "rsync",
+            "--stats",
+            "--no-human-readable",
+            "-e",
+            self.session.rsh(),
+            f"--rsync-path={self.rsync_path}",
+            f"--timeout={self.io_timeout_s}",
+        ]
         if self.bwlimit_kib:
             argv.append(f"--bwlimit={self.bwlimit_kib}")
         if self.compress:
             argv.append("--compress")
-        started = datetime.now(timezone.utc)
+        started = datetime.now(UTC)
         out = run_tool([*argv, *args], log=log)
         stats = parse_rsync_stats(out)
-        stats.seconds = round((datetime.now(timezone.utc) - started).total_seconds(), 3)
+        stats.seconds = round((datetime.now(UTC) - started).total_seconds(), 3)
         return stats
 
     # ---------------------------------------------------------------- catalog
@@ -362,12 +394,7 @@ class RsyncTarget:
         """Every backup folder's file sizes (one remote ``find``), and the complete
         backups, judged from their manifests and envelopes mirrored by rsync. Read-only:
         a target root that does not exist yet is an empty catalog."""
-        script = (
-            f"test -d {_q(self.root)} || exit 0; cd -- {_q(self.root)} && "
-            f"find . -name {DELETING_DIR} -prune -o -path '*/{STAGING_DIR}/*' -prune -printf 'S %T@ %P\\0' "
-            "-o -type f -printf 'F %s %P\\0'"
-        )
-        out = self.session.run(script, log=log)
+        out = self.session.run("catalog", self.root, log=log)
         catalog = Catalog()
         wanted: list[str] = []
         for record in out.split("\0"):
@@ -385,7 +412,7 @@ class RsyncTarget:
             elif kind == "S":
                 staged = split_staging_path(rel)
                 if staged is not None:
-                    modified = datetime.fromtimestamp(float(number), timezone.utc)
+                    modified = datetime.fromtimestamp(float(number), UTC)
                     catalog.staging.append(StagingEntry(staged[0], staged[1], modified))
         if wanted:
             with tempfile.TemporaryDirectory(prefix="dbops-offsite-catalog-") as tmp:
@@ -400,8 +427,10 @@ class RsyncTarget:
                     listing.unlink(missing_ok=True)
                 catalog.wire_bytes = stats.bytes_received + stats.bytes_sent
                 catalog.backups = catalog_from_mirror(mirror)
-        log(f"rsync catalog of {self.location()}: {catalog.count()} complete backups, "
-            f"{len(catalog.staging)} staging entries")  # fmt: skip
+        log(
+            f"rsync catalog of {self.location()}: {catalog.count()} complete backups, "
+            f"{len(catalog.staging)} staging entries"
+        )
         return catalog
 
     # ---------------------------------------------------------------- shipping
@@ -411,8 +440,9 @@ class RsyncTarget:
             raise OffsiteError("encryption over rsync needs a work_dir for the encrypted copy")
         return self.work_dir.joinpath(*SeriesKey.of(backup).parts, backup.backup_id)
 
-    def _outbox(self, backup: Backup, encryption: Encryption, outbox: Path, manifest: bytes,
-                log: LogFn) -> list[StoredFile]:  # fmt: skip
+    def _outbox(
+        self, backup: Backup, encryption: Encryption, outbox: Path, manifest: bytes, log: LogFn
+    ) -> list[StoredFile]:
         """The backup encrypted into ``outbox`` (deterministic bytes, source mtimes)."""
         key = SeriesKey.of(backup)
         outbox.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -457,8 +487,9 @@ class RsyncTarget:
             if outbox is not None:
                 self._remove_outbox(outbox)
 
-    def _ship(self, backup: Backup, encryption: Encryption | None, outbox: Path | None,
-              log: LogFn) -> tuple[Envelope, TransferStats]:  # fmt: skip
+    def _ship(
+        self, backup: Backup, encryption: Encryption | None, outbox: Path | None, log: LogFn
+    ) -> tuple[Envelope, TransferStats]:
         key = SeriesKey.of(backup)
         where = f"{key}/{backup.backup_id}"
         # one read of the manifest: the bytes sent, checked on arrival and authenticated
@@ -479,18 +510,27 @@ class RsyncTarget:
         )
         staging = self.staging_dir(key, backup.backup_id)
         names = [f.stored_path for f in files] + [MANIFEST_NAME]
-        self.session.run(f"umask 077 && mkdir -p -- {_q(staging)}", log=log)
+        self.session.run("mkdir", staging, log=log)
         listing = self.session.temp_file("files", "\0".join(names).encode() + b"\0")
         try:
             stats = self._rsync(
-                ["-rtp", "--chmod=D700,F600", f"--partial-dir={PARTIAL_DIR}", f"--files-from={listing}",
-                 "--from0", f"{source}/", self._remote(staging + "/")],
+                [
+                    "-rtp",
+                    "--chmod=D700,F600",
+                    f"--partial-dir={PARTIAL_DIR}",
+                    f"--files-from={listing}",
+                    "--from0",
+                    f"{source}/",
+                    self._remote(staging + "/"),
+                ],
                 log,
-            )  # fmt: skip
+            )
         finally:
             listing.unlink(missing_ok=True)
-        log(f"rsync {where}: {stats.files_transferred} files, {human_bytes(stats.literal_bytes)} sent as data, "
-            f"{human_bytes(stats.matched_bytes)} already there, {human_bytes(stats.bytes_sent)} on the wire")  # fmt: skip
+        log(
+            f"rsync {where}: {stats.files_transferred} files, {human_bytes(stats.literal_bytes)} sent as data, "
+            f"{human_bytes(stats.matched_bytes)} already there, {human_bytes(stats.bytes_sent)} on the wire"
+        )
 
         # the arrival check, in the staging folder: nothing is published unless it passes
         manifest_sha = hashlib.sha256(manifest).hexdigest()
@@ -499,46 +539,23 @@ class RsyncTarget:
         if problems:
             bad = [f.stored_path for f in files if any(p.startswith(f.stored_path + ":") for p in problems)]
             if bad:  # so the rerun sends them again instead of trusting size+mtime
-                self.session.run(f"cd -- {_q(staging)} && rm -f -- {' '.join(map(_q, bad))}", log=log)
+                self.session.run("delete-files", staging, log=log, stdin="\0".join(bad).encode() + b"\0")
             raise OffsiteVerificationError(f"rsync arrival check of {where} failed, not published", problems)
 
         bid = backup.backup_id
-        publish = self._publish_script(key, bid, extras)
-        self.session.run(publish, log=log, stdin=envelope.to_bytes())
-        log(f"published {where} at {self.backup_dir(key, bid)} (sizes and sha256 of {len(files)} files checked, "
-            "flushed to disk on the host)")  # fmt: skip
-        return envelope, stats
-
-    def _publish_script(self, key: SeriesKey, bid: str, extras: list[str]) -> str:
-        """The remote ``sh`` script that publishes the checked staging folder of ``bid``,
-        reading ``offsite.json`` from stdin: every staged file and folder flushed to disk
-        before the one ``mv``, the folders holding the result after it."""
-        series = self.series_dir(key)
-        stage_rel = f"{STAGING_DIR}/{bid}"
-        remove = " ".join(_q(f"{stage_rel}/{x}") for x in [PARTIAL_DIR, *extras])
-        envelope_tmp = stage_rel + "/." + ENVELOPE_NAME + ".tmp"
-        holders = [series, posixpath.join(series, STAGING_DIR)]
-        holders += [posixpath.join(self.root, *key.parts[:n]) for n in range(len(key.parts) - 1, -1, -1)]
-        return (
-            f"set -e; umask 077; cd -- {_q(series)}; "
-            f"if [ -e {_q(bid)} ]; then echo 'backup {bid} already exists offsite, not replacing it' >&2; exit 3; fi; "
-            f"rm -rf -- {remove}; "
-            f"cat > {_q(envelope_tmp)}; "
-            f"mv -f -- {_q(envelope_tmp)} {_q(stage_rel + '/' + ENVELOPE_NAME)}; "
-            f"find {_q(stage_rel)} -exec sync -- {{}} +; "
-            f"mv -- {_q(stage_rel)} {_q(bid)}; "
-            f"sync -- {' '.join(map(_q, holders))}"
+        # offsite.json on stdin; flushed to disk and renamed into place on the host
+        self.session.run("publish", self.root, self.series_dir(key), bid, *extras, log=log, stdin=envelope.to_bytes())
+        log(
+            f"published {where} at {self.backup_dir(key, bid)} (sizes and sha256 of {len(files)} files checked, "
+            "flushed to disk on the host)"
         )
+        return envelope, stats
 
     # ---------------------------------------------------------------- checks
 
     def _folder_state(self, folder: str, names: list[str], log: LogFn) -> FolderState:
         """Sizes of every file under ``folder`` and sha256 of ``names`` (one ssh call)."""
-        script = (
-            f"cd -- {_q(folder)} && find . -type f -printf '%s %P\\0' && printf 'HASHES\\0' && "
-            f"{{ sha256sum -z -- {' '.join(map(_q, names))} 2>/dev/null || true; }}"
-        )
-        out = self.session.run(script, log=log)
+        out = self.session.run("folder-state", folder, *names, log=log)
         sizes_part, _, hashes_part = out.partition("HASHES\0")
         sizes = {}
         for record in sizes_part.split("\0"):
@@ -569,32 +586,36 @@ class RsyncTarget:
         if deep and envelope.encryption:
             wanted = envelope.encryption.get("key_id")
             if encryption is None or encryption.key_id != wanted:
-                log(f"{item.key}/{item.backup_id}: not decrypted by the deep check: encrypted with key id {wanted}, "
-                    f"{'no key' if encryption is None else 'key id ' + encryption.key_id} given")  # fmt: skip
+                log(
+                    f"{item.key}/{item.backup_id}: not decrypted by the deep check: encrypted with key id {wanted}, "
+                    f"{'no key' if encryption is None else 'key id ' + encryption.key_id} given"
+                )
             else:
                 for f in envelope.files:
                     if any(p.startswith(f.stored_path + ":") for p in problems):
                         continue  # already known bad
                     context = file_context(item.key.store, item.key.subject, item.backup_id, f.path, f.plain_sha256)
-                    problem = self._decrypts(posixpath.join(folder, f.stored_path), f, encryption, context,
-                                             envelope.encryption.get("scheme"))  # fmt: skip
+                    problem = self._decrypts(
+                        posixpath.join(folder, f.stored_path), f, encryption, context, envelope.encryption.get("scheme")
+                    )
                     if problem:
                         problems.append(f"{f.stored_path}: {problem}")
         return problems
 
-    def _decrypts(self, path: str, f: StoredFile, encryption: Encryption, context: str,
-                  scheme: str | None) -> str | None:  # fmt: skip
+    def _decrypts(
+        self, path: str, f: StoredFile, encryption: Encryption, context: str, scheme: str | None
+    ) -> str | None:
         """Stream ``path`` from the host through the decryption (nothing written); the problem or None."""
-        argv = [*self.session.ssh_argv(), self.session.destination, "sh -c " + _q(f"cat -- {_q(path)}")]
+        argv = self.session.remote_argv("cat", path)
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        stdout, stderr = proc.stdout, proc.stderr
+        assert stdout is not None and stderr is not None  # both are pipes
         errors: list[bytes] = []
-        reader = threading.Thread(target=lambda: errors.append(proc.stderr.read()),  # type: ignore[union-attr]
-                                  daemon=True)  # fmt: skip
+        reader = threading.Thread(target=lambda: errors.append(stderr.read()), daemon=True)
         reader.start()
         problem, read_to_end = None, False
         try:
-            size, digest = encryption.decrypt_stream(proc.stdout, _Discard(), context,  # type: ignore[arg-type]
-                                                     scheme=scheme)  # fmt: skip
+            size, digest = encryption.decrypt_stream(stdout, _Discard(), context, scheme=scheme)
             read_to_end = True
         except DecryptionError as exc:
             problem = f"does not decrypt: {exc}"
@@ -607,7 +628,7 @@ class RsyncTarget:
                 proc.kill()
                 proc.wait()
             reader.join(timeout=5)
-            proc.stdout.close()  # type: ignore[union-attr]
+            stdout.close()
         if proc.returncode not in (0, -9) or (proc.returncode == -9 and problem is None):
             # a transport failure, not the data: a truncated stream must not read as tampering
             text = b"".join(errors).decode(errors="replace").strip()
@@ -622,28 +643,17 @@ class RsyncTarget:
 
     def delete(self, key: SeriesKey, backup_id: str, log: LogFn) -> None:
         """Rename out of sight first (it stops looking complete), then remove."""
-        gone = f"{DELETING_DIR}/{backup_id}.{secrets.token_hex(6)}"
-        script = (
-            f"set -e; umask 077; cd -- {_q(self.series_dir(key))}; "
-            f"if [ ! -d {_q(backup_id)} ]; then exit 0; fi; "
-            f"mkdir -p {DELETING_DIR}; mv -- {_q(backup_id)} {_q(gone)}; rm -rf -- {_q(gone)}"
-        )
-        self.session.run(script, log=log)
+        self.session.run("delete", self.series_dir(key), backup_id, secrets.token_hex(6), log=log)
 
     def remove_incomplete(self, entry: StagingEntry, log: LogFn) -> None:
         if "/" in entry.name or entry.name in ("", ".", ".."):
             raise OffsiteError(f"refusing to remove staging entry {entry.name!r}")
         path = posixpath.join(self.series_dir(entry.key), STAGING_DIR, entry.name)
-        self.session.run(f"rm -rf -- {_q(path)}", log=log)
+        self.session.run("remove", path, log=log)
 
     def housekeeping(self, older_than: timedelta, now: datetime, log: LogFn) -> list[str]:
         """Remove ``.deleting`` leftovers of an interrupted deletion (never complete-looking)."""
-        script = (
-            f"cd -- {_q(self.root)} 2>/dev/null || exit 0; "
-            f"find . -mindepth 2 -maxdepth 3 -type d -name {DELETING_DIR} -prune -printf '%P\\0' "
-            f"-exec rm -rf -- {{}} +"
-        )
-        out = self.session.run(script, log=log)
+        out = self.session.run("housekeeping", self.root, log=log)
         return [r for r in out.split("\0") if r]
 
     # ---------------------------------------------------------------- plain files (FileTarget)
@@ -655,10 +665,7 @@ class RsyncTarget:
 
     def list_files(self, folder: str, log: LogFn) -> dict[str, int]:
         path = self._path(folder)
-        out = self.session.run(
-            f"test -d {_q(path)} || exit 0; cd -- {_q(path)} && find . -mindepth 1 -maxdepth 1 -type f -printf '%s %P\\0'",
-            log=log,
-        )
+        out = self.session.run("list-files", path, log=log)
         sizes = {}
         for record in out.split("\0"):
             if record:
@@ -671,19 +678,25 @@ class RsyncTarget:
         if not names:
             return TransferStats()
         path = self._path(folder)
-        self.session.run(f"umask 077 && mkdir -p -- {_q(path)}", log=log)
+        self.session.run("mkdir", path, log=log)
         listing = self.session.temp_file("files", "\0".join(names).encode() + b"\0")
         try:
             stats = self._rsync(
-                ["-rtp", "--chmod=D700,F600", f"--partial-dir={PARTIAL_DIR}", f"--files-from={listing}",
-                 "--from0", f"{source_dir}/", self._remote(path + "/")],
+                [
+                    "-rtp",
+                    "--chmod=D700,F600",
+                    f"--partial-dir={PARTIAL_DIR}",
+                    f"--files-from={listing}",
+                    "--from0",
+                    f"{source_dir}/",
+                    self._remote(path + "/"),
+                ],
                 log,
-            )  # fmt: skip
+            )
         finally:
             listing.unlink(missing_ok=True)
         # on disk before a catalog written later can name them (names on stdin, as in delete_files)
-        self.session.run(f"cd -- {_q(path)} && xargs -0 -r sync -- && sync -- .", log=log,
-                         stdin="\0".join(names).encode() + b"\0")  # fmt: skip
+        self.session.run("sync-files", path, log=log, stdin="\0".join(names).encode() + b"\0")
         return stats
 
     def check_files(self, folder: str, files, key_id, *, deep: bool, log: LogFn) -> list[str]:
@@ -712,28 +725,22 @@ class RsyncTarget:
         return problems
 
     def _exists(self, path: str, log: LogFn) -> bool:
-        return self.session.run(f"test -d {_q(path)} && echo yes || true", log=log).strip() == "yes"
+        return self.session.run("exists", path, log=log).strip() == "yes"
 
     def read_file(self, rel: str, log: LogFn) -> bytes | None:
         path = self._path(rel)
-        out = self.session.run(f"if [ -f {_q(path)} ]; then printf Y; cat -- {_q(path)}; else printf N; fi", log=log)
+        out = self.session.run("read-file", path, log=log)
         return out[1:].encode() if out.startswith("Y") else None
 
     def write_file(self, rel: str, data: bytes, log: LogFn) -> None:
         path = self._path(rel)
-        folder, name = posixpath.split(path)
-        tmp = posixpath.join(folder, f".{name}.tmp-{secrets.token_hex(4)}")
-        self.session.run(
-            f"set -e; umask 077; mkdir -p -- {_q(folder)}; cat > {_q(tmp)}; sync -- {_q(tmp)}; "
-            f"mv -f -- {_q(tmp)} {_q(path)}; sync -- {_q(folder)}",
-            log=log, stdin=data,
-        )  # fmt: skip
+        # replaced in one mv through a temporary name (readers see the old or the new file)
+        self.session.run("write-file", path, secrets.token_hex(4), log=log, stdin=data)
 
     def delete_files(self, folder: str, names, log: LogFn) -> None:
         names = _plain_names(names)
         if names:  # names on stdin: no command line limit, and never parsed by the shell
-            self.session.run(f"cd -- {_q(self._path(folder))} 2>/dev/null || exit 0; xargs -0 -r rm -f --",
-                             log=log, stdin="\0".join(names).encode() + b"\0")  # fmt: skip
+            self.session.run("delete-files", self._path(folder), log=log, stdin="\0".join(names).encode() + b"\0")
 
     # ---------------------------------------------------------------- restore
 
@@ -743,10 +750,16 @@ class RsyncTarget:
         again, and a partial file (kept in ``.rsync-partial``) is completed."""
         dest.mkdir(parents=True, exist_ok=True, mode=0o700)
         return self._rsync(
-            ["-rtp", "--checksum", "--chmod=D700,F600", f"--partial-dir={PARTIAL_DIR}",
-             self._remote(self.backup_dir(key, backup_id) + "/"), f"{dest}/"],
+            [
+                "-rtp",
+                "--checksum",
+                "--chmod=D700,F600",
+                f"--partial-dir={PARTIAL_DIR}",
+                self._remote(self.backup_dir(key, backup_id) + "/"),
+                f"{dest}/",
+            ],
             log,
-        )  # fmt: skip
+        )
 
 
 class _Discard:
@@ -757,8 +770,11 @@ class _Discard:
 
 
 def _compare(
-    state: FolderState, files: tuple[StoredFile, ...] | list[StoredFile], manifest_sha: str | None,
-    *, allow: tuple[str, ...],
+    state: FolderState,
+    files: tuple[StoredFile, ...] | list[StoredFile],
+    manifest_sha: str | None,
+    *,
+    allow: tuple[str, ...],
 ) -> tuple[list[str], list[str]]:
     """(problems, extra files) of a remote folder against the stored files it should hold.
 

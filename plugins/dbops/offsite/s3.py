@@ -68,7 +68,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -197,7 +197,7 @@ class _Digests:
             piece = view[: self.part_bytes - self._in_part]
             self._part.update(piece)
             self._in_part += len(piece)
-            view = view[len(piece):]
+            view = view[len(piece) :]
             if self._in_part == self.part_bytes:
                 self._parts.append(self._part.digest())
                 self._part, self._in_part = hashlib.sha256(), 0
@@ -246,8 +246,10 @@ class _Source:
     def _check(self, digests: _Digests) -> None:
         found = digests.whole.hexdigest()
         if self._sha256 is not None and found != self._sha256:
-            raise OffsiteError(f"{self.label}: the local bytes hash to {found}, the manifest says {self._sha256}: "
-                               "changed since the backup was sealed")  # fmt: skip
+            raise OffsiteError(
+                f"{self.label}: the local bytes hash to {found}, the manifest says {self._sha256}: "
+                "changed since the backup was sealed"
+            )
 
 
 class _Recorded:
@@ -326,9 +328,7 @@ class S3Target:
 
     name = "s3"
 
-    def __init__(
-        self, client: Any, settings: S3Settings, *, progress: Callable[[int], None] | None = None
-    ) -> None:
+    def __init__(self, client: Any, settings: S3Settings, *, progress: Callable[[int], None] | None = None) -> None:
         self.client = client
         self.settings = settings
         self.bucket = settings.bucket
@@ -345,10 +345,12 @@ class S3Target:
         return f"s3://{self.bucket}/{self.settings.prefix}"
 
     def describe(self) -> str:
-        extras = [f"storage class {self.settings.storage_class or 'default'}",
-                  f"SSE {self.settings.sse or 'off'}",
-                  f"parts {human_bytes(self.settings.multipart_chunksize)} x{self.settings.max_concurrency}",
-                  f"object lock {self.settings.object_lock}"]  # fmt: skip
+        extras = [
+            f"storage class {self.settings.storage_class or 'default'}",
+            f"SSE {self.settings.sse or 'off'}",
+            f"parts {human_bytes(self.settings.multipart_chunksize)} x{self.settings.max_concurrency}",
+            f"object lock {self.settings.object_lock}",
+        ]
         return f"S3 {self.location()} ({', '.join(extras)})"
 
     # ---------------------------------------------------------------- keys
@@ -375,8 +377,9 @@ class S3Target:
             use_threads=s.max_concurrency > 1,
         )
 
-    def _extra_args(self, metadata: Mapping[str, str], content_type: str,
-                    lock: Mapping[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
+    def _extra_args(
+        self, metadata: Mapping[str, str], content_type: str, lock: Mapping[str, Any] | None = None
+    ) -> dict[str, Any]:
         args: dict[str, Any] = {"Metadata": dict(metadata), "ContentType": content_type}
         if self.settings.storage_class:
             args["StorageClass"] = self.settings.storage_class
@@ -400,12 +403,21 @@ class S3Target:
         for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
             yield from page.get("Contents", []) or []
 
-    def _put_control(self, obj_key: str, body: bytes, lock: Mapping[str, Any] | None = None,
-                     metadata: Mapping[str, str] | None = None) -> None:  # fmt: skip
+    def _put_control(
+        self,
+        obj_key: str,
+        body: bytes,
+        lock: Mapping[str, Any] | None = None,
+        metadata: Mapping[str, str] | None = None,
+    ) -> None:
         """One PUT of a small object with its sha256: S3 refuses to store other bytes."""
-        self.client.put_object(Bucket=self.bucket, Key=obj_key, Body=body,
-                               ChecksumSHA256=_b64(hashlib.sha256(body).digest()),
-                               **self._extra_args(metadata or {}, "application/json", lock))  # fmt: skip
+        self.client.put_object(
+            Bucket=self.bucket,
+            Key=obj_key,
+            Body=body,
+            ChecksumSHA256=_b64(hashlib.sha256(body).digest()),
+            **self._extra_args(metadata or {}, "application/json", lock),
+        )
 
     # ---------------------------------------------------------------- checksums
 
@@ -422,8 +434,17 @@ class S3Target:
             pass
         return reader.digest.hexdigest()
 
-    def _checksum_problem(self, obj_key: str, head: Mapping[str, Any], size: int, label: str,
-                          expected: _Source | _Recorded, log: LogFn, *, reread: bool = True) -> str | None:  # fmt: skip
+    def _checksum_problem(
+        self,
+        obj_key: str,
+        head: Mapping[str, Any],
+        size: int,
+        label: str,
+        expected: _Source | _Recorded,
+        log: LogFn,
+        *,
+        reread: bool = True,
+    ) -> str | None:
         """None when S3's SHA256 checksum of the object matches ``expected``; else the
         problem. Without a comparable checksum (none, or a composite with no expectation)
         the object is re-read and hashed (``reread``), or it is a problem."""
@@ -439,8 +460,10 @@ class S3Target:
             elif count.isdigit():
                 part_bytes = self._part_bytes(obj_key)
                 if part_bytes <= 0 or -(-size // part_bytes) != int(count):
-                    return (f"{label}: S3's checksum {checksum} has {count} parts, "
-                            f"{part_bytes}-byte parts give another count")  # fmt: skip
+                    return (
+                        f"{label}: S3's checksum {checksum} has {count} parts, "
+                        f"{part_bytes}-byte parts give another count"
+                    )
                 want = expected.composite(part_bytes)
             if want is not None:
                 return None if checksum == want else f"{label}: S3's SHA256 checksum {checksum}, expected {want}"
@@ -462,8 +485,10 @@ class S3Target:
         wanted_mode, wanted_until = lock["ObjectLockMode"], lock["ObjectLockRetainUntilDate"]
         mode_ok = mode == wanted_mode or mode == "COMPLIANCE"
         if not mode_ok or not isinstance(until, datetime) or until < wanted_until - timedelta(seconds=1):
-            return (f"{label}: Object Lock {mode} until {until}, "
-                    f"expected {wanted_mode} until {wanted_until:%Y-%m-%dT%H:%M:%SZ}")  # fmt: skip
+            return (
+                f"{label}: Object Lock {mode} until {until}, "
+                f"expected {wanted_mode} until {wanted_until:%Y-%m-%dT%H:%M:%SZ}"
+            )
         return None
 
     # ---------------------------------------------------------------- object lock
@@ -507,11 +532,13 @@ class S3Target:
         mode = self.lock_mode()
         if mode is None:
             return {}
-        until = (backup.finished_at + timedelta(days=self.settings.retention_days)).astimezone(timezone.utc)
+        until = (backup.finished_at + timedelta(days=self.settings.retention_days)).astimezone(UTC)
         until = until.replace(microsecond=0) + timedelta(seconds=1)  # S3 keeps whole seconds: never shorter
         if until <= utc_now() + timedelta(seconds=5):  # S3 refuses a retain-until in the past
-            log(f"{where}: not locked: its offsite expiry {until:%Y-%m-%dT%H:%M:%SZ} has passed "
-                "(kept by min_keep, a tier or a pin)")  # fmt: skip
+            log(
+                f"{where}: not locked: its offsite expiry {until:%Y-%m-%dT%H:%M:%SZ} has passed "
+                "(kept by min_keep, a tier or a pin)"
+            )
             return {}
         return {"ObjectLockMode": mode, "ObjectLockRetainUntilDate": until}
 
@@ -527,12 +554,13 @@ class S3Target:
                 versions.append(v)
                 head = self.client.head_object(Bucket=self.bucket, Key=v["Key"], VersionId=v["VersionId"])
                 until = head.get("ObjectLockRetainUntilDate")
-                name = v["Key"][len(folder):]
+                name = v["Key"][len(folder) :]
                 if head.get("ObjectLockLegalHoldStatus") == "ON":
                     locked[v["VersionId"]] = f"{name} (legal hold)"
                 elif head.get("ObjectLockMode") and isinstance(until, datetime) and until > now:
-                    locked[v["VersionId"]] = (f"{name} ({head['ObjectLockMode']} until "
-                                              f"{until.astimezone(timezone.utc):%Y-%m-%dT%H:%M:%SZ})")  # fmt: skip
+                    locked[v["VersionId"]] = (
+                        f"{name} ({head['ObjectLockMode']} until {until.astimezone(UTC):%Y-%m-%dT%H:%M:%SZ})"
+                    )
             versions += page.get("DeleteMarkers", []) or []
         return versions, locked
 
@@ -555,7 +583,7 @@ class S3Target:
         wanted: list[tuple[str, str, int]] = []
         newest: dict[tuple[SeriesKey, str], datetime] = {}
         for obj in self._objects(self.root):
-            rel = obj["Key"][len(self.root):]
+            rel = obj["Key"][len(self.root) :]
             found = split_backup_path(rel)
             if found is None:
                 continue
@@ -583,8 +611,10 @@ class S3Target:
         for key, backup_id in sorted({*catalog.sizes, *newest}, key=lambda k: (k[0].sort_key(), k[1])):
             if catalog.get(key, backup_id) is None:
                 catalog.staging.append(StagingEntry(key, backup_id, newest.get((key, backup_id))))
-        log(f"S3 catalog of {self.location()}: {catalog.count()} complete backups, "
-            f"{len(catalog.staging)} incomplete folders")  # fmt: skip
+        log(
+            f"S3 catalog of {self.location()}: {catalog.count()} complete backups, "
+            f"{len(catalog.staging)} incomplete folders"
+        )
         return catalog
 
     # ---------------------------------------------------------------- shipping
@@ -629,16 +659,23 @@ class S3Target:
             extra = self._extra_args(metadata, "application/octet-stream", lock)
             extra["ChecksumAlgorithm"] = "SHA256"
             if encryption is None:
-                self.client.upload_file(str(local), self.bucket, obj_key, ExtraArgs=extra, Config=config,
-                                        Callback=progress)  # fmt: skip
+                self.client.upload_file(
+                    str(local), self.bucket, obj_key, ExtraArgs=extra, Config=config, Callback=progress
+                )
             else:
                 assert context is not None
                 # hashed as it goes, in the parts the transfer manager cuts (its part size)
                 digests = _Digests(self.settings.multipart_chunksize)
                 with open(local, "rb") as fh:
                     reader = encryption.reader(fh, context)
-                    self.client.upload_fileobj(_DigestingReader(reader, digests), self.bucket, obj_key,
-                                               ExtraArgs=extra, Config=config, Callback=progress)  # fmt: skip
+                    self.client.upload_fileobj(
+                        _DigestingReader(reader, digests),
+                        self.bucket,
+                        obj_key,
+                        ExtraArgs=extra,
+                        Config=config,
+                        Callback=progress,
+                    )
                 if not reader.finished or reader.bytes != stored_bytes:
                     raise OffsiteError(f"{local} changed while it was uploaded ({reader.bytes} bytes encrypted)")
                 source.add(digests)
@@ -647,8 +684,9 @@ class S3Target:
             if head is None:
                 problems.append(f"{stored_path}: missing after upload")
                 continue
-            problem = self._checksum_problem(obj_key, head, stored_bytes, stored_path, source, log) or \
-                self._lock_problem(head, lock, stored_path)  # fmt: skip
+            problem = self._checksum_problem(
+                obj_key, head, stored_bytes, stored_path, source, log
+            ) or self._lock_problem(head, lock, stored_path)
             if problem:
                 problems.append(problem)
                 continue
@@ -667,20 +705,35 @@ class S3Target:
             shipped_at=utc_now(),
             manifest_mac=encryption.manifest_mac(manifest_bytes) if encryption else None,
         )
-        record = (json.dumps({"format": CHECKSUMS_FORMAT, "format_version": 1, "algorithm": "SHA256",
-                              "checksums": checksums}, sort_keys=True, indent=2) + "\n").encode()  # fmt: skip
+        record = (
+            json.dumps(
+                {"format": CHECKSUMS_FORMAT, "format_version": 1, "algorithm": "SHA256", "checksums": checksums},
+                sort_keys=True,
+                indent=2,
+            )
+            + "\n"
+        ).encode()
         body = envelope.to_bytes()
         self._put_control(self.object_key(key, backup.backup_id, CHECKSUMS_NAME), record, lock)
         self._put_control(self.object_key(key, backup.backup_id, ENVELOPE_NAME), body, lock)
         # last: from now on the backup is complete offsite
-        self._put_control(self.object_key(key, backup.backup_id, MANIFEST_NAME), manifest_bytes, lock,
-                          {META_SHA256: hashlib.sha256(manifest_bytes).hexdigest()})  # fmt: skip
+        self._put_control(
+            self.object_key(key, backup.backup_id, MANIFEST_NAME),
+            manifest_bytes,
+            lock,
+            {META_SHA256: hashlib.sha256(manifest_bytes).hexdigest()},
+        )
         stats.bytes_sent += len(record) + len(body) + len(manifest_bytes)
         stats.seconds = round(time.monotonic() - started, 3)
-        locked = f"; locked ({lock['ObjectLockMode']}) until {lock['ObjectLockRetainUntilDate']:%Y-%m-%dT%H:%M:%SZ}" \
-            if lock else ""  # fmt: skip
-        log(f"S3 {where}: {stats.files_transferred} files uploaded ({human_bytes(stats.literal_bytes)}), "
-            f"{stats.files_skipped} already there; S3's SHA256 checksums match; manifest uploaded last{locked}")  # fmt: skip
+        locked = (
+            f"; locked ({lock['ObjectLockMode']}) until {lock['ObjectLockRetainUntilDate']:%Y-%m-%dT%H:%M:%SZ}"
+            if lock
+            else ""
+        )
+        log(
+            f"S3 {where}: {stats.files_transferred} files uploaded ({human_bytes(stats.literal_bytes)}), "
+            f"{stats.files_skipped} already there; S3's SHA256 checksums match; manifest uploaded last{locked}"
+        )
         return envelope, stats
 
     # ---------------------------------------------------------------- checks
@@ -712,8 +765,10 @@ class S3Target:
         key_id = (envelope.encryption or {}).get("key_id")
         decrypt = bool(deep and envelope.encryption and encryption is not None and encryption.key_id == key_id)
         if deep and envelope.encryption and not decrypt:
-            log(f"{item.key}/{item.backup_id}: not decrypted by the deep check: encrypted with key id {key_id}, "
-                f"{'no key' if encryption is None else 'key id ' + encryption.key_id} given")  # fmt: skip
+            log(
+                f"{item.key}/{item.backup_id}: not decrypted by the deep check: encrypted with key id {key_id}, "
+                f"{'no key' if encryption is None else 'key id ' + encryption.key_id} given"
+            )
         recorded = {} if deep else self._recorded_checksums(item.key, item.backup_id)
         for f in envelope.files:
             obj_key = self.object_key(item.key, item.backup_id, f.stored_path)
@@ -768,8 +823,10 @@ class S3Target:
         if self.bucket_lock_enabled():
             versions, locked = self._locked_versions(folder)
             if locked:
-                raise OffsiteError(f"{key}/{backup_id} on {self.location()} is under S3 Object Lock, nothing deleted: "
-                                   f"{len(locked)} object versions locked, e.g. {next(iter(locked.values()))}")  # fmt: skip
+                raise OffsiteError(
+                    f"{key}/{backup_id} on {self.location()} is under S3 Object Lock, nothing deleted: "
+                    f"{len(locked)} object versions locked, e.g. {next(iter(locked.values()))}"
+                )
             self._delete_versions(versions)
             log(f"deleted {key}/{backup_id}: {len(versions)} object versions (bucket with Object Lock)")
             return
@@ -788,8 +845,10 @@ class S3Target:
             versions, locked = self._locked_versions(folder)
             self._delete_versions([v for v in versions if v["VersionId"] not in locked])
             if locked:
-                log(f"{folder}: {len(locked)} object versions under Object Lock stay until it expires, "
-                    f"e.g. {next(iter(locked.values()))}")  # fmt: skip
+                log(
+                    f"{folder}: {len(locked)} object versions under Object Lock stay until it expires, "
+                    f"e.g. {next(iter(locked.values()))}"
+                )
             return
         self._delete_keys([o["Key"] for o in self._objects(folder)])
 
@@ -802,9 +861,10 @@ class S3Target:
         for page in paginator.paginate(Bucket=self.bucket, Prefix=self.root):
             for upload in page.get("Uploads", []) or []:
                 initiated = upload.get("Initiated")
-                if isinstance(initiated, datetime) and initiated.astimezone(timezone.utc) < cutoff:
-                    self.client.abort_multipart_upload(Bucket=self.bucket, Key=upload["Key"],
-                                                       UploadId=upload["UploadId"])  # fmt: skip
+                if isinstance(initiated, datetime) and initiated.astimezone(UTC) < cutoff:
+                    self.client.abort_multipart_upload(
+                        Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"]
+                    )
                     aborted.append(upload["Key"])
                     log(f"aborted a stale multipart upload of {upload['Key']} (started {initiated})")
         return aborted
@@ -820,7 +880,7 @@ class S3Target:
         prefix = self.file_key(folder) + "/"
         sizes = {}
         for obj in self._objects(prefix):
-            name = obj["Key"][len(prefix):]
+            name = obj["Key"][len(prefix) :]
             if name and "/" not in name:
                 sizes[name] = int(obj["Size"])
         return sizes
@@ -828,8 +888,9 @@ class S3Target:
     def _file_metadata(self, f: StoredFile, key_id: str | None) -> dict[str, str]:
         return {META_SHA256: f.plain_sha256, **({META_KEY_ID: key_id} if key_id else {})}
 
-    def put_files(self, folder: str, source_dir: Path, files: Sequence[StoredFile], key_id: str | None,
-                  log: LogFn) -> TransferStats:  # fmt: skip
+    def put_files(
+        self, folder: str, source_dir: Path, files: Sequence[StoredFile], key_id: str | None, log: LogFn
+    ) -> TransferStats:
         """Upload each file unless an object with its size and S3 checksum is there already."""
         started = time.monotonic()
         stats = TransferStats()
@@ -838,28 +899,39 @@ class S3Target:
         for f in files:
             obj_key = self.file_key(f"{folder}/{f.stored_path}")
             head = self._head(obj_key)
-            if (head is not None and f.sha256 and int(head.get("ContentLength", -1)) == f.bytes
-                    and head.get("ChecksumSHA256") == _b64_of_hex(f.sha256)):  # fmt: skip
+            if (
+                head is not None
+                and f.sha256
+                and int(head.get("ContentLength", -1)) == f.bytes
+                and head.get("ChecksumSHA256") == _b64_of_hex(f.sha256)
+            ):
                 stats.files_skipped += 1
                 continue
             source = source_dir / f.stored_path
             extra = self._extra_args(self._file_metadata(f, key_id), "application/octet-stream")
             if f.sha256 and f.bytes <= _SINGLE_PUT_MAX:
                 with open(source, "rb") as fh:
-                    self.client.put_object(Bucket=self.bucket, Key=obj_key, Body=fh,
-                                           ChecksumSHA256=_b64_of_hex(f.sha256), **extra)  # fmt: skip
+                    self.client.put_object(
+                        Bucket=self.bucket, Key=obj_key, Body=fh, ChecksumSHA256=_b64_of_hex(f.sha256), **extra
+                    )
                 progress(f.bytes)
             else:  # too big for one PUT: parts, checked on arrival against their composite
-                self.client.upload_file(str(source), self.bucket, obj_key, Config=config,
-                                        ExtraArgs={**extra, "ChecksumAlgorithm": "SHA256"},
-                                        Callback=progress)  # fmt: skip
+                self.client.upload_file(
+                    str(source),
+                    self.bucket,
+                    obj_key,
+                    Config=config,
+                    ExtraArgs={**extra, "ChecksumAlgorithm": "SHA256"},
+                    Callback=progress,
+                )
             stats.files_transferred += 1
         stats.literal_bytes = stats.bytes_sent = progress.total
         stats.seconds = round(time.monotonic() - started, 3)
         return stats
 
-    def check_files(self, folder: str, files: Sequence[StoredFile], key_id: str | None, *, deep: bool,
-                    log: LogFn) -> list[str]:  # fmt: skip
+    def check_files(
+        self, folder: str, files: Sequence[StoredFile], key_id: str | None, *, deep: bool, log: LogFn
+    ) -> list[str]:
         """Size and S3's SHA256 checksum of every object against the stored sha256 (an
         object without one is re-read); with ``deep`` each read back and hashed."""
         problems = []
@@ -917,7 +989,7 @@ class S3Target:
         config = self.transfer_config()
         objects = []
         for obj in self._objects(folder):
-            inner = obj["Key"][len(folder):]
+            inner = obj["Key"][len(folder) :]
             if inner == CHECKSUMS_NAME:
                 continue
             if split_backup_path(f"{key.rel}/{backup_id}/{inner}") is None:
@@ -929,8 +1001,13 @@ class S3Target:
             target = mirror_path(dest, inner)
             size = int(obj["Size"])
             sha = known.get(inner)
-            if inner not in CONTROL_FILES and sha and target.is_file() and target.stat().st_size == size \
-                    and _file_sha256(target) == sha:  # fmt: skip
+            if (
+                inner not in CONTROL_FILES
+                and sha
+                and target.is_file()
+                and target.stat().st_size == size
+                and _file_sha256(target) == sha
+            ):
                 stats.files_skipped += 1
                 stats.matched_bytes += size
                 continue
@@ -947,7 +1024,9 @@ class S3Target:
                     continue  # unusable: everything is fetched again, the caller refuses the envelope
                 known = {f.stored_path: f.sha256 for f in envelope.files if f.sha256}
         if stats.files_skipped:
-            log(f"download of {key}/{backup_id} resumed: {stats.files_skipped} files already in {dest.name} "
-                f"({human_bytes(stats.matched_bytes)}) not fetched again")  # fmt: skip
+            log(
+                f"download of {key}/{backup_id} resumed: {stats.files_skipped} files already in {dest.name} "
+                f"({human_bytes(stats.matched_bytes)}) not fetched again"
+            )
         stats.seconds = round(time.monotonic() - started, 3)
         return stats

@@ -20,9 +20,10 @@ context). Any mismatch fails loudly, listing every problem.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from dbops.backup.repository import Backup, BackupRepository, as_utc
 from dbops.backup.retention import RetentionPolicy
@@ -122,8 +123,10 @@ def ship_all(
     for backup, why in plan.not_shipped:
         log(f"not shipping {SeriesKey.of(backup)}/{backup.backup_id}: {why}")
     pending = sum(b.total_bytes for b in plan.to_ship)
-    log(f"{target.name}: {len(plan.present)} backups already offsite, {len(plan.to_ship)} to ship "
-        f"({human_bytes(pending)}){' [dry run]' if dry_run else ''}")  # fmt: skip
+    log(
+        f"{target.name}: {len(plan.present)} backups already offsite, {len(plan.to_ship)} to ship "
+        f"({human_bytes(pending)}){' [dry run]' if dry_run else ''}"
+    )
     totals = TransferStats()
     shipped, failed = [], []
     if not dry_run:
@@ -140,7 +143,7 @@ def ship_all(
     else:
         for backup in plan.to_ship:
             log(f"dry run: would ship {SeriesKey.of(backup)}/{backup.backup_id} ({human_bytes(backup.total_bytes)})")
-    report = {
+    report: dict[str, Any] = {
         "target": target.name,
         "location": target.location(),
         "dry_run": dry_run,
@@ -165,7 +168,7 @@ def ship_all(
     return report
 
 
-def _expected_stored_size(plain_bytes: int, encryption: dict | None) -> int:
+def _expected_stored_size(plain_bytes: int, encryption: Mapping[str, Any] | None) -> int:
     if not encryption:
         return plain_bytes
     chunk = int(encryption.get("chunk_bytes", 0))
@@ -234,7 +237,9 @@ def verify_all(
             problems.append(f"{where}: {extra} is not part of the backup")
         if deep or where in shipped:
             content_checked += 1
-            problems += [f"{where}: {p}" for p in target.verify_content(item, deep=deep, encryption=encryption, log=log)]
+            problems += [
+                f"{where}: {p}" for p in target.verify_content(item, deep=deep, encryption=encryption, log=log)
+            ]
     summary = (
         f"{target.name}: {checked} offsite backups match their manifests (sizes), "
         f"{content_checked} checked by content{' (deep)' if deep else ''}, "
@@ -246,8 +251,15 @@ def verify_all(
     if problems:
         raise OffsiteVerificationError(f"{target.name} ({target.location()}): {len(problems)} problems", problems)
     log(summary)
-    return {"target": target.name, "checked": checked, "content_checked": content_checked, "deep": deep,
-            "authenticated": len(authenticated), "unauthenticated": unauthenticated, "summary": summary}  # fmt: skip
+    return {
+        "target": target.name,
+        "checked": checked,
+        "content_checked": content_checked,
+        "deep": deep,
+        "authenticated": len(authenticated),
+        "unauthenticated": unauthenticated,
+        "summary": summary,
+    }
 
 
 def _mac_not_checkable(envelope, encryption: Encryption | None) -> str | None:

@@ -87,11 +87,16 @@ class OffsiteWal:
         return (self.encryption or {}).get("key_id")
 
     def to_json(self) -> dict[str, Any]:
-        return {**self.entry.to_json(), "offsite": {
-            "stored_path": self.stored.stored_path, "bytes": self.stored.bytes, "sha256": self.stored.sha256,
-            "encryption": dict(self.encryption) if self.encryption else None,
-            "shipped_at": format_time(self.shipped_at),
-        }}  # fmt: skip
+        return {
+            **self.entry.to_json(),
+            "offsite": {
+                "stored_path": self.stored.stored_path,
+                "bytes": self.stored.bytes,
+                "sha256": self.stored.sha256,
+                "encryption": dict(self.encryption) if self.encryption else None,
+                "shipped_at": format_time(self.shipped_at),
+            },
+        }
 
 
 @dataclass
@@ -138,8 +143,14 @@ def parse_offsite_catalog(data: bytes, where: str) -> OffsiteWalCatalog:
             data_line = json.loads(line)
             offsite = data_line.pop("offsite")
             entry = WalEntry.from_json(data_line, segment_size)
-            stored = StoredFile(entry.file, str(offsite["stored_path"]), int(offsite["bytes"]), str(offsite["sha256"]),
-                                entry.size, entry.sha256)  # fmt: skip
+            stored = StoredFile(
+                entry.file,
+                str(offsite["stored_path"]),
+                int(offsite["bytes"]),
+                str(offsite["sha256"]),
+                entry.size,
+                entry.sha256,
+            )
             if stored.stored_path not in (entry.file, entry.file + ENCRYPTED_SUFFIX) or (
                 (stored.stored_path == entry.file) != (offsite.get("encryption") is None)
             ):
@@ -180,26 +191,34 @@ def _conflicts(catalog: OffsiteWalCatalog, local: Iterable[WalEntry]) -> list[st
     for entry in local:
         there = catalog.files.get(entry.name)
         if there is not None and (there.entry.sha256, there.entry.file) != (entry.sha256, entry.file):
-            found.append(f"{entry.name}: offsite as {there.entry.file} sha256 {there.entry.sha256}, "
-                         f"local {entry.file} sha256 {entry.sha256}")  # fmt: skip
+            found.append(
+                f"{entry.name}: offsite as {there.entry.file} sha256 {there.entry.sha256}, "
+                f"local {entry.file} sha256 {entry.sha256}"
+            )
     return found
 
 
 def _publish(target: FileTarget, header: Mapping[str, Any], arrived: Sequence[OffsiteWal], log: LogFn) -> None:
     """Add what arrived to the offsite catalog, re-read just before (see the module docstring)."""
     catalog = read_offsite_catalog(target, log)
-    catalog.header = {"format": OFFSITE_FORMAT, "version": OFFSITE_VERSION,
-                      "system_identifier": header["system_identifier"],
-                      "wal_segment_size": header["wal_segment_size"]}  # fmt: skip
+    catalog.header = {
+        "format": OFFSITE_FORMAT,
+        "version": OFFSITE_VERSION,
+        "system_identifier": header["system_identifier"],
+        "wal_segment_size": header["wal_segment_size"],
+    }
     for item in arrived:
         catalog.files[item.entry.name] = item
     target.write_file(CATALOG_REL, catalog.to_bytes(), log)
 
 
 def _prepare(
-    batch: Sequence[WalEntry], archive: WalArchive, encryption: Encryption | None, outbox: Path | None,
+    batch: Sequence[WalEntry],
+    archive: WalArchive,
+    encryption: Encryption | None,
+    outbox: Path | None,
     system_identifier: str,
-) -> tuple[Path, list[StoredFile]]:  # fmt: skip
+) -> tuple[Path, list[StoredFile]]:
     """(source folder, stored files) of one batch: the sealed files themselves, or their
     encrypted copies in ``outbox`` (deterministic bytes, the sealed file's mtime)."""
     if encryption is None:
@@ -247,20 +266,28 @@ def ship_wal(
     todo = [e for e in local if e.name not in catalog.files and not catalog.below_floor(e)]
     below = sum(1 for e in local if e.name not in catalog.files and catalog.below_floor(e))
     pending = sum(e.size for e in todo)
-    log(f"{where}: {len(local) - len(todo) - below} WAL files already offsite, {len(todo)} to ship "
+    log(
+        f"{where}: {len(local) - len(todo) - below} WAL files already offsite, {len(todo)} to ship "
         f"({human_bytes(pending)}){f', {below} below the offsite floor not shipped' if below else ''}"
-        f"{' [dry run]' if dry_run else ''}")  # fmt: skip
+        f"{' [dry run]' if dry_run else ''}"
+    )
     report: dict[str, Any] = {
-        "target": target.name, "location": target.location(), "dry_run": dry_run,
-        "shipped": [], "would_ship": [e.name for e in todo] if dry_run else [],
-        "present": len(local) - len(todo) - below, "below_floor": below, "problems": [],
-    }  # fmt: skip
+        "target": target.name,
+        "location": target.location(),
+        "dry_run": dry_run,
+        "shipped": [],
+        "would_ship": [e.name for e in todo] if dry_run else [],
+        "present": len(local) - len(todo) - below,
+        "below_floor": below,
+        "problems": [],
+    }
     totals = TransferStats()
     problems: list[str] = []
     if dry_run or not todo:
         report["bytes"] = totals.to_dict()
-        report["summary"] = f"{target.name}: WAL offsite up to date" if not todo else \
-            f"{target.name}: would ship {len(todo)} WAL files"  # fmt: skip
+        report["summary"] = (
+            f"{target.name}: WAL offsite up to date" if not todo else f"{target.name}: would ship {len(todo)} WAL files"
+        )
         log(report["summary"])
         return report
     outbox_root = None
@@ -290,8 +317,9 @@ def ship_wal(
             now = utc_now()
             arrived = [
                 OffsiteWal(e, f, encryption.describe() if encryption else None, now)
-                for e, f in zip(batch, files, strict=True) if f.stored_path not in bad_names
-            ]  # fmt: skip
+                for e, f in zip(batch, files, strict=True)
+                if f.stored_path not in bad_names
+            ]
             if arrived:
                 _publish(target, header, arrived, log)
                 report["shipped"] += [a.entry.name for a in arrived]
@@ -363,17 +391,25 @@ def verify_wal(
         oldest = min(bases, key=lambda b: b.sort_key)
         details = oldest.manifest.get("details", {})
         try:
-            chain = check_chain(catalog.entries(), int(details["timeline"]), parse_lsn(details["start_lsn"]),
-                                segment_size=int(catalog.header["wal_segment_size"]))  # fmt: skip
+            chain = check_chain(
+                catalog.entries(),
+                int(details["timeline"]),
+                parse_lsn(details["start_lsn"]),
+                segment_size=int(catalog.header["wal_segment_size"]),
+            )
         except (KeyError, ValueError, TypeError) as exc:
             chain = [f"its manifest does not say where its WAL starts ({exc})"]
         problems += [f"offsite chain from base backup {oldest.backup_id}: {p}" for p in chain]
     extras = sorted(set(sizes) - {f.stored.stored_path for f in catalog.files.values()})
     if extras:  # a ship killed before its catalog write, or an expiry before its deletes
-        log(f"{where}: {len(extras)} uncatalogued files in {SEGMENTS_REL} (not offsite until catalogued), "
-            f"e.g. {', '.join(extras[:3])}")  # fmt: skip
-    log(f"{where}: {len(catalog.files)} offsite WAL files checked by size, {content_checked} by content"
-        f"{f', chain from {len(bases)} base backups' if bases else ''}; {len(problems)} problems")  # fmt: skip
+        log(
+            f"{where}: {len(extras)} uncatalogued files in {SEGMENTS_REL} (not offsite until catalogued), "
+            f"e.g. {', '.join(extras[:3])}"
+        )
+    log(
+        f"{where}: {len(catalog.files)} offsite WAL files checked by size, {content_checked} by content"
+        f"{f', chain from {len(bases)} base backups' if bases else ''}; {len(problems)} problems"
+    )
     return problems
 
 
@@ -388,16 +424,20 @@ def expire_wal(target: FileTarget, names: Collection[str], log: LogFn, *, dry_ru
     catalog = read_offsite_catalog(target, log)
     unknown = sorted(names - set(catalog.files))
     if unknown:
-        raise OffsiteError(f"{target.name}: not expiring anything: not in the offsite WAL catalog: "
-                           f"{', '.join(unknown[:5])}{' ...' if len(unknown) > 5 else ''}")  # fmt: skip
+        raise OffsiteError(
+            f"{target.name}: not expiring anything: not in the offsite WAL catalog: "
+            f"{', '.join(unknown[:5])}{' ...' if len(unknown) > 5 else ''}"
+        )
     doomed = sorted((catalog.files[n] for n in names), key=lambda f: f.entry.sort_key)
     if dry_run:
         log(f"dry run: would expire {len(doomed)} offsite WAL files on {target.name}")
         return [f.entry.name for f in doomed]
     for item in doomed:
         del catalog.files[item.entry.name]
-    segments = [(e.timeline, e.segno) for e in (f.entry for f in doomed) if e.kind == "segment"]
-    remaining = [(e.timeline, e.segno) for e in catalog.entries() if e.kind == "segment"]
+    # a segment always has its segno (None is for history files)
+    segments = [(e.timeline, e.segno) for e in (f.entry for f in doomed) if e.segno is not None]
+    remaining = [(e.timeline, e.segno) for e in catalog.entries() if e.segno is not None]
+    floor: tuple[int, int] | None
     if remaining:
         floor = min(remaining)
     elif segments:
@@ -407,11 +447,10 @@ def expire_wal(target: FileTarget, names: Collection[str], log: LogFn, *, dry_ru
         floor = catalog.floor
     if catalog.floor is not None and floor is not None:
         floor = max(floor, catalog.floor)
-    catalog.floor = floor  # type: ignore[assignment]
+    catalog.floor = floor
     target.write_file(CATALOG_REL, catalog.to_bytes(), log)
     target.delete_files(SEGMENTS_REL, [f.stored.stored_path for f in doomed], log)
-    log(f"{target.name}: expired {len(doomed)} offsite WAL files "
-        f"({doomed[0].entry.name} .. {doomed[-1].entry.name})")  # fmt: skip
+    log(f"{target.name}: expired {len(doomed)} offsite WAL files ({doomed[0].entry.name} .. {doomed[-1].entry.name})")
     return [f.entry.name for f in doomed]
 
 
@@ -448,17 +487,33 @@ def plan_offsite_wal(
         backup = judged(item, local_by_id.get(item.backup_id))  # verified, and the local pin comes along
         pinned = pin_reason(backup) or pins.get(item.backup_id)
         try:
-            infos.append(BaseInfo.of(item.backup_id, item.backup.taken_at, item.backup.manifest.get("details", {}),
-                                     verified=backup.verified, pinned=pinned is not None))  # fmt: skip
+            infos.append(
+                BaseInfo.of(
+                    item.backup_id,
+                    item.backup.taken_at,
+                    item.backup.manifest.get("details", {}),
+                    verified=backup.verified,
+                    pinned=pinned is not None,
+                )
+            )
         except (KeyError, ValueError, TypeError) as exc:
-            return [], [f"base backup {item.backup_id} offsite: its manifest does not say where its WAL is ({exc}); "
-                        "nothing expired"]  # fmt: skip
+            return [], [
+                f"base backup {item.backup_id} offsite: its manifest does not say where its WAL is ({exc}); "
+                "nothing expired"
+            ]
     if not infos:
         return [], ["no base backup offsite: the WAL offsite is all there is to rebuild from; nothing expired"]
-    plan = plan_wal_retention(infos, catalog.entries(), now=now, retention_days=retention_days, min_keep=min_keep,
-                              segment_size=int(catalog.header["wal_segment_size"]))  # fmt: skip
+    plan = plan_wal_retention(
+        infos,
+        catalog.entries(),
+        now=now,
+        retention_days=retention_days,
+        min_keep=min_keep,
+        segment_size=int(catalog.header["wal_segment_size"]),
+    )
     if plan.expire_backups:
         ids = ", ".join(b.backup_id for b in plan.expire_backups)
-        return [], [f"base backups {ids} stay offsite but the chain rule would expire them: "
-                    "their WAL is kept, nothing expired"]  # fmt: skip
+        return [], [
+            f"base backups {ids} stay offsite but the chain rule would expire them: their WAL is kept, nothing expired"
+        ]
     return [e.name for e in plan.expire_entries], plan.reasons

@@ -36,7 +36,7 @@ import shutil
 import subprocess
 import tempfile
 from collections.abc import Sequence
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from dbops.backup.adapter import NotRetryable
@@ -60,8 +60,9 @@ class OffsiteWalChainBroken(OffsiteError, NotRetryable):
     """The offsite WAL after the base backup has a gap: no download can fill it."""
 
 
-def _plan(entries: Sequence[WalEntry], base: Backup | None, up_to: datetime | None, segment_size: int,
-          where: str) -> list[WalEntry]:  # fmt: skip
+def _plan(
+    entries: Sequence[WalEntry], base: Backup | None, up_to: datetime | None, segment_size: int, where: str
+) -> list[WalEntry]:
     """The catalogued files a recovery from ``base`` to ``up_to`` needs, in replay order."""
     if base is None:
         wanted = list(entries)
@@ -70,11 +71,15 @@ def _plan(entries: Sequence[WalEntry], base: Backup | None, up_to: datetime | No
         try:
             timeline, start_lsn = int(details["timeline"]), parse_lsn(details["start_lsn"])
         except (KeyError, ValueError, TypeError) as exc:
-            raise OffsiteError(f"base backup {base.backup_id}: its manifest does not say where its WAL starts ({exc})") from None
+            raise OffsiteError(
+                f"base backup {base.backup_id}: its manifest does not say where its WAL starts ({exc})"
+            ) from None
         try:
             wanted = chain_entries(entries, timeline, start_lsn, segment_size=segment_size)
         except ChainBroken as exc:
-            raise OffsiteWalChainBroken(f"{where}: the WAL after base backup {base.backup_id} is not all offsite: {exc}") from None
+            raise OffsiteWalChainBroken(
+                f"{where}: the WAL after base backup {base.backup_id} is not all offsite: {exc}"
+            ) from None
     if up_to is None:
         return wanted
     cut = []
@@ -98,15 +103,27 @@ def _download(target: FileTarget, names: Sequence[str], dest: Path, log: LogFn) 
     if isinstance(target, RsyncTarget):
         listing = target.session.temp_file("wal-files", "\0".join(names).encode() + b"\0")
         try:
-            target._rsync(["-rtp", "--chmod=D700,F600", f"--partial-dir={PARTIAL_DIR}", f"--files-from={listing}",
-                           "--from0", target._remote(target._path(SEGMENTS_REL) + "/"), f"{dest}/"], log)  # fmt: skip
+            target._rsync(
+                [
+                    "-rtp",
+                    "--chmod=D700,F600",
+                    f"--partial-dir={PARTIAL_DIR}",
+                    f"--files-from={listing}",
+                    "--from0",
+                    target._remote(target._path(SEGMENTS_REL) + "/"),
+                    f"{dest}/",
+                ],
+                log,
+            )
         finally:
             listing.unlink(missing_ok=True)
     elif isinstance(target, S3Target):
         config = target.transfer_config()
         for name in names:
             path = dest / name
-            target.client.download_file(target.bucket, target.file_key(f"{SEGMENTS_REL}/{name}"), str(path), Config=config)
+            target.client.download_file(
+                target.bucket, target.file_key(f"{SEGMENTS_REL}/{name}"), str(path), Config=config
+            )
             path.chmod(0o600)
     else:  # pragma: no cover - the two targets are all there is
         raise OffsiteError(f"cannot download WAL from a {type(target).__name__}")
@@ -121,16 +138,19 @@ def _sha256(path: Path) -> tuple[int, str]:
     return size, digest.hexdigest()
 
 
-def _install(item: OffsiteWal, downloaded: Path, archive: WalArchive, encryption: Encryption | None,
-             system_identifier: str) -> str | None:  # fmt: skip
+def _install(
+    item: OffsiteWal, downloaded: Path, archive: WalArchive, encryption: Encryption | None, system_identifier: str
+) -> str | None:
     """Check one downloaded file and put its sealed form into ``segments/``; the problem, or None."""
     entry, stored = item.entry, item.stored
     if not downloaded.is_file():
         return f"{stored.stored_path}: not downloaded"
     size, digest = _sha256(downloaded)
     if (size, digest) != (stored.bytes, stored.sha256):
-        return (f"{stored.stored_path}: downloaded {size} bytes sha256 {digest}, the offsite catalog says "
-                f"{stored.bytes} bytes {stored.sha256}")  # fmt: skip
+        return (
+            f"{stored.stored_path}: downloaded {size} bytes sha256 {digest}, the offsite catalog says "
+            f"{stored.bytes} bytes {stored.sha256}"
+        )
     tmp = archive.segments / f".{entry.file}.fetch-{os.getpid()}"
     if item.encryption:
         if encryption is None:
@@ -145,7 +165,9 @@ def _install(item: OffsiteWal, downloaded: Path, archive: WalArchive, encryption
         os.replace(downloaded, tmp)
     if (size, digest) != (entry.size, entry.sha256):
         tmp.unlink(missing_ok=True)
-        return f"{entry.file}: {size} bytes sha256 {digest} after the fetch, sealed as {entry.size} bytes {entry.sha256}"
+        return (
+            f"{entry.file}: {size} bytes sha256 {digest} after the fetch, sealed as {entry.size} bytes {entry.sha256}"
+        )
     os.chmod(tmp, 0o600)
     os.replace(tmp, archive.path_of(entry))
     downloaded.unlink(missing_ok=True)
@@ -183,8 +205,10 @@ def fetch_wal_archive(
         raise OffsiteError(f"{where}: no WAL offsite ({CATALOG_REL} missing): nothing to recover with")
     theirs = str(catalog.header.get("system_identifier"))
     if theirs != str(system_identifier):
-        raise OffsiteArchiveMismatch(f"{where} holds the WAL of system {theirs}, the base backup is of system "
-                                     f"{system_identifier}: not this cluster's WAL")  # fmt: skip
+        raise OffsiteArchiveMismatch(
+            f"{where} holds the WAL of system {theirs}, the base backup is of system "
+            f"{system_identifier}: not this cluster's WAL"
+        )
     segment_size = int(catalog.header["wal_segment_size"])
     wanted = _plan(catalog.entries(), base, up_to, segment_size, where)
     if not any(e.kind == "segment" for e in wanted):
@@ -197,15 +221,21 @@ def fetch_wal_archive(
         mine = have.get(entry.name)
         if mine is not None and mine.sha256 == entry.sha256 and archive.verify(mine) is None:
             kept.append(entry)
-        elif mine is None and archive.path_of(entry).is_file() and _sha256(archive.path_of(entry)) == (entry.size, entry.sha256):
+        elif (
+            mine is None
+            and archive.path_of(entry).is_file()
+            and _sha256(archive.path_of(entry)) == (entry.size, entry.sha256)
+        ):
             kept.append(entry)  # in place from a fetch stopped before its catalog write
             _catalogue(archive, [entry])
         else:
             todo.append(entry)
     pending = sum(catalog.files[e.name].stored.bytes for e in todo)
-    log(f"{where}: {len(wanted)} WAL files needed ({wanted[0].name} .. {wanted[-1].name}"
+    log(
+        f"{where}: {len(wanted)} WAL files needed ({wanted[0].name} .. {wanted[-1].name}"
         f"{f', up to {format_time(up_to)}' if up_to else ''}), {len(kept)} already fetched and intact, "
-        f"{len(todo)} to fetch ({human_bytes(pending)})")  # fmt: skip
+        f"{len(todo)} to fetch ({human_bytes(pending)})"
+    )
     download = archive.root / DOWNLOAD_DIR
     problems: list[str] = []
     for start in range(0, len(todo), BATCH_FILES):
@@ -224,8 +254,10 @@ def fetch_wal_archive(
     shutil.rmtree(download, ignore_errors=True)
     if problems:
         raise OffsiteVerificationError(f"{where}: {len(problems)} WAL files did not arrive intact", problems)
-    log(f"{where}: WAL archive ready in {archive.root}: {len(wanted)} files, "
-        f"{sum(1 for e in wanted if e.kind == 'segment')} segments")  # fmt: skip
+    log(
+        f"{where}: WAL archive ready in {archive.root}: {len(wanted)} files, "
+        f"{sum(1 for e in wanted if e.kind == 'segment')} segments"
+    )
     return archive
 
 
@@ -248,13 +280,18 @@ def last_commit_time(archive: WalArchive, *, bin_dir: Path | None, log: LogFn, s
         # that is expected; the records before it are printed all the same
         done = subprocess.run(
             [str(tool), f"--path={folder}", f"--timeline={newest}", "--rmgr=Transaction", tail[0].name, tail[-1].name],
-            capture_output=True, text=True, env={**os.environ, "TZ": "UTC"}, timeout=600, cwd="/",
-        )  # fmt: skip
-    times = [datetime.fromisoformat(m.group(1)).replace(tzinfo=timezone.utc) for m in _COMMIT_RE.finditer(done.stdout)]
+            capture_output=True,
+            text=True,
+            env={**os.environ, "TZ": "UTC"},
+            timeout=600,
+            cwd="/",
+        )
+    times = [datetime.fromisoformat(m.group(1)).replace(tzinfo=UTC) for m in _COMMIT_RE.finditer(done.stdout)]
     if not times and done.returncode != 0 and "invalid record length" not in done.stderr:
         log(f"pg_waldump: {done.stderr.strip()[-500:]}")
     last = max(times, default=None)
-    log(f"the WAL in {archive.root} ends with a transaction at {format_time(last) if last else '-'} "
-        f"({len(times)} in {tail[0].name}..{tail[-1].name})")  # fmt: skip
+    log(
+        f"the WAL in {archive.root} ends with a transaction at {format_time(last) if last else '-'} "
+        f"({len(times)} in {tail[0].name}..{tail[-1].name})"
+    )
     return last
-

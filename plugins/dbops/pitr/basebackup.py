@@ -64,7 +64,7 @@ from dbops.tools import ToolError, find_tool, run_tool
 
 MANIFEST_FILE = "backup_manifest"  # the server's manifest, kept beside the tar
 TAR_NAMES = {"none": "base.tar", "gzip": "base.tar.gz", "lz4": "base.tar.lz4", "zstd": "base.tar.zst"}
-# Level 1 for every method: measured on a 387 MiB cluster (ENVIRONMENT.md), zstd:1 1.5 s /
+# Level 1 for every method: measured with pg_basebackup 16 on a 387 MiB cluster, zstd:1 1.5 s /
 # 248 MiB, lz4 1.4 s / 306 MiB, gzip:1 6.7 s / 241 MiB; higher levels cost far more time.
 DEFAULT_LEVELS = {"zstd": 1, "lz4": 1, "gzip": 1}
 # Decompressors for reading a tar back (gzip is read by Python itself).
@@ -113,8 +113,19 @@ def supported_compressions(pg_basebackup: str | None = None) -> frozenset[str]:
     supported = {"none"}
     with tempfile.TemporaryDirectory(prefix="dbops-bbprobe-") as tmp:
         for method in AUTO_ORDER:
-            argv = [binary, "-D", str(Path(tmp) / method), "-Ft", "-X", "none", f"--compress=client-{method}", "--no-password"]
-            proc = subprocess.run(argv, env=_probe_env(tmp), capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
+            argv = [
+                binary,
+                "-D",
+                str(Path(tmp) / method),
+                "-Ft",
+                "-X",
+                "none",
+                f"--compress=client-{method}",
+                "--no-password",
+            ]
+            proc = subprocess.run(
+                argv, env=_probe_env(tmp), capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL
+            )
             message = proc.stderr.lower()
             if "compression" in message:
                 continue
@@ -128,7 +139,9 @@ def resolve_compression(spec: str, pg_basebackup: str | None = None) -> str:
     """``auto``/``gzip``/``zstd:3``/``none`` -> the ``METHOD:LEVEL`` (or ``none``) to use;
     ``auto``: the best this pg_basebackup has. A method it lacks is refused, not replaced."""
     try:
-        return choose_compression(spec, supported_compressions(pg_basebackup), tool="pg_basebackup", levels=DEFAULT_LEVELS)
+        return choose_compression(
+            spec, supported_compressions(pg_basebackup), tool="pg_basebackup", levels=DEFAULT_LEVELS
+        )
     except ToolError as exc:
         raise BaseBackupRefused(f"pitr.base_backup_compression: {exc}") from None
 
@@ -158,7 +171,9 @@ def read_backup_manifest(path: Path) -> dict[str, Any]:
     if recorded != actual:
         raise ValueError(f"{path.name}: Manifest-Checksum {recorded} does not match its content ({actual})")
     if manifest.get("PostgreSQL-Backup-Manifest-Version") not in (1, 2):
-        raise ValueError(f"{path.name}: unknown manifest version {manifest.get('PostgreSQL-Backup-Manifest-Version')!r}")
+        raise ValueError(
+            f"{path.name}: unknown manifest version {manifest.get('PostgreSQL-Backup-Manifest-Version')!r}"
+        )
     if not manifest.get("Files") or not manifest.get("WAL-Ranges"):
         raise ValueError(f"{path.name} lists no files or no WAL range")
     return manifest
@@ -202,7 +217,9 @@ def open_tar(path: Path) -> Iterator[tarfile.TarFile]:
     tool = shutil.which(_DECOMPRESSORS[method][0])
     if tool is None:
         raise ToolError(f"{_DECOMPRESSORS[method][0]} not found on PATH: needed to read {name}")
-    proc = subprocess.Popen([tool, *_DECOMPRESSORS[method][1:], str(path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [tool, *_DECOMPRESSORS[method][1:], str(path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
     try:
         with tarfile.open(fileobj=proc.stdout, mode="r|") as tar:
             yield tar
@@ -233,7 +250,9 @@ def check_tar(path: Path, manifest: dict[str, Any]) -> tuple[list[Check], str | 
         with open_tar(path) as tar:
             for member in tar:
                 if member.issym() or member.islnk():
-                    return [Check("tar", False, f"{member.name} is a link: tablespaces are not supported by dbops PITR")], None
+                    return [
+                        Check("tar", False, f"{member.name} is a link: tablespaces are not supported by dbops PITR")
+                    ], None
                 if not member.isfile():
                     continue
                 seen[member.name] = member.size
@@ -254,8 +273,13 @@ def check_tar(path: Path, manifest: dict[str, Any]) -> tuple[list[Check], str | 
         problems.append(f"{len(wrong)} file(s) of another size than the manifest says, e.g. {wrong[:3]}")
     if extra:
         problems.append(f"{len(extra)} file(s) not in the manifest, e.g. {extra[:3]}")
-    checks.append(Check("tar matches backup_manifest", not problems,
-                        "; ".join(problems) or f"all {len(expected)} files at their sizes"))  # fmt: skip
+    checks.append(
+        Check(
+            "tar matches backup_manifest",
+            not problems,
+            "; ".join(problems) or f"all {len(expected)} files at their sizes",
+        )
+    )
     if system_id is None:
         checks.append(Check("pg_control", False, "no global/pg_control in the tar"))
     return checks, system_id
@@ -267,8 +291,14 @@ def check_tar(path: Path, manifest: dict[str, Any]) -> tuple[list[Check], str | 
 def _replication_identity(endpoint: Endpoint) -> dict[str, Any]:
     """IDENTIFY_SYSTEM over a replication connection: proves the pg_hba.conf entry, the
     role's REPLICATION attribute and the password, exactly as pg_basebackup will connect."""
-    kwargs: dict[str, Any] = {"host": endpoint.host, "port": endpoint.port, "dbname": "replication",
-                              "replication": "true", "application_name": "dbops", "connect_timeout": 30}  # fmt: skip
+    kwargs: dict[str, Any] = {
+        "host": endpoint.host,
+        "port": endpoint.port,
+        "dbname": "replication",
+        "replication": "true",
+        "application_name": "dbops",
+        "connect_timeout": 30,
+    }
     if endpoint.login:
         kwargs["user"] = endpoint.login
     if endpoint.password is not None:
@@ -280,7 +310,7 @@ def _replication_identity(endpoint: Endpoint) -> dict[str, Any]:
         result = conn.pgconn.exec_(b"IDENTIFY_SYSTEM")
         if result.status != psycopg.pq.ExecStatus.TUPLES_OK:
             raise psycopg.OperationalError((result.error_message or b"IDENTIFY_SYSTEM failed").decode(errors="replace"))
-        values = [result.get_value(0, i) for i in range(result.nfields)]
+        values = [result.get_value(0, i) or b"" for i in range(result.nfields)]
     return {"system_identifier": values[0].decode(), "timeline": int(values[1]), "lsn": values[2].decode()}
 
 
@@ -288,8 +318,10 @@ def _replication_problem(exc: Exception, endpoint: Endpoint) -> str:
     text = str(exc)
     role = endpoint.login or "(default user)"
     if "no pg_hba.conf entry for replication" in text:
-        return (f"pg_hba.conf has no replication entry for role {role} from this worker: add a line such as "
-                f"'host replication {role} <worker address>/32 scram-sha-256' and reload ({text.strip().splitlines()[-1]})")
+        return (
+            f"pg_hba.conf has no replication entry for role {role} from this worker: add a line such as "
+            f"'host replication {role} <worker address>/32 scram-sha-256' and reload ({text.strip().splitlines()[-1]})"
+        )
     if "permission denied to start WAL sender" in text or "REPLICATION attribute" in text:
         return f"role {role} may not stream WAL: it needs the REPLICATION attribute (ALTER ROLE {role} REPLICATION)"
     if "exceeds max_wal_senders" in text or "too many" in text.lower():
@@ -305,8 +337,10 @@ def check_server(admin: Endpoint, replication: Endpoint, archive: WalArchive) ->
     problems: list[str] = []
     header = archive.header() if archive.catalog_path.exists() else None
     if header is None:
-        problems.append(f"the WAL archive {archive.root} has no catalog yet: start the WAL receiver first "
-                        "(a base backup without its WAL restores nothing)")  # fmt: skip
+        problems.append(
+            f"the WAL archive {archive.root} has no catalog yet: start the WAL receiver first "
+            "(a base backup without its WAL restores nothing)"
+        )
     try:
         with pg_connect(admin, autocommit=True) as conn, conn.cursor(row_factory=dict_row) as cur:
             facts = cur.execute(load_sql("pitr/base_backup_server.sql"), {"role": replication.login}).fetchone()
@@ -318,26 +352,36 @@ def check_server(admin: Endpoint, replication: Endpoint, archive: WalArchive) ->
     if facts["max_wal_senders"] < 1:
         problems.append("max_wal_senders is 0: pg_basebackup needs a WAL sender (set it to 10 and restart)")
     elif facts["wal_senders_in_use"] >= facts["max_wal_senders"]:
-        problems.append(f"all {facts['max_wal_senders']} WAL senders are in use (max_wal_senders): raise it and restart")
+        problems.append(
+            f"all {facts['max_wal_senders']} WAL senders are in use (max_wal_senders): raise it and restart"
+        )
     if replication.login and facts["role_exists"] is False:
         problems.append(f"role {replication.login} does not exist on the server")
     elif replication.login and not facts["role_can_replicate"]:
-        problems.append(f"role {replication.login} lacks the REPLICATION attribute (ALTER ROLE {replication.login} REPLICATION)")
+        problems.append(
+            f"role {replication.login} lacks the REPLICATION attribute (ALTER ROLE {replication.login} REPLICATION)"
+        )
     if header is not None:
         if str(header.get("system_identifier")) != facts["system_identifier"]:
-            problems.append(f"the server is cluster {facts['system_identifier']} but the WAL archive holds the WAL of "
-                            f"cluster {header.get('system_identifier')}: a base backup of it could never be recovered "
-                            "with that WAL")  # fmt: skip
+            problems.append(
+                f"the server is cluster {facts['system_identifier']} but the WAL archive holds the WAL of "
+                f"cluster {header.get('system_identifier')}: a base backup of it could never be recovered "
+                "with that WAL"
+            )
         if int(header.get("wal_segment_size") or 0) != facts["wal_segment_size"]:
-            problems.append(f"the server's wal_segment_size is {facts['wal_segment_size']}, the archive's "
-                            f"{header.get('wal_segment_size')}")  # fmt: skip
+            problems.append(
+                f"the server's wal_segment_size is {facts['wal_segment_size']}, the archive's "
+                f"{header.get('wal_segment_size')}"
+            )
     if not problems:
         try:
             _replication_identity(replication)
         except psycopg.Error as exc:
             problems.append(_replication_problem(exc, replication))
     if problems:
-        raise BaseBackupRefused("the server is not ready for point-in-time recovery base backups: " + "; ".join(problems))
+        raise BaseBackupRefused(
+            "the server is not ready for point-in-time recovery base backups: " + "; ".join(problems)
+        )
     return dict(facts)
 
 
@@ -379,19 +423,29 @@ def wait_for_sealed(
     while True:
         entries = archive.entries()
         if only_end:
-            sealed = any(e.kind == "segment" and e.timeline >= timeline and (e.segno or 0) >= last_segno for e in entries)
+            sealed = any(
+                e.kind == "segment" and e.timeline >= timeline and (e.segno or 0) >= last_segno for e in entries
+            )
             partial = archive.partial()
             receiving = parse_wal_name(partial.name[: -len(".partial")], segment_size) if partial else None
             # the receiver writes a later segment and nothing waits to be sealed: it went past
             past = receiving is not None and receiving[1] > last_segno and not archive.completed_unsealed()
             problems = [] if sealed or past else [f"segment {last_segment} (or a later one) not sealed yet"]
         else:
-            problems = check_chain(entries, timeline, start_lsn, segment_size=segment_size,
-                                   end_lsn=max(end_lsn, start_lsn + 1), end_timeline=timeline)  # fmt: skip
+            problems = check_chain(
+                entries,
+                timeline,
+                start_lsn,
+                segment_size=segment_size,
+                end_lsn=max(end_lsn, start_lsn + 1),
+                end_timeline=timeline,
+            )
         if not problems:
             waited = time.monotonic() - started
-            log(f"WAL {format_lsn(start_lsn)}..{format_lsn(end_lsn)} (up to {last_segment}) is sealed in the archive "
-                f"(waited {waited:.1f}s)")  # fmt: skip
+            log(
+                f"WAL {format_lsn(start_lsn)}..{format_lsn(end_lsn)} (up to {last_segment}) is sealed in the archive "
+                f"(waited {waited:.1f}s)"
+            )
             return waited
         if not switched:
             try:
@@ -451,14 +505,25 @@ def take_base_backup(
         started = time.monotonic()
         with repo.begin(BASE_STORE, None, run_id=run_id, dag_id=dag_id, logical_date=logical_date) as staging:
             label = f"dbops-{staging.backup_id}"
-            argv = [pg_basebackup, "-D", str(staging.path), "--format=tar", "--wal-method=none", "--checkpoint=fast",
-                    f"--label={label}", "--no-password", "--verbose",
-                    # the repository fsyncs every file when it seals: pg_basebackup's own sync is redundant
-                    "--no-sync"]  # fmt: skip
+            argv = [
+                pg_basebackup,
+                "-D",
+                str(staging.path),
+                "--format=tar",
+                "--wal-method=none",
+                "--checkpoint=fast",
+                f"--label={label}",
+                "--no-password",
+                "--verbose",
+                # the repository fsyncs every file when it seals: pg_basebackup's own sync is redundant
+                "--no-sync",
+            ]
             if resolved != "none":
                 argv.append(f"--compress=client-{resolved}")
-            log(f"pg_basebackup of {endpoint.host}:{endpoint.port} as {endpoint.login}: tar, compression {resolved}, "
-                f"WAL from the archive ({version})")  # fmt: skip
+            log(
+                f"pg_basebackup of {endpoint.host}:{endpoint.port} as {endpoint.login}: tar, compression {resolved}, "
+                f"WAL from the archive ({version})"
+            )
             with pg_tool_env(endpoint) as env:
                 run_tool(argv, log=log, env=env, progress_path=staging.path)
             with pg_connect(admin, autocommit=True) as conn:
@@ -479,12 +544,23 @@ def take_base_backup(
                 )
             start_seg = segno_of(start_lsn, segment_size)
             stop_seg = stop_segno(stop_lsn, start_lsn, segment_size)
-            log(f"base backup WAL: timeline {timeline}, {format_lsn(start_lsn)}..{format_lsn(stop_lsn)} "
-                f"({segment_name(timeline, start_seg, segment_size)}..{segment_name(timeline, stop_seg, segment_size)}), consistent at "
-                f"{format_time(as_utc(consistent_at))}")  # fmt: skip
+            log(
+                f"base backup WAL: timeline {timeline}, {format_lsn(start_lsn)}..{format_lsn(stop_lsn)} "
+                f"({segment_name(timeline, start_seg, segment_size)}.."
+                f"{segment_name(timeline, stop_seg, segment_size)}), consistent at "
+                f"{format_time(as_utc(consistent_at))}"
+            )
             try:
-                waited = wait_for_sealed(archive, admin, timeline=timeline, start_lsn=start_lsn, end_lsn=stop_lsn,
-                                         segment_size=segment_size, timeout_s=wait_for_wal_s, log=log)  # fmt: skip
+                waited = wait_for_sealed(
+                    archive,
+                    admin,
+                    timeline=timeline,
+                    start_lsn=start_lsn,
+                    end_lsn=stop_lsn,
+                    segment_size=segment_size,
+                    timeout_s=wait_for_wal_s,
+                    log=log,
+                )
             except WalNotSealed as exc:
                 raise WalNotSealed(f"base backup not published: {exc}") from None
             header = archive.header() or {}
@@ -507,7 +583,9 @@ def take_base_backup(
                 "seconds": round(seconds, 3),
                 "wal_wait_seconds": round(waited, 3),
             }
-            sealed = Check("wal sealed", True, f"{details['start_segment']}..{details['stop_segment']} sealed in the catalog")
+            sealed = Check(
+                "wal sealed", True, f"{details['start_segment']}..{details['stop_segment']} sealed in the catalog"
+            )
 
             def tool_check(path: Path, draft: dict[str, Any]) -> list[Check]:
                 checks = [Check("backup_manifest checksum", True, "Manifest-Checksum matches")]
@@ -519,18 +597,30 @@ def take_base_backup(
                 checks += tar_checks
                 if system_id is not None:
                     same = system_id == str(header.get("system_identifier"))
-                    checks.append(Check("system identifier", same,
-                                        f"pg_control says {system_id}, the WAL archive {header.get('system_identifier')}"))  # fmt: skip
+                    checks.append(
+                        Check(
+                            "system identifier",
+                            same,
+                            f"pg_control says {system_id}, the WAL archive {header.get('system_identifier')}",
+                        )
+                    )
                 for check in checks:
                     log(f"check {check.name}: {'ok' if check.ok else 'FAILED'} {check.detail}")
                 return checks
 
             backup = staging.seal(
-                {"tool": "pg_basebackup", "tool_version": version, "server_version": facts["server_version"],
-                 "compression": resolved, "details": details},
+                {
+                    "tool": "pg_basebackup",
+                    "tool_version": version,
+                    "server_version": facts["server_version"],
+                    "compression": resolved,
+                    "details": details,
+                },
                 [sealed],
                 check=tool_check,
-            )  # fmt: skip
-    log(f"base backup {backup.backup_id} published: {backup.total_bytes} bytes in {time.monotonic() - started:.1f}s "
-        f"-> {backup.path}")  # fmt: skip
+            )
+    log(
+        f"base backup {backup.backup_id} published: {backup.total_bytes} bytes in {time.monotonic() - started:.1f}s "
+        f"-> {backup.path}"
+    )
     return backup

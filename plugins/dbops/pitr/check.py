@@ -72,21 +72,34 @@ def base_details(backup: Backup) -> Mapping[str, Any]:
 def _server_problems(server: Mapping[str, Any], slot: str, header: Mapping[str, Any] | None) -> list[str]:
     problems = []
     if server["wal_level"] not in ("replica", "logical"):
-        problems.append(f"wal_level is {server['wal_level']!r}: point-in-time recovery needs replica (a restart is needed to change it)")
+        problems.append(
+            f"wal_level is {server['wal_level']!r}: point-in-time "
+            "recovery needs replica (a restart is needed to change it)"
+        )
     if server["max_wal_senders"] < 1:
         problems.append("max_wal_senders is 0: the WAL receiver cannot connect")
     if not server["slot_exists"]:
-        problems.append(f"replication slot {slot!r} does not exist: the receiver has never streamed from this server (or the slot was dropped)")
+        problems.append(
+            f"replication slot {slot!r} does not exist: the receiver has "
+            "never streamed from this server (or the slot was dropped)"
+        )
     elif server["slot_type"] != "physical":
         problems.append(f"replication slot {slot!r} is {server['slot_type']}, not physical")
     elif server["slot_wal_status"] == "lost":
-        problems.append(f"replication slot {slot!r} lost WAL (max_slot_wal_keep_size): the chain is broken from there; take a base backup")
+        problems.append(
+            f"replication slot {slot!r} lost WAL (max_slot_wal_keep_size): "
+            "the chain is broken from there; take a base backup"
+        )
     elif not server["slot_active"]:
         retained = server.get("retained_bytes") or 0
-        problems.append(f"replication slot {slot!r} is not in use: no receiver is streaming (the server keeps {retained} bytes of WAL for it)")
+        problems.append(
+            f"replication slot {slot!r} is not in use: no receiver is "
+            f"streaming (the server keeps {retained} bytes of WAL for it)"
+        )
     if header and header.get("system_identifier") != server["system_identifier"]:
         problems.append(
-            f"the WAL archive belongs to system {header.get('system_identifier')}, the server is {server['system_identifier']}: "
+            f"the WAL archive belongs to system {header.get('system_identifier')}, "
+            f"the server is {server['system_identifier']}: "
             "a new cluster needs a new archive (move postgres_wal aside)"
         )
     return problems
@@ -143,7 +156,9 @@ def evaluate(
         )
     late = sorted(name for name, age in unsealed if age > seal_timeout_s)
     if late:
-        problems.append(f"{len(late)} completed WAL file(s) unsealed for over {seal_timeout_s:g} s: {', '.join(late[:5])}")
+        problems.append(
+            f"{len(late)} completed WAL file(s) unsealed for over {seal_timeout_s:g} s: {', '.join(late[:5])}"
+        )
     problems += rehash_problems
     earliest = None
     if not bases:
@@ -161,10 +176,16 @@ def evaluate(
             problems += [f"WAL chain from base backup {base.backup_id}: {p}" for p in chain]
     latest = format_time(latest_received) if earliest and latest_received else None
     return WalCheck(
-        at=format_time(now), ok=not problems, problems=problems, lag_s=lag_s, lag_bytes=lag_bytes,
-        earliest=earliest, latest=latest, base_backups=len(bases),
+        at=format_time(now),
+        ok=not problems,
+        problems=problems,
+        lag_s=lag_s,
+        lag_bytes=lag_bytes,
+        earliest=earliest,
+        latest=latest,
+        base_backups=len(bases),
         segments=sum(1 for e in entries if e.kind == "segment"),
-    )  # fmt: skip
+    )
 
 
 def rehash_new(archive: WalArchive, entries: list[WalEntry], since: datetime | None) -> tuple[int, list[str]]:

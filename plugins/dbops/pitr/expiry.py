@@ -23,8 +23,13 @@ LogFn = Callable[[str], None]
 def base_info(backup: Backup) -> BaseInfo:
     """Retention's view of a base backup: its place in the WAL (manifest details), its
     verdict, and whether a ``pin`` sidecar holds it (``dbops_pin``; an unreadable one holds it too)."""
-    return BaseInfo.of(backup.backup_id, backup.taken_at, backup.manifest.get("details") or {},
-                       verified=backup.verified, pinned=pin_reason(backup) is not None)  # fmt: skip
+    return BaseInfo.of(
+        backup.backup_id,
+        backup.taken_at,
+        backup.manifest.get("details") or {},
+        verified=backup.verified,
+        pinned=pin_reason(backup) is not None,
+    )
 
 
 def expire_pitr(
@@ -45,15 +50,26 @@ def expire_pitr(
     backups = repo.list(BASE_STORE)
     new = next((b for b in backups if b.backup_id == new_backup_id), None)
     if new is None:
-        raise RetentionRefused(f"retention of {BASE_STORE} not applied: this run's base backup {new_backup_id} is not in the repository")
+        raise RetentionRefused(
+            f"retention of {BASE_STORE} not applied: this run's base backup {new_backup_id} is not in the repository"
+        )
     check_clock(
-        now=now, new=new, newest_other=max((b for b in backups if b is not new), key=lambda b: b.taken_at, default=None),
-        run_started_at=run_started_at, max_skew=max_clock_skew, max_delay=max_delay, where=BASE_STORE,
-    )  # fmt: skip
+        now=now,
+        new=new,
+        newest_other=max((b for b in backups if b is not new), key=lambda b: b.taken_at, default=None),
+        run_started_at=run_started_at,
+        max_skew=max_clock_skew,
+        max_delay=max_delay,
+        where=BASE_STORE,
+    )
     plan = plan_wal_retention(
-        [base_info(b) for b in backups], archive.entries(),
-        now=now, retention_days=retention_days, min_keep=min_keep, segment_size=archive.segment_size,
-    )  # fmt: skip
+        [base_info(b) for b in backups],
+        archive.entries(),
+        now=now,
+        retention_days=retention_days,
+        min_keep=min_keep,
+        segment_size=archive.segment_size,
+    )
     for backup_id, reason in plan.backup_reasons.items():
         log(f"base backup {backup_id}: {reason}")
     for reason in plan.reasons:
@@ -68,7 +84,13 @@ def expire_pitr(
         repo.delete(by_id[backup_id])
         log(f"deleted base backup {backup_id}")
     removed = archive.remove(plan.expire_entries)
-    log(f"deleted {len(removed)} WAL file(s) no kept base backup needs"
-        + (f" ({removed[0]} .. {removed[-1]})" if removed else ""))  # fmt: skip
-    return {"dry_run": False, "expired_backups": expired, "expired_wal": len(removed),
-            "kept_backups": [b.backup_id for b in plan.keep_backups]}  # fmt: skip
+    log(
+        f"deleted {len(removed)} WAL file(s) no kept base backup needs"
+        + (f" ({removed[0]} .. {removed[-1]})" if removed else "")
+    )
+    return {
+        "dry_run": False,
+        "expired_backups": expired,
+        "expired_wal": len(removed),
+        "kept_backups": [b.backup_id for b in plan.keep_backups],
+    }

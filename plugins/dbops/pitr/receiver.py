@@ -49,17 +49,17 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from dbops.pitr.wal import (
-    heartbeat_problem,
     WAL_DIR,
     WalArchive,
     WalConflict,
     WalError,
     format_lsn,
+    heartbeat_problem,
     parse_lsn,
 )
 
@@ -85,11 +85,11 @@ class Refused(Exception):
 
 
 def utc_now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def format_time(value: datetime) -> str:
-    return value.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 def log(event: str, message: str = "", **fields: Any) -> None:
@@ -133,25 +133,36 @@ def explain_connect_error(message: str, user: str) -> str:
     message follows; it never holds a password)."""
     raw = " ".join(message.split())
     rules = [
-        ("no pg_hba.conf entry for replication connection",
-         f"pg_hba.conf has no entry allowing a replication connection for role {user!r} from this address: "
-         f"add `host replication {user} <address> scram-sha-256` and reload the server"),
-        ("permission denied to start WAL sender",
-         f"role {user!r} lacks the REPLICATION attribute: ALTER ROLE {user} REPLICATION"),
-        ("must be superuser or replication role",
-         f"role {user!r} lacks the REPLICATION attribute: ALTER ROLE {user} REPLICATION"),
-        ("exceeds max_wal_senders",
-         "max_wal_senders is too small (0 means wal_level minimal or streaming disabled): "
-         "set wal_level=replica and max_wal_senders>0, then restart the server"),
-        ("no password supplied",
-         f"no password for role {user!r}: PGPASSFILE needs a line host:port:*:{user}:password (file mode 0600)"),
-        ("password authentication failed",
-         f"the server rejected the password of role {user!r}: check its line in PGPASSFILE"),
-        ("does not exist",
-         f"the server does not know role {user!r}: create it (CREATE ROLE {user} LOGIN REPLICATION)"),
+        (
+            "no pg_hba.conf entry for replication connection",
+            f"pg_hba.conf has no entry allowing a replication connection for role {user!r} from this address: "
+            f"add `host replication {user} <address> scram-sha-256` and reload the server",
+        ),
+        (
+            "permission denied to start WAL sender",
+            f"role {user!r} lacks the REPLICATION attribute: ALTER ROLE {user} REPLICATION",
+        ),
+        (
+            "must be superuser or replication role",
+            f"role {user!r} lacks the REPLICATION attribute: ALTER ROLE {user} REPLICATION",
+        ),
+        (
+            "exceeds max_wal_senders",
+            "max_wal_senders is too small (0 means wal_level minimal or streaming disabled): "
+            "set wal_level=replica and max_wal_senders>0, then restart the server",
+        ),
+        (
+            "no password supplied",
+            f"no password for role {user!r}: PGPASSFILE needs a line host:port:*:{user}:password (file mode 0600)",
+        ),
+        (
+            "password authentication failed",
+            f"the server rejected the password of role {user!r}: check its line in PGPASSFILE",
+        ),
+        ("does not exist", f"the server does not know role {user!r}: create it (CREATE ROLE {user} LOGIN REPLICATION)"),
         ("Connection refused", "the server does not accept connections (down or another port)"),
         ("timeout expired", "the server did not answer within 10 s"),
-    ]  # fmt: skip
+    ]
     for needle, meaning in rules:
         if needle in raw:
             return f"{meaning} ({raw})"
@@ -179,7 +190,7 @@ class ReplicationConnection:
             message = (result.error_message or self.conn.error_message).decode(errors="replace").strip()
             raise ServerProblem(f"{command.split()[0]} failed: {message}")
         return [
-            [None if result.get_value(i, j) is None else result.get_value(i, j).decode() for j in range(result.nfields)]
+            [None if (value := result.get_value(i, j)) is None else value.decode() for j in range(result.nfields)]
             for i in range(result.ntuples)
         ]
 
@@ -236,7 +247,9 @@ def configuration_problems(facts: ServerFacts, slot: str) -> list[str]:
     if facts.max_replication_slots < 1 and facts.slot_type is None:
         problems.append(f"max_replication_slots is 0: slot {slot!r} cannot be created (needs a restart)")
     if facts.slot_type not in (None, "physical"):
-        problems.append(f"replication slot {slot!r} exists but is {facts.slot_type}: the receiver needs a physical slot")
+        problems.append(
+            f"replication slot {slot!r} exists but is {facts.slot_type}: the receiver needs a physical slot"
+        )
     return problems
 
 
@@ -281,7 +294,7 @@ def archive_problems(archive: WalArchive, facts: ServerFacts) -> list[str]:
         ]
     same = [e for e in entries if e.kind == "segment" and e.timeline == facts.timeline and e.segno is not None]
     if same:
-        archived_end = (max(e.segno for e in same) + 1) * facts.segment_size
+        archived_end = (max(e.segno for e in same if e.segno is not None) + 1) * facts.segment_size
         if facts.xlogpos < archived_end:
             return [
                 f"the server's WAL ends at {format_lsn(facts.xlogpos)} on timeline {facts.timeline}, before the "
@@ -341,7 +354,9 @@ def check_environment() -> None:
         if not path.is_file():
             raise Refused(f"PGPASSFILE {passfile} is not a file")
         if path.stat().st_mode & 0o077:
-            raise Refused(f"PGPASSFILE {passfile} is readable by others (mode {path.stat().st_mode & 0o777:o}): chmod 600 it")
+            raise Refused(
+                f"PGPASSFILE {passfile} is readable by others (mode {path.stat().st_mode & 0o777:o}): chmod 600 it"
+            )
     if not shutil.which("pg_receivewal"):
         raise Refused("pg_receivewal is not on PATH: install the PostgreSQL client tools of the server's major")
 
@@ -418,8 +433,11 @@ class Receiver:
             except FileNotFoundError:  # sealed by a previous pass between listing and sealing
                 continue
             except WalConflict as exc:
-                self.fail(f"sealing {path.name}: {exc}: the archive holds different WAL under this name; "
-                          "streaming stopped, nothing was overwritten", fatal=True)  # fmt: skip
+                self.fail(
+                    f"sealing {path.name}: {exc}: the archive holds different WAL under this name; "
+                    "streaming stopped, nothing was overwritten",
+                    fatal=True,
+                )
                 return sealed
             elapsed_ms = (time.monotonic() - started) * 1000
             log("sealed", entry.name, file=entry.file, size=entry.size, ms=f"{elapsed_ms:.0f}")
@@ -473,14 +491,17 @@ class Receiver:
         # no --compress: the sealer compresses, the growing .partial stays raw (see the module doc)
         return [
             shutil.which("pg_receivewal") or "pg_receivewal",
-            "--directory", str(self.archive.segments),
-            "--slot", self.slot,
+            "--directory",
+            str(self.archive.segments),
+            "--slot",
+            self.slot,
             "--no-loop",  # a lost connection ends it: the next start re-checks the server
-            "--status-interval", "1",
+            "--status-interval",
+            "1",
             "--synchronous",  # flush each write: the last received byte is on disk
             "--no-password",  # the passfile or nothing
             "--verbose",
-        ]  # fmt: skip
+        ]
 
     def _forward_output(self, child: subprocess.Popen[str]) -> None:
         assert child.stderr is not None
@@ -491,8 +512,9 @@ class Receiver:
             log("pg_receivewal", line)
             if "starting log streaming at" in line:
                 match = re.search(r"timeline (\d+)", line)
-                self.set_status(state="streaming", error=None,
-                                timeline=int(match.group(1)) if match else self._status["timeline"])  # fmt: skip
+                self.set_status(
+                    state="streaming", error=None, timeline=int(match.group(1)) if match else self._status["timeline"]
+                )
             elif "switched to timeline" in line:
                 match = re.search(r"switched to timeline (\d+)", line)
                 if match:
@@ -538,12 +560,24 @@ class Receiver:
             fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             status = self.archive.status() or {}
-            log("error", f"another receiver (pid {status.get('pid', '?')}) is streaming into {self.archive.root}", fatal="yes")
+            log(
+                "error",
+                f"another receiver (pid {status.get('pid', '?')}) is streaming into {self.archive.root}",
+                fatal="yes",
+            )
             return EXIT_REFUSED
         signal.signal(signal.SIGTERM, self.stop)
         signal.signal(signal.SIGINT, self.stop)
-        log("started", "receiver", pid=os.getpid(), archive=self.archive.root, slot=self.slot,
-            server=self._status["server"], user=os.environ.get("PGUSER"), compression=self.compression)  # fmt: skip
+        log(
+            "started",
+            "receiver",
+            pid=os.getpid(),
+            archive=self.archive.root,
+            slot=self.slot,
+            server=self._status["server"],
+            user=os.environ.get("PGUSER"),
+            compression=self.compression,
+        )
         self.write_heartbeat()
         threads = [threading.Thread(target=loop, daemon=True) for loop in (self._heartbeat_loop, self._sealer_loop)]
         for thread in threads:

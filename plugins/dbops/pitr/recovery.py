@@ -142,16 +142,22 @@ class RecoveryTarget:
                 )
             moment = as_utc(parsed)
             if moment > as_utc(now, "now"):
-                raise RecoveryRefused(f"{param} {format_time(moment)} is in the future (now {format_time(as_utc(now))})")
+                raise RecoveryRefused(
+                    f"{param} {format_time(moment)} is in the future (now {format_time(as_utc(now))})"
+                )
             return cls("time", format_time(moment), time=moment)
         if kind == "lsn":
             try:
                 lsn = parse_lsn(text)
             except ValueError:
-                raise RecoveryRefused(f"{param} {text!r} is not an LSN: expected two hex halves, e.g. 0/3000028") from None
+                raise RecoveryRefused(
+                    f"{param} {text!r} is not an LSN: expected two hex halves, e.g. 0/3000028"
+                ) from None
             return cls("lsn", format_lsn(lsn), lsn=lsn)
         if len(value.encode()) > MAX_RESTORE_POINT_BYTES:
-            raise RecoveryRefused(f"{param} is longer than {MAX_RESTORE_POINT_BYTES} bytes: no restore point has such a name")
+            raise RecoveryRefused(
+                f"{param} is longer than {MAX_RESTORE_POINT_BYTES} bytes: no restore point has such a name"
+            )
         if any(ord(ch) < 32 or ch == "\x7f" for ch in value):
             raise RecoveryRefused(f"{param} {value!r} contains control characters")
         return cls("name", value)
@@ -174,10 +180,15 @@ class RecoveryTarget:
         return {"kind": self.kind, "value": self.value}
 
 
-def target_from_params(target_time: str = "", target_lsn: str = "", target_name: str = "", *, now: datetime) -> RecoveryTarget:
+def target_from_params(
+    target_time: str = "", target_lsn: str = "", target_name: str = "", *, now: datetime
+) -> RecoveryTarget:
     """The restore DAG's Params: exactly one of them; ``target_time`` may be ``latest``."""
-    given = {k: v.strip() for k, v in (("time", target_time), ("lsn", target_lsn), ("name", target_name))
-             if isinstance(v, str) and v.strip()}  # fmt: skip
+    given = {
+        k: v.strip()
+        for k, v in (("time", target_time), ("lsn", target_lsn), ("name", target_name))
+        if isinstance(v, str) and v.strip()
+    }
     if len(given) != 1:
         names = ", ".join(f"target_{k}" for k in given) or "none"
         raise RecoveryRefused(f"give exactly one of target_time (or 'latest'), target_lsn, target_name; given: {names}")
@@ -204,10 +215,17 @@ class RecoveryBase:
     def of(cls, backup: Backup) -> RecoveryBase:
         details = backup.manifest.get("details") or {}
         try:
-            return cls(backup, int(details["timeline"]), parse_lsn(details["start_lsn"]), parse_lsn(details["stop_lsn"]),
-                       parse_time(details["consistent_at"]))  # fmt: skip
+            return cls(
+                backup,
+                int(details["timeline"]),
+                parse_lsn(details["start_lsn"]),
+                parse_lsn(details["stop_lsn"]),
+                parse_time(details["consistent_at"]),
+            )
         except (KeyError, ValueError, TypeError) as exc:
-            raise RecoveryRefused(f"base backup {backup.backup_id} has no usable WAL position in its manifest: {exc}") from None
+            raise RecoveryRefused(
+                f"base backup {backup.backup_id} has no usable WAL position in its manifest: {exc}"
+            ) from None
 
 
 @dataclass(frozen=True)
@@ -226,8 +244,11 @@ class RecoveryWindow:
         return f"{format_time(self.earliest)} (base backup {self.earliest_backup}) to {format_time(self.latest)}"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"earliest": self.earliest and format_time(self.earliest), "latest": self.latest and format_time(self.latest),
-                "earliest_backup": self.earliest_backup}  # fmt: skip
+        return {
+            "earliest": self.earliest and format_time(self.earliest),
+            "latest": self.latest and format_time(self.latest),
+            "earliest_backup": self.earliest_backup,
+        }
 
 
 @dataclass
@@ -309,9 +330,13 @@ def plan_recovery(
     if backup_id is not None:
         chosen = next((i for i in verified if i.backup.backup_id == backup_id), None)
         if chosen is None:
-            raise RecoveryRefused(f"no verified base backup {backup_id} (verified: {', '.join(i.backup.backup_id for i in verified)})")
+            raise RecoveryRefused(
+                f"no verified base backup {backup_id} (verified: {', '.join(i.backup.backup_id for i in verified)})"
+            )
         if problems[backup_id]:
-            raise RecoveryRefused(f"the WAL chain after base backup {backup_id} is broken: {'; '.join(problems[backup_id][:5])}")
+            raise RecoveryRefused(
+                f"the WAL chain after base backup {backup_id} is broken: {'; '.join(problems[backup_id][:5])}"
+            )
         candidates = [chosen]
     else:
         candidates = usable
@@ -324,35 +349,50 @@ def plan_recovery(
             raise RecoveryRefused(f"target_time {target.value} is before the first base backup is consistent; {where}")
         if window.latest is None or target.time > window.latest:
             raise RecoveryRefused(
-                f"target_time {target.value} is after the last WAL received (the receiver may be behind or down); {where}"
+                f"target_time {target.value} is after the last WAL "
+                f"received (the receiver may be behind or down); {where}"
             )
         fitting = [i for i in candidates if i.consistent_at <= target.time]
         if not fitting:
-            raise RecoveryRefused(f"base backup {backup_id} is consistent only at "
-                                  f"{format_time(candidates[0].consistent_at)}, after target_time {target.value}")  # fmt: skip
+            raise RecoveryRefused(
+                f"base backup {backup_id} is consistent only at "
+                f"{format_time(candidates[0].consistent_at)}, after target_time {target.value}"
+            )
         chosen = max(fitting, key=lambda i: i.consistent_at)
     elif target.kind == "lsn":
         assert target.lsn is not None
         end = archive.received_end_lsn(entries, segment_size)
         if target.lsn > end:
-            raise RecoveryRefused(f"target_lsn {target.value} is beyond the WAL received (up to at most {format_lsn(end)}); {where}")
+            raise RecoveryRefused(
+                f"target_lsn {target.value} is beyond the WAL received (up to at most {format_lsn(end)}); {where}"
+            )
         fitting = [i for i in candidates if i.stop_lsn <= target.lsn]
         if not fitting:
             oldest = min(candidates, key=lambda i: i.stop_lsn)
-            raise RecoveryRefused(f"target_lsn {target.value} is before the first base backup is consistent "
-                                  f"(stop LSN {format_lsn(oldest.stop_lsn)} of {oldest.backup.backup_id}); {where}")  # fmt: skip
+            raise RecoveryRefused(
+                f"target_lsn {target.value} is before the first base backup is consistent "
+                f"(stop LSN {format_lsn(oldest.stop_lsn)} of {oldest.backup.backup_id}); {where}"
+            )
         chosen = max(fitting, key=lambda i: i.stop_lsn)
     elif target.kind == "name":
         chosen = candidates[0] if backup_id else min(candidates, key=lambda i: i.consistent_at)
-        notes.append(f"a restore point name cannot be placed in the WAL in advance: recovery replays from base backup "
-                     f"{chosen.backup.backup_id} and fails if no restore point {target.value!r} follows it")  # fmt: skip
+        notes.append(
+            f"a restore point name cannot be placed in the WAL in advance: recovery replays from base backup "
+            f"{chosen.backup.backup_id} and fails if no restore point {target.value!r} follows it"
+        )
     else:
         chosen = max(candidates, key=lambda i: i.consistent_at)
     start_segno = chosen.start_lsn // segment_size
-    needed = chain_entries(entries, chosen.timeline, chosen.start_lsn, segment_size=segment_size,
-                           end_segno=end_segno if end_segno is not None and end_segno >= start_segno else None)  # fmt: skip
-    return RecoveryPlan(repo, archive, target, chosen, segment_size, window,
-                        sum(1 for e in needed if e.kind == "segment"), notes)  # fmt: skip
+    needed = chain_entries(
+        entries,
+        chosen.timeline,
+        chosen.start_lsn,
+        segment_size=segment_size,
+        end_segno=end_segno if end_segno is not None and end_segno >= start_segno else None,
+    )
+    return RecoveryPlan(
+        repo, archive, target, chosen, segment_size, window, sum(1 for e in needed if e.kind == "segment"), notes
+    )
 
 
 # --------------------------------------------------------------------------- the scratch server
@@ -363,8 +403,10 @@ def server_bin_dir(server_bin: str | Path | None) -> Path:
     folder = Path(server_bin) if server_bin else Path(os.path.realpath(find_tool("pg_basebackup"))).parent
     missing = [t for t in ("postgres", "pg_ctl") if not os.access(folder / t, os.X_OK)]
     if missing:
-        raise ScratchEnvironmentError(f"{', '.join(missing)} not found in {folder}: set pitr.server_bin to the folder "
-                                      "holding the server binaries of the cluster's major version")  # fmt: skip
+        raise ScratchEnvironmentError(
+            f"{', '.join(missing)} not found in {folder}: set pitr.server_bin to the folder "
+            "holding the server binaries of the cluster's major version"
+        )
     return folder
 
 
@@ -419,21 +461,33 @@ class ScratchServer:
 
     def endpoint(self, database: str | None = None) -> Endpoint:
         """Its superuser, over its private socket folder (trusted: only its OS user and root reach it)."""
-        return Endpoint(host=str(self.socket_dir), port=self.port, login=self.superuser, database=database or "postgres")
+        return Endpoint(
+            host=str(self.socket_dir), port=self.port, login=self.superuser, database=database or "postgres"
+        )
 
     @property
     def address(self) -> str:
         return f"{self.host}:{self.port}"
 
     def summary(self) -> str:
-        return (f"scratch server recovered from base backup {self.backup_id} to {self.target.describe()}: "
-                f"{self.address} (socket {self.socket_dir}, data {self.data_dir}, log {self.log_path}); "
-                "the roles and passwords are those of the cluster at the target")  # fmt: skip
+        return (
+            f"scratch server recovered from base backup {self.backup_id} to {self.target.describe()}: "
+            f"{self.address} (socket {self.socket_dir}, data {self.data_dir}, log {self.log_path}); "
+            "the roles and passwords are those of the cluster at the target"
+        )
 
     def to_dict(self) -> dict[str, Any]:
-        return {"host": self.host, "port": self.port, "data_dir": str(self.data_dir), "socket_dir": str(self.socket_dir),
-                "log": str(self.log_path), "backup_id": self.backup_id, "target": self.target.to_dict(),
-                "recovery_log": self.recovery_log, "summary": self.summary()}  # fmt: skip
+        return {
+            "host": self.host,
+            "port": self.port,
+            "data_dir": str(self.data_dir),
+            "socket_dir": str(self.socket_dir),
+            "log": str(self.log_path),
+            "backup_id": self.backup_id,
+            "target": self.target.to_dict(),
+            "recovery_log": self.recovery_log,
+            "summary": self.summary(),
+        }
 
     def stop(self, *, remove: bool = True, log: LogFn | None = None) -> None:
         """Stop the server (fast, then immediate) and remove its folder; harmless twice."""
@@ -442,8 +496,13 @@ class ScratchServer:
             pg_ctl = str(self.bin_dir / "pg_ctl")
             for mode in ("fast", "immediate"):
                 try:
-                    run_tool(_as_user([pg_ctl, "-D", str(self.data_dir), "-m", mode, "-w", "-t", "60", "stop"], self.os_user),
-                             log=say, cwd=Path("/"))  # fmt: skip
+                    run_tool(
+                        _as_user(
+                            [pg_ctl, "-D", str(self.data_dir), "-m", mode, "-w", "-t", "60", "stop"], self.os_user
+                        ),
+                        log=say,
+                        cwd=Path("/"),
+                    )
                     break
                 except ToolError as exc:
                     say(f"pg_ctl stop -m {mode} of the scratch server failed: {exc}")
@@ -467,8 +526,15 @@ def _fatal_lines(text: str) -> list[str]:
 
 
 def _recovery_lines(text: str) -> list[str]:
-    words = ("recovery stopping", "redo done", "last completed transaction", "selected new timeline",
-             "archive recovery complete", "consistent recovery state", "starting point-in-time recovery")  # fmt: skip
+    words = (
+        "recovery stopping",
+        "redo done",
+        "last completed transaction",
+        "selected new timeline",
+        "archive recovery complete",
+        "consistent recovery state",
+        "starting point-in-time recovery",
+    )
     return [line.strip() for line in text.splitlines() if any(w in line for w in words)]
 
 
@@ -518,8 +584,9 @@ def _stage_wal(plan: RecoveryPlan, wal_dir: Path, log: LogFn) -> int:
     if end_segno is not None and end_segno < plan.base.start_lsn // plan.segment_size:
         end_segno = None
     try:
-        needed = chain_entries(entries, plan.base.timeline, plan.base.start_lsn, segment_size=plan.segment_size,
-                               end_segno=end_segno)  # fmt: skip
+        needed = chain_entries(
+            entries, plan.base.timeline, plan.base.start_lsn, segment_size=plan.segment_size, end_segno=end_segno
+        )
     except ChainBroken as exc:
         raise RecoveryFailed(f"the WAL chain after base backup {plan.backup.backup_id} is broken: {exc}") from None
     for entry in needed:
@@ -532,7 +599,8 @@ def _stage_wal(plan: RecoveryPlan, wal_dir: Path, log: LogFn) -> int:
     last = segments[-1] if segments else None
     partial = archive.partial()
     wanted = plan.target.kind != "lsn" or (
-        plan.target.lsn is not None and plan.target.lsn >= segment_start_lsn((last.segno or 0) + 1 if last else 0, plan.segment_size)
+        plan.target.lsn is not None
+        and plan.target.lsn >= segment_start_lsn((last.segno or 0) + 1 if last else 0, plan.segment_size)
     )
     if partial is not None and wanted:
         name = partial.name[: -len(".partial")]
@@ -544,10 +612,12 @@ def _stage_wal(plan: RecoveryPlan, wal_dir: Path, log: LogFn) -> int:
                 staged += 1
                 log(f"staged the segment being received, {name} (raw copy of {partial.name})")
             except (OSError, WalError) as exc:  # completed and sealed meanwhile: take the sealed copy
-                entry = archive.find(name)
-                if entry is None:
-                    raise RecoveryFailed(f"the segment being received, {partial.name}, could not be copied: {exc}") from None
-                archive.extract(entry, wal_dir / name)
+                sealed = archive.find(name)
+                if sealed is None:
+                    raise RecoveryFailed(
+                        f"the segment being received, {partial.name}, could not be copied: {exc}"
+                    ) from None
+                archive.extract(sealed, wal_dir / name)
                 staged += 1
     log(f"staged {staged} WAL segment(s) from {segments[0].name if segments else '-'} on for recovery")
     return staged
@@ -594,8 +664,12 @@ def _wait_promoted(server: ScratchServer, *, timeout_s: float, log: LogFn) -> No
         if not alive and (fatal or time.monotonic() > grace):
             detail = fatal[-1] if fatal else (text.strip().splitlines() or ["no server log"])[-1]
             if any(_RECOVERY_ENDED_EARLY in line for line in fatal):
-                hint = (" (no transaction after target_time was received: the state at that time is the latest one; "
-                        "restore with latest)" if server.target.kind == "time" else "")  # fmt: skip
+                hint = (
+                    " (no transaction after target_time was received: the state at that time is the latest one; "
+                    "restore with latest)"
+                    if server.target.kind == "time"
+                    else ""
+                )
                 raise RecoveryFailed(f"recovery to {server.target.describe()} failed: {detail}{hint}")
             if any(w in line.lower() for line in fatal for w in _ENVIRONMENT_WORDS):
                 raise ScratchEnvironmentError(f"the scratch server could not start: {detail}")
@@ -612,8 +686,10 @@ def _wait_promoted(server: ScratchServer, *, timeout_s: float, log: LogFn) -> No
             except psycopg.OperationalError:
                 pass  # starting up, or not yet consistent
         if time.monotonic() > deadline:
-            raise RecoveryFailed(f"the scratch server did not finish recovery within {timeout_s:.0f}s "
-                                 f"(last log lines: {' | '.join(text.strip().splitlines()[-3:])})")  # fmt: skip
+            raise RecoveryFailed(
+                f"the scratch server did not finish recovery within {timeout_s:.0f}s "
+                f"(last log lines: {' | '.join(text.strip().splitlines()[-3:])})"
+            )
         if time.monotonic() - last_progress > 30:
             last_progress = time.monotonic()
             log("waiting for the scratch server to replay the WAL and promote")
@@ -643,14 +719,19 @@ def recover(
     details = backup.manifest.get("details") or {}
     bin_dir = server_bin_dir(server_bin)
     server_major = _major(tool_version(str(bin_dir / "postgres")))
-    backup_major = int(details.get("server_version_num") or 0) // 10000 or _major(str(details.get("server_version", "")))
+    backup_major = int(details.get("server_version_num") or 0) // 10000 or _major(
+        str(details.get("server_version", ""))
+    )
     if backup_major and server_major != backup_major:
-        raise ScratchEnvironmentError(f"the server binaries in {bin_dir} are PostgreSQL {server_major}, the base backup "
-                                      f"is of {backup_major}: set pitr.server_bin to a {backup_major} installation")  # fmt: skip
+        raise ScratchEnvironmentError(
+            f"the server binaries in {bin_dir} are PostgreSQL {server_major}, the base backup "
+            f"is of {backup_major}: set pitr.server_bin to a {backup_major} installation"
+        )
     if os.geteuid() == 0:
         if not os_user:
-            raise ScratchEnvironmentError("PostgreSQL refuses to run as root: set pitr.scratch_os_user to the OS user "
-                                          "the scratch server runs as")  # fmt: skip
+            raise ScratchEnvironmentError(
+                "PostgreSQL refuses to run as root: set pitr.scratch_os_user to the OS user the scratch server runs as"
+            )
     else:
         os_user = None  # the worker's own user runs it
     if verify_files_first:
@@ -660,18 +741,30 @@ def recover(
     needed_bytes = int(data_bytes * 1.1) + (plan.wal_segments + 2) * plan.segment_size
     free = free_bytes(Path(scratch_dir))
     if free is not None and free < needed_bytes:
-        raise ScratchEnvironmentError(f"not enough space for the scratch server in {scratch_dir}: needs about "
-                                      f"{human_bytes(needed_bytes)}, {human_bytes(free)} free")  # fmt: skip
+        raise ScratchEnvironmentError(
+            f"not enough space for the scratch server in {scratch_dir}: needs about "
+            f"{human_bytes(needed_bytes)}, {human_bytes(free)} free"
+        )
     root = _prepare_dirs(Path(scratch_dir), backup.backup_id, os_user)
     data_dir, wal_dir, socket_dir = root / "data", root / "wal", root / "s"
     if len(str(socket_dir)) > _SOCKET_PATH_MAX - 16:
         shutil.rmtree(root, ignore_errors=True)
-        raise ScratchEnvironmentError(f"the scratch folder {scratch_dir} is too deep for a Unix socket path: choose a shorter pitr.scratch_dir")
+        raise ScratchEnvironmentError(
+            f"the scratch folder {scratch_dir} is too deep for a Unix socket path: choose a shorter pitr.scratch_dir"
+        )
     server = ScratchServer(
-        host="127.0.0.1", port=port or _free_port(), root=root, data_dir=data_dir, socket_dir=socket_dir,
-        log_path=root / "server.log", superuser=str(details.get("bootstrap_superuser") or "postgres"),
-        bin_dir=bin_dir, os_user=os_user, backup_id=backup.backup_id, target=plan.target,
-    )  # fmt: skip
+        host="127.0.0.1",
+        port=port or _free_port(),
+        root=root,
+        data_dir=data_dir,
+        socket_dir=socket_dir,
+        log_path=root / "server.log",
+        superuser=str(details.get("bootstrap_superuser") or "postgres"),
+        bin_dir=bin_dir,
+        os_user=os_user,
+        backup_id=backup.backup_id,
+        target=plan.target,
+    )
     started = time.monotonic()
     try:
         for folder in (data_dir, wal_dir, socket_dir):
@@ -680,7 +773,10 @@ def recover(
         with open_tar(tar) as stream:
             stream.extractall(data_dir, filter="data")
         os.chmod(data_dir, 0o700)
-        log(f"extracted {tar.name} of base backup {backup.backup_id} into {data_dir} ({time.monotonic() - started:.1f}s)")
+        log(
+            f"extracted {tar.name} of base backup {backup.backup_id} "
+            f"into {data_dir} ({time.monotonic() - started:.1f}s)"
+        )
         if verify_backup:
             server.pg_verifybackup = verify_extracted(data_dir, backup.path / MANIFEST_FILE, bin_dir, log)
         _stage_wal(plan, wal_dir, log)
@@ -689,12 +785,17 @@ def recover(
             _chown_tree(root, os_user)
             probe = subprocess.run(_as_user(["test", "-w", str(data_dir)], os_user), capture_output=True, cwd="/")
             if probe.returncode != 0:
-                raise ScratchEnvironmentError(f"OS user {os_user} cannot reach {data_dir}: every parent folder of "
-                                              f"pitr.scratch_dir ({scratch_dir}) needs o+x")  # fmt: skip
+                raise ScratchEnvironmentError(
+                    f"OS user {os_user} cannot reach {data_dir}: every parent folder of "
+                    f"pitr.scratch_dir ({scratch_dir}) needs o+x"
+                )
         pg_ctl = str(bin_dir / "pg_ctl")
         log(f"starting the scratch server on {server.address} to recover to {plan.target.describe()}")
-        run_tool(_as_user([pg_ctl, "-D", str(data_dir), "-l", str(server.log_path), "-W", "start"], os_user),
-                 log=log, cwd=Path("/"))  # fmt: skip
+        run_tool(
+            _as_user([pg_ctl, "-D", str(data_dir), "-l", str(server.log_path), "-W", "start"], os_user),
+            log=log,
+            cwd=Path("/"),
+        )
         _wait_promoted(server, timeout_s=timeout_s, log=log)
     except BaseException as exc:
         tail = _log_tail(server.log_path, 4096).strip()
@@ -725,11 +826,15 @@ def restore_pitr(
 ) -> tuple[RecoveryPlan, ScratchServer]:
     """Plan (every refusal first, nothing written) then recover: the restore DAG's one call."""
     plan = plan_recovery(repo, archive, target, now=now, backup_id=backup_id)
-    log(f"recovery plan: base backup {plan.backup.backup_id} (consistent at {format_time(plan.base.consistent_at)}), "
-        f"{plan.wal_segments} WAL segment(s), {target.describe()}; recovery window {plan.window.text()}")  # fmt: skip
+    log(
+        f"recovery plan: base backup {plan.backup.backup_id} (consistent at {format_time(plan.base.consistent_at)}), "
+        f"{plan.wal_segments} WAL segment(s), {target.describe()}; recovery window {plan.window.text()}"
+    )
     for note in plan.notes:
         log(f"note: {note}")
-    return plan, recover(plan, scratch_dir=scratch_dir, server_bin=server_bin, os_user=os_user, timeout_s=timeout_s, log=log)
+    return plan, recover(
+        plan, scratch_dir=scratch_dir, server_bin=server_bin, os_user=os_user, timeout_s=timeout_s, log=log
+    )
 
 
 # --------------------------------------------------------------------------- one database into the live cluster
@@ -775,13 +880,25 @@ def copy_database(
     with pg_connect(scratch.endpoint(), autocommit=True) as conn:
         found = conn.execute(load_sql("backup/pg_database_exists.sql"), [source_db]).fetchone()[0]  # type: ignore[index]
     if not found:
-        raise RecoveryRefused(f"database {source_db!r} does not exist in the recovered cluster (at {scratch.target.describe()})")
+        raise RecoveryRefused(
+            f"database {source_db!r} does not exist in the recovered cluster (at {scratch.target.describe()})"
+        )
     dump_root = scratch.root / "dump"
     repo = BackupRepository(dump_root)
     subject = series_name(source_db)
     adapter = PostgresDatabaseBackup(scratch.endpoint(source_db), source_db, jobs=jobs, compression=compression)
-    take_backup(repo, adapter, store="postgres", subject=subject, run_id=run_id, dag_id=dag_id, logical_date=None,
-                force=True, stale_staging=timedelta(hours=1), log=log)  # fmt: skip
+    take_backup(
+        repo,
+        adapter,
+        store="postgres",
+        subject=subject,
+        run_id=run_id,
+        dag_id=dag_id,
+        logical_date=None,
+        force=True,
+        stale_staging=timedelta(hours=1),
+        log=log,
+    )
     backup = repo.latest("postgres", subject)
     assert backup is not None
     plan = plan_postgres(live, backup, source=source_db, target=target_db, confirm=confirm)
@@ -790,8 +907,10 @@ def copy_database(
     result = restore_postgres(live, backup, plan, jobs=jobs, log=log)
     shutil.rmtree(dump_root, ignore_errors=True)
     if result["differences"]:
-        raise RecoveryFailed(f"the copy of {source_db} in {target_db} differs from the recovered database: "
-                             + "; ".join(result["differences"][:10]))  # fmt: skip
+        raise RecoveryFailed(
+            f"the copy of {source_db} in {target_db} differs from the recovered database: "
+            + "; ".join(result["differences"][:10])
+        )
     return {**result, "recovered_to": scratch.target.to_dict(), "base_backup": scratch.backup_id}
 
 
@@ -819,7 +938,12 @@ def write_marker(endpoint: Endpoint, database: str | None = None, *, written_by:
     with pg_connect(endpoint, database, autocommit=True) as conn:
         marker_id, at = conn.execute(load_sql("pitr/marker_insert.sql"), {"written_by": written_by}).fetchone()  # type: ignore[misc]
         lsn = conn.execute(load_sql("pitr/current_wal_lsn.sql")).fetchone()[0]  # type: ignore[index]
-    return {"id": int(marker_id), "at": format_time(as_utc(at)), "lsn": str(lsn), "database": database or endpoint.database or "postgres"}
+    return {
+        "id": int(marker_id),
+        "at": format_time(as_utc(at)),
+        "lsn": str(lsn),
+        "database": database or endpoint.database or "postgres",
+    }
 
 
 def read_markers(endpoint: Endpoint, database: str | None = None) -> list[Marker] | None:
@@ -852,11 +976,13 @@ def compare_markers(expected: list[Marker], actual: list[Marker], target: dateti
     return problems
 
 
-def _choose_markers(markers: list[Marker], after: datetime, before: datetime | None = None) -> tuple[Marker, Marker] | None:
+def _choose_markers(
+    markers: list[Marker], after: datetime, before: datetime | None = None
+) -> tuple[Marker, Marker] | None:
     """The newest two consecutive markers, both after ``after``, far enough apart, the
     second no later than ``before`` (when given)."""
     ordered = sorted(markers, key=lambda m: (m.at, m.id))
-    for first, second in reversed(list(zip(ordered, ordered[1:]))):
+    for first, second in reversed(list(zip(ordered, ordered[1:], strict=False))):
         if first.at > after and second.at - first.at >= MIN_MARKER_GAP and (before is None or second.at <= before):
             return first, second
     return None
@@ -894,7 +1020,9 @@ def drill_pitr(
 
     verified = [b for b in repo.list(BASE_STORE) if b.verified]
     if not verified:
-        raise RecoveryRefused(f"no verified base backup in {repo.series_path(BASE_STORE)}: the PITR drill has nothing to restore")
+        raise RecoveryRefused(
+            f"no verified base backup in {repo.series_path(BASE_STORE)}: the PITR drill has nothing to restore"
+        )
     backup = verified[-1]
     base = RecoveryBase.of(backup)
     database = marker_database or live.database or MAINTENANCE_DB
@@ -910,7 +1038,10 @@ def drill_pitr(
                 "a marker every run and ships the sealed WAL)"
             )
         if pair is None:
-            log(f"fewer than two markers after base backup {backup.backup_id} was consistent: writing two, a second apart")
+            log(
+                f"fewer than two markers after base backup {backup.backup_id} "
+                "was consistent: writing two, a second apart"
+            )
             write_marker(live, database, written_by=DRILL_MARKER_WRITER)
             time.sleep(1.0)
             write_marker(live, database, written_by=DRILL_MARKER_WRITER)
@@ -924,21 +1055,33 @@ def drill_pitr(
     first, second = pair
     target_time = first.at + (second.at - first.at) / 2
     target = RecoveryTarget("time", format_time(target_time), time=target_time)
-    log(f"PITR drill of base backup {backup.backup_id}: target {target.value}, between marker {first.id} "
-        f"({format_time(first.at)}) and marker {second.id} ({format_time(second.at)})")  # fmt: skip
+    log(
+        f"PITR drill of base backup {backup.backup_id}: target {target.value}, between marker {first.id} "
+        f"({format_time(first.at)}) and marker {second.id} ({format_time(second.at)})"
+    )
     if wal_ends_at is None:  # the marker after the target must be in the archive: it is what stops the recovery
         _wait_received(archive, live, base, written_to, timeout_s=wait_for_wal_s, log=log)
 
     def drill(_backup: Backup, found: DrillComparison) -> None:
         try:
-            plan = plan_recovery(repo, archive, target, now=datetime.now(target_time.tzinfo), backup_id=backup.backup_id)
+            plan = plan_recovery(
+                repo, archive, target, now=datetime.now(target_time.tzinfo), backup_id=backup.backup_id
+            )
         except RecoveryRefused as exc:
             found.differences.append(f"WAL chain: {exc}")
             return
         scratch: ScratchServer | None = None
         try:
-            scratch = recover(plan, scratch_dir=scratch_dir, server_bin=server_bin, os_user=os_user,
-                              verify_files_first=False, verify_backup=True, timeout_s=timeout_s, log=log)  # fmt: skip
+            scratch = recover(
+                plan,
+                scratch_dir=scratch_dir,
+                server_bin=server_bin,
+                os_user=os_user,
+                verify_files_first=False,
+                verify_backup=True,
+                timeout_s=timeout_s,
+                log=log,
+            )
             found.notes.append(f"pg_verifybackup: {scratch.pg_verifybackup}")
             found.notes += [f"recovery: {line}" for line in scratch.recovery_log]
             recovered = read_markers(scratch.endpoint(database), database)
@@ -949,25 +1092,45 @@ def drill_pitr(
             differences = compare_markers(live_now, recovered, target_time)
             found.differences += differences
             kept = sum(1 for m in live_now if m.at <= target_time)
-            found.notes.append(f"{len(recovered)} marker(s) in the recovery, {kept} live marker(s) up to the target; "
-                               f"recovered {plan.wal_segments} segment(s) of WAL on {scratch.address}")  # fmt: skip
+            found.notes.append(
+                f"{len(recovered)} marker(s) in the recovery, {kept} live marker(s) up to the target; "
+                f"recovered {plan.wal_segments} segment(s) of WAL on {scratch.address}"
+            )
         except RecoveryFailed as exc:
             found.differences.append(str(exc))
         finally:
             if scratch is not None:
                 _cleanup(found, f"scratch server {scratch.address}", lambda: scratch.stop(remove=True, log=log), log)
 
-    result = run_drill(repo, backup, target=f"recovery_target_time {target.value} (scratch server)", drill=drill,
-                       run_id=run_id, dag_id=dag_id, log=log)  # fmt: skip
+    result = run_drill(
+        repo,
+        backup,
+        target=f"recovery_target_time {target.value} (scratch server)",
+        drill=drill,
+        run_id=run_id,
+        dag_id=dag_id,
+        log=log,
+    )
     return {**result, "target_time": target.value, "markers": [first.id, second.id], "marker_database": database}
 
 
-def _wait_received(archive: WalArchive, live: Endpoint, base: RecoveryBase, lsn: int, *, timeout_s: float, log: LogFn) -> None:
+def _wait_received(
+    archive: WalArchive, live: Endpoint, base: RecoveryBase, lsn: int, *, timeout_s: float, log: LogFn
+) -> None:
     """Wait until the WAL up to ``lsn`` is sealed; a gap is not waited for (the plan names it)."""
     segment_size = archive.segment_size
     try:
-        wait_for_sealed(archive, live, timeline=base.timeline, start_lsn=base.start_lsn, end_lsn=lsn,
-                        segment_size=segment_size, timeout_s=timeout_s, log=log, only_end=True)  # fmt: skip
+        wait_for_sealed(
+            archive,
+            live,
+            timeline=base.timeline,
+            start_lsn=base.start_lsn,
+            end_lsn=lsn,
+            segment_size=segment_size,
+            timeout_s=timeout_s,
+            log=log,
+            only_end=True,
+        )
     except psycopg.OperationalError as exc:
         raise ScratchEnvironmentError(f"the live server cannot be reached: {exc}") from exc
     except WalNotSealed as exc:  # the receiver is behind or down: the WAL check reports that, no verdict here

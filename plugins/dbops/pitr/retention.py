@@ -14,12 +14,13 @@ for each of them it lies on the backup's own timeline before its start segment, 
 ancestor timeline (replay starts on the backup's timeline; an ancestor's segments are older,
 or past the promotion and so not on this history). A segment of any other timeline (a
 descendant, reached after a later promotion, or one whose relation is unknown) is needed, so
-everything else stays and each kept base backup can be replayed to the end of the archive. A pinned base backup older than all of them keeps the segments from
-its start to its stop (on its timeline and, for the segment of a later promotion, on the
-timelines descending from it): enough to make it consistent, not to roll it forward. History files
-are always kept (a few bytes, and recovery probes them to find the newest timeline). When a
-timeline's lineage is unknown (its history file is missing), its segments are kept. With no
-kept base backup at all nothing is deleted: nothing would anchor the chain.
+everything else stays and each kept base backup can be replayed to the end of the archive. A
+pinned base backup older than all of them keeps the segments from its start to its stop (on its
+timeline and, for the segment of a later promotion, on the timelines descending from it): enough
+to make it consistent, not to roll it forward. History files are always kept (a few bytes, and
+recovery probes them to find the newest timeline). When a timeline's lineage is unknown (its
+history file is missing), its segments are kept. With no kept base backup at all nothing is
+deleted: nothing would anchor the chain.
 """
 
 from __future__ import annotations
@@ -53,10 +54,19 @@ class BaseInfo:
     pinned: bool
 
     @classmethod
-    def of(cls, backup_id: str, taken_at: datetime, details: Mapping[str, Any], *, verified: bool, pinned: bool) -> BaseInfo:
+    def of(
+        cls, backup_id: str, taken_at: datetime, details: Mapping[str, Any], *, verified: bool, pinned: bool
+    ) -> BaseInfo:
         """From a base backup's manifest details (``timeline``, ``start_lsn``, ``stop_lsn``)."""
-        return cls(backup_id, taken_at, int(details["timeline"]), parse_lsn(details["start_lsn"]),
-                   parse_lsn(details["stop_lsn"]), verified, pinned)  # fmt: skip
+        return cls(
+            backup_id,
+            taken_at,
+            int(details["timeline"]),
+            parse_lsn(details["start_lsn"]),
+            parse_lsn(details["stop_lsn"]),
+            verified,
+            pinned,
+        )
 
     def __post_init__(self) -> None:
         if self.taken_at.tzinfo is None or self.taken_at.utcoffset() is None:
@@ -174,11 +184,12 @@ def plan_wal_retention(
         anchors = [pinned[-1]]
         plan.anchor = pinned[-1]
         plan.reasons.append(
-            f"every kept base backup is pinned: base backup {pinned[-1].backup_id} (the newest) anchors the WAL to the end"
+            f"every kept base backup is pinned: base backup {pinned[-1].backup_id} (the newest) "
+            "anchors the WAL to the end"
         )
 
     # per anchor: the timelines of its lineage, and its start segment
-    anchor_cuts: list[tuple[BaseInfo, set[int] | None, int]] = []
+    anchor_cuts: list[tuple[BaseInfo, set[int], int]] = []
     for base in anchors:
         lineage = timeline_lineage(entries, base.timeline)
         timelines = {t for t, _, _ in lineage} if lineage is not None else {base.timeline}
@@ -189,7 +200,12 @@ def plan_wal_retention(
                 "segments of its ancestors are kept (their lineage is unknown)"
             )
     pinned_ranges = [
-        (b, b.timeline, segno_of(b.start_lsn, segment_size), last_segno_before(max(b.stop_lsn, b.start_lsn + 1), segment_size))
+        (
+            b,
+            b.timeline,
+            segno_of(b.start_lsn, segment_size),
+            last_segno_before(max(b.stop_lsn, b.start_lsn + 1), segment_size),
+        )
         for b in pinned
         if b is not plan.anchor
     ]

@@ -41,7 +41,7 @@ import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -70,7 +70,7 @@ DEFAULT_GZIP_LEVEL = 6
 # a history file is a few lines per timeline switch; anything bigger is not one
 MAX_HISTORY_BYTES = 1024 * 1024
 
-UTC = timezone.utc
+UTC = UTC
 
 _SEGMENT_RE = re.compile(r"^([0-9A-F]{8})([0-9A-F]{8})([0-9A-F]{8})$")
 _HISTORY_RE = re.compile(r"^([0-9A-F]{8})\.history$")
@@ -170,7 +170,7 @@ def parse_wal_name(name: str, segment_size: int = DEFAULT_SEGMENT_SIZE) -> tuple
 
 def is_history_name(name: str) -> bool:
     match = _HISTORY_RE.match(name) if isinstance(name, str) else None
-    return bool(match) and int(match.group(1), 16) != 0
+    return match is not None and int(match.group(1), 16) != 0
 
 
 def history_name(timeline: int) -> str:
@@ -279,10 +279,16 @@ class WalEntry:
 
     def to_json(self) -> dict[str, Any]:
         line: dict[str, Any] = {
-            "name": self.name, "kind": self.kind, "timeline": self.timeline, "segno": self.segno,
-            "file": self.file, "size": self.size, "sha256": self.sha256, "raw_sha256": self.raw_sha256,
+            "name": self.name,
+            "kind": self.kind,
+            "timeline": self.timeline,
+            "segno": self.segno,
+            "file": self.file,
+            "size": self.size,
+            "sha256": self.sha256,
+            "raw_sha256": self.raw_sha256,
             "sealed_at": _format_time(self.sealed_at),
-        }  # fmt: skip
+        }
         if self.kind == "history":
             line["switches"] = [[parent, format_lsn(lsn)] for parent, lsn in self.switches]
         return line
@@ -293,6 +299,8 @@ class WalEntry:
         if not isinstance(data, dict):
             raise ValueError("not a JSON object")
         name, kind, file = data.get("name"), data.get("kind"), data.get("file")
+        if not isinstance(name, str) or not isinstance(file, str):
+            raise ValueError(f"name and file must be strings, got {name!r} and {file!r}")
         if kind == "segment":
             parsed = parse_wal_name(name, segment_size)
             if parsed is None:
@@ -302,9 +310,10 @@ class WalEntry:
                 raise ValueError(f"file {file!r} does not belong to segment {name}")
             switches: tuple[tuple[int, int], ...] = ()
         elif kind == "history":
-            timeline, segno = history_timeline(name), None
-            if timeline is None:
+            history = history_timeline(name)
+            if history is None:
                 raise ValueError(f"name {name!r} is not a history file name")
+            timeline, segno = history, None
             if file != name:
                 raise ValueError(f"file {file!r} does not belong to history {name}")
             raw = data.get("switches", [])
@@ -322,10 +331,17 @@ class WalEntry:
             if not isinstance(data.get(key), str) or not _SHA256_RE.match(data[key]):
                 raise ValueError(f"{key} must be 64 lower-case hex digits, got {data.get(key)!r}")
         return cls(
-            name=name, kind=kind, timeline=timeline, segno=segno, file=file, size=size,
-            sha256=data["sha256"], raw_sha256=data["raw_sha256"], sealed_at=_parse_time(data.get("sealed_at")),
+            name=name,
+            kind=kind,
+            timeline=timeline,
+            segno=segno,
+            file=file,
+            size=size,
+            sha256=data["sha256"],
+            raw_sha256=data["raw_sha256"],
+            sealed_at=_parse_time(data.get("sealed_at")),
             switches=switches,
-        )  # fmt: skip
+        )
 
 
 def newest_timeline(entries: Iterable[WalEntry]) -> int | None:
@@ -607,9 +623,11 @@ class WalArchive:
                     )
                 return header
             header = {
-                "format": CATALOG_FORMAT, "version": CATALOG_VERSION,
-                "system_identifier": system_identifier, "wal_segment_size": segment_size,
-            }  # fmt: skip
+                "format": CATALOG_FORMAT,
+                "version": CATALOG_VERSION,
+                "system_identifier": system_identifier,
+                "wal_segment_size": segment_size,
+            }
             self._write_catalog(header, [])
             return header
 
@@ -640,7 +658,9 @@ class WalArchive:
                 raise WalError(f"{self.catalog_path} line {number} is corrupt: {exc}") from None
             previous = by_name.get(entry.name)
             if previous is not None and (previous.sha256, previous.raw_sha256, previous.file) != (
-                entry.sha256, entry.raw_sha256, entry.file
+                entry.sha256,
+                entry.raw_sha256,
+                entry.file,
             ):
                 raise WalError(f"{self.catalog_path} line {number} catalogues {entry.name} a second time, differently")
             by_name.setdefault(entry.name, entry)
@@ -749,8 +769,9 @@ class WalArchive:
                 reuse = self._gz_identity(sealed, segment_size)
                 if reuse is not None and reuse[2] == raw_sha:
                     os.chmod(sealed, FILE_MODE)
-                    entry = WalEntry(name, "segment", timeline, segno, sealed.name, reuse[0], reuse[1], raw_sha,
-                                     datetime.now(UTC))  # fmt: skip
+                    entry = WalEntry(
+                        name, "segment", timeline, segno, sealed.name, reuse[0], reuse[1], raw_sha, datetime.now(UTC)
+                    )
                     self._append(entry, whole)
                     self._drop(raw)
                     return entry
@@ -758,7 +779,9 @@ class WalArchive:
             sealed_size, sealed_sha, raw_sha = self._write_gz(fd, name, sealed, level, segment_size)
         finally:
             os.close(fd)
-        entry = WalEntry(name, "segment", timeline, segno, sealed.name, sealed_size, sealed_sha, raw_sha, datetime.now(UTC))
+        entry = WalEntry(
+            name, "segment", timeline, segno, sealed.name, sealed_size, sealed_sha, raw_sha, datetime.now(UTC)
+        )
         self._append(entry, whole)
         self._drop(raw)
         return entry
@@ -816,8 +839,9 @@ class WalArchive:
             raise CorruptWal(f"{sealed.name} does not decompress to one whole {segment_size}-byte segment")
         timeline, segno = parse_wal_name(name, segment_size)  # type: ignore[misc]
         os.chmod(sealed, FILE_MODE)
-        entry = WalEntry(name, "segment", timeline, segno, sealed.name, identity[0], identity[1], identity[2],
-                         datetime.now(UTC))  # fmt: skip
+        entry = WalEntry(
+            name, "segment", timeline, segno, sealed.name, identity[0], identity[1], identity[2], datetime.now(UTC)
+        )
         self._append(entry, whole)
         return entry
 
@@ -944,7 +968,9 @@ class WalArchive:
 
     def received_end_lsn(self, entries: Sequence[WalEntry], segment_size: int) -> int:
         """An upper bound of the WAL received: the end of the growing segment, else of the last sealed one."""
-        ends = [segment_start_lsn(e.segno + 1, segment_size) for e in entries if e.kind == "segment" and e.segno is not None]
+        ends = [
+            segment_start_lsn(e.segno + 1, segment_size) for e in entries if e.kind == "segment" and e.segno is not None
+        ]
         partial = self.partial()
         if partial is not None:
             parsed = parse_wal_name(partial.name[: -len(".partial")], segment_size)
@@ -1123,10 +1149,14 @@ def _needed(
     _check_timeline(target)
     lineage = timeline_lineage(entries, target)
     if lineage is None:
-        return [], [], [
-            f"timeline {target} has no history file {history_name(target)} in the catalog: "
-            f"cannot follow the chain from timeline {start_timeline}"
-        ]
+        return (
+            [],
+            [],
+            [
+                f"timeline {target} has no history file {history_name(target)} in the catalog: "
+                f"cannot follow the chain from timeline {start_timeline}"
+            ],
+        )
     tlis = [t for t, _, _ in lineage]
     if start_timeline not in tlis:
         path = " -> ".join(str(t) for t in tlis)
@@ -1134,10 +1164,14 @@ def _needed(
     first_index = tlis.index(start_timeline)
     _, begin, end = lineage[first_index]
     if end is not None and start_lsn >= end:
-        return [], [], [
-            f"start {format_lsn(start_lsn)} on timeline {start_timeline} is after that timeline ended at "
-            f"{format_lsn(end)}: not on the history of timeline {target}"
-        ]
+        return (
+            [],
+            [],
+            [
+                f"start {format_lsn(start_lsn)} on timeline {start_timeline} is after that timeline ended at "
+                f"{format_lsn(end)}: not on the history of timeline {target}"
+            ],
+        )
     problems: list[str] = []
     histories = {e.timeline: e for e in entries if e.kind == "history"}
     for tli in tlis[first_index + 1 :]:
@@ -1215,7 +1249,12 @@ def check_chain(
     if end_lsn is not None:
         end_segno = last_segno_before(end_lsn, segment_size)
     _, _, problems = _needed(
-        list(entries), start_timeline, start_lsn, segment_size=segment_size, end_timeline=end_timeline, end_segno=end_segno
+        list(entries),
+        start_timeline,
+        start_lsn,
+        segment_size=segment_size,
+        end_timeline=end_timeline,
+        end_segno=end_segno,
     )
     return problems
 

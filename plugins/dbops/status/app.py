@@ -78,37 +78,32 @@ _catalog_lock = threading.Lock()
 def _catalogs(config, max_age_s: float) -> dict[str, Any]:
     """``{target: Catalog or error message}`` of every configured target; a catalog read
     less than ``max_age_s`` ago (for the same target settings) is reused."""
-    from dbops import connections
-    from dbops.offsite.targets import open_target, target_connection_id
+    from dbops import runtime
 
+    settings = config.offsite.model_dump_json()
     found: dict[str, Any] = {}
-    for name in config.offsite.targets:
-        conn_id = target_connection_id(config, name)
-        key = (name, f"{conn_id}|{config.offsite.model_dump_json()}")
-        cached = _catalog_cache.get(key)
+
+    def not_cached(name: str, conn_id: str) -> bool:
+        cached = _catalog_cache.get((name, f"{conn_id}|{settings}"))
         if cached is not None and time.monotonic() - cached[0] <= max_age_s:
             found[name] = cached[1]
-            continue
-        if not connections.connection_exists(conn_id):
-            found[name] = f"no Airflow connection {conn_id!r}"
-            continue
-        try:
-            with open_target(name, config) as target:
-                found[name] = target.catalog(lambda _msg: None)
-        except Exception as exc:
-            log.warning("DB Ops page: offsite target %s unreadable: %s", name, exc)
-            found[name] = _error(exc)
-        with _catalog_lock:
-            _catalog_cache[key] = (time.monotonic(), found[name])
-    return found
+            return False
+        return True
+
+    read = runtime.read_catalogs(config, lambda _msg: None, only=not_cached)
+    with _catalog_lock:
+        for name, catalog in read.items():
+            key = (name, f"{runtime.target_connection_id(config, name)}|{settings}")
+            _catalog_cache[key] = (time.monotonic(), catalog)
+    return {name: found[name] if name in found else read[name] for name in config.offsite.targets}
 
 
 def _with_postgres(config, read):
     """``read(conn)`` over a read-only session of the dbops Postgres connection."""
-    from dbops import connections
+    from dbops import runtime
     from dbops.status import queries
 
-    with connections.postgres(config.connections.postgres) as conn:
+    with runtime.postgres(config.connections.postgres) as conn:
         queries.prepare_session(conn)
         return read(conn)
 
@@ -152,8 +147,12 @@ def create_app() -> FastAPI:
             result = overview.backups_overview(repo, _shown_stores(config, repo), policy, utc_now())
             result["backup_error"] = None
         except (OSError, ValueError, RuntimeError) as exc:
-            result = {"stores": [], "backup_root": str(config.backup.root), "backup_error": _error(exc),
-                      "retention_policy": {"retention_days": policy.retention_days, "min_keep": policy.min_keep}}
+            result = {
+                "stores": [],
+                "backup_root": str(config.backup.root),
+                "backup_error": _error(exc),
+                "retention_policy": {"retention_days": policy.retention_days, "min_keep": policy.min_keep},
+            }
         try:
             result["maintenance"] = _with_postgres(config, queries.latest_maintenance)
             result["maintenance_error"] = None
@@ -193,8 +192,11 @@ def create_app() -> FastAPI:
         local = overview.backups_overview(repo, _shown_stores(config, repo), policy, utc_now())
         catalogs: dict[str, dict[str, str] | str] = {}
         for name, catalog in _catalogs(config, max_age_s=0).items():  # read now; refreshes the cache
-            catalogs[name] = catalog if isinstance(catalog, str) else {
-                f"{o.key}/{o.backup_id}": o.manifest_sha256 for o in catalog.all()}
+            catalogs[name] = (
+                catalog
+                if isinstance(catalog, str)
+                else {f"{o.key}/{o.backup_id}": o.manifest_sha256 for o in catalog.all()}
+            )
         return overview.offsite_copies(local, catalogs)
 
     @app.get("/api/pitr")
@@ -212,8 +214,9 @@ def create_app() -> FastAPI:
             repo = _repository(config)
         except (OSError, ValueError, RuntimeError) as exc:
             return {"enabled": config.pitr.enabled, "wal_root": str(wal_root), "error": _error(exc)}
-        result = pitr.pitr_overview(repo, wal_root, utc_now(), enabled=config.pitr.enabled,
-                                    max_lag_s=config.pitr.max_lag_s)
+        result = pitr.pitr_overview(
+            repo, wal_root, utc_now(), enabled=config.pitr.enabled, max_lag_s=config.pitr.max_lag_s
+        )
         return {**result, "error": None}
 
     @app.get("/api/recovery")
@@ -222,7 +225,7 @@ def create_app() -> FastAPI:
         judged now by the checks of dbops_recovery_check: the repository as it is, the
         nightly run from the DagRun table, the offsite catalogs from the page's cache; and
         when that DAG last judged. An unreadable repository fails every store."""
-        from dbops import connections
+        from dbops import runtime
         from dbops.backup.recovery_point import newest_copies
         from dbops.backup.repository import utc_now
         from dbops.status import recovery_point
@@ -234,13 +237,26 @@ def create_app() -> FastAPI:
         except (OSError, ValueError, RuntimeError) as exc:
             stores = [str(getattr(s, "value", s)) for s in config.backup.stores]
             reason = f"the backup repository cannot be read: {_error(exc)}"
-            return {"status": "failed", "error": reason, "generated_at": None, "problems": [], "common": [],
-                    "stores": [{"store": s, "status": "failed", "reasons": [reason], "checks": []} for s in stores]}
-        offsite = {name: held if isinstance(held, str) else newest_copies(held)
-                   for name, held in _catalogs(config, max_age_s=CATALOG_CACHE_S).items()}
-        return recovery_point.recovery_overview(config, repo, now, offsite=offsite,
-                                                nightly=recovery_point.nightly_from_db,
-                                                connection_exists=connections.connection_exists)
+            return {
+                "status": "failed",
+                "error": reason,
+                "generated_at": None,
+                "problems": [],
+                "common": [],
+                "stores": [{"store": s, "status": "failed", "reasons": [reason], "checks": []} for s in stores],
+            }
+        offsite = {
+            name: held if isinstance(held, str) else newest_copies(held)
+            for name, held in _catalogs(config, max_age_s=CATALOG_CACHE_S).items()
+        }
+        return recovery_point.recovery_overview(
+            config,
+            repo,
+            now,
+            offsite=offsite,
+            nightly=recovery_point.nightly_from_db,
+            connection_exists=runtime.connection_exists,
+        )
 
     return app
 

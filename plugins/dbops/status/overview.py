@@ -11,8 +11,8 @@ and the policy from the dbops config.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from datetime import datetime, timezone
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 from dbops.backup.repository import Backup, BackupRepository, as_utc, format_time, parse_time
@@ -44,17 +44,23 @@ def _drill_time(drill: Mapping[str, Any]) -> datetime:
     try:
         return parse_time(drill["at"])
     except (KeyError, TypeError, ValueError):
-        return datetime.min.replace(tzinfo=timezone.utc)  # unreadable: oldest
+        return datetime.min.replace(tzinfo=UTC)  # unreadable: oldest
 
 
 def backup_entry(backup: Backup, now: datetime) -> dict[str, Any]:
-    """One backup as the JSON API gives it (sizes in bytes, ages in seconds)."""
+    """One backup as the JSON API gives it (sizes in bytes, ages in seconds).
+
+    ``data_bytes``: the backup's data; ``sidecar_bytes``: the manifest, the source description
+    and the verify / drill / pin / offsite results beside it; ``total_bytes``: every file the
+    manifest lists (data and description: what is verified and shipped)."""
     manifest = backup.manifest
     pinned = pin_reason(backup)
     return {
         "backup_id": backup.backup_id,
         "finished_at": format_time(backup.finished_at),
         "age_seconds": int((now - backup.finished_at).total_seconds()),
+        "data_bytes": backup.data_bytes,
+        "sidecar_bytes": backup.sidecar_bytes,
         "total_bytes": backup.total_bytes,
         "files": len(manifest.get("files", [])),
         "verified": backup.verified,
@@ -69,8 +75,9 @@ def backup_entry(backup: Backup, now: datetime) -> dict[str, Any]:
     }
 
 
-def series_overview(backups: Iterable[Backup], store: str, subject: str | None, policy: RetentionPolicy,
-                    now: datetime) -> dict[str, Any]:
+def series_overview(
+    backups: Iterable[Backup], store: str, subject: str | None, policy: RetentionPolicy, now: datetime
+) -> dict[str, Any]:
     """One series: every backup (newest first) with the retention verdict, the last good
     (newest verified) backup and the last drill result."""
     now = as_utc(now, "now")
@@ -91,6 +98,8 @@ def series_overview(backups: Iterable[Backup], store: str, subject: str | None, 
         "subject": subject,
         "count": len(entries),
         "verified_count": len(good),
+        "data_bytes": sum(e["data_bytes"] for e in entries),
+        "sidecar_bytes": sum(e["sidecar_bytes"] for e in entries),
         "total_bytes": sum(e["total_bytes"] for e in entries),
         "last_good": good[0] if good else None,
         "newest": entries[0] if entries else None,
@@ -119,8 +128,9 @@ def store_overview(repo: BackupRepository, store: str, policy: RetentionPolicy, 
     }
 
 
-def backups_overview(repo: BackupRepository, stores: Iterable[str], policy: RetentionPolicy,
-                     now: datetime) -> dict[str, Any]:
+def backups_overview(
+    repo: BackupRepository, stores: Iterable[str], policy: RetentionPolicy, now: datetime
+) -> dict[str, Any]:
     """The backup part of the page: one entry per store; a store whose folder cannot be
     read shows its error, the others are unaffected."""
     now = as_utc(now, "now")
@@ -133,8 +143,12 @@ def backups_overview(repo: BackupRepository, stores: Iterable[str], policy: Rete
     return {
         "generated_at": format_time(now),
         "backup_root": str(repo.root),
-        "retention_policy": {"retention_days": policy.retention_days, "min_keep": policy.min_keep,
-                             "keep_weekly": policy.keep_weekly, "keep_monthly": policy.keep_monthly},
+        "retention_policy": {
+            "retention_days": policy.retention_days,
+            "min_keep": policy.min_keep,
+            "keep_weekly": policy.keep_weekly,
+            "keep_monthly": policy.keep_monthly,
+        },
         "stores": result,
     }
 
@@ -149,7 +163,7 @@ def offsite_copies(overview: Mapping[str, Any], catalogs: Mapping[str, Mapping[s
     manifest_sha256}``, or to an error message when it could not be read. A copy counts
     only when its manifest is the local one (same id, same manifest_sha256).
     """
-    targets = {}
+    targets: dict[str, dict[str, Any]] = {}
     for name, held in sorted(catalogs.items()):
         if isinstance(held, str):
             targets[name] = {"error": held, "backups": None}
@@ -161,7 +175,8 @@ def offsite_copies(overview: Mapping[str, Any], catalogs: Mapping[str, Mapping[s
             for backup in series["backups"]:
                 key = f"{series['series']}/{backup['backup_id']}"
                 copies[key] = sorted(
-                    name for name, held in catalogs.items()
+                    name
+                    for name, held in catalogs.items()
                     if not isinstance(held, str) and held.get(key) == backup["manifest_sha256"]
                 )
     return {"targets": targets, "copies": copies}
@@ -170,7 +185,7 @@ def offsite_copies(overview: Mapping[str, Any], catalogs: Mapping[str, Mapping[s
 # --------------------------------------------------------------------------- dbops tables
 
 
-def maintenance_summary(run: Mapping[str, Any] | None, rows: list[Mapping[str, Any]]) -> dict[str, Any] | None:
+def maintenance_summary(run: Mapping[str, Any] | None, rows: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
     """The latest maintenance run (its id and times) and what it did: counts per kind and
     action, and every row. None when no maintenance run was recorded yet."""
     if run is None:
@@ -202,7 +217,9 @@ def maintenance_summary(run: Mapping[str, Any] | None, rows: list[Mapping[str, A
     }
 
 
-def table_size_chart(history: list[Mapping[str, Any]], growth: list[Mapping[str, Any]], top: int) -> dict[str, Any]:
+def table_size_chart(
+    history: Sequence[Mapping[str, Any]], growth: Sequence[Mapping[str, Any]], top: int
+) -> dict[str, Any]:
     """The ``top`` biggest tables of the latest capture: their size at every capture
     (points for the chart) and their growth per day over 1/7/30 days (from the
     monitor's own growth query)."""
@@ -231,7 +248,7 @@ def table_size_chart(history: list[Mapping[str, Any]], growth: list[Mapping[str,
                 "days_to_limit": g.get("days_to_limit"),
                 "points": points[name],
             }
-            for name, g in zip(names, chosen)
+            for name, g in zip(names, chosen, strict=True)
         ],
     }
 

@@ -45,16 +45,26 @@ def _number(value: Any) -> float | int | None:
     return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
-def receiver_state(status: Mapping[str, Any] | None, now: datetime,
-                   max_age_s: float = check.HEARTBEAT_MAX_AGE_S) -> dict[str, Any]:
+def receiver_state(
+    status: Mapping[str, Any] | None, now: datetime, max_age_s: float = check.HEARTBEAT_MAX_AGE_S
+) -> dict[str, Any]:
     """The receiver as its heartbeat tells it. ``state`` is what it reported
     ("streaming", "starting", "error"), or "never reported" (no heartbeat file), "unreadable"
     (no readable heartbeat time) or "not running" (heartbeat older than ``max_age_s``:
     a killed receiver cannot say so itself). ``alive`` only for a fresh heartbeat."""
     if status is None:
-        return {"state": NEVER_REPORTED, "alive": False, "reported_state": None, "heartbeat_at": None,
-                "heartbeat_age_s": None, "error": None, "pid": None, "started_at": None, "timeline": None,
-                "last_sealed": None}
+        return {
+            "state": NEVER_REPORTED,
+            "alive": False,
+            "reported_state": None,
+            "heartbeat_at": None,
+            "heartbeat_age_s": None,
+            "error": None,
+            "pid": None,
+            "started_at": None,
+            "timeline": None,
+            "last_sealed": None,
+        }
     age = _age_s(status.get("heartbeat_at"), now)
     reported = status.get("state") if isinstance(status.get("state"), str) else None
     if age is None:
@@ -77,14 +87,26 @@ def receiver_state(status: Mapping[str, Any] | None, now: datetime,
     }
 
 
-def last_check(result: Mapping[str, Any] | None, now: datetime,
-               stale_after_s: float = CHECK_STALE_AFTER_S) -> dict[str, Any]:
+def last_check(
+    result: Mapping[str, Any] | None, now: datetime, stale_after_s: float = CHECK_STALE_AFTER_S
+) -> dict[str, Any]:
     """The last WAL check (``check.json``). ``status``: "ok", "failed" (with its problems),
     "stale" (older than ``stale_after_s``, whatever it said then), "unreadable" or
     "never checked"."""
     if result is None:
-        return {"status": NEVER_CHECKED, "at": None, "age_s": None, "ok": None, "stale": False, "problems": [],
-                "lag_s": None, "lag_bytes": None, "segments": None, "base_backups": None, "rehashed": None}
+        return {
+            "status": NEVER_CHECKED,
+            "at": None,
+            "age_s": None,
+            "ok": None,
+            "stale": False,
+            "problems": [],
+            "lag_s": None,
+            "lag_bytes": None,
+            "segments": None,
+            "base_backups": None,
+            "rehashed": None,
+        }
     age = _age_s(result.get("at"), now)
     ok = result.get("ok") is True  # anything but a literal true is not a pass
     problems = [str(p) for p in result.get("problems") or []] if isinstance(result.get("problems"), list) else []
@@ -124,8 +146,15 @@ def base_backup_entry(backup: Backup, now: datetime) -> dict[str, Any]:
     return entry
 
 
-def pitr_overview(repo: BackupRepository, wal_root: Path, now: datetime, *, enabled: bool,
-                  max_lag_s: float | None = None, stale_after_s: float = CHECK_STALE_AFTER_S) -> dict[str, Any]:
+def pitr_overview(
+    repo: BackupRepository,
+    wal_root: Path,
+    now: datetime,
+    *,
+    enabled: bool,
+    max_lag_s: float | None = None,
+    stale_after_s: float = CHECK_STALE_AFTER_S,
+) -> dict[str, Any]:
     """The PITR part of the page. ``wal_root`` is ``<backup.root>/postgres_wal``.
 
     The window is the last check's (``earliest``: the oldest base backup's consistent
@@ -133,16 +162,33 @@ def pitr_overview(repo: BackupRepository, wal_root: Path, now: datetime, *, enab
     is not stale. The receiver's lag is the check's measurement (the server's view).
     """
     now = as_utc(now, "now")
-    result: dict[str, Any] = {"enabled": enabled, "generated_at": format_time(now), "wal_root": str(wal_root),
-                              "max_lag_s": max_lag_s, "stale_after_s": stale_after_s}
+    result: dict[str, Any] = {
+        "enabled": enabled,
+        "generated_at": format_time(now),
+        "wal_root": str(wal_root),
+        "max_lag_s": max_lag_s,
+        "stale_after_s": stale_after_s,
+    }
     if not enabled:
-        return {**result, "message": PITR_OFF, "window": None, "receiver": None, "last_check": None,
-                "base_backups": [], "base_backups_status": None, "base_backups_error": None}
+        return {
+            **result,
+            "message": PITR_OFF,
+            "window": None,
+            "receiver": None,
+            "last_check": None,
+            "base_backups": [],
+            "base_backups_status": None,
+            "base_backups_error": None,
+        }
     raw = check.read_json(wal_root / check.CHECK_FILE)
     checked = last_check(raw, now, stale_after_s)
     receiver = receiver_state(WalArchive(wal_root).status(), now)
-    receiver["lag_s"], receiver["lag_bytes"], receiver["lag_as_of"] = checked["lag_s"], checked["lag_bytes"], checked["at"]
-    receiver["lag_over_limit"] = (max_lag_s is not None and checked["lag_s"] is not None and checked["lag_s"] > max_lag_s)
+    receiver["lag_s"], receiver["lag_bytes"], receiver["lag_as_of"] = (
+        checked["lag_s"],
+        checked["lag_bytes"],
+        checked["at"],
+    )
+    receiver["lag_over_limit"] = max_lag_s is not None and checked["lag_s"] is not None and checked["lag_s"] > max_lag_s
     window = {
         "earliest": (raw or {}).get("earliest"),
         "latest": (raw or {}).get("latest"),
@@ -155,5 +201,13 @@ def pitr_overview(repo: BackupRepository, wal_root: Path, now: datetime, *, enab
         status, error = ("ok" if entries else NO_BASE_BACKUP_YET), None
     except (OSError, ValueError, RuntimeError) as exc:
         entries, status, error = [], "error", f"{type(exc).__name__}: {exc}"
-    return {**result, "message": None, "window": window, "receiver": receiver, "last_check": checked,
-            "base_backups": entries, "base_backups_status": status, "base_backups_error": error}
+    return {
+        **result,
+        "message": None,
+        "window": window,
+        "receiver": receiver,
+        "last_check": checked,
+        "base_backups": entries,
+        "base_backups_status": status,
+        "base_backups_error": error,
+    }

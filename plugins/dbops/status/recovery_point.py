@@ -34,20 +34,28 @@ def nightly_from_db(now: datetime) -> rp.NightlyRun | None:
 
     with create_session() as session:
         run = session.scalars(
-            select(DagRun).where(DagRun.dag_id == rp.NIGHTLY_DAG, DagRun.logical_date < now,
-                                 DagRun.run_type != "backfill")
-            .order_by(DagRun.logical_date.desc()).limit(1)
+            select(DagRun)
+            .where(DagRun.dag_id == rp.NIGHTLY_DAG, DagRun.logical_date < now, DagRun.run_type != "backfill")
+            .order_by(DagRun.logical_date.desc())
+            .limit(1)
         ).first()
         if run is None:
             return None
         failed = session.scalars(
             select(TaskInstance.task_id).where(
-                TaskInstance.dag_id == rp.NIGHTLY_DAG, TaskInstance.run_id == run.run_id,
-                TaskInstance.state.in_(["failed", "upstream_failed"]))
+                TaskInstance.dag_id == rp.NIGHTLY_DAG,
+                TaskInstance.run_id == run.run_id,
+                TaskInstance.state.in_(["failed", "upstream_failed"]),
+            )
         ).all()
-        return rp.NightlyRun(run.run_id, str(getattr(run.state, "value", run.state)),
-                             as_utc(run.logical_date or run.run_after), run.start_date, run.end_date,
-                             tuple(sorted(set(failed))))
+        return rp.NightlyRun(
+            run.run_id,
+            str(getattr(run.state, "value", run.state)),
+            as_utc(run.logical_date or run.run_after),
+            run.start_date,
+            run.end_date,
+            tuple(sorted(set(failed))),
+        )
 
 
 def last_dag_result(root: Path, now: datetime) -> dict[str, Any]:
@@ -61,14 +69,24 @@ def last_dag_result(root: Path, now: datetime) -> dict[str, Any]:
     except (OSError, ValueError, KeyError, TypeError) as exc:
         return {"at": None, "age_s": None, "status": None, "stale": True, "error": f"{path}: {exc}"}
     age = round((now - at).total_seconds(), 1)
-    return {"at": data["generated_at"], "age_s": age, "status": data.get("status"),
-            "stale": age > RESULT_STALE_AFTER_S, "error": None}
+    return {
+        "at": data["generated_at"],
+        "age_s": age,
+        "status": data.get("status"),
+        "stale": age > RESULT_STALE_AFTER_S,
+        "error": None,
+    }
 
 
-def recovery_overview(config: Any, repo: BackupRepository, now: datetime, *,
-                      offsite: Mapping[str, list[rp.OffsiteCopy] | str],
-                      nightly: Callable[[datetime], rp.NightlyRun | None],
-                      connection_exists: Callable[[str], bool]) -> dict[str, Any]:
+def recovery_overview(
+    config: Any,
+    repo: BackupRepository,
+    now: datetime,
+    *,
+    offsite: Mapping[str, list[rp.OffsiteCopy] | str],
+    nightly: Callable[[datetime], rp.NightlyRun | None],
+    connection_exists: Callable[[str], bool],
+) -> dict[str, Any]:
     """The live status per store, plus the DAG's last result. ``nightly(now)`` reads the
     last nightly run; its failure is judged (the check fails naming it), never hidden."""
     try:
@@ -77,6 +95,14 @@ def recovery_overview(config: Any, repo: BackupRepository, now: datetime, *,
         run, run_error = None, f"{type(exc).__name__}: {exc}"
     from dbops.offsite.restore import fetch_root
 
-    result = rp.check_config(config, repo, now=now, offsite=offsite, nightly=run, nightly_error=run_error,
-                             connection_exists=connection_exists, fetch_root=fetch_root(config))
+    result = rp.check_config(
+        config,
+        repo,
+        now=now,
+        offsite=offsite,
+        nightly=run,
+        nightly_error=run_error,
+        connection_exists=connection_exists,
+        fetch_root=fetch_root(config),
+    )
     return {**result, "dag": last_dag_result(repo.root, now), "error": None}

@@ -7,13 +7,14 @@ from __future__ import annotations
 import logging
 from datetime import timedelta
 
-from airflow.sdk import get_current_context, task
+from airflow.sdk import TriggerRule, get_current_context, task
 from airflow.sdk.exceptions import AirflowSkipException
 
-from dbops import connections
+from dbops import runtime
 from dbops.config import DbopsConfig
-from dbops.dagkit import BACKUP_ASSETS, on_store, selected_params
+from dbops.dagkit import BACKUP_ASSETS, NEW_BACKUPS, on_store, selected_params
 from dbops.runtime import runtime_config
+from dbops.tasks.summary import push_summary
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +29,7 @@ def store_adapter(store: str, config: DbopsConfig):
     """The store's adapter, reaching its stores through the Airflow connections."""
     from dbops.registry import adapter
 
-    return adapter(store, config, connections)
+    return adapter(store, config, runtime)
 
 
 def skip_unconfigured(call):
@@ -43,9 +44,7 @@ def skip_unconfigured(call):
 
 def _run_config(params: dict) -> DbopsConfig:
     """The config with this run's retention Params applied (validated again)."""
-    return runtime_config(
-        {"backup": {"retention_days": params["retention_days"], "min_keep": params["min_keep"]}}
-    )
+    return runtime_config({"backup": {"retention_days": params["retention_days"], "min_keep": params["min_keep"]}})
 
 
 @task
@@ -61,14 +60,25 @@ def plan() -> dict:
             for subject in repo.subjects(store) or [None]:
                 latest = repo.latest(store, subject)
                 newest[f"{store}/{subject}" if subject else store] = latest.backup_id if latest else None
-        raise AirflowSkipException(
+        reason = (
             "skipped: a backfilled run cannot back up the past, and a backup taken now must not be "
             f"labelled with {context['logical_date']}. Newest backups: {newest}. "
             "Trigger with force=true to take a backup now (it is named by the time it is taken)."
         )
-    log.info("backing up %s into %s (retention %s days, min_keep %s)", params["stores"], repo.root,
-             config.backup.retention_days, config.backup.min_keep)  # fmt: skip
-    return {"stores": params["stores"], "root": str(repo.root)}
+        push_summary(reason)  # the run's summary says why (a skipped task has no return value)
+        raise AirflowSkipException(reason)
+    log.info(
+        "backing up %s into %s (retention %s days, min_keep %s)",
+        params["stores"],
+        repo.root,
+        config.backup.retention_days,
+        config.backup.min_keep,
+    )
+    return {
+        "stores": params["stores"],
+        "root": str(repo.root),
+        "summary": f"backing up {', '.join(params['stores'])} into {repo.root}",
+    }
 
 
 def series_task(store: str):
@@ -158,7 +168,81 @@ def retention_task(store: str):
             )
             for subject in subjects
         ]
-        return {"store": store, "series": results}
+        return {"store": store, "series": results, "summary": retention_summary(results)}
 
     retention.__doc__ = f"Apply retention to {store} after this run's verified backup; publish its Asset."
     return retention
+
+
+def retention_summary(results: list[dict]) -> str:
+    """One line of what retention deleted (or would delete), by series, with the ids."""
+    parts = []
+    for r in results:
+        verb = "would delete" if r["dry_run"] else "deleted"
+        ids = ", ".join(r["obsolete"]) if r["obsolete"] else "nothing"
+        parts.append(f"{r['series']}: kept {len(r['kept'])}, {verb} {ids}")
+    return "; ".join(parts) or "no series"
+
+
+def new_backups(dag, run_id: str, task_ids: list[str]) -> list[dict]:
+    """The backups the run's tasks ``task_ids`` made (not those a rerun found already made)."""
+    from airflow.sdk.execution_time.xcom import XCom
+
+    found = []
+    for task_id in task_ids:
+        for result in XCom.get_all(key="return_value", dag_id=dag.dag_id, task_id=task_id, run_id=run_id) or []:
+            if isinstance(result, dict) and result.get("backup_id") and not result.get("reused"):
+                found.append(
+                    {
+                        "store": result.get("store", "postgres_pitr"),
+                        "subject": result.get("subject"),
+                        "backup_id": result["backup_id"],
+                    }
+                )
+    return found
+
+
+def publish_task(backup_task_ids: list[str]):
+    """The task ``publish_backups`` (call it in the DAG, after the backups): one event of the
+    Asset ``x-dbops://backups`` (what starts ``dbops_offsite_sync``) when this run made a backup
+    not announced yet; skipped (no event) when it made nothing new: a cleared task that did nothing starts no sync."""
+
+    @task(task_id="publish_backups", trigger_rule="all_done", outlets=[NEW_BACKUPS], inlets=[NEW_BACKUPS])
+    def publish_backups() -> dict:
+        context = get_current_context()
+        dag, run_id = context["dag"], context["run_id"]
+        made = new_backups(dag, run_id, backup_task_ids)
+        # what earlier tries of this run already announced (a cleared task re-reads the same results)
+        announced: set[str] = set()
+        for event in context["inlet_events"][NEW_BACKUPS].ascending(False).limit(50):
+            if event.source_dag_id == dag.dag_id and event.source_run_id == run_id:
+                earlier = (event.extra or {}).get("backups")
+                if isinstance(earlier, list):
+                    announced.update(str(b) for b in earlier)
+        fresh = [b for b in made if _label(b) not in announced]
+        if not fresh:
+            reason = (
+                "skipped: this run made no new backup"
+                if not made
+                else f"skipped: this run's backups were already announced: {sorted(announced)}"
+            )
+            push_summary(reason)
+            raise AirflowSkipException(reason)
+        labels = [_label(b) for b in fresh]
+        context["outlet_events"][NEW_BACKUPS].extra = {"backups": [*labels]}
+        log.info("new backups announced to dbops_offsite_sync: %s", labels)
+        return {"backups": labels, "summary": f"{len(labels)} new backup(s) for the offsite sync: {', '.join(labels)}"}
+
+    publish_backups.__doc__ = "Announce this run's new backups (one Asset event) to the offsite sync."
+    made = publish_backups()
+    # a teardown: it runs when the rest is done, a cleared task clears it too, and its own
+    # success never hides a failed backup (teardowns do not decide the run's state)
+    publisher = made.operator  # type: ignore[attr-defined]  # a @task call gives a PlainXComArg
+    publisher.as_teardown()
+    publisher.trigger_rule = TriggerRule.ALL_DONE
+    return made
+
+
+def _label(backup: dict) -> str:
+    where = f"{backup['store']}/{backup['subject']}" if backup.get("subject") else backup["store"]
+    return f"{where}/{backup['backup_id']}"

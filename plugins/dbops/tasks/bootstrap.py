@@ -12,11 +12,11 @@ from collections.abc import Callable
 from airflow.sdk import get_current_context, task
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
-from dbops import connections
+from dbops import runtime
 from dbops.config import DbopsConfig
 from dbops.dagkit import on_store, selected_params
-from dbops.runtime import runtime_config
 from dbops.report import StoreReport
+from dbops.runtime import runtime_config
 from dbops.sqlfiles import load_spec
 
 log = logging.getLogger(__name__)
@@ -34,7 +34,7 @@ def _selected(store: str) -> tuple[DbopsConfig, dict]:
 
 
 def _weaviate_configured(config: DbopsConfig) -> bool:
-    if connections.connection_exists(config.connections.weaviate):
+    if runtime.connection_exists(config.connections.weaviate):
         return True
     log.info("skipped: no Weaviate configured (no Airflow connection %r)", config.connections.weaviate)
     return False
@@ -54,9 +54,9 @@ def bootstrap_postgres() -> dict:
     from dbops.stores.postgres import bootstrap as postgres
 
     config, params = _selected("postgres")
-    with connections.postgres(config.connections.postgres) as conn:
+    with runtime.postgres(config.connections.postgres) as conn:
         report = postgres.bootstrap(conn, config.postgres, dry_run=params["dry_run"])
-        admin = connections.optional(config.connections.platform_admin)
+        admin = runtime.optional(config.connections.platform_admin)
         if admin is not None:
             email = admin.extra_dejson.get("email") or f"{admin.login}@localhost"
             postgres.ensure_initial_admin(conn, admin.login, email, admin.password, report, dry_run=params["dry_run"])
@@ -70,9 +70,9 @@ def bootstrap_mongo() -> dict:
     from dbops.stores.mongo import bootstrap as mongo
 
     config, params = _selected("mongo")
-    with connections.mongo(config.connections.mongo, config.mongo.database) as db:
+    with runtime.mongo(config.connections.mongo, config.mongo.database) as db:
         report = mongo.bootstrap(db, load_spec(MONGO_SPEC), dry_run=params["dry_run"])
-        app = connections.optional(config.connections.mongo_app)
+        app = runtime.optional(config.connections.mongo_app)
         if app is not None:
             mongo.ensure_app_user(db, app.login, app.password, report, dry_run=params["dry_run"])
         return _finish(report)
@@ -84,8 +84,8 @@ def bootstrap_weaviate() -> dict:
     from dbops.stores.weaviate import bootstrap as weaviate
 
     config, params = _selected("weaviate")
-    connections.require_weaviate(config.connections.weaviate)
-    with connections.weaviate(config.connections.weaviate) as api:
+    runtime.require_weaviate(config.connections.weaviate)
+    with runtime.weaviate(config.connections.weaviate) as api:
         spec = load_spec(WEAVIATE_SPEC)
         return _finish(weaviate.bootstrap(api.session, api.base_url, spec, dry_run=params["dry_run"]))
 
@@ -96,7 +96,7 @@ def bootstrap_redis() -> dict:
     from dbops.stores.redis import bootstrap as redis
 
     config, params = _selected("redis")
-    with connections.redis(config.connections.redis) as client:
+    with runtime.redis(config.connections.redis) as client:
         report = redis.bootstrap(
             client, load_spec(REDIS_SPEC), apply=params["apply_redis_settings"], dry_run=params["dry_run"]
         )
@@ -109,7 +109,7 @@ def bootstrap_kafka() -> dict:
     from dbops.stores.kafka import bootstrap as kafka
 
     config, params = _selected("kafka")
-    admin = connections.kafka_admin(config.connections.kafka)
+    admin = runtime.kafka_admin(config.connections.kafka)
     report = kafka.bootstrap(
         admin,
         load_spec(KAFKA_SPEC),
@@ -123,28 +123,28 @@ def bootstrap_kafka() -> dict:
 def _verify_postgres(config: DbopsConfig) -> StoreReport:
     from dbops.stores.postgres import bootstrap as postgres
 
-    with connections.postgres(config.connections.postgres) as conn:
+    with runtime.postgres(config.connections.postgres) as conn:
         return postgres.verify(conn, config.postgres)
 
 
 def _verify_mongo(config: DbopsConfig) -> StoreReport:
     from dbops.stores.mongo import bootstrap as mongo
 
-    with connections.mongo(config.connections.mongo, config.mongo.database) as db:
+    with runtime.mongo(config.connections.mongo, config.mongo.database) as db:
         return mongo.verify(db, load_spec(MONGO_SPEC))
 
 
 def _verify_redis(config: DbopsConfig) -> StoreReport:
     from dbops.stores.redis import bootstrap as redis
 
-    with connections.redis(config.connections.redis) as client:
+    with runtime.redis(config.connections.redis) as client:
         return redis.verify(client, load_spec(REDIS_SPEC))
 
 
 def _verify_kafka(config: DbopsConfig) -> StoreReport:
     from dbops.stores.kafka import bootstrap as kafka
 
-    admin = connections.kafka_admin(config.connections.kafka)
+    admin = runtime.kafka_admin(config.connections.kafka)
     return kafka.verify(
         admin,
         load_spec(KAFKA_SPEC),
@@ -156,7 +156,7 @@ def _verify_kafka(config: DbopsConfig) -> StoreReport:
 def _verify_weaviate(config: DbopsConfig) -> StoreReport:
     from dbops.stores.weaviate import bootstrap as weaviate
 
-    with connections.weaviate(config.connections.weaviate) as api:
+    with runtime.weaviate(config.connections.weaviate) as api:
         return weaviate.verify(api.session, api.base_url, load_spec(WEAVIATE_SPEC))
 
 

@@ -35,9 +35,8 @@ from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 from dbops.backup.recovery_point import DR_DRILL_FILE
 from dbops.config import DbopsConfig
 from dbops.dagkit import on_store
-from dbops.runtime import runtime_config
+from dbops.runtime import offsite_encryption, runtime_config
 from dbops.tasks.backup import store_adapter
-from dbops.tasks.offsite import encryption
 
 log = logging.getLogger(__name__)
 
@@ -75,26 +74,34 @@ def _record(config: DbopsConfig, unit: dict, result: dict) -> dict:
     from dbops.backup.repository import format_time, utc_now
 
     context = get_current_context()
-    record = {**result, "target": unit["target"], "series": unit["label"], "backup_id": unit["backup_id"],
-              "run_id": context["run_id"], "at": format_time(utc_now())}  # fmt: skip
+    record = {
+        **result,
+        "target": unit["target"],
+        "series": unit["label"],
+        "backup_id": unit["backup_id"],
+        "run_id": context["run_id"],
+        "at": format_time(utc_now()),
+    }
     _write_json(_unit_file(config, context["run_id"], unit["target"], unit["label"]), record)
     return record
 
 
-def _target_plan(name: str, config: DbopsConfig, stores: list[str], problems: list[str]) -> tuple[list[dict], list, list, int]:
+def _target_plan(
+    name: str, config: DbopsConfig, stores: list[str], problems: list[str]
+) -> tuple[list[dict], list, list, int]:
     """(units, chosen offsite copies, key ids of the WAL, WAL bytes) of one target, its problems appended."""
     from dbops.backup.restore import series_label
     from dbops.offsite.common import OffsiteError, SeriesKey
     from dbops.offsite.restore import choose
-    from dbops.offsite.targets import open_target
     from dbops.offsite.wal import read_offsite_catalog
     from dbops.pitr.wal import BASE_STORE
+    from dbops.runtime import open_target
 
     with open_target(name, config) as target:
         location = target.location()
         catalog = target.catalog(log.info)
         wal = read_offsite_catalog(target, log.info) if "postgres" in stores and config.pitr.enabled else None
-    found: list[tuple[str, str | None, str, object]] = []
+    found: list[tuple[str, str | None, str, SeriesKey]] = []
     for store in stores:
         keys = [k for k in catalog.series() if k.store == store]
         if not keys:
@@ -103,7 +110,9 @@ def _target_plan(name: str, config: DbopsConfig, stores: list[str], problems: li
     if wal is not None:
         found.append((BASE_STORE, None, PITR_LABEL, SeriesKey(BASE_STORE)))
         if wal.header is None:
-            problems.append(f"{name}: {PITR_LABEL}: no WAL offsite ({location}): a base backup alone recovers no point in time")
+            problems.append(
+                f"{name}: {PITR_LABEL}: no WAL offsite ({location}): a base backup alone recovers no point in time"
+            )
     units, chosen = [], []
     for store, subject, label, key in found:
         try:
@@ -114,10 +123,20 @@ def _target_plan(name: str, config: DbopsConfig, stores: list[str], problems: li
         problems += [f"{name}: newer copy not usable: {line}" for line in skipped]
         chosen.append(item)
         pinned = {series_label(store, subject): item.manifest_sha256}  # the fetch refuses another manifest
-        units.append({"target": name, "store": store, "subject": subject, "label": label, "backup_id": item.backup_id,
-                      "offsite": {"target": name, "location": location, "manifests": pinned}})  # fmt: skip
+        units.append(
+            {
+                "target": name,
+                "store": store,
+                "subject": subject,
+                "label": label,
+                "backup_id": item.backup_id,
+                "offsite": {"target": name, "location": location, "manifests": pinned},
+            }
+        )
     key_ids = [f.key_id for f in wal.files.values()] if wal is not None else []
-    wal_bytes = sum(f.stored.plain_bytes + (f.stored.bytes if f.encryption else 0) for f in wal.files.values()) if wal else 0
+    wal_bytes = (
+        sum(f.stored.plain_bytes + (f.stored.bytes if f.encryption else 0) for f in wal.files.values()) if wal else 0
+    )
     return units, chosen, key_ids, wal_bytes
 
 
@@ -143,7 +162,9 @@ def plan() -> dict:
     key_ids: list = []
     problems: list[str] = []
     wal_bytes = 0
-    notes = [f"{store}: not drilled (it has no scratch target)" for store in params["stores"] if store not in DRILLED_STORES]
+    notes = [
+        f"{store}: not drilled (it has no scratch target)" for store in params["stores"] if store not in DRILLED_STORES
+    ]
     stores = [s for s in params["stores"] if s in DRILLED_STORES]
     for name in params["targets"]:
         try:
@@ -163,15 +184,25 @@ def plan() -> dict:
     for item in chosen:
         largest[item.key.store] = max(largest.get(item.key.store, 0), space_needed(item))
     if chosen:
-        check_space(fetch_repository(config, params["targets"][0]), sum(largest.values()) + wal_bytes, 0,
-                    "the largest offsite copy of each store" + (" and the WAL" if BASE_STORE in largest else ""))  # fmt: skip
+        check_space(
+            fetch_repository(config, params["targets"][0]),
+            sum(largest.values()) + wal_bytes,
+            0,
+            "the largest offsite copy of each store" + (" and the WAL" if BASE_STORE in largest else ""),
+        )
     if str(context["dag_run"].run_type).lower().endswith("backfill"):
         notes.append(f"backfilled run for {context['logical_date']}: it drills the latest offsite copies now")
     for line in notes + problems:
         log.info("%s", line)
-    log.info("DR drill from %s: %s", params["targets"], [f"{u['target']}: {u['label']}/{u['backup_id']}" for u in units])
-    return {"units": [u for u in units if u["store"] != BASE_STORE], "pitr": [u for u in units if u["store"] == BASE_STORE],
-            "problems": problems, "notes": notes}  # fmt: skip
+    log.info(
+        "DR drill from %s: %s", params["targets"], [f"{u['target']}: {u['label']}/{u['backup_id']}" for u in units]
+    )
+    return {
+        "units": [u for u in units if u["store"] != BASE_STORE],
+        "pitr": [u for u in units if u["store"] == BASE_STORE],
+        "problems": problems,
+        "notes": notes,
+    }
 
 
 def units_task(store: str):
@@ -192,8 +223,18 @@ def _fail(config: DbopsConfig, unit: dict, started: float, timing: dict, what: s
     re-raises, so Airflow's retry policy decides (a refusal or a mismatch is not retried)."""
     problem = f"{what}: {type(exc).__name__}: {exc}"
     log.error("DR drill of %s/%s from %s: %s", unit["label"], unit["backup_id"], unit["target"], problem)
-    _record(config, unit, {"ok": False, "differences": [problem], "notes": [], "leftovers": [],
-                           "rto_s": round(time.monotonic() - started, 3), **timing})  # fmt: skip
+    _record(
+        config,
+        unit,
+        {
+            "ok": False,
+            "differences": [problem],
+            "notes": [],
+            "leftovers": [],
+            "rto_s": round(time.monotonic() - started, 3),
+            **timing,
+        },
+    )
 
 
 def drill_task(store: str):
@@ -227,18 +268,39 @@ def drill_task(store: str):
                 repo.delete(backup)
                 log.info("removed the fetched copy %s", backup.path)
         rto = round(time.monotonic() - started, 3)
-        record = _record(config, unit, {**{k: result[k] for k in ("ok", "differences", "notes", "leftovers")},
-                                        "scratch_target": result["target"], "drill_s": result["seconds"], "rto_s": rto,
-                                        **timing})  # fmt: skip
-        problems = [f"MISMATCH: {d}" for d in result["differences"]] + [f"scratch target NOT removed: {d}" for d in result["leftovers"]]
+        record = _record(
+            config,
+            unit,
+            {
+                **{k: result[k] for k in ("ok", "differences", "notes", "leftovers")},
+                "scratch_target": result["target"],
+                "drill_s": result["seconds"],
+                "rto_s": rto,
+                **timing,
+            },
+        )
+        problems = [f"MISMATCH: {d}" for d in result["differences"]] + [
+            f"scratch target NOT removed: {d}" for d in result["leftovers"]
+        ]
         if problems:
-            raise AirflowFailException(f"DR drill of {unit['label']}/{unit['backup_id']} from {unit['target']} failed:\n  "
-                                       + "\n  ".join(problems))  # fmt: skip
-        log.info("DR drill of %s/%s from %s passed: fetched in %.1fs, restored and equal in %.1fs; time to recover %.1fs",
-                 unit["label"], unit["backup_id"], unit["target"], timing["fetch_s"], result["seconds"], rto)  # fmt: skip
+            raise AirflowFailException(
+                f"DR drill of {unit['label']}/{unit['backup_id']} from {unit['target']} failed:\n  "
+                + "\n  ".join(problems)
+            )
+        log.info(
+            "DR drill of %s/%s from %s passed: fetched in %.1fs, restored and equal in %.1fs; time to recover %.1fs",
+            unit["label"],
+            unit["backup_id"],
+            unit["target"],
+            timing["fetch_s"],
+            result["seconds"],
+            rto,
+        )
         return record
 
-    drill.__doc__ = f"Fetch the chosen offsite {store} copy, restore it into scratch targets, compare, time it, remove it."
+    drill.__doc__ = (
+        f"Fetch the chosen offsite {store} copy, restore it into scratch targets, compare, time it, remove it."
+    )
     return drill
 
 
@@ -257,10 +319,10 @@ def drill_postgres_pitr(unit: dict) -> dict:
     """Fetch the newest base backup offsite and the WAL after it, recover to a time between
     two markers in that WAL, check exactly the markers up to it; time it; remove the copies."""
     from dbops.offsite.restore import fetch_repository
-    from dbops.offsite.targets import open_target
     from dbops.offsite.wal_fetch import fetch_wal_archive, last_commit_time
     from dbops.pitr.recovery import drill_pitr, server_bin_dir
     from dbops.pitr.wal import BASE_STORE
+    from dbops.runtime import open_target
     from dbops.tasks.pitr import admin_endpoint, marker_database
     from dbops.tasks.restore import PITR_WAL_FOLDER, fetch_planned, pitr_scratch_dir
 
@@ -274,26 +336,44 @@ def drill_postgres_pitr(unit: dict) -> dict:
     try:
         try:
             # the key whatever offsite.encryption says now: the copies were encrypted when shipped
-            enc = encryption(config.with_overrides({"offsite": {"encryption": True}})) if unit["offsite"]["encrypted"] else None
+            enc = None
+            if unit["offsite"]["encrypted"]:
+                enc = offsite_encryption(config.with_overrides({"offsite": {"encryption": True}}))
             repo, base = fetch_planned(config, unit["offsite"], BASE_STORE, None, unit["backup_id"])
             with open_target(unit["target"], config) as target:
-                archive = fetch_wal_archive(target, wal_root, system_identifier=str(base.manifest["details"]["system_identifier"]),
-                                            encryption=enc, base=base, log=log.info)  # fmt: skip
+                archive = fetch_wal_archive(
+                    target,
+                    wal_root,
+                    system_identifier=str(base.manifest["details"]["system_identifier"]),
+                    encryption=enc,
+                    base=base,
+                    log=log.info,
+                )
             timing["fetch_s"] = round(time.monotonic() - started, 3)
             ends = last_commit_time(archive, bin_dir=server_bin_dir(config.pitr.server_bin), log=log.info)
             if ends is None:
-                raise AirflowFailException(f"the WAL offsite on {unit['target']} after base backup {base.backup_id} "
-                                           "holds no transaction: nothing to recover to")  # fmt: skip
+                raise AirflowFailException(
+                    f"the WAL offsite on {unit['target']} after base backup {base.backup_id} "
+                    "holds no transaction: nothing to recover to"
+                )
         except Exception as exc:
             _fail(config, unit, started, timing, "fetch failed", exc)
             raise
         try:
             result = drill_pitr(
-                repo, archive, admin_endpoint(config), marker_database(config),
-                scratch_dir=pitr_scratch_dir(config), server_bin=config.pitr.server_bin,
-                os_user=config.pitr.scratch_os_user, wait_for_wal_s=0, wal_ends_at=ends,
-                run_id=context["run_id"], dag_id=context["dag"].dag_id, log=log.info,
-            )  # fmt: skip
+                repo,
+                archive,
+                admin_endpoint(config),
+                marker_database(config),
+                scratch_dir=pitr_scratch_dir(config),
+                server_bin=config.pitr.server_bin,
+                os_user=config.pitr.scratch_os_user,
+                wait_for_wal_s=0,
+                wal_ends_at=ends,
+                run_id=context["run_id"],
+                dag_id=context["dag"].dag_id,
+                log=log.info,
+            )
         except Exception as exc:
             _fail(config, unit, started, timing, "point-in-time drill could not run", exc)
             raise
@@ -303,13 +383,29 @@ def drill_postgres_pitr(unit: dict) -> dict:
         shutil.rmtree(wal_root, ignore_errors=True)
         log.info("removed the fetched base backup and WAL from %s", repo.root)
     rto = round(time.monotonic() - started, 3)
-    record = _record(config, unit, {**{k: result.get(k) for k in ("ok", "differences", "notes", "leftovers")},
-                                    "scratch_target": result.get("target"), "target_time": result["target_time"],
-                                    "drill_s": result["seconds"], "rto_s": rto, **timing})  # fmt: skip
+    record = _record(
+        config,
+        unit,
+        {
+            **{k: result.get(k) for k in ("ok", "differences", "notes", "leftovers")},
+            "scratch_target": result.get("target"),
+            "target_time": result["target_time"],
+            "drill_s": result["seconds"],
+            "rto_s": rto,
+            **timing,
+        },
+    )
     if not result["ok"]:
-        raise AirflowFailException(f"DR point-in-time drill from {unit['target']} failed:\n  " + "\n  ".join(result["differences"]))
-    log.info("DR point-in-time drill from %s passed: base backup %s recovered to %s; time to recover %.1fs",
-             unit["target"], unit["backup_id"], result["target_time"], rto)  # fmt: skip
+        raise AirflowFailException(
+            f"DR point-in-time drill from {unit['target']} failed:\n  " + "\n  ".join(result["differences"])
+        )
+    log.info(
+        "DR point-in-time drill from %s passed: base backup %s recovered to %s; time to recover %.1fs",
+        unit["target"],
+        unit["backup_id"],
+        result["target_time"],
+        rto,
+    )
     return record
 
 
@@ -317,15 +413,23 @@ def rto_table(records: list[dict]) -> str:
     """The results as a text table: target, series, backup, fetch / drill / total seconds, verdict."""
     rows = [("target", "series", "backup", "fetch s", "restore+compare s", "RTO s", "result")]
     for r in records:
-        rows.append((r["target"], r["series"], r["backup_id"], f"{r.get('fetch_s', 0):.1f}",
-                     f"{r.get('drill_s', 0):.1f}" if "drill_s" in r else "-", f"{r['rto_s']:.1f}",
-                     "ok" if r["ok"] else "FAILED"))  # fmt: skip
+        rows.append(
+            (
+                r["target"],
+                r["series"],
+                r["backup_id"],
+                f"{r.get('fetch_s', 0):.1f}",
+                f"{r.get('drill_s', 0):.1f}" if "drill_s" in r else "-",
+                f"{r['rto_s']:.1f}",
+                "ok" if r["ok"] else "FAILED",
+            )
+        )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows)
 
 
 @task(trigger_rule="all_done")
-def summary(planned: dict) -> dict:
+def summary(planned: dict) -> str:
     """Every drill of this run read back from its result file: fails naming every failure,
     every planned drill without a result and a run that drilled nothing; the RTO table (per
     series, and per target and store) in the log and the return value, and in dr_drill.json."""
@@ -343,12 +447,18 @@ def summary(planned: dict) -> dict:
         except (OSError, ValueError):
             record = None
         if not record or record.get("run_id") != run_id or record.get("backup_id") != unit["backup_id"]:
-            problems.append(f"{unit['target']}: {unit['label']}/{unit['backup_id']}: no DR drill result from this run "
-                            "(its task did not run or failed before recording: see its log)")  # fmt: skip
+            problems.append(
+                f"{unit['target']}: {unit['label']}/{unit['backup_id']}: no DR drill result from this run "
+                "(its task did not run or failed before recording: see its log)"
+            )
             continue
         records.append(record)
-        problems += [f"{unit['target']}: {unit['label']}/{unit['backup_id']}: {d}" for d in record.get("differences") or []]
-        problems += [f"{unit['target']}: {unit['label']}: scratch target not removed: {d}" for d in record.get("leftovers") or []]
+        problems += [
+            f"{unit['target']}: {unit['label']}/{unit['backup_id']}: {d}" for d in record.get("differences") or []
+        ]
+        problems += [
+            f"{unit['target']}: {unit['label']}: scratch target not removed: {d}" for d in record.get("leftovers") or []
+        ]
     if not planned["units"] and not planned["pitr"] and not problems:
         problems.append("nothing was drilled: no selected store has a copy on any selected target")
     by_store: dict[str, dict[str, float]] = {}
@@ -358,20 +468,49 @@ def summary(planned: dict) -> dict:
         by_store[r["target"]][store] = round(by_store[r["target"]][store] + r["rto_s"], 3)
     table = rto_table(records)
     outcome = {
-        "run_id": run_id, "dag_id": context["dag"].dag_id, "at": format_time(utc_now()), "ok": not problems,
-        "targets": context["params"]["targets"], "stores": context["params"]["stores"], "failures": problems,
-        "rto": [{k: r.get(k) for k in ("target", "series", "backup_id", "fetch_s", "drill_s", "rto_s", "ok")} for r in records],
+        "run_id": run_id,
+        "dag_id": context["dag"].dag_id,
+        "at": format_time(utc_now()),
+        "ok": not problems,
+        "targets": context["params"]["targets"],
+        "stores": context["params"]["stores"],
+        "failures": problems,
+        "rto": [
+            {k: r.get(k) for k in ("target", "series", "backup_id", "fetch_s", "drill_s", "rto_s", "ok")}
+            for r in records
+        ],
         "rto_by_store": by_store,
-    }  # fmt: skip
+    }
     _save(config, outcome)
     for note in planned["notes"]:
         log.info("%s", note)
     log.info("time to recover from offsite (fetch + restore + compare), per series:\n%s", table)
     log.info("time to recover per target and store (seconds): %s", json.dumps(by_store, sort_keys=True))
+    text = dr_drill_text(outcome, table)
+    ti = context["ti"]
+    ti.xcom_push(key="result", value={**outcome, "table": table})  # the structured results, for tools and tests
+    log.info("run summary:\n%s", text)
     if problems:
+        ti.xcom_push(key="return_value", value=text)  # a failing task returns nothing: its summary still shows
         raise AirflowFailException(f"DR drill: {len(problems)} failure(s):\n  " + "\n  ".join(problems) + "\n" + table)
     log.info("DR drill passed: %d restore(s) from offsite, each equal to its backup", len(records))
-    return {**outcome, "table": table}
+    return text
+
+
+def dr_drill_text(outcome: dict, table: str) -> str:
+    """The run's summary (the contract of ``dbops.tasks.summary``): the verdict, every failure
+    itself, the time to recover per target and store, then the per-series table; <= 25 lines."""
+    from dbops.tasks.summary import MAX_LINES
+
+    verdict = "passed" if outcome["ok"] else f"FAILED ({len(outcome['failures'])} failure(s))"
+    lines = [f"DR drill from {', '.join(outcome['targets'])} of {', '.join(outcome['stores'])}: {verdict}"]
+    lines += [f"failure: {f}" for f in outcome["failures"]]
+    for target, stores in sorted(outcome["rto_by_store"].items()):
+        lines.append(f"time to recover from {target}: " + ", ".join(f"{s} {v:.1f}s" for s, v in sorted(stores.items())))
+    lines += table.splitlines()
+    if len(lines) > MAX_LINES:
+        lines = [*lines[: MAX_LINES - 1], f"... and {len(lines) - MAX_LINES + 1} more line(s): see the log"]
+    return "\n".join(lines)
 
 
 def _save(config: DbopsConfig, outcome: dict) -> None:

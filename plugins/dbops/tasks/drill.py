@@ -34,8 +34,8 @@ def _plan_offsite(context, config, source: str) -> dict:
     from dbops.backup.restore import series_label
     from dbops.offsite.common import OffsiteError
     from dbops.offsite.restore import choose, fetch_repository, other_copies, space_needed
-    from dbops.offsite.targets import open_target
     from dbops.registry import DRILLED_STORES
+    from dbops.runtime import open_target
     from dbops.tasks.restore import check_space, decryption
 
     params = context["params"]
@@ -75,12 +75,20 @@ def _plan_offsite(context, config, source: str) -> dict:
         reclaimable += sum(b.total_bytes for b in other_copies(repo, key.store, key.subject, item.backup_id))
     space = check_space(repo, needed, reclaimable, f"{len(chosen)} backup(s) from {source}")
     if str(context["dag_run"].run_type).lower().endswith("backfill"):
-        notes.append(f"backfilled run for {context['logical_date']}: it drills the latest copies now, not those of that date")
+        notes.append(
+            f"backfilled run for {context['logical_date']}: it drills the latest copies now, not those of that date"
+        )
     for line in notes + problems:
         log.info("%s", line)
     log.info("drilling %d backup(s) from %s, fetched into %s: %s", len(backups), location, repo.root, backups)
-    offsite = {"target": source, "location": location, "encrypted": enc is not None, "fetch_root": str(repo.root),
-               "manifests": manifests, **space}  # fmt: skip
+    offsite = {
+        "target": source,
+        "location": location,
+        "encrypted": enc is not None,
+        "fetch_root": str(repo.root),
+        "manifests": manifests,
+        **space,
+    }
     return {"backups": backups, "problems": problems, "notes": notes, "root": str(repo.root), "offsite": offsite}
 
 
@@ -118,13 +126,18 @@ def plan() -> dict:
                 continue
             chosen = repo.latest(store, subject)
             if chosen is None:
-                problems.append(f"{label}: no verified backup to drill (newest {series[-1].backup_id}: {why_unverified(series[-1])})")
+                problems.append(
+                    f"{label}: no verified backup to drill (newest "
+                    f"{series[-1].backup_id}: {why_unverified(series[-1])})"
+                )
                 continue
             backups[label] = chosen.backup_id
             for newer in (b for b in series if b.sort_key > chosen.sort_key):
                 problems.append(f"{label}: newer backup {newer.backup_id} is not verified ({why_unverified(newer)})")
     if str(context["dag_run"].run_type).lower().endswith("backfill"):
-        notes.append(f"backfilled run for {context['logical_date']}: it drills the latest backups now, not those of that date")
+        notes.append(
+            f"backfilled run for {context['logical_date']}: it drills the latest backups now, not those of that date"
+        )
     for line in notes + problems:
         log.info("%s", line)
     log.info("drilling %d backup(s) from %s: %s", len(backups), repo.root, backups)
@@ -150,10 +163,14 @@ def drill_backup(repo, backup, adapter, context) -> dict:
     from dbops.backup.restore import run_drill
 
     return run_drill(
-        repo, backup, target=adapter.drill_target(backup),
+        repo,
+        backup,
+        target=adapter.drill_target(backup),
         drill=lambda b, found: adapter.drill(b, found, log.info),
-        run_id=context["run_id"], dag_id=context["dag"].dag_id, log=log.info,
-    )  # fmt: skip
+        run_id=context["run_id"],
+        dag_id=context["dag"].dag_id,
+        log=log.info,
+    )
 
 
 def drill_task(store: str):
@@ -192,7 +209,8 @@ def drill_task(store: str):
         if problems:
             verdict = "the backup is now marked not verified" if not result["ok"] else "the backup itself passed"
             raise AirflowFailException(
-                f"restore drill of {label}/{backup_id} failed ({verdict}; recorded in drill.json):\n  " + "\n  ".join(problems)
+                f"restore drill of {label}/{backup_id} failed ({verdict}; recorded in drill.json):\n  "
+                + "\n  ".join(problems)
             )
         log.info("drill of %s/%s passed: restored into %s and equal to the backup", label, backup_id, result["target"])
         return result
@@ -212,7 +230,10 @@ def _pitr_drill_of_run(context, repo) -> dict | None:
         drill = backup.sidecars.get("drill") or {}
         if drill.get("run_id") == context["run_id"]:
             return {k: drill.get(k) for k in ("ok", "backup_id", "target", "seconds", "differences")}
-    return {"ok": False, "differences": ["the point-in-time drill recorded nothing in this run (see drill_postgres_pitr)"]}
+    return {
+        "ok": False,
+        "differences": ["the point-in-time drill recorded nothing in this run (see drill_postgres_pitr)"],
+    }
 
 
 @task
@@ -225,7 +246,7 @@ def local_only() -> None:
 
 
 @task(trigger_rule="all_done")
-def summary(planned: dict) -> dict:
+def summary(planned: dict) -> str:
     """Every drill result of this run, read back from the drill sidecars (beside the fetched
     copies when drilling from offsite); fails naming every mismatch, every series without a
     result, every newer backup that is not verified, and a run that drilled nothing."""
@@ -248,10 +269,12 @@ def summary(planned: dict) -> dict:
         drill = (backup.sidecars.get("drill") if backup else None) or {}
         if drill.get("run_id") != context["run_id"]:
             failed = "its fetch or drill failed" if offsite else "its task failed"
-            problems.append(f"{label}/{backup_id}: no drill result from this run ({failed} before recording: see its log)")
+            problems.append(
+                f"{label}/{backup_id}: no drill result from this run ({failed} before recording: see its log)"
+            )
             continue
         results[label] = {k: drill.get(k) for k in ("ok", "backup_id", "target", "seconds", "differences", "leftovers")}
-        if offsite:  # what bringing it back took: the other half of the time to recover
+        if offsite and backup is not None:  # what bringing it back took: the other half of the time to recover
             results[label]["download"] = (backup.sidecars.get("fetched") or {}).get("download")
         problems += [f"{series_label(store, subject or None)}/{backup_id}: {d}" for d in drill.get("differences", [])]
         problems += [f"{label}/{backup_id}: scratch target not removed: {d}" for d in drill.get("leftovers", [])]
@@ -259,14 +282,52 @@ def summary(planned: dict) -> dict:
     if pitr is not None:
         results["postgres point-in-time"] = pitr
         if not pitr.get("ok"):
-            problems += [f"postgres point-in-time: {d}" for d in pitr.get("differences") or ["failed or recorded nothing (see drill_postgres_pitr)"]]
+            problems += [
+                f"postgres point-in-time: {d}"
+                for d in pitr.get("differences") or ["failed or recorded nothing (see drill_postgres_pitr)"]
+            ]
     if not planned["backups"] and not problems:
         problems.append("nothing was drilled: no store of this run has a backup")
     for note in planned["notes"]:
         log.info("%s", note)
+    outcome = {
+        "drilled": results,
+        "notes": planned["notes"],
+        "source": offsite["target"] if offsite else "local",
+        "root": str(repo.root),
+    }
+    text = drill_text(outcome, problems)
+    ti = context["ti"]
+    ti.xcom_push(key="result", value=outcome)  # the structured results, for tools and tests
+    log.info("run summary:\n%s", text)
     if problems:
+        ti.xcom_push(key="return_value", value=text)  # a failing task returns nothing: its summary still shows
         raise AirflowFailException(f"restore drill: {len(problems)} problem(s):\n  " + "\n  ".join(problems))
     where = f" from {offsite['location']} (recorded beside the fetched copies in {repo.root})" if offsite else ""
-    log.info("restore drill: %d backup(s) restored into scratch targets and equal to their backups%s", len(results), where)
-    return {"drilled": results, "notes": planned["notes"], "source": offsite["target"] if offsite else "local",
-            "root": str(repo.root)}  # fmt: skip
+    log.info(
+        "restore drill: %d backup(s) restored into scratch targets and equal to their backups%s", len(results), where
+    )
+    return text
+
+
+def drill_text(outcome: dict, problems: list[str]) -> str:
+    """The run's summary (the contract of ``dbops.tasks.summary``): per series what the drill
+    found, the differences themselves, every other problem; at most 25 lines."""
+    from dbops.tasks.summary import compose
+
+    source = outcome["source"]
+    header = (
+        f"restore drill of the {'local' if source == 'local' else source} backups: "
+        f"{len(outcome['drilled'])} drilled, {'FAILED' if problems else 'all equal to their backups'}"
+    )
+    entries = []
+    for label, r in sorted(outcome["drilled"].items()):
+        found = "; ".join(r.get("differences") or []) or f"equal, restored into {r.get('target')} and removed"
+        entries.append((f"{label}/{r.get('backup_id')}", found))
+    listed = {
+        f"{label}/{r.get('backup_id')}: {d}"
+        for label, r in outcome["drilled"].items()
+        for d in r.get("differences") or []
+    }
+    entries += [("problem", p) for p in problems if p not in listed]
+    return compose(header, entries, [])

@@ -11,14 +11,14 @@ when the run is cleared) plus ``window_minutes``.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import contextmanager
 from typing import Any
 
 from airflow.sdk import get_current_context, task
 from airflow.sdk.exceptions import AirflowFailException
 
-from dbops import connections
+from dbops import runtime
 from dbops.config import ConfigError, DbopsConfig
 from dbops.dagkit import on_store
 from dbops.runtime import runtime_config
@@ -50,19 +50,27 @@ def maintenance_config(params: dict[str, Any]) -> DbopsConfig:
         raise AirflowFailException(f"refused before any work: {exc}") from None
 
 
-def _window(context: dict[str, Any], minutes: int):
+def _window(context: Mapping[str, Any], minutes: int):
     from dbops.maintenance.window import Window
 
     return Window.starting(context["dag_run"].start_date, minutes)
 
 
 def _databases(config: DbopsConfig) -> tuple[str, list[str]]:
-    """(the connection's own database, the databases to maintain); refuses unknown names."""
-    from dbops.maintenance.postgres import existing_databases
+    """(the connection's own database, the databases to maintain); refuses unknown names:
+    databases, schemas and tables (each must exist in at least one maintained database) and
+    any system schema, before any work."""
+    from dbops.maintenance.postgres import existing_databases, existing_names, refused_names
 
-    with connections.postgres(config.connections.postgres) as conn:
+    m = config.maintenance
+    schemas = {"maintenance.schemas": m.schemas or [], "reindex_schemas": m.reindex_schemas}
+    tables = {"vacuum_full_tables": m.vacuum_full_tables}
+    problems = refused_names(schemas, tables)
+    if problems:
+        raise AirflowFailException("refused before any work:\n  " + "\n  ".join(problems))
+    with runtime.postgres(config.connections.postgres) as conn:
         own = conn.info.dbname
-        wanted = config.maintenance.databases or [own]
+        wanted = m.databases or [own]
         present = existing_databases(conn, wanted)
         conn.rollback()
     missing = [d for d in wanted if d not in present]
@@ -71,6 +79,29 @@ def _databases(config: DbopsConfig) -> tuple[str, list[str]]:
             f"refused before any work: database(s) {missing} of maintenance.databases do not exist "
             "or do not accept connections"
         )
+    all_schemas = sorted({n for names in schemas.values() for n in names})
+    found_schemas: set[str] = set()
+    found_tables: set[str] = set()
+    for database in wanted:
+        with runtime.postgres(config.connections.postgres, database) as conn:
+            have_schemas, have_tables = existing_names(conn, all_schemas, m.vacuum_full_tables)
+            conn.rollback()
+        found_schemas |= have_schemas
+        found_tables |= have_tables
+    unknown = [
+        f"{setting}: schema {n} does not exist"
+        for setting, names in schemas.items()
+        for n in names
+        if n not in found_schemas
+    ]
+    unknown += [
+        f"vacuum_full_tables: table {n} does not exist (or is not a table)"
+        for n in m.vacuum_full_tables
+        if n not in found_tables
+    ]
+    if unknown:
+        where = f"database {wanted[0]}" if len(wanted) == 1 else f"any of the databases {', '.join(wanted)}"
+        raise AirflowFailException(f"refused before any work, unknown in {where}:\n  " + "\n  ".join(unknown))
     return own, wanted
 
 
@@ -79,7 +110,7 @@ def _journal(config: DbopsConfig, run_id: str, dry_run: bool):
     from dbops.maintenance.journal import Journal, JournalNotReady
     from dbops.maintenance.postgres import prepare_session
 
-    with connections.postgres(config.connections.postgres) as conn:
+    with runtime.postgres(config.connections.postgres) as conn:
         prepare_session(conn, **_JOURNAL_TIMEOUTS)
         try:
             yield Journal(conn, run_id, dry_run=dry_run)
@@ -101,14 +132,18 @@ def _each_database(phase: str, work: Callable[[Any, list], None]) -> dict[str, A
     entries: list = []
     with _journal(config, context["run_id"], params["dry_run"]) as journal:
         for database in databases:
-            with connections.postgres(config.connections.postgres, database) as conn:
-                postgres.prepare_session(conn, lock_timeout=settings.lock_timeout,
-                                         statement_timeout=settings.statement_timeout)
-                ctx = postgres.Context(conn, journal, settings, window, database,
-                                       label_database=database != own, dry_run=params["dry_run"])
+            with runtime.postgres(config.connections.postgres, database) as conn:
+                postgres.prepare_session(
+                    conn, lock_timeout=settings.lock_timeout, statement_timeout=settings.statement_timeout
+                )
+                ctx = postgres.Context(
+                    conn, journal, settings, window, database, label_database=database != own, dry_run=params["dry_run"]
+                )
                 work(ctx, entries)
-    title = f"{phase}: window {window.describe()}; lock_timeout {settings.lock_timeout}, " \
-            f"statement_timeout {settings.statement_timeout}"
+    title = (
+        f"{phase}: window {window.describe()}; lock_timeout {settings.lock_timeout}, "
+        f"statement_timeout {settings.statement_timeout}"
+    )
     if params["dry_run"]:
         title += " [dry run: nothing was executed or recorded]"
     log.info("%s", render_entries(title, entries))
@@ -140,12 +175,18 @@ def plan() -> dict:
         f"ANALYZE: changes >= {m.analyze_min_changes} + {m.analyze_change_fraction:g} x live, or never analyzed",
         f"REINDEX CONCURRENTLY: btree bloat >= {m.reindex_bloat_ratio:.0%} and size >= {m.reindex_min_bytes} bytes"
         + (f"; every index of {', '.join(m.reindex_schemas)}" if m.reindex_schemas else ""),
-        f"VACUUM FULL: {', '.join(m.vacuum_full_tables) if m.vacuum_full_tables else 'none (only listed tables, ever)'}",
+        "VACUUM FULL: "
+        f"{', '.join(m.vacuum_full_tables) if m.vacuum_full_tables else 'none (only listed tables, ever)'}",
         f"dry run: {params['dry_run']}",
     ]
     log.info("maintenance plan\n  %s", "\n  ".join(lines))
-    return {"databases": databases, "journal_database": own, "window_end": window.end.isoformat(),
-            "vacuum_full_tables": m.vacuum_full_tables, "reindex_schemas": m.reindex_schemas}
+    return {
+        "databases": databases,
+        "journal_database": own,
+        "window_end": window.end.isoformat(),
+        "vacuum_full_tables": m.vacuum_full_tables,
+        "reindex_schemas": m.reindex_schemas,
+    }
 
 
 @task(**on_store("postgres"))
@@ -230,7 +271,9 @@ def report() -> dict:
     context = get_current_context()
     params = context["params"]
     ti = context["ti"]
-    missing = [p for p in PHASES if ti.xcom_pull(task_ids=p) is None]
+    # a rejected VACUUM FULL was skipped on purpose: not a phase that failed to complete
+    rejected = (ti.xcom_pull(task_ids="approve_vacuum_full", key="approval") or {}).get("approved") is False
+    missing = [p for p in PHASES if ti.xcom_pull(task_ids=p) is None and not (rejected and p == "vacuum_full")]
     try:
         config = maintenance_config(params)
         own, databases = _databases(config)
@@ -246,9 +289,10 @@ def report() -> dict:
             def target(schema: str, name: str, database=database, label=label) -> str:
                 return f"{database}:{schema}.{name}" if label else f"{schema}.{name}"
 
-            with connections.postgres(config.connections.postgres, database) as conn:
-                postgres.prepare_session(conn, lock_timeout=settings.lock_timeout,
-                                         statement_timeout=settings.statement_timeout)
+            with runtime.postgres(config.connections.postgres, database) as conn:
+                postgres.prepare_session(
+                    conn, lock_timeout=settings.lock_timeout, statement_timeout=settings.statement_timeout
+                )
                 unused, age = reports.unused_index_entries(conn, settings.schemas, target)
                 bloat = reports.bloat_entries(conn, settings, target)
             for e in unused + bloat:
@@ -259,8 +303,11 @@ def report() -> dict:
         if params["dry_run"]:
             actions = [Entry(**e) for p in PHASES for e in (ti.xcom_pull(task_ids=p) or {}).get("entries", [])]
         else:
-            actions = [e for e in reports.journal_entries(run_rows(journal.conn, context["run_id"]))
-                       if e.kind not in (reports.UNUSED_INDEX, reports.TABLE_BLOAT, reports.INDEX_BLOAT)]
+            actions = [
+                e
+                for e in reports.journal_entries(run_rows(journal.conn, context["run_id"]))
+                if e.kind not in (reports.UNUSED_INDEX, reports.TABLE_BLOAT, reports.INDEX_BLOAT)
+            ]
     log.info("%s", reports.render_entries(f"maintenance run {context['run_id']}: actions", actions))
     failed = [e for e in actions if e.action == FAILED]
     summary = {

@@ -10,13 +10,14 @@ over which threshold, and notify through :class:`dbops.alerting.DbopsAlert`.
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timezone
+from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 from airflow.sdk import get_current_context, task
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
-from dbops import connections
+from dbops import runtime
 from dbops.alerting import DbopsAlert
 from dbops.config import DbopsConfig
 from dbops.runtime import runtime_config
@@ -29,15 +30,18 @@ HEALTH_STORES = ["postgres", "redis", "mongo", "kafka"]
 
 
 def _now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
-def _refuse_past(context: dict[str, Any], max_delay_hours: float, **wording: str) -> None:
+def _refuse_past(context: Mapping[str, Any], max_delay_hours: float, **wording: str) -> None:
     from dbops.maintenance.sizes import measurement_refusal
 
     refusal = measurement_refusal(context["dag_run"].logical_date, _now(), max_delay_hours, **wording)
     if refusal:
+        from dbops.tasks.summary import push_summary
+
         log.warning("skipped: %s", refusal)
+        push_summary(f"skipped: {refusal}")  # the run's summary says why
         raise AirflowSkipException(f"skipped: {refusal}")
 
 
@@ -53,7 +57,7 @@ def capture_sizes() -> dict:
     config = runtime_config()
     m = config.monitor
     _refuse_past(context, m.max_start_delay_hours)
-    with connections.postgres(config.connections.postgres, m.database) as conn:
+    with runtime.postgres(config.connections.postgres, m.database) as conn:
         sizes.prepare_session(conn, m)
         try:
             sizes.ensure_ready(conn)
@@ -64,10 +68,21 @@ def capture_sizes() -> dict:
         database = conn.info.dbname
     if captured_at is None:
         log.warning("no table found in schemas %s of database %s: nothing captured", m.schemas, database)
-    log.info("captured %d tables of %s (schemas %s) at %s; %d history rows older than %d days pruned",
-             tables, database, ", ".join(m.schemas), captured_at, pruned, m.history_retention_days)
-    return {"captured_at": captured_at.isoformat() if captured_at else None, "tables": tables,
-            "database": database, "pruned_rows": pruned}
+    log.info(
+        "captured %d tables of %s (schemas %s) at %s; %d history rows older than %d days pruned",
+        tables,
+        database,
+        ", ".join(m.schemas),
+        captured_at,
+        pruned,
+        m.history_retention_days,
+    )
+    return {
+        "captured_at": captured_at.isoformat() if captured_at else None,
+        "tables": tables,
+        "database": database,
+        "pruned_rows": pruned,
+    }
 
 
 @task
@@ -80,20 +95,34 @@ def size_report(captured: dict) -> dict:
     if captured["captured_at"] is None:
         raise AirflowSkipException("skipped: the capture found no table")
     captured_at = datetime.fromisoformat(captured["captured_at"])
-    with connections.postgres(config.connections.postgres, m.database) as conn:
+    with runtime.postgres(config.connections.postgres, m.database) as conn:
         sizes.prepare_session(conn, m)
         rows = sizes.growth(conn, captured_at, m)
     found = sizes.alerts(rows, m)
     text = sizes.render_report(rows, found, captured_at=captured_at, database=captured["database"], schemas=m.schemas)
     report_file = sizes.atomic_write(sizes.report_path(m.reports_dir, captured_at), text)
-    metrics_file = sizes.atomic_write(sizes.metrics_path(m.reports_dir), sizes.render_metrics(rows, found, captured_at),
-                                      mode=0o644)
+    metrics_file = sizes.atomic_write(
+        sizes.metrics_path(m.reports_dir), sizes.render_metrics(rows, found, captured_at), mode=0o644
+    )
     gone = sizes.prune_reports(m.reports_dir, m.report_retention_days, _now())
     log.info("%s", text)
-    log.info("report: %s; metrics: %s; %d report files older than %d days removed",
-             report_file, metrics_file, len(gone), m.report_retention_days)
-    keep = ("schema_name", "table_name", "total_bytes", "growth_1d", "growth_7d", "growth_30d", "days_to_limit",
-            "limit_bytes")
+    log.info(
+        "report: %s; metrics: %s; %d report files older than %d days removed",
+        report_file,
+        metrics_file,
+        len(gone),
+        m.report_retention_days,
+    )
+    keep = (
+        "schema_name",
+        "table_name",
+        "total_bytes",
+        "growth_1d",
+        "growth_7d",
+        "growth_30d",
+        "days_to_limit",
+        "limit_bytes",
+    )
     return {
         "captured_at": captured["captured_at"],
         "report_file": str(report_file),
@@ -122,9 +151,12 @@ def _health_start(store: str) -> DbopsConfig:
     if store not in context["params"]["stores"]:
         raise AirflowSkipException(f"skipped: {store} is not in this run's stores {context['params']['stores']}")
     config = runtime_config()
-    _refuse_past(context, config.health.max_start_delay_minutes / 60,
-                 setting="health.max_start_delay_minutes / 60",
-                 consequence="the health of a store can only be checked now, not at a past date; nothing was checked.")
+    _refuse_past(
+        context,
+        config.health.max_start_delay_minutes / 60,
+        setting="health.max_start_delay_minutes / 60",
+        consequence="the health of a store can only be checked now, not at a past date; nothing was checked.",
+    )
     return config
 
 
@@ -143,7 +175,7 @@ def check_postgres() -> dict:
     from dbops.maintenance import health
 
     config = _health_start("postgres")
-    with connections.postgres(config.connections.postgres) as conn:
+    with runtime.postgres(config.connections.postgres) as conn:
         database = conn.info.dbname
         measured = health.measure_pg_connections(conn)
     return _conclude(health.evaluate_pg_connections(measured, database, config.health.pg_max_connections))
@@ -155,7 +187,7 @@ def check_redis() -> dict:
     from dbops.maintenance import health
 
     config = _health_start("redis")
-    with connections.redis(config.connections.redis) as client:
+    with runtime.redis(config.connections.redis) as client:
         info = health.measure_redis_memory(client)
     return _conclude(health.evaluate_redis_memory(info, config.health.redis_max_memory_percent))
 
@@ -166,7 +198,7 @@ def check_mongo() -> dict:
     from dbops.maintenance import health
 
     config = _health_start("mongo")
-    with connections.mongo(config.connections.mongo, config.mongo.database) as db:
+    with runtime.mongo(config.connections.mongo, config.mongo.database) as db:
         status = health.measure_mongo_status(db.client)
     return _conclude(health.evaluate_mongo_lag(status, config.health.mongo_max_replication_lag_s))
 
@@ -178,7 +210,7 @@ def check_kafka() -> dict:
     from dbops.stores.kafka import bootstrap as kafka
 
     config = _health_start("kafka")
-    admin = connections.kafka_admin(config.connections.kafka)
+    admin = runtime.kafka_admin(config.connections.kafka)
     actual = kafka.describe_topics(admin, config.kafka.request_timeout_s)
     spec = kafka.topic_specs(load_spec(KAFKA_SPEC))
     return _conclude(health.evaluate_kafka_topics(actual, spec))

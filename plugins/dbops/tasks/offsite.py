@@ -13,10 +13,9 @@ from datetime import timedelta
 from airflow.sdk import get_current_context, task
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
-from dbops import connections
+from dbops import runtime
 from dbops.config import OFFSITE_TARGETS, DbopsConfig
-from dbops.runtime import runtime_config
-from dbops.offsite.targets import open_target, target_connection_id  # noqa: F401
+from dbops.runtime import open_target, runtime_config, target_connection_id
 
 log = logging.getLogger(__name__)
 TARGETS = list(OFFSITE_TARGETS)
@@ -24,9 +23,7 @@ TARGETS = list(OFFSITE_TARGETS)
 
 def _config(params: dict) -> DbopsConfig:
     """The config with this run's offsite retention Params applied (validated again)."""
-    return runtime_config(
-        {"offsite": {"retention_days": params["retention_days"], "min_keep": params["min_keep"]}}
-    )
+    return runtime_config({"offsite": {"retention_days": params["retention_days"], "min_keep": params["min_keep"]}})
 
 
 def repository(config: DbopsConfig):
@@ -39,31 +36,6 @@ def policy(config: DbopsConfig):
     from dbops.backup.retention import RetentionPolicy
 
     return RetentionPolicy.of(config.offsite)
-
-
-def encryption(config: DbopsConfig):
-    """The client-side encryption of this config, or None; the key from the Variable or
-    connection named by ``offsite.encryption_key``, never logged."""
-    if not config.offsite.encryption:
-        return None
-    from airflow.sdk import BaseHook, Variable
-
-    from dbops.offsite.crypto import Encryption, parse_key
-
-    kind, name = config.offsite.encryption_key.split(":", 1)
-    if kind == "variable":
-        text = Variable.get(name, default=None)
-    else:
-        text = BaseHook.get_connection(name).password if connections.connection_exists(name) else None
-    if not text:
-        raise AirflowFailException(
-            f"offsite encryption is on but {config.offsite.encryption_key} is missing or empty; "
-            "set it (32 random bytes as hex or base64) or turn offsite.encryption off"
-        )
-    try:
-        return Encryption(parse_key(text), config.offsite.encryption_chunk_kib * 1024)
-    except ValueError as exc:
-        raise AirflowFailException(f"{config.offsite.encryption_key}: {exc}") from None
 
 
 def _selected(target: str) -> tuple[DbopsConfig, dict]:
@@ -86,20 +58,27 @@ def plan() -> dict:
     missing = [
         f"{t}: no Airflow connection {target_connection_id(config, t)!r}"
         for t in params["targets"]
-        if not connections.connection_exists(target_connection_id(config, t))
+        if not runtime.connection_exists(target_connection_id(config, t))
     ]
     if missing:
         raise AirflowFailException("offsite targets without a connection: " + "; ".join(missing))
-    enc = encryption(config)
+    enc = runtime.offsite_encryption(config)
     series = [str(k) for k in local_series(repo, params["stores"])]
     events = context.get("triggering_asset_events") or {}
     triggered = sorted(str(getattr(asset, "uri", asset)) for asset in events)
     run_type = str(context["dag_run"].run_type).lower()
     if run_type.endswith("backfill"):
         log.info("backfilled run: offsite sync has no past to catch up; it ships what is complete now")
-    log.info("offsite sync of %s from %s to %s (retention %s days, min_keep %s, encryption %s)%s",
-             series, repo.root, params["targets"], config.offsite.retention_days, config.offsite.min_keep,
-             enc.key_id if enc else "off", f"; triggered by {triggered}" if triggered else "")  # fmt: skip
+    log.info(
+        "offsite sync of %s from %s to %s (retention %s days, min_keep %s, encryption %s)%s",
+        series,
+        repo.root,
+        params["targets"],
+        config.offsite.retention_days,
+        config.offsite.min_keep,
+        enc.key_id if enc else "off",
+        f"; triggered by {triggered}" if triggered else "",
+    )
     return {
         "targets": params["targets"],
         "stores": params["stores"],
@@ -124,9 +103,15 @@ def ship_task(target_name: str):
             # a failed arrival check raises after the other backups were tried; the retry
             # resends the files that were bad (they are removed from staging)
             return ship_all(
-                target, repository(config), params["stores"], policy(config),
-                encryption=encryption(config), now=utc_now(), dry_run=params["dry_run"], log=log.info,
-            )  # fmt: skip
+                target,
+                repository(config),
+                params["stores"],
+                policy(config),
+                encryption=runtime.offsite_encryption(config),
+                now=utc_now(),
+                dry_run=params["dry_run"],
+                log=log.info,
+            )
 
     ship.__doc__ = f"Ship complete local backups to {target_name}; publish each only after its arrival check."
     return ship
@@ -145,9 +130,15 @@ def verify_task(target_name: str):
         with open_target(target_name, config) as target:
             try:
                 result = verify_all(
-                    target, repository(config), params["stores"], expected=shipped["expected"],
-                    shipped=shipped["shipped"], deep=deep, encryption=encryption(config), log=log.info,
-                )  # fmt: skip
+                    target,
+                    repository(config),
+                    params["stores"],
+                    expected=shipped["expected"],
+                    shipped=shipped["shipped"],
+                    deep=deep,
+                    encryption=runtime.offsite_encryption(config),
+                    log=log.info,
+                )
             except OffsiteVerificationError as exc:
                 raise AirflowFailException(str(exc)) from None  # a retry cannot fix a mismatch
         return {**result, "bytes": shipped["bytes"], "wire_bytes": shipped["wire_bytes"]}
@@ -173,11 +164,18 @@ def retention_task(target_name: str):
         with open_target(target_name, config) as target:
             catalog = target.catalog(log.info)
             return apply_offsite_retention(
-                target, catalog, repository(config), params["stores"], policy(config),
-                now=utc_now(), dry_run=params["dry_run"] or params["retention_dry_run"],
-                stale_after=timedelta(hours=config.offsite.stale_staging_hours), log=log.info,
-            )  # fmt: skip
+                target,
+                catalog,
+                repository(config),
+                params["stores"],
+                policy(config),
+                now=utc_now(),
+                dry_run=params["dry_run"] or params["retention_dry_run"],
+                stale_after=timedelta(hours=config.offsite.stale_staging_hours),
+                log=log.info,
+            )
 
-    retention.__doc__ = (f"Apply offsite retention on {target_name} (days, tiers, min_keep, pins); "
-                         "dry run logs the plan.")
+    retention.__doc__ = (
+        f"Apply offsite retention on {target_name} (days, tiers, min_keep, pins); dry run logs the plan."
+    )
     return retention

@@ -14,13 +14,11 @@ import logging
 from airflow.sdk import get_current_context, task
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
-from dbops import connections
+from dbops import runtime
 from dbops.config import ALL_STORES, DbopsConfig
 from dbops.dagkit import OFFSITE_POOL, in_pool
-from dbops.runtime import runtime_config
-from dbops.offsite.targets import open_target, target_connection_id
 from dbops.pitr.wal import BASE_STORE
-from dbops.tasks.offsite import encryption
+from dbops.runtime import offsite_encryption, open_target, runtime_config, target_connection_id
 
 log = logging.getLogger(__name__)
 # the stores dbops_offsite_sync can ship: every store's dumps, and the PITR base backups
@@ -33,7 +31,9 @@ def _wal_config(target_name: str) -> tuple[DbopsConfig, dict]:
     base backups are not among its stores."""
     params = dict(get_current_context().get("params") or {})
     if "retention_days" in params:  # dbops_offsite_sync
-        config = runtime_config({"offsite": {"retention_days": params["retention_days"], "min_keep": params["min_keep"]}})
+        config = runtime_config(
+            {"offsite": {"retention_days": params["retention_days"], "min_keep": params["min_keep"]}}
+        )
     else:  # dbops_wal_check: the configured targets
         config = runtime_config()
     if not config.pitr.enabled:
@@ -44,7 +44,7 @@ def _wal_config(target_name: str) -> tuple[DbopsConfig, dict]:
     if "stores" in params and BASE_STORE not in params["stores"]:
         raise AirflowSkipException(f"skipped: {BASE_STORE} is not among this run's stores")
     conn_id = target_connection_id(config, target_name)
-    if not connections.connection_exists(conn_id):
+    if not runtime.connection_exists(conn_id):
         raise AirflowFailException(f"offsite target {target_name}: no Airflow connection {conn_id!r}")
     return config, params
 
@@ -65,14 +65,22 @@ def ship_wal_task(target_name: str):
         config, params = _wal_config(target_name)
         archive = _archive(config)
         if archive.header() is None:
-            raise AirflowSkipException(f"skipped: the WAL archive {archive.root} has no catalog yet (receiver not started)")
+            raise AirflowSkipException(
+                f"skipped: the WAL archive {archive.root} has no catalog yet (receiver not started)"
+            )
         work_dir = config.offsite.work_dir or config.backup.root / ".offsite-outbox"
         with open_target(target_name, config) as target:
             log.info("%s", target.describe())
             # a failed arrival check raises after the other files were tried; the bad files
             # were removed offsite, so the retry (or the next run) resends them
-            return ship(target, archive, encryption(config), log.info,
-                        dry_run=bool(params.get("dry_run", False)), work_dir=work_dir)  # fmt: skip
+            return ship(
+                target,
+                archive,
+                offsite_encryption(config),
+                log.info,
+                dry_run=bool(params.get("dry_run", False)),
+                work_dir=work_dir,
+            )
 
     ship_wal.__doc__ = f"Ship sealed WAL files to {target_name}; catalogue each only after its arrival check."
     return ship_wal
@@ -92,10 +100,18 @@ def verify_wal_task(target_name: str):
         with open_target(target_name, config) as target:
             catalog = target.catalog(log.info)
             bases = [item.backup for item in catalog.all() if item.key == SeriesKey(BASE_STORE)]
-            problems = verify(target, _archive(config), deep=deep, log=log.info,
-                              expected=(shipped or {}).get("shipped", []), bases=bases)  # fmt: skip
+            problems = verify(
+                target,
+                _archive(config),
+                deep=deep,
+                log=log.info,
+                expected=(shipped or {}).get("shipped", []),
+                bases=bases,
+            )
         if problems:
-            raise AirflowFailException(f"offsite WAL on {target_name}: {len(problems)} problems:\n  " + "\n  ".join(problems))
+            raise AirflowFailException(
+                f"offsite WAL on {target_name}: {len(problems)} problems:\n  " + "\n  ".join(problems)
+            )
         return {"target": target_name, "deep": deep, "base_backups": len(bases)}
 
     verify_wal.__doc__ = f"Check the WAL on {target_name}: catalog, sizes (content with deep_verify), the chain."
@@ -126,15 +142,24 @@ def retention_wal_task(target_name: str):
             # an unreadable pins.json raises (PinsUnreadable): nothing expired
             pins = series_pins(read_pins(target, log.info), SeriesKey(BASE_STORE))
             names, reasons = plan_offsite_wal(
-                bases, read_offsite_catalog(target, log.info), now=utc_now(),
-                retention_days=config.offsite.retention_days, min_keep=config.offsite.min_keep,
-                pins=pins, local=repository(config).list(BASE_STORE),
-            )  # fmt: skip
+                bases,
+                read_offsite_catalog(target, log.info),
+                now=utc_now(),
+                retention_days=config.offsite.retention_days,
+                min_keep=config.offsite.min_keep,
+                pins=pins,
+                local=repository(config).list(BASE_STORE),
+            )
             for reason in reasons:
                 log.info("%s", reason)
             expired = expire_wal(target, names, log.info, dry_run=dry_run)
-        return {"target": target_name, "dry_run": dry_run, "expired": len(expired),
-                "first": expired[0] if expired else None, "last": expired[-1] if expired else None}  # fmt: skip
+        return {
+            "target": target_name,
+            "dry_run": dry_run,
+            "expired": len(expired),
+            "first": expired[0] if expired else None,
+            "last": expired[-1] if expired else None,
+        }
 
     retention_wal.__doc__ = f"Expire the WAL on {target_name} that no base backup kept there needs."
     return retention_wal

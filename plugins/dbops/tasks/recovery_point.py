@@ -12,7 +12,7 @@ from typing import Any
 from airflow.sdk import task
 from airflow.sdk.exceptions import AirflowFailException
 
-from dbops import connections
+from dbops import runtime
 from dbops.alerting import DbopsAlert
 from dbops.config import DbopsConfig
 from dbops.runtime import runtime_config
@@ -32,9 +32,13 @@ def metrics_path(config: DbopsConfig):
 def _copy_dict(copy) -> dict[str, Any]:
     from dbops.backup.repository import format_time
 
-    return {"store": copy.store, "subject": copy.subject, "backup_id": copy.backup_id,
-            "finished_at": format_time(copy.finished_at),
-            "shipped_at": format_time(copy.shipped_at) if copy.shipped_at else None}
+    return {
+        "store": copy.store,
+        "subject": copy.subject,
+        "backup_id": copy.backup_id,
+        "finished_at": format_time(copy.finished_at),
+        "shipped_at": format_time(copy.shipped_at) if copy.shipped_at else None,
+    }
 
 
 @task
@@ -43,23 +47,14 @@ def offsite_catalogs() -> dict[str, Any]:
     the target's catalog; a target without its connection, or unreadable, gives its error
     (judged by the next task, never a failure of this one)."""
     from dbops.backup.recovery_point import newest_copies
-    from dbops.offsite.targets import open_target, target_connection_id
 
-    config = runtime_config()
     found: dict[str, Any] = {}
-    for name in config.offsite.targets:
-        conn_id = target_connection_id(config, name)
-        if not connections.connection_exists(conn_id):
-            found[name] = f"no Airflow connection {conn_id!r}"
+    for name, catalog in runtime.read_catalogs(runtime_config(), log.info).items():
+        if isinstance(catalog, str):  # no connection or unreadable: a finding of the check
+            found[name] = catalog
             continue
-        try:
-            with open_target(name, config) as target:
-                catalog = target.catalog(log.info)
-            found[name] = [_copy_dict(c) for c in newest_copies(catalog)]
-            log.info("offsite %s: newest copies of %d series", name, len(found[name]))
-        except Exception as exc:  # an unreachable target is a finding of the check
-            log.warning("offsite target %s unreadable: %s", name, exc)
-            found[name] = f"{type(exc).__name__}: {exc}"
+        found[name] = [_copy_dict(c) for c in newest_copies(catalog)]
+        log.info("offsite %s: newest copies of %d series", name, len(found[name]))
     return found
 
 
@@ -85,8 +80,11 @@ def nightly_run() -> dict[str, Any] | None:
 
     run, before = None, utc_now()
     for _ in range(MAX_BACKFILL_RUNS_SKIPPED):  # a backfilled run backs up nothing (its plan skips): not the last
-        run = getattr(task_runner.SUPERVISOR_COMMS.send(GetPreviousDagRun(dag_id=NIGHTLY_DAG, logical_date=before)),
-                      "dag_run", None)
+        run = getattr(
+            task_runner.SUPERVISOR_COMMS.send(GetPreviousDagRun(dag_id=NIGHTLY_DAG, logical_date=before)),
+            "dag_run",
+            None,
+        )
         if run is None or not _value(run.run_type).endswith("backfill"):
             break
         before = run.logical_date
@@ -96,10 +94,16 @@ def nightly_run() -> dict[str, Any] | None:
     states = task_runner.RuntimeTaskInstance.get_task_states(dag_id=NIGHTLY_DAG, run_ids=[run.run_id])
     states = states.get(run.run_id, {})
     known = ["plan", *(f"{kind}_{store}" for kind in ("series", "backup", "retention") for store in STORES)]
-    failed = sorted({split_state_key(key, known)[0] for key, state in states.items()
-                     if _value(state) in ("failed", "upstream_failed")})
+    failed = sorted(
+        {
+            split_state_key(key, known)[0]
+            for key, state in states.items()
+            if _value(state) in ("failed", "upstream_failed")
+        }
+    )
     result = {
-        "run_id": run.run_id, "state": _value(run.state),
+        "run_id": run.run_id,
+        "state": _value(run.state),
         "scheduled_at": format_time(run.logical_date or run.run_after),
         "start_date": format_time(run.start_date) if run.start_date else None,
         "end_date": format_time(run.end_date) if run.end_date else None,
@@ -116,8 +120,13 @@ def nightly_from_dict(data: dict[str, Any] | None):
     if data is None:
         return None
     times = {k: parse_time(data[k]) if data.get(k) else None for k in ("start_date", "end_date")}
-    return NightlyRun(data["run_id"], data["state"], parse_time(data["scheduled_at"]),
-                      failed_tasks=tuple(data.get("failed_tasks") or ()), **times)
+    return NightlyRun(
+        data["run_id"],
+        data["state"],
+        parse_time(data["scheduled_at"]),
+        failed_tasks=tuple(data.get("failed_tasks") or ()),
+        **times,
+    )
 
 
 def offsite_from_dict(data: dict[str, Any]) -> dict[str, Any]:
@@ -125,9 +134,16 @@ def offsite_from_dict(data: dict[str, Any]) -> dict[str, Any]:
     from dbops.backup.repository import parse_time
 
     return {
-        name: held if isinstance(held, str) else [
-            OffsiteCopy(c["store"], c["subject"], c["backup_id"], parse_time(c["finished_at"]),
-                        parse_time(c["shipped_at"]) if c.get("shipped_at") else None)
+        name: held
+        if isinstance(held, str)
+        else [
+            OffsiteCopy(
+                c["store"],
+                c["subject"],
+                c["backup_id"],
+                parse_time(c["finished_at"]),
+                parse_time(c["shipped_at"]) if c.get("shipped_at") else None,
+            )
             for c in held
         ]
         for name, held in data.items()
@@ -145,8 +161,11 @@ def check_recovery_points(offsite: dict[str, Any] | None, nightly: dict[str, Any
 
     config = runtime_config()
     # an upstream that failed gives None: judged as unreadable, never as nothing to report
-    offsite_facts = offsite_from_dict(offsite) if offsite is not None else {
-        t: "the catalog task failed (see offsite_catalogs)" for t in config.offsite.targets}
+    offsite_facts = (
+        offsite_from_dict(offsite)
+        if offsite is not None
+        else {t: "the catalog task failed (see offsite_catalogs)" for t in config.offsite.targets}
+    )
     nightly_error = None
     if nightly is None:
         from airflow.sdk import get_current_context
@@ -155,9 +174,16 @@ def check_recovery_points(offsite: dict[str, Any] | None, nightly: dict[str, Any
         states = ti.get_task_states(dag_id=ti.dag_id, run_ids=[ti.run_id]).get(ti.run_id, {})
         if _value(states.get("nightly_run")) != "success":
             nightly_error = f"the nightly_run task ended {_value(states.get('nightly_run'))}"
-    result = rp.check_config(config, repository(config), now=utc_now(), offsite=offsite_facts,
-                             nightly=nightly_from_dict(nightly), nightly_error=nightly_error,
-                             connection_exists=connections.connection_exists, fetch_root=fetch_root(config))
+    result = rp.check_config(
+        config,
+        repository(config),
+        now=utc_now(),
+        offsite=offsite_facts,
+        nightly=nightly_from_dict(nightly),
+        nightly_error=nightly_error,
+        connection_exists=runtime.connection_exists,
+        fetch_root=fetch_root(config),
+    )
     written = [atomic_write(metrics_path(config), rp.render_metrics(result), mode=0o644)]
     if config.backup.root.is_dir():  # never created here: the repository makes its root private
         written.append(atomic_write(config.backup.root / rp.RESULT_FILE, json.dumps(result, indent=1) + "\n"))
@@ -169,5 +195,8 @@ def check_recovery_points(offsite: dict[str, Any] | None, nightly: dict[str, Any
     failed = rp.failures(result)
     if failed:
         raise AirflowFailException(f"recovery points: {len(failed)} failed check(s):\n  " + "\n  ".join(failed))
-    return {"status": result["status"], "stores": {s["store"]: s["status"] for s in result["stores"]},
-            "warnings": rp.warnings(result)}
+    return {
+        "status": result["status"],
+        "stores": {s["store"]: s["status"] for s in result["stores"]},
+        "warnings": rp.warnings(result),
+    }

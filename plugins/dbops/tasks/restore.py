@@ -26,6 +26,7 @@ from dbops.dagkit import on_store
 from dbops.runtime import runtime_config
 from dbops.tasks.backup import repository, skip_unconfigured, store_adapter
 from dbops.tasks.pitr import pitr_requested, plan_pitr_restore
+from dbops.tasks.summary import push_summary
 
 log = logging.getLogger(__name__)
 LOCAL = "local"
@@ -59,8 +60,8 @@ def _request(params: dict, adapter=None):
 def offsite_source(config, source: str) -> str | None:
     """The offsite target a run restores from (None: the local repository); refused before
     any work unless it is one of ``offsite.targets`` and has its Airflow connection."""
-    from dbops import connections
-    from dbops.offsite.targets import target_connection_id
+    from dbops import runtime
+    from dbops.runtime import target_connection_id
 
     if source == LOCAL:
         return None
@@ -71,7 +72,7 @@ def offsite_source(config, source: str) -> str | None:
             f"(offsite.targets: {configured}); use 'local' or one of those"
         )
     conn_id = target_connection_id(config, source)
-    if not connections.connection_exists(conn_id):
+    if not runtime.connection_exists(conn_id):
         raise AirflowFailException(f"refused before any work: source {source!r} has no Airflow connection {conn_id!r}")
     return source
 
@@ -80,18 +81,20 @@ def decryption(config, items, key_ids=()) -> object | None:
     """The key that decrypts the encrypted ones of ``items`` (OffsiteBackups) and the WAL
     encrypted under ``key_ids``, or None when nothing is encrypted; refused before any work
     when it is missing or another key."""
-    from dbops.tasks.offsite import encryption
+    from dbops.runtime import offsite_encryption
 
-    wanted = {str(i.envelope.encryption.get("key_id")) for i in items if i.envelope and i.envelope.encryption}
-    wanted = sorted(wanted | {str(k) for k in key_ids if k})
+    shipped = {str(i.envelope.encryption.get("key_id")) for i in items if i.envelope and i.envelope.encryption}
+    wanted = sorted(shipped | {str(k) for k in key_ids if k})
     if not wanted:
         return None
     # the key is read whatever offsite.encryption says now: the copies were encrypted when shipped
-    enc = encryption(config.with_overrides({"offsite": {"encryption": True}}))
+    enc = offsite_encryption(config.with_overrides({"offsite": {"encryption": True}}))
     other = [k for k in wanted if k != enc.key_id]
     if other:
-        raise AirflowFailException(f"refused before any work: the offsite copies were encrypted with key id(s) {other}; "
-                                   f"{config.offsite.encryption_key} holds key id {enc.key_id}")  # fmt: skip
+        raise AirflowFailException(
+            f"refused before any work: the offsite copies were encrypted with key id(s) {other}; "
+            f"{config.offsite.encryption_key} holds key id {enc.key_id}"
+        )
     return enc
 
 
@@ -102,9 +105,14 @@ def check_space(repo, needed: int, reclaimable: int, what: str) -> dict:
     from dbops.tools import human_bytes
 
     free = free_bytes(repo.root)
-    log.info("fetch repository %s: %s to fetch for %s, %s free%s", repo.root, human_bytes(needed), what,
-             human_bytes(free), f" (+{human_bytes(reclaimable)} of older fetched copies removed first)"
-             if reclaimable else "")  # fmt: skip
+    log.info(
+        "fetch repository %s: %s to fetch for %s, %s free%s",
+        repo.root,
+        human_bytes(needed),
+        what,
+        human_bytes(free),
+        f" (+{human_bytes(reclaimable)} of older fetched copies removed first)" if reclaimable else "",
+    )
     if free + reclaimable < needed:
         raise AirflowFailException(
             f"refused before any work: fetching {what} needs {human_bytes(needed)} in {repo.root}, "
@@ -120,7 +128,7 @@ def fetch_planned(config, offsite: dict, store: str, subject: str | None, backup
     and resumes its download."""
     from dbops.offsite.common import OffsiteVerificationError
     from dbops.offsite.restore import fetch_backup, fetch_repository, other_copies
-    from dbops.offsite.targets import open_target
+    from dbops.runtime import open_target
 
     repo = fetch_repository(config, offsite["target"])
     for old in other_copies(repo, store, subject, backup_id):
@@ -131,20 +139,24 @@ def fetch_planned(config, offsite: dict, store: str, subject: str | None, backup
         log.info("removed the stale download %s", stale)
     enc = None
     if offsite.get("encrypted"):
-        from dbops.tasks.offsite import encryption
+        from dbops.runtime import offsite_encryption
 
-        enc = encryption(config.with_overrides({"offsite": {"encryption": True}}))
+        enc = offsite_encryption(config.with_overrides({"offsite": {"encryption": True}}))
     with open_target(offsite["target"], config) as target:
         try:
             backup = fetch_backup(target, repo, store, subject, backup_id, encryption=enc, log=log.info)
         except OffsiteVerificationError as exc:
-            raise AirflowFailException(f"refused: the offsite copy is not intact, nothing was restored: {exc}") from None
+            raise AirflowFailException(
+                f"refused: the offsite copy is not intact, nothing was restored: {exc}"
+            ) from None
     label = f"{store}/{subject}" if subject else store
     wanted = offsite["manifests"][label]
     if backup.manifest.get("manifest_sha256") != wanted:
         repo.delete(backup)  # not what the plan checked: a new run plans again
-        raise AirflowFailException(f"refused: {label}/{backup_id} on {offsite['location']} has another "
-                                   "manifest than when the plan chose it; nothing restored, trigger a new run")  # fmt: skip
+        raise AirflowFailException(
+            f"refused: {label}/{backup_id} on {offsite['location']} has another "
+            "manifest than when the plan chose it; nothing restored, trigger a new run"
+        )
     return repo, backup
 
 
@@ -155,7 +167,7 @@ def _plan_offsite(config, source: str, adapter, request) -> dict:
     from dbops.backup import restore as r
     from dbops.offsite.common import OffsiteError, SeriesKey
     from dbops.offsite.restore import choose, fetch_repository, other_copies, space_needed
-    from dbops.offsite.targets import open_target
+    from dbops.runtime import open_target
     from dbops.tools import human_bytes
 
     try:
@@ -163,7 +175,9 @@ def _plan_offsite(config, source: str, adapter, request) -> dict:
         key = r.series_label(request.store, subject)
         with open_target(source, config) as target:
             location = target.location()
-            item, skipped = choose(target.catalog(log.info), SeriesKey(request.store, subject), request.backup_id, location)
+            item, skipped = choose(
+                target.catalog(log.info), SeriesKey(request.store, subject), request.backup_id, location
+            )
     except (r.RestoreRefused, OffsiteError) as exc:
         raise AirflowFailException(f"refused before any work: {exc}") from None
     for line in skipped:
@@ -174,9 +188,18 @@ def _plan_offsite(config, source: str, adapter, request) -> dict:
     reclaimable = sum(b.total_bytes for b in other_copies(repo, request.store, subject, item.backup_id))
     space = check_space(repo, 0 if fetched else space_needed(item), reclaimable, f"{key}/{item.backup_id}")
     if fetched:
-        log.info("%s/%s was fetched before into %s: checked again, not downloaded again", key, item.backup_id, repo.root)
-    log.info("plan: fetch %s/%s (%s, %s) from %s into %s, then restore it", key, item.backup_id,
-             human_bytes(item.backup.total_bytes), "encrypted" if enc else "not encrypted", location, repo.root)  # fmt: skip
+        log.info(
+            "%s/%s was fetched before into %s: checked again, not downloaded again", key, item.backup_id, repo.root
+        )
+    log.info(
+        "plan: fetch %s/%s (%s, %s) from %s into %s, then restore it",
+        key,
+        item.backup_id,
+        human_bytes(item.backup.total_bytes),
+        "encrypted" if enc else "not encrypted",
+        location,
+        repo.root,
+    )
     deferred = False
     try:
         planned = skip_unconfigured(lambda: adapter.plan_restore(fetched or item.backup, request, log.info))
@@ -185,15 +208,70 @@ def _plan_offsite(config, source: str, adapter, request) -> dict:
     except (OSError, ValueError) as exc:
         # the adapter reads the backup's own files, which only the fetch brings
         deferred = True
-        log.info("plan: the %s target checks read the backup's files: they run in restore_%s after the fetch, "
-                 "before anything is restored (%s)", request.store, request.store, exc)  # fmt: skip
-        planned = r.RestorePlan(store=request.store, subject=subject, backup_id=item.backup_id, source=None,
-                                target=request.target)  # fmt: skip
+        log.info(
+            "plan: the %s target checks read the backup's files: they run in restore_%s after the fetch, "
+            "before anything is restored (%s)",
+            request.store,
+            request.store,
+            exc,
+        )
+        planned = r.RestorePlan(
+            store=request.store, subject=subject, backup_id=item.backup_id, source=None, target=request.target
+        )
     offsite = {
-        "target": source, "location": location, "encrypted": enc is not None, "fetch_root": str(repo.root),
-        "manifests": {key: item.manifest_sha256}, "deferred_plan": deferred, **space,
-    }  # fmt: skip
-    return {**planned.to_dict(), "path": None, "verified": True, "offsite": offsite}
+        "target": source,
+        "location": location,
+        "encrypted": enc is not None,
+        "fetch_root": str(repo.root),
+        "manifests": {key: item.manifest_sha256},
+        "deferred_plan": deferred,
+        **space,
+    }
+    return {
+        **planned.to_dict(),
+        "path": None,
+        "verified": True,
+        "offsite": offsite,
+        "backup": backup_facts(item.backup),
+    }
+
+
+def backup_facts(backup, now=None) -> dict:
+    """Size and age of the backup a restore uses, as the approval shows them."""
+    from dbops.backup.repository import utc_now
+    from dbops.tools import human_bytes
+
+    age = (now or utc_now()) - backup.taken_at
+    hours = int(age.total_seconds() // 3600)
+    return {
+        "backup_id": backup.backup_id,
+        "bytes": backup.total_bytes,
+        "size": human_bytes(backup.total_bytes),
+        "taken_at": backup.taken_at.isoformat(),
+        "age": f"{hours // 24} d {hours % 24} h"
+        if hours >= 24
+        else f"{hours} h {int(age.total_seconds() // 60) % 60} min",
+    }
+
+
+def approval_needed(planned: dict, confirm: str | None) -> str | None:
+    """Why the planned restore needs an approval before it runs (None: it destroys nothing).
+    Destructive: data that exists is replaced (a confirmed overwrite, also of a point-in-time
+    copy), anything written into the live Redis, and an offsite plan whose target checks wait
+    for the fetch while an overwrite is confirmed."""
+    details = planned.get("details") or {}
+    copy = planned.get("copy") or {}
+    if copy.get("overwrite"):
+        return f"database {copy['target']} exists and is replaced by the recovered copy"
+    if planned.get("pitr") or planned.get("pitr_offsite"):
+        return None
+    if details.get("live"):
+        return f"{planned['target']} is the live Redis (what clients use)"
+    if planned.get("overwrite"):
+        return f"{planned['target']} exists and its data is replaced"
+    if (planned.get("offsite") or {}).get("deferred_plan") and confirm:
+        return f"confirm_overwrite names {confirm}: what it replaces is known only after the fetch"
+    return None
 
 
 @task
@@ -205,15 +283,15 @@ def plan() -> dict:
     params = get_current_context()["params"]
     source = params.get("source", LOCAL)
     if pitr_requested(params):
-        if source != LOCAL:
-            return _plan_pitr_offsite(params, runtime_config(), source)
-        return plan_pitr_restore(params)
+        result = _plan_pitr_offsite(params, runtime_config(), source) if source != LOCAL else plan_pitr_restore(params)
+        return {**result, "approval": approval_needed(result, params.get("confirm_overwrite"))}
     _request(params)  # the generic checks, before an adapter is built for a store name
     config = runtime_config()
     target_name = offsite_source(config, source)
     if target_name is not None:
         adapter = store_adapter(params["store"], config)
-        return _plan_offsite(config, target_name, adapter, _request(params, adapter))
+        result = _plan_offsite(config, target_name, adapter, _request(params, adapter))
+        return {**result, "approval": approval_needed(result, params.get("confirm_overwrite"))}
     adapter = store_adapter(params["store"], config)
     request = _request(params, adapter)
     try:
@@ -223,15 +301,29 @@ def plan() -> dict:
     except r.RestoreRefused as exc:
         raise AirflowFailException(f"refused before any work: {exc}") from None
     if not backup.verified:
-        log.warning("backup %s is not verified (%s): its files are checked again before restoring",
-                    backup.backup_id, r.why_unverified(backup))  # fmt: skip
+        log.warning(
+            "backup %s is not verified (%s): its files are checked again before restoring",
+            backup.backup_id,
+            r.why_unverified(backup),
+        )
     what = f"{planned.store} backup {planned.backup_id}" + (f" of {planned.source}" if planned.source else "")
     if planned.already:
         log.info("%s: %s already holds it; the restore task reports it and compares again", what, planned.target)
     else:
-        log.info("plan: restore %s into %s%s", what, planned.target,
-                 " (confirm_overwrite names it: existing data is replaced)" if planned.overwrite else "")  # fmt: skip
-    return {**planned.to_dict(), "path": str(backup.path), "verified": backup.verified, "offsite": None}
+        log.info(
+            "plan: restore %s into %s%s",
+            what,
+            planned.target,
+            " (confirm_overwrite names it: existing data is replaced)" if planned.overwrite else "",
+        )
+    result = {
+        **planned.to_dict(),
+        "path": str(backup.path),
+        "verified": backup.verified,
+        "offsite": None,
+        "backup": backup_facts(backup),
+    }
+    return {**result, "approval": approval_needed(result, params.get("confirm_overwrite"))}
 
 
 def restore_task(store: str):
@@ -248,8 +340,9 @@ def restore_task(store: str):
         if planned.get("pitr"):
             raise AirflowSkipException("skipped: this run is a point-in-time recovery (restore_postgres_pitr)")
         if planned.get("pitr_offsite"):
-            raise AirflowSkipException("skipped: this run is a point-in-time recovery from offsite "
-                                       "(restore_postgres_pitr_offsite)")  # fmt: skip
+            raise AirflowSkipException(
+                "skipped: this run is a point-in-time recovery from offsite (restore_postgres_pitr_offsite)"
+            )
         config = runtime_config()
         adapter = store_adapter(store, config)
         offsite = planned.get("offsite")
@@ -270,21 +363,27 @@ def restore_task(store: str):
         except (r.RestoreRefused, r.CorruptBackup) as exc:
             raise AirflowFailException(f"refused: {exc}") from None
         if offsite:
-            result["offsite"] = {"target": offsite["target"], "location": offsite["location"],
-                                 "fetched": dict(backup.sidecars.get("fetched") or {}),
-                                 "kept": bool(result["differences"])}  # fmt: skip
+            result["offsite"] = {
+                "target": offsite["target"],
+                "location": offsite["location"],
+                "fetched": dict(backup.sidecars.get("fetched") or {}),
+                "kept": bool(result["differences"]),
+            }
             if not result["differences"]:
                 # restored and equal: the scratch copy has done its work (a rerun fetches it again)
                 repo.delete(backup)
                 log.info("removed the fetched copy %s", backup.path)
         if result["differences"]:
+            push_summary(result["summary"])  # a failed task has no return value: the run's summary names them
             raise AirflowFailException(
                 f"{result['summary']}. The restored {result['target']} is left for inspection. Differences:\n  "
                 + "\n  ".join(result["differences"])
             )
         return result
 
-    restore.__doc__ = f"Restore the planned {store} backup (files verified again first), then compare with the backup's description."
+    restore.__doc__ = (
+        f"Restore the planned {store} backup (files verified again first), then compare with the backup's description."
+    )
     return restore
 
 
@@ -309,13 +408,15 @@ def _plan_pitr_offsite(params: dict, config, source: str) -> dict:
     from dbops.backup.restore import RestoreRefused
     from dbops.offsite.common import OffsiteError, SeriesKey
     from dbops.offsite.restore import fetch_repository, other_copies, space_needed, usable_problems
-    from dbops.offsite.targets import open_target
     from dbops.offsite.wal import read_offsite_catalog
     from dbops.pitr.recovery import RecoveryBase
     from dbops.pitr.wal import BASE_STORE
+    from dbops.runtime import open_target
     from dbops.tasks.pitr import check_pitr_params
 
     target_name = offsite_source(config, source)
+    if target_name is None:  # only an offsite source is planned here
+        raise ValueError(f"source {source!r} is not an offsite target")
     try:
         now = utc_now()
         target, database, copy = check_pitr_params(params, config, now)
@@ -335,8 +436,10 @@ def _plan_pitr_offsite(params: dict, config, source: str) -> dict:
             raise RestoreRefused(f"no WAL on {location}: a base backup alone recovers no point in time")
         system_id = str((base.backup.manifest.get("details") or {}).get("system_identifier"))
         if str(wal.header.get("system_identifier")) != system_id:
-            raise RestoreRefused(f"the WAL on {location} is of system {wal.header.get('system_identifier')}, "
-                                 f"base backup {base.backup_id} of system {system_id}")  # fmt: skip
+            raise RestoreRefused(
+                f"the WAL on {location} is of system {wal.header.get('system_identifier')}, "
+                f"base backup {base.backup_id} of system {system_id}"
+            )
     except (RestoreRefused, OffsiteError) as exc:
         raise AirflowFailException(f"refused before any work: {exc}") from None
     enc = decryption(config, [base], [f.key_id for f in wal.files.values()])
@@ -344,12 +447,25 @@ def _plan_pitr_offsite(params: dict, config, source: str) -> dict:
     reclaimable = sum(b.total_bytes for b in other_copies(repo, BASE_STORE, None, base.backup_id))
     wal_bytes = sum(f.stored.plain_bytes + (f.stored.bytes if f.encryption else 0) for f in wal.files.values())
     space = check_space(repo, space_needed(base) + wal_bytes, reclaimable, f"base backup {base.backup_id} and the WAL")
-    log.info("plan: fetch base backup %s and the WAL after it from %s, recover the cluster to %s in a scratch server; "
-             "then %s", base.backup_id, location, target.describe(),
-             f"copy {database} into {copy['target']}" + (" (replacing it: confirmed)" if copy["overwrite"] else "")
-             if copy else "keep the server running")  # fmt: skip
-    offsite = {"target": target_name, "location": location, "encrypted": enc is not None, "fetch_root": str(repo.root),
-               "manifests": {BASE_STORE: base.manifest_sha256}, "deferred_plan": False, **space}  # fmt: skip
+    log.info(
+        "plan: fetch base backup %s and the WAL after it from %s, recover the cluster to %s in a scratch server; "
+        "then %s",
+        base.backup_id,
+        location,
+        target.describe(),
+        f"copy {database} into {copy['target']}" + (" (replacing it: confirmed)" if copy["overwrite"] else "")
+        if copy
+        else "keep the server running",
+    )
+    offsite = {
+        "target": target_name,
+        "location": location,
+        "encrypted": enc is not None,
+        "fetch_root": str(repo.root),
+        "manifests": {BASE_STORE: base.manifest_sha256},
+        "deferred_plan": False,
+        **space,
+    }
     pitr = {"base_backup": base.backup_id, "system_identifier": system_id, "target": target.describe()}
     return {"pitr": None, "pitr_offsite": pitr, "database": database or None, "copy": copy, "offsite": offsite}
 
@@ -362,11 +478,10 @@ def restore_postgres_pitr_offsite(planned: dict) -> dict:
     from dbops.backup.repository import utc_now
     from dbops.backup.restore import RestoreRefused
     from dbops.offsite.common import OffsiteVerificationError
-    from dbops.offsite.targets import open_target
     from dbops.offsite.wal_fetch import fetch_wal_archive
     from dbops.pitr.recovery import RecoveryFailed, restore_pitr, target_from_params
     from dbops.pitr.wal import BASE_STORE
-    from dbops.tasks.offsite import encryption
+    from dbops.runtime import offsite_encryption, open_target
     from dbops.tasks.pitr import finish_recovery
 
     pitr = planned.get("pitr_offsite")
@@ -377,20 +492,36 @@ def restore_postgres_pitr_offsite(planned: dict) -> dict:
     config = runtime_config()
     offsite = planned["offsite"]
     repo, base = fetch_planned(config, offsite, BASE_STORE, None, pitr["base_backup"])
-    enc = encryption(config.with_overrides({"offsite": {"encryption": True}})) if offsite["encrypted"] else None
+    enc = offsite_encryption(config.with_overrides({"offsite": {"encryption": True}})) if offsite["encrypted"] else None
     wal_root = repo.root / PITR_WAL_FOLDER
     try:
         target = target_from_params(params["target_time"], params["target_lsn"], params["target_name"], now=utc_now())
         with open_target(offsite["target"], config) as offsite_target:
-            archive = fetch_wal_archive(offsite_target, wal_root, system_identifier=pitr["system_identifier"],
-                                        encryption=enc, up_to=target.time, base=base, log=log.info)  # fmt: skip
+            archive = fetch_wal_archive(
+                offsite_target,
+                wal_root,
+                system_identifier=pitr["system_identifier"],
+                encryption=enc,
+                up_to=target.time,
+                base=base,
+                log=log.info,
+            )
         _plan, scratch = restore_pitr(
-            repo, archive, target, now=utc_now(), backup_id=base.backup_id, scratch_dir=pitr_scratch_dir(config),
-            server_bin=config.pitr.server_bin, os_user=config.pitr.scratch_os_user, log=log.info,
-        )  # fmt: skip
+            repo,
+            archive,
+            target,
+            now=utc_now(),
+            backup_id=base.backup_id,
+            scratch_dir=pitr_scratch_dir(config),
+            server_bin=config.pitr.server_bin,
+            os_user=config.pitr.scratch_os_user,
+            log=log.info,
+        )
     except (RestoreRefused, RecoveryFailed, OffsiteVerificationError) as exc:
-        raise AirflowFailException(f"point-in-time recovery from {offsite['target']} failed (the fetched base backup "
-                                   f"and WAL are kept in {repo.root} for the rerun): {exc}") from None  # fmt: skip
+        raise AirflowFailException(
+            f"point-in-time recovery from {offsite['target']} failed (the fetched base backup "
+            f"and WAL are kept in {repo.root} for the rerun): {exc}"
+        ) from None
     # the recovered server needs neither any more: the scratch area is given back
     repo.delete(base)
     shutil.rmtree(wal_root, ignore_errors=True)

@@ -56,8 +56,10 @@ class KafkaAdapter(SingleSeriesAdapter):
         consumer group offsets will be set (``confirm_overwrite`` names the Kafka connection)."""
         target = self.conn_id
         if request.target:
-            log(f"target {request.target!r} ignored for kafka: topics are recreated under their own names "
-                f"on the cluster of connection {target!r}")  # fmt: skip
+            log(
+                f"target {request.target!r} ignored for kafka: topics are recreated under their own names "
+                f"on the cluster of connection {target!r}"
+            )
         checked = plan_kafka(backup, topics=request.topics, target=target, confirm=request.confirm)
         selected = checked["topics"]
         admin = self._admin()
@@ -67,14 +69,20 @@ class KafkaAdapter(SingleSeriesAdapter):
         missing = [t for t in selected if t not in existing]
         actions = []
         if missing:
-            actions.append(f"create {len(missing)} topic(s) with their partitions and configs: {', '.join(missing[:20])}")
+            actions.append(
+                f"create {len(missing)} topic(s) with their partitions and configs: {', '.join(missing[:20])}"
+            )
         if existing:
-            actions.append(f"leave {len(existing)} existing topic(s) as they are (compared, never altered): "
-                           f"{', '.join(sorted(existing)[:20])}")  # fmt: skip
+            actions.append(
+                f"leave {len(existing)} existing topic(s) as they are (compared, never altered): "
+                f"{', '.join(sorted(existing)[:20])}"
+            )
         if checked["offsets"]:
             actions.append("set the backup's committed offsets on consumer groups without active members")
         else:
-            actions.append(f"report consumer group offsets only (confirm_overwrite {target!r} sets them on idle groups)")
+            actions.append(
+                f"report consumer group offsets only (confirm_overwrite {target!r} sets them on idle groups)"
+            )
         for line in actions:
             log(f"plan: {line}")
         return RestorePlan(

@@ -13,7 +13,8 @@ Restoring recreates missing topics (optionally renamed, for drills), reports exi
 ones that differ, never deletes nor alters a live topic; offsets are set with
 ``alter_consumer_group_offsets`` only for groups without active members.
 
-Brokers differ (see ENVIRONMENT.md); where the code handles a quirk it says so:
+Brokers differ (the local stack runs Tansu, production Apache Kafka); where the code handles a
+quirk it says so:
 
 - Tansu answers ``describe_configs`` with only the configs set on the topic, and labels
   each one ``is_default=True, source=DEFAULT_CONFIG``. Apache Kafka lists every config,
@@ -31,7 +32,7 @@ import json
 import logging
 import os
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -69,7 +70,7 @@ def is_internal(topic: str) -> bool:
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+    return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 # ---------------------------------------------------------------------- reading a cluster
@@ -121,9 +122,7 @@ def topic_definitions(
     """name -> partitions, replication factor, explicit configs (see explicit_configs)."""
     listed = describe_topics(admin, timeout)
     selected = sorted(
-        name
-        for name in listed
-        if (names is None or name in names) and (include_internal or not is_internal(name))
+        name for name in listed if (names is None or name in names) and (include_internal or not is_internal(name))
     )
     result: dict[str, dict[str, Any]] = {
         name: {"partitions": listed[name]["partitions"], "replication_factor": listed[name]["replication"]}
@@ -233,7 +232,7 @@ def validate_file(path: Path, definition: str) -> tuple[dict[str, Any] | None, l
 
 def load_file(backup_dir: Path, name: str, definition: str) -> dict[str, Any]:
     document, errors = validate_file(Path(backup_dir) / name, definition)
-    if errors:
+    if errors or document is None:
         raise ValueError("invalid Kafka backup: " + "; ".join(errors[:5]))
     return document
 
@@ -282,7 +281,7 @@ class KafkaBackup:
         )
         for group_id, error in groups["errors"].items():
             log(f"kafka: consumer group {group_id}: offsets not read: {error}")
-        listing = sorted({t.get("configs_from") for t in topics.values()} - {None})
+        listing = sorted({t["configs_from"] for t in topics.values() if t.get("configs_from") is not None})
         offsets = sum(len(g["offsets"]) for g in groups["groups"].values())
         log(
             f"kafka: cluster {cluster['cluster_id']} ({cluster['brokers']} broker(s)): {len(topics)} topics, "
@@ -319,6 +318,8 @@ class KafkaBackup:
             (GROUPS_FILE, "consumer_groups_file", "consumer_groups", "groups"),
         ):
             document, errors = validate_file(Path(backup_dir) / name, definition)
+            if document is None:  # unreadable: errors says why
+                document = {}
             if not errors and count_key in details and len(document[body_key]) != details[count_key]:
                 errors.append(f"{name}: {len(document[body_key])} {body_key}, the manifest says {details[count_key]}")
             if not errors and document.get("errors"):
@@ -457,8 +458,7 @@ def restore_offsets(
                 report.add("missing", f"{label} {topic}[{entry['partition']}]", f"{where} does not exist")
                 continue
             metadata = entry.get("metadata")
-            args = (topic, entry["partition"], entry["offset"]) + ((metadata,) if metadata else ())
-            wanted.append(TopicPartition(*args))
+            wanted.append(TopicPartition(topic, entry["partition"], entry["offset"], metadata or None))
         if not wanted:
             report.add("unchanged", label, "no offsets to set")
             continue

@@ -40,7 +40,7 @@ def _unsupported(exc: KafkaException) -> bool:
 
 def _wait(futures: dict, timeout: float) -> dict:
     """Resolve every future; return {key: exception or None}."""
-    outcome = {}
+    outcome: dict[Any, KafkaException | None] = {}
     for key, future in futures.items():
         try:
             future.result(timeout=timeout)
@@ -123,8 +123,7 @@ def _reconcile_partitions(admin, t, actual, replication_factor, report, timeout,
         report.add(
             "drift",
             f"topic {name} replication",
-            f"is {actual['replication']}, config asks {replication_factor}; "
-            "change it with a partition reassignment",
+            f"is {actual['replication']}, config asks {replication_factor}; change it with a partition reassignment",
         )
     if actual["partitions"] == wanted:
         report.add("unchanged", target, str(wanted))

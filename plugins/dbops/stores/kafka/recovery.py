@@ -74,7 +74,9 @@ def restore_kafka(
     created = {c.target.removeprefix("topic ") for c in report.changes if c.action == "create"}
     differences = [f"{c.target}: {c.detail}" for c in report.problems if c.action == "missing"]
     notes = [f"{c.target}: {c.detail}" for c in report.changes if c.action == "drift"]
-    offsets = restore_offsets(admin, backup.path, topic_map=topic_map, dry_run=not plan["offsets"], log=log, timeout=timeout)
+    offsets = restore_offsets(
+        admin, backup.path, topic_map=topic_map, dry_run=not plan["offsets"], log=log, timeout=timeout
+    )
     if not plan["offsets"] and offsets.modified:
         notes.append(
             f"consumer group offsets not set ({len(offsets.modified)} group(s) would change): set "
@@ -93,7 +95,9 @@ def restore_kafka(
             "already": not created and not differences and bool(selected),
             "replaced": False,
             "created_topics": sorted(created),
-            "unchanged_topics": sorted(c.target.removeprefix("topic ") for c in report.changes if c.action == "unchanged"),
+            "unchanged_topics": sorted(
+                c.target.removeprefix("topic ") for c in report.changes if c.action == "unchanged"
+            ),
             "offsets": offsets.to_dict()["changes"],
             "seconds": round(time.monotonic() - started, 3),
             "differences": differences,
@@ -120,7 +124,9 @@ def _raise_if(failed: list[str]) -> None:
         raise RuntimeError("; ".join(failed))
 
 
-def drill_kafka(admin_factory: Callable[[], Any], *, timeout: float, log: LogFn) -> Callable[[Backup, DrillComparison], None]:
+def drill_kafka(
+    admin_factory: Callable[[], Any], *, timeout: float, log: LogFn
+) -> Callable[[Backup, DrillComparison], None]:
     """Recreate every topic of the backup as ``dbops_drill_<id>_<topic>``, compare with the
     backup's description, delete them (also when the comparison failed)."""
 
@@ -138,12 +144,16 @@ def drill_kafka(admin_factory: Callable[[], Any], *, timeout: float, log: LogFn)
             actual = topic_definitions(admin, timeout, names=list(topic_map.values()))
             found.differences += compare_topics(expected, actual, topic_map=topic_map)
             missing_source = sorted(set(held) - set(expected))
-            found.differences += [f"topic {t} is in the backup but not in the source description" for t in missing_source]
+            found.differences += [
+                f"topic {t} is in the backup but not in the source description" for t in missing_source
+            ]
             found.notes.append(f"{len(topic_map)} topics recreated as {DRILL_PREFIX}{backup.backup_id.lower()}_*")
         finally:
             _cleanup(
-                found, "drill topics",
-                lambda: _raise_if(_delete_topics(admin, list(topic_map.values()), timeout, log)), log,
-            )  # fmt: skip
+                found,
+                "drill topics",
+                lambda: _raise_if(_delete_topics(admin, list(topic_map.values()), timeout, log)),
+                log,
+            )
 
     return drill

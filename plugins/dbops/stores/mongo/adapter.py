@@ -84,8 +84,10 @@ class MongoAdapter(SingleSeriesAdapter):
             where = f"drill server of connection {conn_id}"
         else:
             where = f"the production server (connection {conn_id})"
-            log(f"mongo drill: no connection {self.config.connections.drill_mongo!r}: restoring into "
-                f"scratch databases on {where}")  # fmt: skip
+            log(
+                f"mongo drill: no connection {self.config.connections.drill_mongo!r}: restoring into "
+                f"scratch databases on {where}"
+            )
         databases = self._drill_databases(backup)
         if not databases:
             found.differences.append(f"backup {backup.backup_id} holds no database to drill")

@@ -215,7 +215,11 @@ def restore_argv(
     """mongorestore of the databases ``mapping`` names (source -> target), or of ``from_db``
     as ``to_db``. --nsInclude: without it every other database of a whole-instance archive
     would be restored too, under its own (live) name. The archive's oplog is not replayed."""
-    mapping = dict(mapping or {from_db: to_db})
+    if not mapping:
+        if from_db is None or to_db is None:
+            raise ValueError("name the databases to restore: mapping, or from_db and to_db")
+        mapping = {from_db: to_db}
+    mapping = dict(mapping)
     argv = [
         find_tool("mongorestore"),
         *connection_args(endpoint),
@@ -429,8 +433,8 @@ def _read_int32(stream, what: str, *, allow_eof: bool = False) -> int | None:
     return struct.unpack("<i", data)[0]
 
 
-def _read_doc(stream, length: int, what: str) -> bytes:
-    if length < 5 or length > 48 * 1024 * 1024:
+def _read_doc(stream, length: int | None, what: str) -> bytes:
+    if length is None or length < 5 or length > 48 * 1024 * 1024:
         raise ArchiveError(f"bad BSON length {length} in {what}")
     body = struct.pack("<i", length) + _read_exact(stream, length - 4, what)
     if body[-1] != 0:
@@ -642,7 +646,10 @@ def describe_archive(summary: ArchiveSummary, databases: list[str], security: di
             meta = summary.metadata.get(ns, {})
             options = meta.get("options") or {}
             if ns in summary.views:
-                collections[coll] = {"view_on": options.get("viewOn"), "pipeline": _canonical(options.get("pipeline", []))}
+                collections[coll] = {
+                    "view_on": options.get("viewOn"),
+                    "pipeline": _canonical(options.get("pipeline", [])),
+                }
                 continue
             digest = summary.digests.get(ns, DocumentDigest())
             collections[coll] = {
@@ -712,8 +719,10 @@ class MongoBackup:
         if oplog:
             log(f"mongo: replica set {set_name!r}: dumping the whole instance with --oplog (point in time)")
         elif set_name:
-            log(f"mongo: replica set {set_name!r}, but {self.endpoint.login or 'this user'} may not list the "
-                f"instance's databases: dumping {self.database} alone, NOT point-in-time (grant the backup role)")
+            log(
+                f"mongo: replica set {set_name!r}, but {self.endpoint.login or 'this user'} may not list the "
+                f"instance's databases: dumping {self.database} alone, NOT point-in-time (grant the backup role)"
+            )
         else:
             log("mongo: standalone server (no setName): no oplog, the dump is not point-in-time")
         version = tool_version("mongodump", log)
@@ -743,7 +752,9 @@ class MongoBackup:
         # the reference for drills and restores: the archive itself, never a later read
         gz_check, structure, summary = verify_archive(archive, digest=True)
         if summary is None:
-            raise ToolError(f"mongodump wrote an archive that does not read back: {gz_check.detail}; {structure.detail}")
+            raise ToolError(
+                f"mongodump wrote an archive that does not read back: {gz_check.detail}; {structure.detail}"
+            )
         databases = [d for d in summary.databases() if d not in SYSTEM_DATABASES]
         with client(self.endpoint) as mongo:
             security = security_description(summary, databases, mongo)
@@ -756,9 +767,11 @@ class MongoBackup:
             "databases": describe_archive(summary, databases, security),
             "security_from": security["from"],
         }
-        log(f"mongo: {len(counts)} collections, {sum(counts.values())} documents, "
+        log(
+            f"mongo: {len(counts)} collections, {sum(counts.values())} documents, "
             f"{archive.stat().st_size} bytes in {seconds}s; described from the archive "
-            f"({description['oplog_entries']} oplog entries)")
+            f"({description['oplog_entries']} oplog entries)"
+        )
         return DumpResult(
             tool="mongodump",
             tool_version=version,
@@ -870,9 +883,14 @@ def restore(
             f"(to_db), or pass to_db == from_db together with drop=True to replace it on purpose"
         )
     outcome = restore_databases(
-        endpoint, backup_dir, {from_db: to_db}, drop=drop, log=log,
-        parallel_collections=parallel_collections, timeout=timeout,
-    )  # fmt: skip
+        endpoint,
+        backup_dir,
+        {from_db: to_db},
+        drop=drop,
+        log=log,
+        parallel_collections=parallel_collections,
+        timeout=timeout,
+    )
     return {
         "from_db": from_db,
         "to_db": to_db,
@@ -942,9 +960,13 @@ def restore_databases(
         started = time.monotonic()
         with tool_config(endpoint) as config:
             argv = restore_argv(
-                endpoint, archive, mapping=mapping, drop=drop, config=config,
+                endpoint,
+                archive,
+                mapping=mapping,
+                drop=drop,
+                config=config,
                 parallel_collections=parallel_collections,
-            )  # fmt: skip
+            )
             run_tool(argv, log=capture, timeout=timeout)
         seconds = round(time.monotonic() - started, 3)
         if failures:

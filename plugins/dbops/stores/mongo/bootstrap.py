@@ -28,7 +28,7 @@ def collection_specs(spec: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _keys(index: dict[str, Any]) -> list[tuple[str, Any]]:
-    keys = index.get("keys") or index.get("key")
+    keys = index.get("keys") or index.get("key") or []
     if isinstance(keys, dict):
         keys = list(keys.items())
     return [(field, direction) for field, direction in keys]
@@ -52,7 +52,9 @@ def _same_direction(a: Any, b: Any) -> bool:
 
 
 def _same_keys(a: list[tuple[str, Any]], b: list[tuple[str, Any]]) -> bool:
-    return len(a) == len(b) and all(fa == fb and _same_direction(da, db) for (fa, da), (fb, db) in zip(a, b))
+    return len(a) == len(b) and all(
+        fa == fb and _same_direction(da, db) for (fa, da), (fb, db) in zip(a, b, strict=True)
+    )
 
 
 def bootstrap(db, spec: dict[str, Any], *, dry_run: bool = False) -> StoreReport:
@@ -124,9 +126,13 @@ def _can_login(db, username: str, password: str) -> bool:
     from pymongo.errors import OperationFailure
 
     address = db.client.address
-    probe = MongoClient(
-        host=address[0], port=address[1], username=username, password=password,
-        authSource=db.name, serverSelectionTimeoutMS=5000,
+    probe: MongoClient[dict[str, Any]] = MongoClient(
+        host=address[0],
+        port=address[1],
+        username=username,
+        password=password,
+        authSource=db.name,
+        serverSelectionTimeoutMS=5000,
     )
     try:
         probe[db.name].command("ping")
@@ -156,7 +162,9 @@ def ensure_app_user(db, username: str, password: str, report: StoreReport, *, dr
     if missing:
         if not dry_run:
             db.command("grantRolesToUser", username, roles=missing)
-        report.add("update", target, ("would grant " if dry_run else "granted ") + ", ".join(r["role"] for r in missing))
+        report.add(
+            "update", target, ("would grant " if dry_run else "granted ") + ", ".join(r["role"] for r in missing)
+        )
     if dry_run:
         if not missing:
             report.add("unchanged", target)

@@ -30,6 +30,7 @@ them out of the archive, which is said in the drill's notes.
 from __future__ import annotations
 
 import errno
+import functools
 import hashlib
 import re
 import time
@@ -74,7 +75,7 @@ ASIDE_INFIX = "_dbops_old_"
 
 def check_mongo_name(name: str, what: str = "target") -> str:
     if not isinstance(name, str) or not _MONGO_NAME.match(name):
-        raise RestoreRefused(f"{what} {name!r} is not a MongoDB database name (1-63 characters, none of /\\. \"$*<>:|?)")
+        raise RestoreRefused(f'{what} {name!r} is not a MongoDB database name (1-63 characters, none of /\\. "$*<>:|?)')
     if name in MONGO_SYSTEM:
         raise RestoreRefused(f"{what} {name!r} is a system database")
     if what == "target" and name.startswith(DRILL_PREFIX):
@@ -247,7 +248,7 @@ def plan_mongo(
     if database not in description:
         raise RestoreRefused(f"the backup's source description has no database {database!r}")
     collections, marker = _mongo_state(endpoint, target)
-    already = bool(marker) and marker.get("backup") == restore_marker("mongo", database, backup.backup_id)
+    already = marker is not None and marker.get("backup") == restore_marker("mongo", database, backup.backup_id)
     reason = None
     if collections and not already:
         live = " (the live database of this backup)" if target == database else ""
@@ -258,8 +259,10 @@ def plan_mongo(
     token = token or uuid.uuid4().hex[:8]
     staged, aside = side_name(target, STAGED_INFIX, token), side_name(target, ASIDE_INFIX, token)
     if already:
-        actions = [f"{target} already holds mongo/{database}/{backup.backup_id} (its {MONGO_MARKER} says so): "
-                   "nothing restored, the copy is compared again"]  # fmt: skip
+        actions = [
+            f"{target} already holds mongo/{database}/{backup.backup_id} (its {MONGO_MARKER} says so): "
+            "nothing restored, the copy is compared again"
+        ]
     else:
         actions = [
             f"mongorestore {database}.* of backup {backup.backup_id} into scratch database {staged}, "
@@ -329,10 +332,13 @@ def swap_in(mongo, *, staged: str, target: str, aside: str, log: LogFn) -> list[
             except Exception as undo:
                 undo_errors.append(f"{aside}.{name} -> {target}: {undo}")
         state = (
-            f"{target} is as before" if not undo_errors
+            f"{target} is as before"
+            if not undo_errors
             else f"could not move back: {'; '.join(undo_errors)} (old collections are in {aside})"
-        )  # fmt: skip
-        raise RestoreFailed(f"swapping the restored copy into {target} failed ({type(exc).__name__}: {exc}); {state}") from exc
+        )
+        raise RestoreFailed(
+            f"swapping the restored copy into {target} failed ({type(exc).__name__}: {exc}); {state}"
+        ) from exc
     if old:
         log(f"mongo restore: set aside {len(old)} collection(s) of {target} in {aside}: {', '.join(old)}")
     log(f"mongo restore: moved {len(new)} restored collection(s) from {staged} into {target}")
@@ -345,8 +351,14 @@ def restore_mongo(endpoint: Endpoint, backup: Backup, plan: RestorePlan, log: Lo
 
     database, target = plan.source or "", plan.target
     # again: the state may have changed since the plan (a rerun finds its own marker)
-    fresh = plan_mongo(endpoint, backup, database=database, target=target,
-                       confirm=target if plan.overwrite else "", token=plan.details.get("token"))  # fmt: skip
+    fresh = plan_mongo(
+        endpoint,
+        backup,
+        database=database,
+        target=target,
+        confirm=target if plan.overwrite else "",
+        token=plan.details.get("token"),
+    )
     expected = source_description(backup)["databases"][database]
     dumped = _dumped_documents(backup, database)
     started = time.monotonic()
@@ -354,7 +366,10 @@ def restore_mongo(endpoint: Endpoint, backup: Backup, plan: RestorePlan, log: Lo
     set_aside: list[str] = []
     staged, aside = fresh.details["staged"], fresh.details["aside"]
     if fresh.already:
-        log(f"{target} already holds mongo/{database}/{backup.backup_id} (its {MONGO_MARKER} says so): not restored twice")
+        log(
+            f"{target} already holds mongo/{database}/{backup.backup_id} "
+            f"(its {MONGO_MARKER} says so): not restored twice"
+        )
         with client(endpoint) as mongo:
             description = describe_database(mongo[target])
         differences, notes = compare_mongo(expected, description, dumped=dumped, restored=None)
@@ -373,14 +388,20 @@ def restore_mongo(endpoint: Endpoint, backup: Backup, plan: RestorePlan, log: Lo
                     if target != database:
                         mongo[target][MONGO_MARKER].replace_one(
                             {"_id": "restore"},
-                            {"_id": "restore", "backup": restore_marker("mongo", database, backup.backup_id), "at": time.time()},
+                            {
+                                "_id": "restore",
+                                "backup": restore_marker("mongo", database, backup.backup_id),
+                                "at": time.time(),
+                            },
                             upsert=True,
                         )
                     # the renames are metadata operations: the same collections, same counts
                     have = {n: mongo[target][n].estimated_document_count() for n in _collections(mongo[target])}
                     for name, body in outcome["target"]["collections"].items():
                         if "count" in body and have.get(name) != body["count"]:
-                            differences.append(f"collection {name}: {have.get(name)} documents after the swap, {body['count']} before")
+                            differences.append(
+                                f"collection {name}: {have.get(name)} documents after the swap, {body['count']} before"
+                            )
         finally:
             with client(endpoint) as mongo:
                 mongo.drop_database(staged)
@@ -448,20 +469,26 @@ def drill_mongo(
             dumped = {db: _dumped_documents(backup, db) for db in targets}
             total = sum(n or 0 for n in dumped.values())
             if outcome["documents_restored"] != total:
-                found.differences.append(f"mongorestore restored {outcome['documents_restored']} documents, "
-                                         f"the archive holds {total} in {', '.join(targets)}")  # fmt: skip
+                found.differences.append(
+                    f"mongorestore restored {outcome['documents_restored']} documents, "
+                    f"the archive holds {total} in {', '.join(targets)}"
+                )
             for database, target in targets.items():
                 differences, notes = compare_mongo(
-                    expected_all.get(database, {"collections": {}}), outcome["targets"][target],
-                    dumped=dumped[database], restored=dumped[database],
-                )  # fmt: skip
+                    expected_all.get(database, {"collections": {}}),
+                    outcome["targets"][target],
+                    dumped=dumped[database],
+                    restored=dumped[database],
+                )
                 if database not in expected_all:
                     differences.append("not in the backup's description")
                 found.differences += [f"{database}: {d}" for d in differences]
                 found.notes += [f"{database}: {n}" for n in notes]
                 collections = outcome["targets"][target]["collections"]
-                found.notes.append(f"{database}: {len(collections)} collections, {dumped[database]} documents "
-                                   f"restored into {target} ({where})")  # fmt: skip
+                found.notes.append(
+                    f"{database}: {len(collections)} collections, {dumped[database]} documents "
+                    f"restored into {target} ({where})"
+                )
             check_users_and_roles(backup, list(targets), found, log)
         except Exception as exc:
             if _environment_failure(exc):
@@ -469,7 +496,7 @@ def drill_mongo(
             raise
         finally:
             for target in targets.values():
-                _cleanup(found, f"database {target}", lambda t=target: _drop_mongo(endpoint, t, log), log)
+                _cleanup(found, f"database {target}", functools.partial(_drop_mongo, endpoint, target, log), log)
 
     return drill
 

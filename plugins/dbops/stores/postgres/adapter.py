@@ -187,8 +187,9 @@ class PostgresAdapter:
         source = recovery.source_database(backup)
         wanted = request.database or self.endpoint.database
         if wanted and wanted != source:
-            raise RestoreRefused(f"backup {backup.backup_id} of series {backup.subject!r} holds database {source!r}, "
-                                 f"not {wanted!r}")  # fmt: skip
+            raise RestoreRefused(
+                f"backup {backup.backup_id} of series {backup.subject!r} holds database {source!r}, not {wanted!r}"
+            )
         target = request.target or default_target(source, backup.backup_id)
         plan = recovery.plan_postgres(self.endpoint, backup, source=source, target=target, confirm=request.confirm)
         for action in plan.actions:
@@ -225,8 +226,10 @@ class PostgresAdapter:
             return endpoint, where, True
         endpoint = self.endpoint
         where = f"production cluster {self.config.connections.postgres} ({endpoint.host}:{endpoint.port})"
-        log(f"no Airflow connection {conn_id!r}: the drill restores a full copy into the {where}; "
-            f"define {conn_id!r} to drill on a separate cluster")  # fmt: skip
+        log(
+            f"no Airflow connection {conn_id!r}: the drill restores a full copy into the {where}; "
+            f"define {conn_id!r} to drill on a separate cluster"
+        )
         return endpoint, where, False
 
     def drill_target(self, backup: Backup) -> str | list[str]:

@@ -483,7 +483,9 @@ class PostgresDatabaseBackup:
         try:
             conn = pg_connect(self.endpoint, self.database)
         except psycopg.OperationalError as exc:  # psycopg's message names no password
-            raise ToolError(f"pg_dump failed: could not connect to {self.database!r} to export its snapshot: {exc}") from None
+            raise ToolError(
+                f"pg_dump failed: could not connect to {self.database!r} to export its snapshot: {exc}"
+            ) from None
         with conn:
             conn.execute(load_sql("backup/pg_session_deterministic.sql"))
             conn.commit()
@@ -502,8 +504,10 @@ class PostgresDatabaseBackup:
                 assert facts is not None
                 state = database_state(conn, self.database)
                 started = time.monotonic()
-                log(f"pg_dump of {self.database} at {self.endpoint.host}:{self.endpoint.port}: directory format, "
-                    f"{self.jobs} jobs, compression {compression}, snapshot {snapshot} ({version})")  # fmt: skip
+                log(
+                    f"pg_dump of {self.database} at {self.endpoint.host}:{self.endpoint.port}: directory format, "
+                    f"{self.jobs} jobs, compression {compression}, snapshot {snapshot} ({version})"
+                )
                 with pg_tool_env(self.endpoint, self.database) as env:
                     argv = [*self.dump_argv(target, compression, pg_dump, _major(version)), f"--snapshot={snapshot}"]
                     run_tool(argv, log=log, env=env, progress_path=target)
@@ -513,9 +517,11 @@ class PostgresDatabaseBackup:
                 extensions = _extensions(conn)
         dump_bytes = tree_bytes(target)
         total = sum(t["rows"] for t in described.values())
-        log(f"pg_dump of {self.database} done in {seconds:.1f}s: {human_bytes(dump_bytes)} written "
+        log(
+            f"pg_dump of {self.database} done in {seconds:.1f}s: {human_bytes(dump_bytes)} written "
             f"for {len(tables)} tables ({total} rows in its snapshot), "
-            f"database size {human_bytes(facts['size_bytes'])}")  # fmt: skip
+            f"database size {human_bytes(facts['size_bytes'])}"
+        )
         description = {
             "database": self.database,
             "snapshot": snapshot,
@@ -620,7 +626,8 @@ class PostgresGlobalsBackup:
         steady = {
             name: {"superuser": r["superuser"], "can_login": r["can_login"]}
             for name, r in before.items()
-            if name in after and (after[name]["superuser"], after[name]["can_login"]) == (r["superuser"], r["can_login"])
+            if name in after
+            and (after[name]["superuser"], after[name]["can_login"]) == (r["superuser"], r["can_login"])
         }
         changed = sorted((set(before) | set(after)) - set(steady))
         if changed:
@@ -654,9 +661,12 @@ class PostgresGlobalsBackup:
         complete = _DUMPALL_FOOTER in text[-400:]
         checks = [
             Check("globals.sql header", has_header, "pg_dumpall header" if has_header else "no pg_dumpall header"),
-            Check("globals.sql complete", complete,
-                  "ends with the 'cluster dump complete' marker" if complete else "truncated: no completion marker"),
-        ]  # fmt: skip
+            Check(
+                "globals.sql complete",
+                complete,
+                "ends with the 'cluster dump complete' marker" if complete else "truncated: no completion marker",
+            ),
+        ]
         expected = (manifest.get("details") or {}).get("roles") or []
         missing = [r for r in expected if f"CREATE ROLE {_sql_ident_text(r)};" not in text]
         detail = f"missing CREATE ROLE for {missing}" if missing else f"{len(expected)} roles"
@@ -727,9 +737,13 @@ _LOCALE_PROVIDERS = {"c": "libc", "i": "icu", "b": "builtin"}
 _DATABASE_PRIVILEGES = {"CREATE", "TEMPORARY", "CONNECT"}
 # Settings whose value is a list pg_dump writes element by element (GUC_LIST_QUOTE)
 _LIST_SETTINGS = {
-    "search_path", "temp_tablespaces", "session_preload_libraries", "shared_preload_libraries",
-    "local_preload_libraries", "unix_socket_directories",
-}  # fmt: skip
+    "search_path",
+    "temp_tablespaces",
+    "session_preload_libraries",
+    "shared_preload_libraries",
+    "local_preload_libraries",
+    "unix_socket_directories",
+}
 
 
 def create_database(admin: psycopg.Connection, database: str, state: dict[str, Any] | None) -> None:
@@ -740,7 +754,9 @@ def create_database(admin: psycopg.Connection, database: str, state: dict[str, A
         options.append(sql.SQL("ENCODING {}").format(sql.Literal(state["encoding"])))
         provider = _LOCALE_PROVIDERS.get(state.get("locale_provider") or "c", "libc")
         options.append(sql.SQL("LOCALE_PROVIDER {}").format(sql.SQL(provider)))
-        options.append(sql.SQL("LC_COLLATE {} LC_CTYPE {}").format(sql.Literal(state["collate"]), sql.Literal(state["ctype"])))
+        options.append(
+            sql.SQL("LC_COLLATE {} LC_CTYPE {}").format(sql.Literal(state["collate"]), sql.Literal(state["ctype"]))
+        )
         if provider == "icu" and state.get("icu_locale"):
             options.append(sql.SQL("ICU_LOCALE {}").format(sql.Literal(state["icu_locale"])))
         if provider == "icu" and state.get("icu_rules"):
@@ -785,7 +801,9 @@ def _setting_sql(file: str, setting: str, **idents: str) -> sql.Composed:
     name, values = split_setting(setting)
     value = sql.SQL(", ").join(sql.Literal(v) for v in values) if values else sql.Literal("")
     parts = {k: sql.Identifier(v) for k, v in idents.items()}
-    return sql.SQL(load_sql(f"restore/{file}")).format(name=sql.SQL(".").join(sql.Identifier(n) for n in name.split(".")), value=value, **parts)
+    return sql.SQL(load_sql(f"restore/{file}")).format(
+        name=sql.SQL(".").join(sql.Identifier(n) for n in name.split(".")), value=value, **parts
+    )
 
 
 def state_roles(state: dict[str, Any] | None) -> set[str]:
@@ -816,7 +834,7 @@ def apply_database_state(
     missing = set(absent_roles(admin, state_roles(state)))
     db = sql.Identifier(database)
 
-    def run(statement: sql.Composable, what: str) -> None:
+    def run(statement: sql.Composed, what: str) -> None:
         try:
             admin.execute(statement)
         except psycopg.Error as exc:
@@ -824,9 +842,14 @@ def apply_database_state(
 
     owner = state.get("owner")
     if owner and owner in missing:
-        notes.append(f"database owner {owner!r} is not a role of this cluster: the database is owned by the restoring role")
+        notes.append(
+            f"database owner {owner!r} is not a role of this cluster: the database is owned by the restoring role"
+        )
     elif owner:
-        run(sql.SQL(load_sql("restore/pg_database_owner.sql")).format(database=db, owner=sql.Identifier(owner)), f"owner {owner}")
+        run(
+            sql.SQL(load_sql("restore/pg_database_owner.sql")).format(database=db, owner=sql.Identifier(owner)),
+            f"owner {owner}",
+        )
     for setting in state.get("settings") or []:
         run(_setting_sql("pg_database_setting.sql", setting, database=database), f"ALTER DATABASE SET {setting}")
     for role, settings in sorted((state.get("role_settings") or {}).items()):
@@ -834,8 +857,10 @@ def apply_database_state(
             notes.append(f"settings of role {role!r} in this database not applied: no such role in this cluster")
             continue
         for setting in settings:
-            run(_setting_sql("pg_role_database_setting.sql", setting, role=role, database=database),
-                f"ALTER ROLE {role} IN DATABASE SET {setting}")  # fmt: skip
+            run(
+                _setting_sql("pg_role_database_setting.sql", setting, role=role, database=database),
+                f"ALTER ROLE {role} IN DATABASE SET {setting}",
+            )
     grants = state.get("grants")
     if grants is not None:
         run(sql.SQL(load_sql("restore/pg_database_revoke_public.sql")).format(database=db), "REVOKE ALL FROM PUBLIC")
@@ -855,11 +880,20 @@ def apply_database_state(
             )
             run(statement, f"GRANT {privilege} TO {grantee}")
     if state.get("comment") is not None:
-        run(sql.SQL(load_sql("restore/pg_database_comment.sql")).format(database=db, comment=sql.Literal(state["comment"])), "comment")
+        run(
+            sql.SQL(load_sql("restore/pg_database_comment.sql")).format(
+                database=db, comment=sql.Literal(state["comment"])
+            ),
+            "comment",
+        )
     limit = state.get("connection_limit")
     if connection_limit and limit is not None and int(limit) != -1:
-        run(sql.SQL(load_sql("restore/pg_database_connection_limit.sql")).format(database=db, limit=sql.Literal(int(limit))),
-            f"connection limit {limit}")  # fmt: skip
+        run(
+            sql.SQL(load_sql("restore/pg_database_connection_limit.sql")).format(
+                database=db, limit=sql.Literal(int(limit))
+            ),
+            f"connection limit {limit}",
+        )
     applied = f"owner {owner}, {len(state.get('settings') or [])} setting(s), {len(grants or [])} grant(s)"
     log(f"database state applied to {database}: {applied}" + (f"; {len(notes)} note(s)" if notes else ""))
     return notes
@@ -876,8 +910,11 @@ def session_text(session: dict[str, Any]) -> str:
 
 
 def _allow_connections(admin: psycopg.Connection, database: str, allow: bool) -> None:
-    admin.execute(sql.SQL(load_sql("restore/pg_allow_connections.sql")).format(
-        database=sql.Identifier(database), allow=sql.Literal(allow)))  # fmt: skip
+    admin.execute(
+        sql.SQL(load_sql("restore/pg_allow_connections.sql")).format(
+            database=sql.Identifier(database), allow=sql.Literal(allow)
+        )
+    )
 
 
 def swap_in(
@@ -888,7 +925,9 @@ def swap_in(
     name and its connections back."""
     with pg_connect(endpoint, maintenance_db, autocommit=True) as admin:
         if _exists(admin, keep_old_as):
-            raise RestoreRefused(f"database {keep_old_as!r} exists already: cannot set {target!r} aside under that name")
+            raise RestoreRefused(
+                f"database {keep_old_as!r} exists already: cannot set {target!r} aside under that name"
+            )
         _allow_connections(admin, target, False)  # no new session between the end of the old ones and the rename
         renamed = False
         try:
@@ -909,8 +948,10 @@ def swap_in(
             _allow_connections(admin, target, True)
             raise
         _allow_connections(admin, keep_old_as, True)
-    log(f"the old {target} is kept as {keep_old_as} (drop it once the restored copy is accepted); "
-        f"{copy} is now {target}")  # fmt: skip
+    log(
+        f"the old {target} is kept as {keep_old_as} (drop it once the restored copy is accepted); "
+        f"{copy} is now {target}"
+    )
     return ended
 
 
@@ -992,8 +1033,10 @@ def restore_database(
         if create:
             restore_into = _scratch_name(target_database) if exists else target_database
             create_database(admin, restore_into, database_state)
-            log(f"created database {restore_into}" + (
-                f" ({database_state['encoding']}, collate {database_state['collate']})" if database_state else ""))  # fmt: skip
+            log(
+                f"created database {restore_into}"
+                + (f" ({database_state['encoding']}, collate {database_state['collate']})" if database_state else "")
+            )
 
     conninfo = make_conninfo("", dbname=restore_into)  # quoted: any database name is safe here
     argv = [pg_restore, f"--jobs={jobs}", "--exit-on-error", "--no-password", f"--dbname={conninfo}"]
@@ -1003,8 +1046,10 @@ def restore_database(
         argv.append("--no-privileges")
     argv.append(str(dump))
     started = time.monotonic()
-    log(f"pg_restore of {source} into {restore_into}: {jobs} jobs, {len(entries)} TOC entries, "
-        f"{'owners from the dump' if not no_owner else 'owned by ' + str(endpoint.login)}")  # fmt: skip
+    log(
+        f"pg_restore of {source} into {restore_into}: {jobs} jobs, {len(entries)} TOC entries, "
+        f"{'owners from the dump' if not no_owner else 'owned by ' + str(endpoint.login)}"
+    )
     notes: list[str] = []
     description = None
     try:
@@ -1025,8 +1070,10 @@ def restore_database(
             try:
                 with pg_connect(endpoint, maintenance_db, autocommit=True) as admin:
                     _database_ddl(admin, "pg_drop_database.sql", database=restore_into)
-                log(f"restore failed: dropped the partly restored database {restore_into}"
-                    + (f"; {target_database} is untouched" if restore_into != target_database else ""))  # fmt: skip
+                log(
+                    f"restore failed: dropped the partly restored database {restore_into}"
+                    + (f"; {target_database} is untouched" if restore_into != target_database else "")
+                )
             except psycopg.Error as exc:  # keep the restore's own error; say what is left behind
                 log(f"restore failed, and dropping the partly restored database {restore_into} failed too: {exc}")
         raise

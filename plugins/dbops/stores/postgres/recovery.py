@@ -126,7 +126,16 @@ def source_database(backup: Backup) -> str:
 # --------------------------------------------------------------------------- comparison
 
 
-_STATE_KEYS = ("encoding", "collate", "ctype", "locale_provider", "icu_locale", "icu_rules", "connection_limit", "comment")
+_STATE_KEYS = (
+    "encoding",
+    "collate",
+    "ctype",
+    "locale_provider",
+    "icu_locale",
+    "icu_rules",
+    "connection_limit",
+    "comment",
+)
 
 
 def _grant_set(grants: list[dict[str, Any]] | None, skip: set[str]) -> set[tuple[str, str, bool]] | None:
@@ -163,11 +172,13 @@ def compare_database_state(
             notes.append(f"settings of role {role!r} in the database not compared: no such role in this cluster")
         elif sorted(want_roles.get(role, [])) != sorted(got_roles.get(role, [])):
             problems.append(
-                f"settings of role {role} in the database: {got_roles.get(role, [])}, the source had {want_roles.get(role, [])}"
+                f"settings of role {role} in the database: {got_roles.get(role, [])}, "
+                f"the source had {want_roles.get(role, [])}"
             )
     skip = missing | {owner or "", actual.get("owner") or ""}  # owners hold every privilege implicitly
     want_grants, got_grants = _grant_set(expected.get("grants"), skip), _grant_set(actual.get("grants"), skip)
     if want_grants != got_grants:
+
         def show(grants: set[tuple[str, str, bool]] | None) -> str:
             if grants is None:
                 return "the defaults"
@@ -280,12 +291,16 @@ def plan_postgres(endpoint: Endpoint, backup: Backup, *, source: str, target: st
     details: dict[str, Any] = {"sessions": sessions, "marker": marker}
     actions: list[str] = []
     if already:
-        actions.append(f"{target} already holds postgres/{source}/{backup.backup_id}: compare it again, restore nothing")
+        actions.append(
+            f"{target} already holds postgres/{source}/{backup.backup_id}: compare it again, restore nothing"
+        )
     else:
         copy = f"a new database beside {target}" if overwrite else f"database {target}"
         actions.append(f"create {copy} from template0 with the source's encoding and locale")
-        actions.append(f"pg_restore backup {backup.backup_id} of {source} into it, apply the source's database "
-                       "settings, grants and comment, compare it with the backup's description")  # fmt: skip
+        actions.append(
+            f"pg_restore backup {backup.backup_id} of {source} into it, apply the source's database "
+            "settings, grants and comment, compare it with the backup's description"
+        )
         if overwrite:
             keep = _free_set_aside_name(endpoint, target, backup.backup_id)
             details["set_aside_as"] = keep
@@ -309,8 +324,11 @@ def plan_postgres(endpoint: Endpoint, backup: Backup, *, source: str, target: st
 
 
 def _mark(admin: psycopg.Connection, database: str, marker: str) -> None:
-    admin.execute(sql.SQL(load_sql("restore/pg_set_restore_marker.sql")).format(
-        database=sql.Identifier(database), marker=sql.Literal(marker)))  # fmt: skip
+    admin.execute(
+        sql.SQL(load_sql("restore/pg_set_restore_marker.sql")).format(
+            database=sql.Identifier(database), marker=sql.Literal(marker)
+        )
+    )
 
 
 def _with_absent_roles(endpoint: Endpoint, description: dict[str, Any], expected: dict[str, Any]) -> dict[str, Any]:
@@ -333,11 +351,15 @@ def restore_postgres(endpoint: Endpoint, backup: Backup, plan: RestorePlan, *, j
     set_aside, ended = None, []
     if plan.already:
         log(f"{target} already holds postgres/{source}/{backup.backup_id} (its marker says so): not restored twice")
-        description = _with_absent_roles(endpoint, describe_database(endpoint, target, sample_rows=sample_rows, log=log), expected)
+        description = _with_absent_roles(
+            endpoint, describe_database(endpoint, target, sample_rows=sample_rows, log=log), expected
+        )
     else:
         if plan.overwrite:
-            log(f"confirm_overwrite names {target!r}: the restored copy is built beside it, checked, then swapped in; "
-                f"the old database is kept as {plan.details.get('set_aside_as')}")  # fmt: skip
+            log(
+                f"confirm_overwrite names {target!r}: the restored copy is built beside it, checked, then swapped in; "
+                f"the old database is kept as {plan.details.get('set_aside_as')}"
+            )
             for session in plan.details.get("sessions") or []:
                 log(f"planned: end session {session_text(session)} of {target}")
 
@@ -347,17 +369,26 @@ def restore_postgres(endpoint: Endpoint, backup: Backup, plan: RestorePlan, *, j
             differences, _ = compare_postgres(expected, _with_absent_roles(endpoint, description, expected))
             if differences:
                 raise RestoreFailed(
-                    f"the restored copy of {source} differs from backup {backup.backup_id}; {target} is left as it was: "
-                    + "; ".join(differences[:10])
+                    f"the restored copy of {source} differs from backup "
+                    f"{backup.backup_id}; {target} is left as it was: " + "; ".join(differences[:10])
                 )
             with pg_connect(endpoint, MAINTENANCE_DB, autocommit=True) as admin:
                 _mark(admin, copy, marker)
 
         outcome = restore_database(
-            endpoint, backup.path, target, jobs=jobs, replace=plan.overwrite, describe=True,
-            sample_rows=sample_rows, database_state=state, keep_old_as=plan.details.get("set_aside_as"),
-            before_swap=check_copy if plan.overwrite else None, maintenance_db=MAINTENANCE_DB, log=log,
-        )  # fmt: skip
+            endpoint,
+            backup.path,
+            target,
+            jobs=jobs,
+            replace=plan.overwrite,
+            describe=True,
+            sample_rows=sample_rows,
+            database_state=state,
+            keep_old_as=plan.details.get("set_aside_as"),
+            before_swap=check_copy if plan.overwrite else None,
+            maintenance_db=MAINTENANCE_DB,
+            log=log,
+        )
         assert outcome.description is not None
         description = _with_absent_roles(endpoint, outcome.description, expected)
         notes += outcome.notes
@@ -422,18 +453,28 @@ def drill_postgres(
             raise DrillEnvironmentError(f"the drill cluster {where} cannot be reached: {exc}") from exc
         try:
             outcome = restore_database(
-                endpoint, backup.path, target, jobs=jobs, no_owner=True, no_privileges=separate_cluster,
-                describe=True, sample_rows=int(expected.get("sample_rows", 1000)),
-                database_state=expected.get("database_state"), maintenance_db=MAINTENANCE_DB, log=log,
-            )  # fmt: skip
+                endpoint,
+                backup.path,
+                target,
+                jobs=jobs,
+                no_owner=True,
+                no_privileges=separate_cluster,
+                describe=True,
+                sample_rows=int(expected.get("sample_rows", 1000)),
+                database_state=expected.get("database_state"),
+                maintenance_db=MAINTENANCE_DB,
+                log=log,
+            )
             assert outcome.description is not None
             description = _with_absent_roles(endpoint, outcome.description, expected)
             differences, notes = compare_postgres(expected, description)
             found.differences += differences
             found.notes += outcome.notes + notes
             rows = sum(t["rows"] for t in description["tables"].values())
-            found.notes.append(f"{len(description['tables'])} tables, {rows} rows restored into {target} on {where} "
-                               f"in {outcome.seconds:.1f}s")  # fmt: skip
+            found.notes.append(
+                f"{len(description['tables'])} tables, {rows} rows restored into {target} on {where} "
+                f"in {outcome.seconds:.1f}s"
+            )
         except (ToolError, psycopg.Error) as exc:
             if isinstance(exc, psycopg.OperationalError) or _environment_problem(exc):
                 raise DrillEnvironmentError(f"the drill on {where} was stopped by its environment: {exc}") from exc

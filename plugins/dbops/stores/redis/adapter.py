@@ -44,7 +44,9 @@ class RedisAdapter(SingleSeriesAdapter):
         recovery.check_request(request)
 
     def plan_restore(self, backup: Backup, request: RestoreRequest, log: LogFn) -> RestorePlan:
-        return recovery.plan_restore(backup, request, links=self.links, live_conn_id=self.config.connections.redis, log=log)
+        return recovery.plan_restore(
+            backup, request, links=self.links, live_conn_id=self.config.connections.redis, log=log
+        )
 
     def restore(self, backup: Backup, plan: RestorePlan, log: LogFn) -> dict[str, Any]:
         # planned again: the target may have changed (or become the live one) since the plan task

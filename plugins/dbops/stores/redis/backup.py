@@ -32,11 +32,10 @@ from pathlib import Path
 from typing import Any
 
 import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
-
 from dbops.backup.adapter import Check, DrillEnvironmentError, DumpResult, Endpoint, LogFn
 from dbops.tools import ToolError, find_tool, human_bytes, run_tool
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 RDB_FILE = "dump.rdb"
 SAMPLE_ALL_BELOW = 10_000  # fewer matched keys than this: describe every one
@@ -158,10 +157,13 @@ def value_digest(client: redis.Redis, key: bytes, kind: str) -> str | None:
         for member in sorted(client.smembers(key)):
             d.add(member)
     elif kind == "zset":
-        for member, score in client.zrange(key, 0, -1, withscores=True):
+        # redis-py types these two replies loosely (str, None): they are lists of pairs here
+        scored_members: Any = client.zrange(key, 0, -1, withscores=True)
+        for member, score in scored_members:
             d.add(member, float(score))
     elif kind == "stream":
-        for entry_id, fields in client.xrange(key, "-", "+"):
+        entries: Any = client.xrange(key, "-", "+")
+        for entry_id, fields in entries:
             d.add(entry_id, len(fields))
             for field, value in fields.items():
                 d.add(field, value)
@@ -249,8 +251,10 @@ def _describe(
                         continue
                     keys_out[f"{db}:{_text(key)}"] = {"type": kind, "expires": pttl >= 0, "digest": digest}
     seconds = time.monotonic() - started
-    log(f"described redis {endpoint.host}:{endpoint.port}: {sum(matched.values())} keys matched"
-        f"{' ' + repr(match) if match else ''}, {len(keys_out)} described in {seconds:.1f}s")  # fmt: skip
+    log(
+        f"described redis {endpoint.host}:{endpoint.port}: {sum(matched.values())} keys matched"
+        f"{' ' + repr(match) if match else ''}, {len(keys_out)} described in {seconds:.1f}s"
+    )
     return {
         "server_version": _text(str(info.get("redis_version", ""))),
         "databases": keyspace,
@@ -291,8 +295,9 @@ class RedisBackup:
     def describe(self, log: LogFn, *, match: str | None = None, prefix: str | None = None) -> dict[str, Any]:
         """:func:`describe_server` of this endpoint. Kept only for the Redis code still in the
         generic restore module until it is removed; point it at scratch servers only."""
-        return describe_server(self.endpoint, log, match=match or self.match, prefix=prefix,
-                               sample_all_below=self.sample_all_below)  # fmt: skip
+        return describe_server(
+            self.endpoint, log, match=match or self.match, prefix=prefix, sample_all_below=self.sample_all_below
+        )
 
     def rdb_argv(self, target: Path) -> list[str]:
         """The redis-cli command line for the snapshot (no password in it: see :func:`cli_env`)."""
@@ -327,9 +332,11 @@ class RedisBackup:
         before = self._server_facts()
         info = before["info"]
         keyspace = _keyspace(info)
-        log(f"redis {info.get('redis_version')} at {self.endpoint.host}:{self.endpoint.port}: "
+        log(
+            f"redis {info.get('redis_version')} at {self.endpoint.host}:{self.endpoint.port}: "
             f"{sum(db['keys'] for db in keyspace.values())} keys in {len(keyspace)} databases, "
-            f"used memory {info.get('used_memory_human')}; streaming an RDB with redis-cli --rdb")  # fmt: skip
+            f"used memory {info.get('used_memory_human')}; streaming an RDB with redis-cli --rdb"
+        )
         started = time.monotonic()
         try:
             argv = self.rdb_argv(target)
@@ -347,8 +354,12 @@ class RedisBackup:
         size = target.stat().st_size
         log(f"RDB v{version_in_file} of {human_bytes(size)} in {seconds:.1f}s; describing it in a scratch redis-server")
         described_at = time.monotonic()
-        with ScratchCopy(target, port=None, scratch_dir=self.scratch_dir, prefix="dbops_describe_redis_", log=log) as scratch:
-            description = describe_server(scratch.endpoint, log, match=self.match, sample_all_below=self.sample_all_below)
+        with ScratchCopy(
+            target, port=None, scratch_dir=self.scratch_dir, prefix="dbops_describe_redis_", log=log
+        ) as scratch:
+            description = describe_server(
+                scratch.endpoint, log, match=self.match, sample_all_below=self.sample_all_below
+            )
         held = description["databases"]
         return DumpResult(
             tool="redis-cli --rdb",
@@ -618,13 +629,17 @@ def restore_into_scratch(
                 )
             time.sleep(0.1)
         if int(info.get("process_id", -1)) != process.pid:
-            raise DrillEnvironmentError(f"127.0.0.1:{port} is answered by another process (pid {info.get('process_id')})")
+            raise DrillEnvironmentError(
+                f"127.0.0.1:{port} is answered by another process (pid {info.get('process_id')})"
+            )
     except BaseException:
         scratch.stop(timeout=10)
         raise
     keyspace = _keyspace(info)
-    log(f"scratch redis {info.get('redis_version')} (pid {process.pid}) loaded "
-        f"{sum(db['keys'] for db in keyspace.values())} keys in {time.monotonic() - started:.1f}s")  # fmt: skip
+    log(
+        f"scratch redis {info.get('redis_version')} (pid {process.pid}) loaded "
+        f"{sum(db['keys'] for db in keyspace.values())} keys in {time.monotonic() - started:.1f}s"
+    )
     return scratch
 
 
@@ -657,15 +672,21 @@ class ScratchCopy:
                 Path(self.scratch_dir).mkdir(mode=0o700, parents=True, exist_ok=True)
             self.workdir = Path(tempfile.mkdtemp(prefix=self.prefix, dir=self.scratch_dir))
         except OSError as exc:
-            raise DrillEnvironmentError(f"cannot create a scratch folder in {self.scratch_dir or 'the temp folder'}: {exc}") from exc
+            raise DrillEnvironmentError(
+                f"cannot create a scratch folder in {self.scratch_dir or 'the temp folder'}: {exc}"
+            ) from exc
         attempts = 1 if self.port else 2
         try:
             for attempt in range(attempts):
                 try:
                     self.server = restore_into_scratch(
-                        self.rdb_path, port=self.port or free_port(), workdir=self.workdir, log=self.log,
-                        link=self.link, timeout=self.timeout,
-                    )  # fmt: skip
+                        self.rdb_path,
+                        port=self.port or free_port(),
+                        workdir=self.workdir,
+                        log=self.log,
+                        link=self.link,
+                        timeout=self.timeout,
+                    )
                     break
                 except DrillEnvironmentError as exc:
                     if attempt + 1 == attempts or "listen" not in str(exc) and "in use" not in str(exc):
@@ -673,6 +694,7 @@ class ScratchCopy:
         except BaseException:
             shutil.rmtree(self.workdir, ignore_errors=True)
             raise
+        assert self.server is not None  # the loop above either started one or raised
         return self.server
 
     def __exit__(self, *exc: object) -> None:

@@ -23,7 +23,11 @@ def bootstrap(client, spec: dict[str, Any], *, apply: bool = False, dry_run: boo
         if actual == wanted:
             report.add("unchanged", target, wanted)
         elif not setting.get("apply", False):
-            report.add("drift", target, f"is {actual}, platform expects {wanted}; report only: {setting.get('note', 'change it by hand')}")
+            report.add(
+                "drift",
+                target,
+                f"is {actual}, platform expects {wanted}; report only: {setting.get('note', 'change it by hand')}",
+            )
         elif not apply:
             report.add("drift", target, f"is {actual}, platform expects {wanted} (Param apply_redis_settings sets it)")
         elif dry_run:

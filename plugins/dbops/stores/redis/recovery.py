@@ -137,19 +137,27 @@ def _target_state(endpoint: Endpoint, target: str) -> dict[str, Any]:
             except redis.ResponseError:  # CONFIG renamed or not allowed for this user
                 maxmemory, policy = 0, ""
     except redis.AuthenticationError as exc:
-        raise RestoreRefused(f"Redis {target!r} refused the connection's credentials: {_redact(str(exc), secret)}") from None
+        raise RestoreRefused(
+            f"Redis {target!r} refused the connection's credentials: {_redact(str(exc), secret)}"
+        ) from None
     except redis.RedisError as exc:
-        raise RestoreFailed(f"Redis {target!r} ({endpoint.host}:{endpoint.port}) cannot be reached: "
-                            f"{type(exc).__name__}: {_redact(str(exc), secret)}") from None  # fmt: skip
+        raise RestoreFailed(
+            f"Redis {target!r} ({endpoint.host}:{endpoint.port}) cannot be reached: "
+            f"{type(exc).__name__}: {_redact(str(exc), secret)}"
+        ) from None
     return {"keyspace": keyspace, "maxmemory": maxmemory, "maxmemory_policy": policy}
 
 
-def plan_restore(backup: Backup, request: RestoreRequest, *, links: Links, live_conn_id: str, log: LogFn) -> RestorePlan:
+def plan_restore(
+    backup: Backup, request: RestoreRequest, *, links: Links, live_conn_id: str, log: LogFn
+) -> RestorePlan:
     """Every check that can refuse before a key is written, and the lines an operator reads."""
     check_request(request)
     target = request.target
     if not links.connection_exists(target):
-        raise RestoreRefused(f"no Airflow connection {target!r}: target names the connection of the Redis to restore into")
+        raise RestoreRefused(
+            f"no Airflow connection {target!r}: target names the connection of the Redis to restore into"
+        )
     endpoint = links.endpoint(target, "redis")
     live = is_live(links, live_conn_id, target, endpoint)
     checked = plan_redis(target, live=live, tls=bool((endpoint.extra or {}).get("ssl")), confirm=request.confirm)
@@ -174,7 +182,9 @@ def plan_restore(backup: Backup, request: RestoreRequest, *, links: Links, live_
             "with the same value are left alone, its keys that are not in the backup are not touched"
         )
     if checked["confirmed"]:
-        actions.append(f"keys of the backup that exist in {target!r} with other values will be replaced (confirm given)")
+        actions.append(
+            f"keys of the backup that exist in {target!r} with other values will be replaced (confirm given)"
+        )
     else:
         actions.append(
             f"if keys of the backup exist in {target!r} with other values, the restore stops before writing "
@@ -220,8 +230,7 @@ def compare_redis(expected: dict[str, Any], actual: dict[str, Any]) -> tuple[lis
     expired = [k for k in missing if want[k].get("expires")]
     if expired:
         notes.append(
-            f"{len(expired)} key(s) with a TTL are absent, expired since the backup "
-            f"(e.g. {', '.join(expired[:3])})"
+            f"{len(expired)} key(s) with a TTL are absent, expired since the backup (e.g. {', '.join(expired[:3])})"
         )
     problems = [f"key {k} missing" for k in missing if not want[k].get("expires")]
     if not sampled:
@@ -244,9 +253,11 @@ def compare_redis(expected: dict[str, Any], actual: dict[str, Any]) -> tuple[lis
 def _describe_like(endpoint: Endpoint, reference: dict[str, Any], log: LogFn) -> dict[str, Any]:
     """Describe a server with the rules the reference was described with (match, sampling)."""
     return describe_server(
-        endpoint, log, match=reference.get("match"),
+        endpoint,
+        log,
+        match=reference.get("match"),
         sample_all_below=int(reference.get("sample_all_below", SAMPLE_ALL_BELOW)),
-    )  # fmt: skip
+    )
 
 
 # --------------------------------------------------------------------------- the copy
@@ -335,14 +346,14 @@ def copy_keys(
         )
     auth = ["AUTH2", target.login or "default", secret] if secret else []
     vanished: list[str] = []
-    for db, keys in work.items():
+    for db, planned in work.items():
         # MIGRATE moves keys of the connection's selected database: one client per database
         with (
             redis_client(source, db, timeout=migrate_timeout_ms / 1000 + 30) as src,
             redis_client(target, db) as dst,
         ):
             for kind, replace in (("absent", False), ("differ", True)):
-                todo = keys[kind]
+                todo = planned[kind]
                 for start in range(0, len(todo), batch):
                     chunk = todo[start : start + batch]
                     argv = ["MIGRATE", target.host, target.port, "", db, migrate_timeout_ms, "COPY"]
@@ -365,7 +376,7 @@ def copy_keys(
                             # a key that had a TTL and is gone (or all but gone: the copy expires at the
                             # same instant) from the scratch server expired: nothing else removes one
                             left = int(src.pttl(key))
-                            if key in keys["ttl"] and (left == -2 or 0 <= left < 1000):
+                            if key in planned["ttl"] and (left == -2 or 0 <= left < 1000):
                                 out.expired += 1
                             else:
                                 vanished.append(f"{db}:{_text(key)}")
@@ -381,13 +392,15 @@ def copy_keys(
                         out.replaced += done
                     else:
                         out.copied += done
-    log(f"redis: copied {out.copied} key(s) into {target_name} (databases {out.databases}), replaced "
-        f"{out.replaced}, {out.same} already there with the same value, {out.expired} expired meanwhile")  # fmt: skip
+    log(
+        f"redis: copied {out.copied} key(s) into {target_name} (databases {out.databases}), replaced "
+        f"{out.replaced}, {out.same} already there with the same value, {out.expired} expired meanwhile"
+    )
     if out.expired:
         out.notes.append(f"{out.expired} key(s) with a TTL expired in the scratch server before they were copied")
     # read back what was written
-    for db, keys in work.items():
-        written = keys["absent"] + keys["differ"]
+    for db, planned in work.items():
+        written = planned["absent"] + planned["differ"]
         if len(written) >= SAMPLE_ALL_BELOW:
             written = [k for k in written if hashlib.sha1(k).hexdigest().startswith("0")]
         with redis_client(source, db) as src, redis_client(target, db) as dst:
@@ -440,9 +453,14 @@ def restore_redis(
         loaded = _describe_like(scratch.endpoint, expected, log)
         differences, notes = compare_redis(expected, loaded)
         outcome = copy_keys(
-            scratch.endpoint, target_endpoint, target_name=target, confirm=confirm,
-            batch=batch, migrate_timeout_ms=migrate_timeout_ms, log=log,
-        )  # fmt: skip
+            scratch.endpoint,
+            target_endpoint,
+            target_name=target,
+            confirm=confirm,
+            batch=batch,
+            migrate_timeout_ms=migrate_timeout_ms,
+            log=log,
+        )
     if not outcome.databases:
         notes.append("the backup holds no keys")
     return finish(
@@ -498,9 +516,14 @@ def drill_redis(
             found.differences += [f"loaded RDB: {d}" for d in differences]
             found.notes += notes
             outcome = copy_keys(
-                loaded.endpoint, copy.endpoint, target_name="the drill's copy", confirm="",
-                batch=batch, migrate_timeout_ms=migrate_timeout_ms, log=log,
-            )  # fmt: skip
+                loaded.endpoint,
+                copy.endpoint,
+                target_name="the drill's copy",
+                confirm="",
+                batch=batch,
+                migrate_timeout_ms=migrate_timeout_ms,
+                log=log,
+            )
             found.differences += outcome.differences
             found.notes += outcome.notes
             if after_copy is not None:

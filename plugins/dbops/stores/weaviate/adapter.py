@@ -153,9 +153,11 @@ class WeaviateAdapter(SingleSeriesAdapter):
         actions = (
             [f"nothing: classes {', '.join(classes)} exist and Weaviate restored backup {checked['id']} already"]
             if checked["already"]
-            else [f"restore classes {', '.join(classes)} (they do not exist) from Weaviate backup {checked['id']} "
-                  f"in backend {checked['backend']} ({checked['path']}), on Weaviate {checked['server_version']}"]
-        )  # fmt: skip
+            else [
+                f"restore classes {', '.join(classes)} (they do not exist) from Weaviate backup {checked['id']} "
+                f"in backend {checked['backend']} ({checked['path']}), on Weaviate {checked['server_version']}"
+            ]
+        )
         for line in actions:
             log(f"plan: {line}")
         return RestorePlan(
@@ -176,9 +178,12 @@ class WeaviateAdapter(SingleSeriesAdapter):
         with self._connect() as link:
             api = WeaviateApi(link.session, link.base_url)
             return restore_weaviate(
-                api, backup, accept_unsafe=bool(plan.details.get("accept_unsafe_version")),
-                timeout=self.config.restore.weaviate_timeout_s, log=log,
-            )  # fmt: skip
+                api,
+                backup,
+                accept_unsafe=bool(plan.details.get("accept_unsafe_version")),
+                timeout=self.config.restore.weaviate_timeout_s,
+                log=log,
+            )
 
     def compare(self, expected: dict[str, Any], actual: dict[str, Any]) -> tuple[list[str], list[str]]:
         return compare_counts(expected, actual.get("counts", actual))

@@ -182,7 +182,9 @@ class WeaviateBackup:
                 raise WeaviateError(f"Weaviate backup {wid} {state}: {status.get('error')}")
             if time.monotonic() > deadline:
                 # left running: a retry of this run finds it by its id and waits for it
-                raise WeaviateBackupTimeout(f"Weaviate backup {wid} not finished after {self.timeout:.0f}s (last: {state})")
+                raise WeaviateBackupTimeout(
+                    f"Weaviate backup {wid} not finished after {self.timeout:.0f}s (last: {state})"
+                )
             time.sleep(self.poll_every)
 
     def _discard(self, wid: str, status: dict[str, Any], log: LogFn) -> None:
@@ -206,7 +208,9 @@ class WeaviateBackup:
             status = api.backup_status(self.backend, wid)
             if status is None:
                 path = f"/v1/backups/{self.backend}"
-                response = api.session.post(f"{api.base_url}{path}", json={"id": wid, "include": names}, timeout=api.timeout)
+                response = api.session.post(
+                    f"{api.base_url}{path}", json={"id": wid, "include": names}, timeout=api.timeout
+                )
                 if response.status_code == 422 and "exist" in response.text:
                     # Weaviate still knows the id (an earlier attempt's, whose objects were removed)
                     log(f"weaviate backup id {wid} is taken ({response.text[:200]}): taking the next one")
@@ -245,8 +249,10 @@ class WeaviateBackup:
             wid, status = self._take(api, names, log)
             after = api.counts(names)
         if self.backend != "s3":
-            log(f"weaviate: backend {self.backend!r} keeps backup {wid} where dbops cannot expire or ship it; "
-                "use the s3 backend (Weaviate's backup-s3 module)")  # fmt: skip
+            log(
+                f"weaviate: backend {self.backend!r} keeps backup {wid} where dbops cannot expire or ship it; "
+                "use the s3 backend (Weaviate's backup-s3 module)"
+            )
         # Weaviate snapshots the classes between the two counts: equal counts are the
         # backup's own; unequal ones (a writer) bound it
         stable = {n: before[n] for n in names if before[n] == after[n]}
@@ -264,8 +270,9 @@ class WeaviateBackup:
             "count_bounds": bounds,
         }
         write_secret_file(staging / RECORD_FILE, json.dumps(record, indent=1, sort_keys=True))
-        write_secret_file(staging / SCHEMA_FILE,
-                          json.dumps({"classes": [classes[n] for n in names]}, indent=1, sort_keys=True))  # fmt: skip
+        write_secret_file(
+            staging / SCHEMA_FILE, json.dumps({"classes": [classes[n] for n in names]}, indent=1, sort_keys=True)
+        )
         return DumpResult(
             tool="weaviate-backup-api",
             tool_version=version,
@@ -281,4 +288,8 @@ class WeaviateBackup:
         with self.connect() as link:
             status = WeaviateApi(link.session, link.base_url).backup_status(record["backend"], record["id"])
         state = (status or {}).get("status", "unknown to the backend")
-        return [Check("weaviate-status", state == "SUCCESS", f"backend {record['backend']} reports {state} for {record['id']}")]
+        return [
+            Check(
+                "weaviate-status", state == "SUCCESS", f"backend {record['backend']} reports {state} for {record['id']}"
+            )
+        ]

@@ -30,7 +30,9 @@ def _data_type(prop: dict) -> list[str]:
     return [t.lower() for t in prop.get("dataType", [])]
 
 
-def bootstrap(session, base_url: str, spec: dict[str, Any], *, dry_run: bool = False, timeout: float = 30.0) -> StoreReport:
+def bootstrap(
+    session, base_url: str, spec: dict[str, Any], *, dry_run: bool = False, timeout: float = 30.0
+) -> StoreReport:
     report = StoreReport("weaviate", dry_run=dry_run)
     existing = current_classes(session, base_url, timeout)
     for wanted in spec["classes"]:
@@ -42,7 +44,9 @@ def bootstrap(session, base_url: str, spec: dict[str, Any], *, dry_run: bool = F
             report.add("create", f"class {name}", "would create" if dry_run else "created")
             continue
         if wanted.get("vectorizer") and actual.get("vectorizer") != wanted["vectorizer"]:
-            report.add("drift", f"class {name} vectorizer", f"is {actual.get('vectorizer')}, spec says {wanted['vectorizer']}")
+            report.add(
+                "drift", f"class {name} vectorizer", f"is {actual.get('vectorizer')}, spec says {wanted['vectorizer']}"
+            )
         props = {p["name"].lower(): p for p in actual.get("properties") or []}
         for prop in wanted.get("properties", []):
             target = f"class {name} property {prop['name']}"
@@ -55,7 +59,12 @@ def bootstrap(session, base_url: str, spec: dict[str, Any], *, dry_run: bool = F
                     )
                 report.add("create", target, "would add" if dry_run else "added")
             elif _data_type(have) != _data_type(prop):
-                report.add("drift", target, f"dataType {have.get('dataType')} but spec says {prop['dataType']}; types cannot be changed in place")
+                report.add(
+                    "drift",
+                    target,
+                    f"dataType {have.get('dataType')} but spec says "
+                    f"{prop['dataType']}; types cannot be changed in place",
+                )
             else:
                 report.add("unchanged", target)
     return report

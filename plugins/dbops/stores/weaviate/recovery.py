@@ -61,14 +61,21 @@ def plan_weaviate(api: WeaviateApi, backup: Backup, *, accept_unsafe: bool, log:
     already = False
     if existing:
         status = api.backup_status(backend, wid, restore=True)
-        already = existing == classes and bool(status) and status.get("status") == "SUCCESS"
+        already = existing == classes and status is not None and status.get("status") == "SUCCESS"
         if not already:
             raise RestoreRefused(
                 f"Weaviate classes {existing} exist: Weaviate restores only classes that do not exist. "
                 "Delete them on purpose (after saving what they hold), or restore on another Weaviate"
             )
-    return {"id": wid, "backend": backend, "path": record.get("path"), "classes": classes,
-            "server_version": version, "already": already, "exists": bool(existing)}  # fmt: skip
+    return {
+        "id": wid,
+        "backend": backend,
+        "path": record.get("path"),
+        "classes": classes,
+        "server_version": version,
+        "already": already,
+        "exists": bool(existing),
+    }
 
 
 def compare_counts(expected: dict[str, Any], actual: dict[str, int]) -> tuple[list[str], list[str]]:
@@ -85,7 +92,9 @@ def compare_counts(expected: dict[str, Any], actual: dict[str, int]) -> tuple[li
             if have is None or not low <= have <= high:
                 differences.append(f"class {name}: {have} objects, the backup had between {low} and {high}")
             else:
-                notes.append(f"class {name}: {have} objects, within {low}..{high} counted around the backup (written to)")
+                notes.append(
+                    f"class {name}: {have} objects, within {low}..{high} counted around the backup (written to)"
+                )
         else:
             differences.append(f"class {name}: the backup's description has no count for it")
     return differences, notes
