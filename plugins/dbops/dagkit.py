@@ -8,7 +8,9 @@ and the run's Params are applied at run time by :func:`runtime_config`.
 
 from __future__ import annotations
 
+import sys
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from airflow.sdk import DAG, Asset, CronTriggerTimetable, ExceptionRetryPolicy, Param, RetryRule
@@ -80,6 +82,14 @@ def cron(expression: str) -> CronTriggerTimetable:
     return CronTriggerTimetable(expression, timezone=CONFIG.schedules.timezone)
 
 
+def _in_dags_test_command() -> bool:
+    """``airflow dags test`` runs the DAG in this process without a scheduler, which deadline
+    alerts need anyway; and Airflow 3.3.2's ``dag.test()`` hands the end of a successful run the
+    DAG's unsaved alerts instead of their ids and fails there. So that command gets no deadline."""
+    # `airflow dags test ...` or `python -m airflow dags test ...` (argv[0]: airflow/__main__.py)
+    return sys.argv[1:3] == ["dags", "test"] and "airflow" in Path(sys.argv[0]).parts
+
+
 def dbops_dag(
     dag_id: str,
     *,
@@ -99,7 +109,7 @@ def dbops_dag(
 
     # a dict of Any: the notifiers are callbacks to Airflow (its stubs expect a plain callable)
     callbacks: dict[str, Any] = run_callbacks()
-    if deadline is not None:
+    if deadline is not None and not _in_dags_test_command():
         kwargs["deadline"] = deadline.alert(schedule)
     return DAG(
         dag_id=dag_id,

@@ -4,7 +4,6 @@ local PostgreSQL), for end-to-end tests."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import time
@@ -15,27 +14,11 @@ from pathlib import Path
 import pytest
 
 import tests.stack_env  # noqa: F401  (the local stack's connections and DBOPS_* settings)
+from devstack.services.airflow import AirflowClient
 
 
-class AirflowAPI:
-    def __init__(self, base_url: str, password: str):
-        self.base_url = base_url
-        body = json.dumps({"username": "admin", "password": password}).encode()
-        request = urllib.request.Request(
-            f"{base_url}/auth/token", data=body, headers={"Content-Type": "application/json"}
-        )
-        with urllib.request.urlopen(request, timeout=30) as resp:
-            self.token = json.load(resp)["access_token"]
-
-    def call(self, method: str, path: str, body: dict | None = None):
-        request = urllib.request.Request(
-            f"{self.base_url}/api/v2{path}",
-            data=None if body is None else json.dumps(body).encode(),
-            method=method,
-            headers={"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"},
-        )
-        with urllib.request.urlopen(request, timeout=60) as resp:
-            return json.load(resp)
+class AirflowAPI(AirflowClient):
+    """The instance's REST API as the admin user, with the waits the end-to-end tests share."""
 
     def unpause(self, dag_id: str, timeout: float = 120) -> None:
         """Wait until the dag-processor has the DAG, then unpause it (new DAGs start paused)."""
