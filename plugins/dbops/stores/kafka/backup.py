@@ -458,7 +458,11 @@ def restore_offsets(
                 report.add("missing", f"{label} {topic}[{entry['partition']}]", f"{where} does not exist")
                 continue
             metadata = entry.get("metadata")
-            wanted.append(TopicPartition(topic, entry["partition"], entry["offset"], metadata or None))
+            # confluent-kafka takes metadata only as a str (None is refused): leave it out when empty
+            if metadata:
+                wanted.append(TopicPartition(topic, entry["partition"], entry["offset"], metadata))
+            else:
+                wanted.append(TopicPartition(topic, entry["partition"], entry["offset"]))
         if not wanted:
             report.add("unchanged", label, "no offsets to set")
             continue
