@@ -33,7 +33,9 @@ STEPS = [
     ("pg_backup", postgres.backup_rows),
     ("pg_restore", postgres.restore_row),
     ("s3_upload", offsite.s3_row),
+    ("pg_restore_s3", offsite.restore_s3_row),
     ("offsite_second_sync", offsite.rsync_row),
+    ("pg_drill", postgres.drill_row),  # after the offsite rows: the drill records drill.json in the backup
     ("redis_backup", redis.run),
     ("pg_maintenance", jobs.maintenance_row),
     ("nightly", jobs.nightly_row),
@@ -47,6 +49,8 @@ EXPECTED_ROWS = [
     "pg_backup_vs_dumpall",
     "pg_backup_vs_floor",
     "pg_restore",
+    "pg_restore_s3",
+    "pg_drill",
     "pg_backup_memory",
     "redis_backup_stall",
     "pg_maintenance_writer",

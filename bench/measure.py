@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import statistics
 import subprocess
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 
 class BenchError(RuntimeError):
@@ -21,6 +24,14 @@ class Run:
     peak_rss_bytes: int
     stdout: str = ""
     extra: dict = field(default_factory=dict)
+    # a bench.worker's "JOB START" to "JOB END": the task's own work, without the interpreter's
+    # start and the imports an Airflow worker has done before any task runs (the DAG file's)
+    job_seconds: float | None = None
+
+    def task_seconds(self) -> float:
+        if self.job_seconds is None:
+            raise BenchError("the worker printed no JOB START / JOB END")
+        return self.job_seconds
 
     def json_tail(self) -> dict:
         """The last stdout line of a worker, which is its JSON result."""
@@ -75,18 +86,31 @@ def run_measured(
     out: list[str] = []
     err: list[str] = []
 
+    marks: dict[str, float] = {}
+
     def read_stdout() -> None:
         assert proc.stdout is not None
         for line in proc.stdout:
+            if line.rstrip("\n") in ("JOB START", "JOB END"):
+                marks[line.rstrip("\n")] = time.perf_counter()
             out.append(line)
             if on_line:
                 on_line(line.rstrip("\n"))
+
+    # BENCH_LOG_DIR: keep each side's whole stderr (a worker logs the time of every step)
+    log_dir = os.environ.get("BENCH_LOG_DIR")
+    log_file = None
+    if log_dir:
+        name = re.sub(r"[^A-Za-z0-9_.-]+", "_", what)[:80]
+        log_file = open(Path(log_dir) / f"{time.strftime('%H%M%S')}-{name}.log", "w")  # noqa: SIM115
 
     def read_stderr() -> None:
         assert proc.stderr is not None
         for line in proc.stderr:
             err.append(line)
             del err[:-200]
+            if log_file is not None:
+                log_file.write(line)
 
     readers = [threading.Thread(target=read_stdout, daemon=True), threading.Thread(target=read_stderr, daemon=True)]
     for reader in readers:
@@ -97,9 +121,12 @@ def run_measured(
     seconds = time.perf_counter() - started
     for reader in readers:
         reader.join(timeout=30)
+    if log_file is not None:
+        log_file.close()
     if proc.returncode != 0:
         raise BenchError(f"{what} failed (exit {proc.returncode}): {''.join(err)[-3000:]}")
-    return Run(seconds=seconds, peak_rss_bytes=peak, stdout="".join(out))
+    job = marks["JOB END"] - marks["JOB START"] if {"JOB START", "JOB END"} <= set(marks) else None
+    return Run(seconds=seconds, peak_rss_bytes=peak, stdout="".join(out), job_seconds=job)
 
 
 def summary(values: Sequence[float]) -> dict:

@@ -6,7 +6,10 @@ they would read (AIRFLOW_CONN_* and DBOPS_* in the environment).
 
 Prints one JSON line with the result last. Actions:
 ``pg_backup`` (what backup_postgres does for the databases and ``_globals``), ``pg_restore``
-(what restore_postgres does), ``redis_backup``, ``offsite`` (what ship_<target> does) and
+(what restore_postgres does), ``pg_restore_offsite`` (what dbops_restore's plan and
+restore_postgres do with ``source`` s3 or rsync: fetch, check, restore), ``pg_drill`` (what
+dbops_restore_drill's plan and drill_postgres do for one database), ``redis_backup``,
+``offsite`` (what ship_<target> does),
 ``dag_test`` (a whole DAG with ``dag.test()``, after an untimed warm-up run; it prints
 ``JOB START`` / ``JOB END`` around the timed run), ``pitr_base_backup`` (what the base backup
 task does) and ``pitr_restore`` (a point-in-time restore into a scratch server, up to promoted).
@@ -83,6 +86,64 @@ def pg_restore(args: dict) -> dict:
     result = adapter.restore(backup, plan, log.info)
     if result["differences"]:
         raise SystemExit(f"restore differs from the source: {result['differences']}")
+    return result
+
+
+def pg_restore_offsite(args: dict) -> dict:
+    """What dbops_restore's plan and restore_postgres do with ``source`` an offsite target: the
+    copy chosen from the target's catalog, fetched into the fetch repository and checked file
+    by file, restored, compared, and the fetched copy removed. ``settings``: offsite overrides."""
+    from dbops.backup.adapter import RestorePlan
+    from dbops.tasks.restore import _plan_offsite, _request, fetch_planned, offsite_source
+
+    config = _config({"offsite": args.get("settings", {})})
+    source = offsite_source(config, args["source"])
+    if source is None:
+        raise SystemExit("pg_restore_offsite restores from an offsite target, not 'local'")
+    adapter = _adapter(config, "postgres")
+    params = {
+        "store": "postgres",
+        "backup_id": "latest",
+        "database": args["database"],
+        "target": args["target"],
+        "confirm_overwrite": "",
+        "topics": [],
+    }
+    request = _request(params, adapter)
+    planned = _plan_offsite(config, source, adapter, request)
+    repo, backup = fetch_planned(config, planned["offsite"], "postgres", planned["subject"], planned["backup_id"])
+    plan = RestorePlan.from_dict(planned)
+    if planned["offsite"]["deferred_plan"]:
+        plan = adapter.plan_restore(backup, request, log.info)
+    result = adapter.restore(backup, plan, log.info)
+    if result["differences"]:
+        raise SystemExit(f"restore differs from the source: {result['differences']}")
+    result["download"] = (backup.sidecars.get("fetched") or {}).get("download")
+    repo.delete(backup)  # restored and equal: the task removes the fetched copy too
+    return result
+
+
+def pg_drill(args: dict) -> dict:
+    """What dbops_restore_drill does for one Postgres database: ``plan`` picks the latest
+    verified backup of its series, ``drill_postgres`` re-verifies its files, restores it into a
+    scratch database, compares with the backup's description, drops the scratch database and
+    records ``drill.json``."""
+    from types import SimpleNamespace
+
+    from dbops.stores.postgres.backup import series_name
+    from dbops.tasks.backup import repository
+    from dbops.tasks.drill import drill_backup
+
+    config = _config()
+    repo = repository(config)
+    subject = series_name(args["database"])
+    backup = repo.latest("postgres", subject)
+    if backup is None:
+        raise SystemExit(f"no verified backup of postgres/{subject} to drill")
+    context = {"run_id": f"bench__{uuid.uuid4().hex}", "dag": SimpleNamespace(dag_id="dbops_restore_drill")}
+    result = drill_backup(repo, backup, _adapter(config, "postgres"), context)
+    if result["differences"] or result["leftovers"]:
+        raise SystemExit(f"drill failed: {result['differences']} leftovers {result['leftovers']}")
     return result
 
 
@@ -194,16 +255,42 @@ def pitr_restore(args: dict) -> dict:
 
 
 ACTIONS = {
-    f.__name__: f for f in (pg_backup, pg_restore, redis_backup, offsite, dag_test, pitr_base_backup, pitr_restore)
+    f.__name__: f
+    for f in (
+        pg_backup,
+        pg_restore,
+        pg_restore_offsite,
+        pg_drill,
+        redis_backup,
+        offsite,
+        dag_test,
+        pitr_base_backup,
+        pitr_restore,
+    )
 }
 
 
 def main() -> int:
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(message)s")
+    # a handler of its own: importing Airflow reconfigures the root logger
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False
     action, raw = sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else "{}"
     if action not in ACTIONS:
         raise SystemExit(f"unknown action {action!r}; known: {', '.join(ACTIONS)}")
-    result = ACTIONS[action](json.loads(raw))
+    if action == "dag_test":  # marks its own timed run, after a warm-up one
+        result = ACTIONS[action](json.loads(raw))
+    else:
+        # what a worker has imported before a task runs (its DAG file imports the task modules)
+        import dbops.tasks.backup  # noqa: F401
+        import dbops.tasks.drill  # noqa: F401
+        import dbops.tasks.restore  # noqa: F401
+
+        print("JOB START", flush=True)
+        result = ACTIONS[action](json.loads(raw))
+        print("JOB END", flush=True)
     print(json.dumps(result, default=str), flush=True)
     return 0
 

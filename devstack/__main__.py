@@ -60,6 +60,8 @@ def run_with_stores(names: list[str], command: list[str]) -> int:
             if not (svc.running() and svc.ready()):
                 svc.up()
                 started.append(svc)
+            else:
+                svc.refresh()
         write_env_file()
         return subprocess.call(command)
     finally:

@@ -317,8 +317,12 @@ class Service:
         """Extra environment variables (besides connections) for Airflow and tests."""
         return {}
 
+    def refresh(self) -> None:
+        """Bring up to date what ``install`` set up beside a running server (tool links)."""
+
     def up(self) -> None:
         if self.running() and self.ready():
+            self.refresh()
             log(f"{self.name}: already running on 127.0.0.1:{self.port}")
             return
         self.install()

@@ -45,8 +45,11 @@ def row(
     target: str,
     ratio: float,
     met: bool,
+    also: dict[str, float] | None = None,
     details: dict | None = None,
 ) -> dict:
+    """One row of the table. ``also``: the other ratios a two-condition target checks (named,
+    shown beside ``ratio``); ``met`` must require them too."""
     return {
         "id": row_id,
         "what": what,
@@ -56,6 +59,7 @@ def row(
         "old": summary(old) if old else None,
         "dbops": summary(dbops),
         "ratio": ratio,
+        "also": also or {},
         "target": target,
         "met": bool(met),
         "details": details or {},

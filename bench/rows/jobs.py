@@ -63,7 +63,14 @@ def maintenance_row(ctx: Context) -> list[dict]:
         with bench.pg_connect(bench.source_pg, BENCH_DATABASE) as conn:
             conn.execute(load_sql("bench/bloat_accounts.sql"), {"every": 5})
 
-    windows: dict[str, list[dict]] = {"old": [], "dbops": []}
+    windows: dict[str, list[dict]] = {"old": [], "dbops": [], "no_job": []}
+
+    def record(side: str, probe: LatencyProbe, started: float, ended: float) -> dict:
+        window = probe.window(started, ended)
+        window["seconds"] = ended - started
+        window["commits_per_s"] = window["operations"] / window["seconds"]
+        windows[side].append(window)
+        return window
 
     def measured(side: str, argv: list[str], marked: bool) -> float:
         make_work()
@@ -81,27 +88,45 @@ def maintenance_row(ctx: Context) -> list[dict]:
             time.sleep(0.2)
         if marked:
             started, ended = marks["JOB START"], marks["JOB END"]
-        window = probe.window(started, ended)
-        window["seconds"] = ended - started
-        window["commits_per_s"] = window["operations"] / window["seconds"]
-        windows[side].append(window)
-        return window["worst_s"]
+        return record(side, probe, started, ended)["worst_s"]
+
+    def no_job(seconds: float) -> None:
+        """The writer alone for ``seconds``, set up like a job's window (no dead tuples made:
+        they are the jobs' work, and the jobs before it removed theirs)."""
+        with LatencyProbe(commit, "writer (no job)") as probe:
+            time.sleep(0.5)
+            started = time.perf_counter()
+            time.sleep(seconds)
+            ended = time.perf_counter()
+            time.sleep(0.2)
+        record("no_job", probe, started, ended)
 
     def old() -> float:
         script = oldway.PG_MAINTENANCE.format(database=BENCH_DATABASE, sql_file=oldway.q(sql_file))
         return measured("old", oldway.bash(script), marked=False)
 
-    def dbops() -> float:
+    def dbops_job() -> float:
         # full runs warm up with a dry run, so that the window holds only the real job
         warmup = None if ctx.smoke else {"dry_run": True}
         args = {"dag_id": "dbops_pg_maintenance", "warmup_conf": warmup, "conf": {}}
         return measured("dbops", [ctx.python(), "-m", "bench.worker", "dag_test", json.dumps(args)], marked=True)
 
+    def dbops() -> float:
+        """The dbops job and a no-job window of its length, in alternating order: after the job
+        on even repetitions (its length), before it on odd ones (the previous job's length)."""
+        if len(windows["dbops"]) % 2 == 0:
+            wait = dbops_job()
+            no_job(windows["dbops"][-1]["seconds"])
+        else:
+            no_job(windows["dbops"][-1]["seconds"])
+            wait = dbops_job()
+        return wait
+
     olds, news = alternating(ctx.repetitions, old, dbops)
     writer.close()
     wait_ratio = ratio_of(news, olds)
     rate_ratio = median(w["commits_per_s"] for w in windows["dbops"]) / max(
-        median(w["commits_per_s"] for w in windows["old"]), 1e-9
+        median(w["commits_per_s"] for w in windows["no_job"]), 1e-9
     )
     return [
         row(
@@ -109,16 +134,22 @@ def maintenance_row(ctx: Context) -> list[dict]:
             what="Postgres maintenance while a writer commits in a loop",
             old_way="`ANALYZE VERBOSE; REINDEX DATABASE; VACUUM FULL VERBOSE`",
             dbops_way="dbops_pg_maintenance (`dag.test()`, default settings)",
-            metric="writer's longest wait (s)",
+            metric="writer's longest wait (s); also its commits/s during the dbops job vs with no job running",
             old=olds,
             dbops=news,
-            target="longest wait <= 0.1x; commits per second during the job >= 10x",
+            target="longest wait <= 0.1x; commits/s during the dbops job >= 0.9x of no job",
             ratio=wait_ratio,
-            met=wait_ratio <= 0.1 and rate_ratio >= 10,
+            met=wait_ratio <= 0.1 and rate_ratio >= 0.9,
+            also={"commits/s vs no job": rate_ratio},
             details={
                 "commit_rate_ratio": rate_ratio,
+                "commits_per_s": {
+                    side: [round(w["commits_per_s"], 1) for w in side_windows] for side, side_windows in windows.items()
+                },
                 "writer_windows": windows,
-                "note": "commits are compared per second of the job (the jobs differ in length)",
+                "note": "commits/s: the writer during the dbops job (between its JOB START and JOB END) "
+                "against the writer alone over a window of the same length, in the same run on the same "
+                "database, the order alternating per repetition",
             },
         )
     ]

@@ -189,3 +189,149 @@ def s3_row(ctx: Context) -> list[dict]:
             },
         )
     ]
+
+
+OLD_S3_DOWNLOAD = r"""
+import json, os, sys, time
+from pathlib import Path
+import boto3
+conn = json.loads(os.environ["BENCH_S3_CONN"])  # the secret never on a command line
+folder, bucket, keys = Path(sys.argv[1]), sys.argv[2], json.loads(sys.argv[3])
+extra = conn["extra"]
+client = boto3.client("s3", endpoint_url=extra["endpoint_url"], region_name=extra["region_name"],
+                      aws_access_key_id=conn["login"], aws_secret_access_key=conn["password"])
+total, started = 0, time.perf_counter()
+for index, key in enumerate(keys):
+    path = folder / str(index)
+    client.download_file(bucket, key, str(path))
+    total += path.stat().st_size
+print(json.dumps({"bytes": total, "seconds": time.perf_counter() - started}))
+"""
+RESTORED = "dbops_bench_restored"
+TRANSFER_SHARE = 0.9  # the anchor's transfer runs at this share of boto3's download throughput
+
+
+def restore_s3_row(ctx: Context) -> list[dict]:
+    """dbops' restore of the Postgres backup from the S3 target (fetch, check, restore, compare)
+    against its restore of the same backup from the local repository plus the transfer of its
+    files at 0.9x the throughput of boto3's default ``download_file`` measured in the same run."""
+    from bench.env import BENCH_DATABASE
+    from dbops.offsite.s3 import CHECKSUMS_NAME
+
+    if "pg_root" not in ctx.shared:
+        raise BenchError("the S3 restore row needs the Postgres backup row's artifacts (run pg_backup first)")
+    bench = ctx.bench
+    s3 = bench.s3
+    client = s3.client()
+    if S3_BUCKET not in {b["Name"] for b in client.list_buckets()["Buckets"]}:
+        client.create_bucket(Bucket=S3_BUCKET)
+    settings = {"s3_bucket": S3_BUCKET, "s3_prefix": "dbops", "fetch_dir": str(ctx.work / "offsite-fetch")}
+    shipped = _dbops_ship(ctx, "s3", {k: v for k, v in settings.items() if k != "fetch_dir"})
+    if not any(t["backup"].startswith(f"postgres/{BENCH_DATABASE}/") for t in shipped["transfers"]):
+        raise BenchError(f"dbops S3 sync did not ship the {BENCH_DATABASE} backup: {shipped['summary']}")
+    backup_id = max((ctx.shared["pg_root"] / "postgres" / BENCH_DATABASE).glob("2*")).name
+    folder = f"/postgres/{BENCH_DATABASE}/{backup_id}/"
+    # the objects dbops' download fetches (all of the backup's folder but the S3 checksums record)
+    objects = [
+        o
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=S3_BUCKET, Prefix="dbops/")
+        for o in page.get("Contents", [])
+        if folder in o["Key"] and not o["Key"].endswith("/" + CHECKSUMS_NAME)
+    ]
+    object_bytes = sum(int(o["Size"]) for o in objects)
+    target_pg = bench.restore_pg
+    env = bench.pg_env(target_pg)
+    env.update({k: v for k, v in bench.s3_env().items() if k == "AIRFLOW_CONN_DBOPS_S3"})
+    env["DBOPS_BACKUP__ROOT"] = str(ctx.shared["pg_root"])
+    download_dir = ctx.work / "boto3-download"
+    parts: dict[str, list[float]] = {"local_restore_s": [], "boto3_download_s": [], "s3_restore_s": []}
+    dbops_download_s: list[float] = []
+
+    def drop_restored() -> None:
+        with bench.pg_connect(target_pg) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{RESTORED}" WITH (FORCE)')
+        shutil.rmtree(settings["fetch_dir"], ignore_errors=True)
+
+    def local() -> None:
+        drop_restored()
+        args = json.dumps({"database": BENCH_DATABASE, "target": RESTORED})
+        run = run_measured([ctx.python(), "-m", "bench.worker", "pg_restore", args], env=env, what="dbops pg_restore")
+        parts["local_restore_s"].append(run.task_seconds())
+
+    def download() -> None:
+        shutil.rmtree(download_dir, ignore_errors=True)
+        download_dir.mkdir(parents=True)
+        old_env = bench.s3_env()
+        old_env["BENCH_S3_CONN"] = json.dumps(s3.connections()["dbops_s3"])
+        keys = json.dumps([o["Key"] for o in objects])
+        run = run_measured(
+            [ctx.python(), "-c", OLD_S3_DOWNLOAD, str(download_dir), S3_BUCKET, keys],
+            env=old_env,
+            what="boto3 download_file",
+        )
+        result = run.json_tail()
+        if result["bytes"] != object_bytes:
+            raise BenchError(f"boto3 downloaded {result['bytes']} bytes, the objects hold {object_bytes}")
+        parts["boto3_download_s"].append(result["seconds"])
+        shutil.rmtree(download_dir)
+
+    def from_s3() -> None:
+        drop_restored()
+        args = json.dumps({"source": "s3", "database": BENCH_DATABASE, "target": RESTORED, "settings": settings})
+        run = run_measured(
+            [ctx.python(), "-m", "bench.worker", "pg_restore_offsite", args], env=env, what="dbops restore from S3"
+        )
+        parts["s3_restore_s"].append(run.task_seconds())
+        dbops_download_s.append(float((run.json_tail().get("download") or {}).get("seconds") or 0.0))
+
+    sides = [local, download, from_s3]
+    try:
+        for index in range(ctx.repetitions):
+            ctx.log(f"restore from S3 repetition {index + 1}/{ctx.repetitions}")
+            for side in sides[index % 3 :] + sides[: index % 3]:  # rotating order
+                side()
+    finally:
+        drop_restored()
+        empty = [
+            {"Key": o["Key"]}
+            for page in client.get_paginator("list_objects_v2").paginate(Bucket=S3_BUCKET)
+            for o in page.get("Contents", [])
+        ]
+        for start in range(0, len(empty), 1000):
+            client.delete_objects(Bucket=S3_BUCKET, Delete={"Objects": empty[start : start + 1000]})
+        client.delete_bucket(Bucket=S3_BUCKET)
+    # per repetition: that repetition's local restore plus its transfer at 0.9x boto3's throughput
+    anchors = [
+        restore + download / TRANSFER_SHARE
+        for restore, download in zip(parts["local_restore_s"], parts["boto3_download_s"], strict=True)
+    ]
+    throughput = [object_bytes / s / 1024**2 for s in parts["boto3_download_s"]]
+    ratio = ratio_of(parts["s3_restore_s"], anchors)
+    local_s, transfer_s = median(parts["local_restore_s"]), median(parts["boto3_download_s"]) / TRANSFER_SHARE
+    return [
+        row(
+            "pg_restore_s3",
+            what=f"Postgres restore of that backup from S3 ({object_bytes / 1024**3:.2f} GB) vs from local",
+            old_way=f"anchor: dbops restore from the local repository ({local_s:.1f} s) + the transfer at "
+            f"0.9x boto3 `download_file` throughput ({median(throughput):.0f} MiB/s: {transfer_s:.1f} s)",
+            dbops_way="`dbops_restore` with `source: s3` (fetch, check every file, `restore_postgres`, "
+            "remove the fetched copy)",
+            metric="wall time (s)",
+            old=anchors,
+            dbops=parts["s3_restore_s"],
+            target="<= 1.0x (local restore + transfer at 0.9x the S3 throughput)",
+            ratio=ratio,
+            met=ratio <= 1.0,
+            details={
+                **{k: [round(v, 3) for v in values] for k, values in parts.items()},
+                "boto3_download_mib_s": [round(v, 1) for v in throughput],
+                "dbops_download_s": dbops_download_s,
+                "object_bytes": object_bytes,
+                "objects": len(objects),
+                "transfer_share": TRANSFER_SHARE,
+                "timed": "each side a whole process (start, imports) except the boto3 download, timed "
+                "around its download_file calls; the S3 side's fetched copy is removed after its restore, "
+                "as the restore task does",
+            },
+        )
+    ]

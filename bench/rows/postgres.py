@@ -18,6 +18,7 @@ from bench.datasets import GB, build_postgres, database_bytes
 from bench.env import BENCH_DATABASE
 from bench.measure import BenchError, alternating, run_measured
 from bench.rows import Context, ratio_of, row
+from dbops.stores.postgres.backup import DUMP_DIR
 from dbops.tools import tree_bytes
 
 
@@ -34,7 +35,7 @@ def _dbops_backup(ctx: Context, root) -> tuple[float, int, int]:
     env["DBOPS_BACKUP__ROOT"] = str(root)
     args = json.dumps({"databases": _databases(ctx)})
     run = run_measured([ctx.python(), "-m", "bench.worker", "pg_backup", args], env=env, what="dbops pg_backup")
-    return run.seconds, run.peak_rss_bytes, int(run.json_tail()["total_bytes"])
+    return run.task_seconds(), run.peak_rss_bytes, int(run.json_tail()["total_bytes"])
 
 
 def _keep_newest_backup(root) -> None:
@@ -111,6 +112,7 @@ def backup_rows(ctx: Context) -> list[dict]:
             target="<= 0.5x wall time; artifact not larger",
             ratio=wall,
             met=wall <= 0.5 and size_ratio <= 1.0,
+            also={"artifact": size_ratio},
             details=details,
         ),
         row(
@@ -159,7 +161,7 @@ def restore_row(ctx: Context) -> list[dict]:
         drop_all()
         args = json.dumps({"database": BENCH_DATABASE, "target": restored})
         run = run_measured([ctx.python(), "-m", "bench.worker", "pg_restore", args], env=env, what="dbops pg_restore")
-        return run.seconds
+        return run.task_seconds()
 
     olds, news = alternating(ctx.repetitions, old, dbops)
     drop_all()
@@ -214,5 +216,75 @@ def memory_row(ctx: Context) -> list[dict]:
             ratio=growth,
             met=growth <= 1.2 and max(large["peak_rss_mb"]) < 300,
             details={"database_bytes": [small["bytes"], large["bytes"]]},
+        )
+    ]
+
+
+# a plain restore: a fresh database, pg_restore -j2 owned by the restoring role (as the drill), no checks
+PLAIN_RESTORE = "createdb {database} && pg_restore -j{jobs} --no-owner --exit-on-error -d {database} {dump}"
+
+
+def drill_row(ctx: Context) -> list[dict]:
+    """The restore drill of the Postgres backup (what ``drill_postgres`` of dbops_restore_drill
+    does: files re-verified, pg_restore into a scratch database, description compared, the
+    scratch database dropped, ``drill.json`` recorded) against a plain ``pg_restore -j2`` of the
+    same dump into a fresh database, both on the restore scratch cluster."""
+    bench = ctx.bench
+    if "pg_root" not in ctx.shared:
+        raise BenchError("the drill row needs the backup row's artifacts (run pg_backup first)")
+    target_pg = bench.restore_pg
+    env = bench.pg_env(target_pg)
+    env.pop("AIRFLOW_CONN_DBOPS_DRILL_POSTGRES", None)  # the drill restores into the same cluster as the plain one
+    env["DBOPS_BACKUP__ROOT"] = str(ctx.shared["pg_root"])
+    backup_dir = max((ctx.shared["pg_root"] / "postgres" / BENCH_DATABASE).glob("2*"))
+    plain_db = "dbops_bench_plain"
+    jobs = 2  # restore.jobs default, which the drill uses
+
+    def drop_plain() -> None:
+        with bench.pg_connect(target_pg) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{plain_db}" WITH (FORCE)')
+
+    def plain() -> float:
+        drop_plain()
+        script = PLAIN_RESTORE.format(database=plain_db, jobs=jobs, dump=oldway.q(backup_dir / DUMP_DIR))
+        seconds = run_measured(oldway.bash(script), env=env, what="plain pg_restore").seconds
+        with bench.pg_connect(target_pg, plain_db) as conn:  # the data really arrived
+            if conn.execute("SELECT count(*) FROM pgbench_accounts").fetchone()[0] == 0:
+                raise BenchError("the plain restore left pgbench_accounts empty")
+        drop_plain()  # the drill finds the cluster as the plain restore did
+        return seconds
+
+    drills: list[dict] = []
+
+    def drill() -> float:
+        args = json.dumps({"database": BENCH_DATABASE})
+        run = run_measured([ctx.python(), "-m", "bench.worker", "pg_drill", args], env=env, what="dbops pg_drill")
+        result = run.json_tail()
+        drills.append({k: result.get(k) for k in ("ok", "seconds", "target", "notes")})
+        return run.task_seconds()
+
+    try:
+        olds, news = alternating(ctx.repetitions, plain, drill)
+    finally:
+        drop_plain()
+    ratio = ratio_of(news, olds)
+    return [
+        row(
+            "pg_drill",
+            what="restore drill of that backup vs a plain restore of it",
+            old_way=f"`createdb` + `pg_restore -j{jobs} --no-owner` of its dump, no checks",
+            dbops_way="`dbops_restore_drill` path (`drill_postgres`: sha256 of every file, pg_restore -j, "
+            "compare with the backup's description, drop, drill.json)",
+            metric="wall time (s)",
+            old=olds,
+            dbops=news,
+            target="<= 1.2x",
+            ratio=ratio,
+            met=ratio <= 1.2,
+            details={
+                "restore_jobs": jobs,
+                "drills": drills,
+                "timed": "both whole processes; the drill's own seconds (from its drill.json) are in drills",
+            },
         )
     ]

@@ -1,5 +1,6 @@
 """Redis: a client doing GET/SET in a loop while the backup runs; its worst stall under
-``redis-cli SAVE`` + cp versus the dbops Redis backup task (``redis-cli --rdb``)."""
+``redis-cli SAVE`` + cp versus the dbops Redis backup task (BGSAVE + copy where the worker can read
+the server's RDB file, else ``redis-cli --rdb``)."""
 
 from __future__ import annotations
 
@@ -36,10 +37,13 @@ def run(ctx: Context) -> list[dict]:
         with LatencyProbe(get_set, f"redis client ({side})") as probe:
             time.sleep(0.5)  # the client is in its loop before the job starts
             started = time.perf_counter()
-            run_measured(argv, env=env, what=f"redis backup ({side})")
+            run = run_measured(argv, env=env, what=f"redis backup ({side})")
             ended = time.perf_counter()
             time.sleep(0.2)
         window = probe.window(started, ended)
+        # the whole backup: snapshot, copy, checks (dbops: and the description); the dbops task's
+        # own time, the old way's whole script
+        window["wall_s"] = run.job_seconds if run.job_seconds is not None else run.seconds
         windows[side].append(window)
         return window["worst_s"]
 
@@ -53,19 +57,25 @@ def run(ctx: Context) -> list[dict]:
     olds, news = alternating(ctx.repetitions, old, dbops)
     client.close()
     ratio = ratio_of(news, olds)
+    wall_ratio = ratio_of([w["wall_s"] for w in windows["dbops"]], [w["wall_s"] for w in windows["old"]])
     return [
         row(
             "redis_backup_stall",
             what=f"Redis with {dataset['used_memory_bytes'] / 1024**2:.0f} MB of data, "
             "a client doing GET/SET in a loop during the backup",
             old_way="`redis-cli SAVE` + cp",
-            dbops_way="Redis backup task (`redis-cli --rdb`, redis-check-rdb)",
+            dbops_way="Redis backup task (BGSAVE + copy, else `redis-cli --rdb`; redis-check-rdb)",
             metric="client's worst stall (s)",
             old=olds,
             dbops=news,
-            target="<= 0.1x",
+            target="worst stall <= 0.1x; wall time <= 1.0x",
             ratio=ratio,
-            met=ratio <= 0.1,
-            details={"dataset": dataset, "client_windows": windows},
+            met=ratio <= 0.1 and wall_ratio <= 1.0,
+            also={"wall time": wall_ratio},
+            details={
+                "dataset": dataset,
+                "client_windows": windows,
+                "wall_s": {side: [w["wall_s"] for w in windows[side]] for side in windows},
+            },
         )
     ]

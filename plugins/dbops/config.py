@@ -237,11 +237,25 @@ class KafkaSettings(_Section):
     request_timeout_s: float = Field(30.0, gt=0)
 
 
+REDIS_SNAPSHOT_METHODS = ("auto", "bgsave", "rdb")
+
+
 class RedisSettings(_Section):
     snapshot_timeout_s: float = Field(600.0, gt=0)
+    # How the RDB is taken: "bgsave" (BGSAVE, then a copy of the server's own RDB file: needs
+    # that file readable on the worker), "rdb" (redis-cli --rdb, a replication stream: any
+    # server the worker reaches), or "auto" (bgsave when the file is proven readable, else rdb)
+    snapshot_method: str = "auto"
     # Port of the scratch redis-server a restore or drill starts on 127.0.0.1 (None: a free one);
     # a drill starts two, on this port and the next.
     scratch_port: int | None = Field(None, ge=1024, le=65534)
+
+    @field_validator("snapshot_method")
+    @classmethod
+    def _snapshot_method(cls, value: str) -> str:
+        if value not in REDIS_SNAPSHOT_METHODS:
+            raise ValueError(f"{value!r} is not one of {list(REDIS_SNAPSHOT_METHODS)}")
+        return value
 
 
 class WeaviateSettings(_Section):

@@ -49,6 +49,21 @@ def test_smoke_runs_every_pair_and_writes_numbers(tmp_path):
         assert _number(row["ratio"]) and isinstance(row["met"], bool), row_id
     assert rows["pg_backup_vs_dumpall"]["details"]["artifact_bytes"]["old"] > 0
     assert rows["pg_backup_memory"]["dbops"]["median"] > 0
+    # two-condition targets: the second ratio is measured and part of met
+    maintenance = rows["pg_maintenance_writer"]
+    assert _number(maintenance["also"]["commits/s vs no job"])
+    rates = maintenance["details"]["commits_per_s"]
+    assert len(rates["no_job"]) == len(rates["dbops"]) == result["settings"]["repetitions"]
+    assert all(rate > 0 for rate in rates["no_job"] + rates["dbops"])
+    # the S3 restore's anchor is made of parts measured in the same run
+    s3 = rows["pg_restore_s3"]["details"]
+    assert all(s > 0 for key in ("local_restore_s", "boto3_download_s", "s3_restore_s") for s in s3[key])
+    assert s3["object_bytes"] > 0 and all(s > 0 for s in s3["dbops_download_s"])
+    assert all(d["ok"] for d in rows["pg_drill"]["details"]["drills"])
+    redis = rows["redis_backup_stall"]
+    assert _number(redis["also"]["wall time"]) and all(
+        s > 0 for side in ("old", "dbops") for s in redis["details"]["wall_s"][side]
+    )
     assert result["versions"]["postgres"].startswith("16.")
     markdown = (tmp_path / "benchmarks.md").read_text()
     for row in rows.values():

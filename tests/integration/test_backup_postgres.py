@@ -5,12 +5,15 @@ from __future__ import annotations
 import shutil
 import tempfile
 import uuid
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from psycopg import sql
 
 from dbops.backup.adapter import Endpoint
+from dbops.backup.repository import BackupVerificationError
+from dbops.backup.runner import take_backup
 from dbops.stores.postgres import backup as pb
 from dbops.tools import ToolError
 from tests.support import Log, pg_connect
@@ -199,11 +202,11 @@ def test_check_fails_on_a_damaged_dump(source_db, tmp_path):
     # a data file gone: the TOC still reads, the data check does not
     missing = tmp_path / "missing"
     shutil.copytree(staging, missing)
-    next((missing / "dump").glob("*.dat*")).unlink()
+    next((missing / "dump").glob("[0-9]*.dat*")).unlink()
     by_name = {c.name: c for c in adapter.check(missing, manifest, log)}
     assert by_name["pg_restore --list"].ok
     assert not by_name["data files present"].ok
-    assert not by_name["pg_restore reads all data"].ok
+    assert not by_name["data files read"].ok and "no longer there" in by_name["data files read"].detail
 
     # a manifest naming a table the dump lacks
     extra = dict(
@@ -260,3 +263,56 @@ def test_globals_dump(devstack, tmp_path, private_tmp):
 
     (staging / "globals.sql").write_text(text[: len(text) // 2])
     assert not all(c.ok for c in adapter.check(staging, {"details": result.details}, log))
+
+
+def test_a_byte_flipped_after_the_dump_read_its_files_is_never_sealed(source_db, repo):
+    """The dump reads each data file once (sha256, decompression, rows) and the seal compares its
+    own digest with that read instead of reading a third time: a change in between is caught."""
+    conn, name = source_db
+    adapter = pb.PostgresDatabaseBackup(endpoint(conn), name)
+
+    class FlipAfterDump:
+        store = "postgres"
+
+        def dump(self, staging, log):
+            result = adapter.dump(staging, log)
+            victim = max((staging / "dump").glob("[0-9]*.dat*"), key=lambda p: p.stat().st_size)
+            data = bytearray(victim.read_bytes())
+            data[len(data) // 2] ^= 0x01
+            victim.write_bytes(bytes(data))
+            return result
+
+        def check(self, path, manifest, log):
+            return adapter.check(path, manifest, log)
+
+    with pytest.raises(BackupVerificationError, match=r"changed:dump/\d+\.dat"):
+        take_backup(
+            repo,
+            FlipAfterDump(),
+            store="postgres",
+            subject=name,
+            run_id="flip",
+            dag_id="test",
+            logical_date=None,
+            force=False,
+            stale_staging=timedelta(hours=1),
+            log=Log(),
+        )
+    assert repo.list("postgres", name) == []
+
+
+def test_a_data_file_that_does_not_decompress_fails_the_check(source_db, tmp_path):
+    """With no read-back recorded for it, the check reads the file itself and names it."""
+    conn, name = source_db
+    log = Log()
+    adapter = pb.PostgresDatabaseBackup(endpoint(conn), name, compression="gzip")
+    staging = staging_dir(tmp_path)
+    result = adapter.dump(staging, log)
+    victim = max((staging / "dump").glob("[0-9]*.dat.gz"), key=lambda p: p.stat().st_size)
+    data = bytearray(victim.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    victim.write_bytes(bytes(data))
+    details = {k: v for k, v in result.details.items() if k != "data_files"}
+    by_name = {c.name: c for c in adapter.check(staging, {"details": details}, log)}
+    assert by_name["pg_restore --list"].ok
+    assert not by_name["data files read"].ok and victim.name in by_name["data files read"].detail

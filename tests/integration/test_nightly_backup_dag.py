@@ -49,7 +49,7 @@ def test_nightly_backup_of_every_store_is_verified_and_published(dagbag, dbops_v
         ("postgres", sample_database): "pg_dump",
         ("postgres", "_globals"): "pg_dumpall",
         ("mongo", None): "mongodump",
-        ("redis", None): "redis-cli",
+        ("redis", None): "redis BGSAVE + copy",  # auto: the worker reads the local server's RDB file
         ("kafka", None): None,
     }
     for (store, subject), tool in series.items():

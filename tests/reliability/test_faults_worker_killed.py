@@ -45,6 +45,7 @@ def airflow(devstack, scratch_redis, module_backup_root):
             "DBOPS_BACKUP__ROOT": str(module_backup_root),
             "DBOPS_BACKUP__STORES": '["redis"]',
             "AIRFLOW_CONN_DBOPS_REDIS": json.dumps(redis_conn),
+            "DBOPS_REDIS__SNAPSHOT_METHOD": "rdb",  # the test kills redis-cli mid-stream
             "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
         },
     )

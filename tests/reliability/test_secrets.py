@@ -192,6 +192,8 @@ def every_dag(devstack, dagbag, tmp_path_factory):
         "postgres": {"databases": [w.db]},
         "mongo": {"database": w.db},
         "pitr": {"enabled": False},  # point-in-time recovery has its own tests (a scratch cluster and its receiver)
+        # the way that starts redis-cli with the password (BGSAVE + copy talks through redis-py, no process)
+        "redis": {"snapshot_method": "rdb"},
         "monitor": {"reports_dir": str(w.reports)},
         "offsite": {"rsync_remote_dir": str(w.remote), "s3_prefix": w.prefix, "s3_bucket": bucket},
     }

@@ -107,6 +107,29 @@ def test_a_corrupted_backup_fails_the_drill_without_restoring_and_is_no_longer_v
     assert repo.latest("redis") is None
 
 
+def test_a_drill_of_files_checked_earlier_in_the_run_does_not_read_them_again(repo):
+    """An offsite copy's fetch checked every sha256 against the manifest in the same task."""
+    backup = make_backup(repo)
+    lines: list[str] = []
+    result = r.run_drill(
+        repo,
+        backup,
+        target="scratch",
+        drill=lambda b, found: None,
+        run_id="run-1",
+        dag_id="d",
+        log=lines.append,
+        files_checked_by="the offsite fetch of this task",
+    )
+    assert result["ok"] is True
+    assert any("checked against the manifest by the offsite fetch of this task" in line for line in lines)
+    assert not any("verified" in line and "again" in line for line in lines)  # verify_files' line
+    r.run_drill(
+        repo, backup, target="scratch", drill=lambda b, found: None, run_id="run-2", dag_id="d", log=lines.append
+    )
+    assert any("verified" in line and "again" in line for line in lines)
+
+
 def test_a_failing_restore_or_a_mismatch_fails_the_drill(repo):
     backup = make_backup(repo)
 

@@ -2,7 +2,8 @@
 -- (not partitioned parents, views, foreign tables, nor tables owned by an extension),
 -- outside pg_catalog / information_schema / toast / temp schemas. With the owner and
 -- the primary-key columns in key order, each flagged when its type has a collation.
-SELECT n.nspname::text AS schema_name,
+SELECT c.oid::bigint AS table_oid,
+       n.nspname::text AS schema_name,
        c.relname::text AS table_name,
        pg_get_userbyid(c.relowner)::text AS owner,
        coalesce(

@@ -63,6 +63,9 @@ class DumpResult:
     # What a drill and a restore compare with: the backup's own content, described in the
     # dump's snapshot or read from the artifact (written as source_description.json).
     description: dict[str, Any] = field(default_factory=dict)
+    # Files the dump already read back whole after the tool finished (path in the backup ->
+    # sha256): the seal compares its own digest with these instead of reading them again.
+    read_back: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

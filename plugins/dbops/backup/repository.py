@@ -45,6 +45,7 @@ import secrets
 import shutil
 import stat
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -68,6 +69,8 @@ LOCK_FILE = ".lock"
 VERIFICATION_KINDS = ("verify", "drill")
 CHUNK_BYTES = 1024 * 1024
 FILE_MODE = 0o600
+# files hashed at once when a backup is verified (hashlib releases the GIL)
+HASH_THREADS = min(4, os.cpu_count() or 1)
 DIR_MODE = 0o700
 # A manifest is small; anything bigger is not ours and is not read into memory.
 _MAX_MANIFEST_BYTES = 256 * 1024 * 1024
@@ -629,7 +632,7 @@ def _metadata_fields(metadata: Any) -> dict[str, Any]:
     """The caller's tool facts (a mapping or an adapter.DumpResult), checked."""
     if dataclasses.is_dataclass(metadata) and not isinstance(metadata, type):
         # the description is its own file (source_description.json), not manifest metadata
-        metadata = {k: v for k, v in dataclasses.asdict(metadata).items() if k != "description"}
+        metadata = {k: v for k, v in dataclasses.asdict(metadata).items() if k not in ("description", "read_back")}
     if not isinstance(metadata, Mapping):
         raise TypeError(f"metadata must be a mapping or a DumpResult, got {type(metadata).__name__}")
     unknown = sorted(set(metadata) - _METADATA_KEYS)
@@ -724,20 +727,21 @@ class StagingBackup:
             raise RepositoryError(f"refusing to seal an empty staging folder {self.path}")
         return sorted(files)
 
-    def _stat_snapshot(self) -> list[tuple[str, int, int, int]]:
-        return [
-            (rel, st.st_mode, st.st_size, st.st_mtime_ns)
-            for rel, _p, st in _walk(self.path)
-            if not stat.S_ISDIR(st.st_mode)
-        ]
+    def _stat_snapshot(self) -> list[tuple[str, int, int]]:
+        """Each file's size and mtime: a write after this snapshot changes one of them."""
+        return [(rel, st.st_size, st.st_mtime_ns) for rel, _p, st in _walk(self.path) if not stat.S_ISDIR(st.st_mode)]
 
-    def verify_files(self, files: Sequence[Mapping[str, Any]]) -> list[CheckResult]:
-        """Re-read every file of ``files`` (manifest entries) and compare size and sha256.
+    def verify_files(
+        self, files: Sequence[Mapping[str, Any]], read_back: Mapping[str, str] | None = None
+    ) -> list[CheckResult]:
+        """Re-read every file of ``files`` (manifest entries) and compare size and sha256; a
+        file in ``read_back`` (path -> sha256 of an earlier whole read) is compared with that
+        digest instead of being read a third time.
 
         Catches a writer still busy after it said it was done, or a read that went
         wrong; the result is one check per bad file plus a summary "files" check.
         """
-        return _compare_files(self.path, files, allow_extra=lambda rel: False)
+        return _compare_files(self.path, files, allow_extra=lambda rel: False, read_back=read_back or {})
 
     def seal(
         self,
@@ -772,12 +776,18 @@ class StagingBackup:
         now: datetime | None,
     ) -> Backup:
         meta = _metadata_fields(metadata)
+        read_back = getattr(metadata, "read_back", None) or {}
         given = [_as_check(c) for c in verified_checks]
 
-        files: list[dict[str, Any]] = []
-        for rel, path in self._scan():
-            size, digest, _st = _hash_file(path, fsync=True, chmod=FILE_MODE)
-            files.append({"path": rel, "bytes": size, "sha256": digest})
+        before = self._stat_snapshot()  # any write from here on shows in a size or an mtime
+        scanned = self._scan()
+
+        def hashed(item: tuple[str, Path]) -> dict[str, Any]:
+            size, digest, _st = _hash_file(item[1], fsync=True, chmod=FILE_MODE)
+            return {"path": item[0], "bytes": size, "sha256": digest}
+
+        with ThreadPoolExecutor(max_workers=HASH_THREADS) as pool:  # in scan order
+            files = list(pool.map(hashed, scanned))
         draft: dict[str, Any] = {
             "format": MANIFEST_FORMAT,
             "format_version": MANIFEST_FORMAT_VERSION,
@@ -801,16 +811,15 @@ class StagingBackup:
         except (TypeError, ValueError) as exc:
             raise ValueError(f"backup metadata is not JSON-serialisable: {exc}") from None
 
-        checks = self.verify_files(files)
+        checks = self.verify_files(files, read_back)
         checks.extend(given)
         if checks_ok(checks) and check is not None:
-            before = self._stat_snapshot()
             try:
                 checks.extend(_as_check(c) for c in check(self.path, draft))
             except Exception as exc:  # a crashed checker is a failed check
                 checks.append(_check("tool-check", False, f"raised {type(exc).__name__}: {exc}"))
-            if self._stat_snapshot() != before:
-                checks.append(_check("unchanged-by-check", False, "the staging files changed during the tool check"))
+        if self._stat_snapshot() != before:
+            checks.append(_check("unchanged-while-sealed", False, "the staging files changed while they were sealed"))
         failed = [c for c in checks if not c["ok"]]
         if failed:
             summary = "; ".join(f"{c['name']}: {c['detail'] or 'failed'}" for c in failed[:5])
@@ -882,12 +891,17 @@ def _free_backup_id(series: Path, backup_id: str) -> str:
 
 
 def _compare_files(
-    base: Path, files: Sequence[Mapping[str, Any]], *, allow_extra: Callable[[str], bool]
+    base: Path,
+    files: Sequence[Mapping[str, Any]],
+    *,
+    allow_extra: Callable[[str], bool],
+    read_back: Mapping[str, str] | None = None,
 ) -> list[CheckResult]:
     """One failed check per missing/changed/extra file, then a summary "files" check."""
     problems: list[CheckResult] = []
     expected: set[str] = set()
     total = 0
+    to_hash: list[tuple[str, Path, Mapping[str, Any]]] = []
     for entry in files:
         rel = _safe_relative(entry["path"])
         expected.add(rel)
@@ -904,13 +918,26 @@ def _compare_files(
         if st.st_size != entry["bytes"]:
             problems.append(_check(f"changed:{rel}", False, f"{st.st_size} bytes, manifest says {entry['bytes']}"))
             continue
+        if read_back and rel in read_back:
+            if read_back[rel] != entry["sha256"]:
+                detail = f"read back as sha256 {read_back[rel]}, manifest says {entry['sha256']}"
+                problems.append(_check(f"changed:{rel}", False, detail))
+            continue
+        to_hash.append((rel, path, entry))
+
+    def hashed(item: tuple[str, Path, Mapping[str, Any]]) -> CheckResult | None:
+        rel, path, entry = item
         try:
             size, digest, _st = _hash_file(path)
         except OSError as exc:
-            problems.append(_check(f"unreadable:{rel}", False, str(exc)))
-            continue
+            return _check(f"unreadable:{rel}", False, str(exc))
         if size != entry["bytes"] or digest != entry["sha256"]:
-            problems.append(_check(f"changed:{rel}", False, f"sha256 {digest}, manifest says {entry['sha256']}"))
+            return _check(f"changed:{rel}", False, f"sha256 {digest}, manifest says {entry['sha256']}")
+        return None
+
+    # sha256 releases the GIL: a few files at once use the cores a restore is about to need anyway
+    with ThreadPoolExecutor(max_workers=HASH_THREADS) as pool:
+        problems += [p for p in pool.map(hashed, to_hash) if p is not None]
     try:
         for rel, _path, st in _walk(base):
             if stat.S_ISDIR(st.st_mode) or rel in expected or allow_extra(rel):

@@ -28,10 +28,10 @@ No Airflow import: the task layer builds the endpoints from connections and call
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import os
-import shutil
 import subprocess
 import tarfile
 import tempfile
@@ -42,7 +42,9 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import lz4.frame
 import psycopg
+import zstandard
 from psycopg.rows import dict_row
 
 from dbops.backup.adapter import BackupRefused, Check, Endpoint, LogFn
@@ -67,8 +69,6 @@ TAR_NAMES = {"none": "base.tar", "gzip": "base.tar.gz", "lz4": "base.tar.lz4", "
 # Level 1 for every method: measured with pg_basebackup 16 on a 387 MiB cluster, zstd:1 1.5 s /
 # 248 MiB, lz4 1.4 s / 306 MiB, gzip:1 6.7 s / 241 MiB; higher levels cost far more time.
 DEFAULT_LEVELS = {"zstd": 1, "lz4": 1, "gzip": 1}
-# Decompressors for reading a tar back (gzip is read by Python itself).
-_DECOMPRESSORS = {"zstd": ["zstd", "-dcq"], "lz4": ["lz4", "-dcq"]}
 _STALE_STAGING = timedelta(hours=12)
 _POLL_S = 0.5
 
@@ -203,34 +203,33 @@ def stop_segno(stop_lsn: int, start_lsn: int, segment_size: int) -> int:
 
 @contextmanager
 def open_tar(path: Path) -> Iterator[tarfile.TarFile]:
-    """The tar at ``path`` as a sequential stream, whatever its compression (gzip and none
-    by Python; zstd and lz4 through their command-line tools). A decompressor that fails
-    raises ToolError when the stream is closed."""
+    """The tar at ``path`` as a sequential stream, whatever its compression (by the codecs'
+    Python libraries: zlib, python-zstandard, python-lz4). Read to the end after the caller is
+    done, where a codec checks its frame checksum; a stream that does not decompress raises
+    ToolError naming the file."""
     name = Path(path).name
     method = next((m for m, n in TAR_NAMES.items() if n == name), None)
     if method is None:
         raise ValueError(f"{name} is not a base backup tar ({', '.join(TAR_NAMES.values())})")
-    if method in ("none", "gzip"):
-        with tarfile.open(path, "r|gz" if method == "gzip" else "r|") as tar:
-            yield tar
-        return
-    tool = shutil.which(_DECOMPRESSORS[method][0])
-    if tool is None:
-        raise ToolError(f"{_DECOMPRESSORS[method][0]} not found on PATH: needed to read {name}")
-    proc = subprocess.Popen(
-        [tool, *_DECOMPRESSORS[method][1:], str(path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE
-    )
-    try:
-        with tarfile.open(fileobj=proc.stdout, mode="r|") as tar:
-            yield tar
-        proc.stdout.read()  # type: ignore[union-attr]  # to the end: the tool checks its frame checksum there
-    finally:
-        if proc.poll() is None:
-            proc.stdout.close()  # type: ignore[union-attr]
-        err = proc.stderr.read().decode(errors="replace").strip()  # type: ignore[union-attr]
-        proc.wait()
-    if proc.returncode != 0:
-        raise ToolError(f"{tool} could not read {name}: {err or f'exit code {proc.returncode}'}")
+    with open(path, "rb") as raw:
+        stream: Any = raw
+        if method == "gzip":
+            stream = gzip.GzipFile(fileobj=raw, mode="rb")
+        elif method == "zstd":
+            stream = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)
+        elif method == "lz4":
+            stream = lz4.frame.LZ4FrameFile(raw, mode="rb")
+        try:
+            with tarfile.open(fileobj=stream, mode="r|") as tar:
+                yield tar
+            while stream.read(1 << 20):  # to the end: the codec checks its frame checksum there
+                pass
+        except zstandard.ZstdError as exc:
+            raise ToolError(f"{name} cannot be decompressed: {exc}") from exc
+        except RuntimeError as exc:
+            if not str(exc).startswith("LZ4F"):  # python-lz4's decompression errors
+                raise
+            raise ToolError(f"{name} cannot be decompressed: {exc}") from exc
 
 
 def system_identifier_of(pg_control: bytes) -> str:

@@ -259,7 +259,7 @@ def drill_task(store: str):
                 raise
             adapter = store_adapter(store, config)
             try:
-                result = drill_backup(repo, backup, adapter, context)
+                result = drill_backup(repo, backup, adapter, context, fetched=True)
             except Exception as exc:  # the environment stopped it (run_drill records verdicts itself)
                 _fail(config, unit, started, timing, "drill could not run", exc)
                 raise

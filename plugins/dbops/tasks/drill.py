@@ -157,9 +157,10 @@ def series_task(store: str):
     return series
 
 
-def drill_backup(repo, backup, adapter, context) -> dict:
+def drill_backup(repo, backup, adapter, context, *, fetched: bool = False) -> dict:
     """The store adapter's drill of ``backup`` (scratch targets, compare, remove), recorded
-    beside it by :func:`dbops.backup.restore.run_drill`; shared by the DR drill."""
+    beside it by :func:`dbops.backup.restore.run_drill`; shared by the DR drill. A copy
+    ``fetched`` from offsite in this task had every file checked by the fetch."""
     from dbops.backup.restore import run_drill
 
     return run_drill(
@@ -170,6 +171,7 @@ def drill_backup(repo, backup, adapter, context) -> dict:
         run_id=context["run_id"],
         dag_id=context["dag"].dag_id,
         log=log.info,
+        files_checked_by="the offsite fetch of this task" if fetched else None,
     )
 
 
@@ -197,7 +199,7 @@ def drill_task(store: str):
             repo = repository(config)
             backup = resolve_backup(repo, store, subject, backup_id)
         try:
-            result = drill_backup(repo, backup, adapter, context)
+            result = drill_backup(repo, backup, adapter, context, fetched=bool(planned.get("offsite")))
         except DrillEnvironmentError as exc:
             # retried by Airflow: the environment may recover; the backup's verdict is unchanged
             raise DrillEnvironmentError(

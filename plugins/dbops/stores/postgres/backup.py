@@ -36,6 +36,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -48,6 +49,7 @@ from psycopg.rows import dict_row
 
 from dbops.backup.adapter import Check, DumpResult, Endpoint, LogFn
 from dbops.sqlfiles import load_sql
+from dbops.stores.postgres.dumpfiles import DataFileRead, data_files, read_data_file, read_data_files, table_data_files
 from dbops.tools import ToolError, find_tool, human_bytes, run_tool, tree_bytes, write_secret_file
 
 DUMP_DIR = "dump"  # the pg_dump directory inside a backup folder
@@ -55,8 +57,13 @@ GLOBALS_FILE = "globals.sql"
 # Levels when the setting names none. gzip 1, not zlib's 6: measured on this project's
 # data (pgvector embeddings dominate, and their text compresses little), 6 took 4.8x the
 # time of 1 for a 10% smaller dump (93 MB database: 10.8 s vs 2.2 s, 64 vs 71 MB).
-DEFAULT_LEVELS = {"zstd": 3, "lz4": 1, "gzip": 1}
+# zstd:1 is smaller than gzip:6 at about gzip:1's speed (docs/benchmarks.md); level 3 costs ~3x its CPU
+DEFAULT_LEVELS = {"zstd": 1, "lz4": 1, "gzip": 1}
 AUTO_ORDER = ("zstd", "lz4", "gzip")
+# pg_restore's sessions (data first, then indexes and constraints, by the archive's sections):
+# index builds sort in memory instead of spilling to disk; a commit per TOC entry need not wait
+# for its WAL flush (a crash mid-restore drops the unfinished copy anyway).
+RESTORE_SESSION_SETTINGS = "-c maintenance_work_mem=256MB -c synchronous_commit=off"
 PROTECTED_DATABASES = frozenset({"postgres", "template0", "template1"})
 # Endpoint.extra keys passed on to libpq (environment for the tools, keywords for psycopg)
 _LIBPQ_EXTRA = {
@@ -261,16 +268,26 @@ def _sample_query(table: dict[str, Any], limit: int) -> sql.Composed:
     return sql.SQL(load_sql("backup/pg_table_sample.sql")).format(table=ident, order=order, limit=sql.Literal(limit))
 
 
-def _describe_tables(conn: psycopg.Connection, tables: list[dict[str, Any]], sample_rows: int) -> dict[str, Any]:
-    """Row count and sampled-row checksum of each table, read in ``conn``'s current transaction."""
+def _describe_tables(
+    conn: psycopg.Connection, tables: list[dict[str, Any]], sample_rows: int, rows: dict[int, int] | None = None
+) -> dict[str, Any]:
+    """Row count and sampled-row checksum of each table, read in ``conn``'s current transaction.
+    ``rows`` (table oid -> rows, counted in the dump's own data files) spares a ``count(*)``."""
     described: dict[str, Any] = {}
     for table in tables:
+        ident = sql.Identifier(table["schema_name"], table["table_name"])
+        if rows is not None:
+            count = rows.get(int(table["table_oid"]), 0)  # no data file: the dump holds no rows of it
+        else:
+            counted = conn.execute(sql.SQL(load_sql("backup/pg_table_rows.sql")).format(table=ident)).fetchone()
+            assert counted is not None
+            count = int(counted[0])
         row = conn.execute(_sample_query(table, sample_rows)).fetchone()
         assert row is not None
         described[f"{table['schema_name']}.{table['table_name']}"] = {
-            "rows": int(row[0]),
-            "sampled": int(row[1]),
-            "sample_sha256": row[2],
+            "rows": count,
+            "sampled": int(row[0]),
+            "sample_sha256": row[1],
             "primary_key": list(table["pk_columns"]),
         }
     return described
@@ -404,6 +421,28 @@ def _data_files_check(entries: list[str], dump: Path) -> Check:
     return Check("data files present", True, f"{len(ids)} data files")
 
 
+def _data_read_check(dump: Path, recorded: dict[str, Any], threads: int) -> Check:
+    """Every data file on disk was decompressed to the end: by the dump's read-back when it is
+    recorded with the same size, else read now."""
+    started = time.monotonic()
+    on_disk = {p.name: p for p in data_files(dump)} if dump.is_dir() else {}
+    missing = sorted(set(recorded) - set(on_disk))
+    unrecorded = [p for name, p in on_disk.items() if (recorded.get(name) or {}).get("bytes") != p.stat().st_size]
+    errors = {name: r.get("error") for name, r in recorded.items() if name in on_disk and r.get("error")}
+    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+        errors.update({r.name: r.error for r in pool.map(read_data_file, unrecorded) if r.error})
+    problems = [f"{name}: {error}" for name, error in sorted(errors.items())]
+    problems += [f"{name}: read back after the dump but no longer there" for name in missing]
+    if problems:
+        return Check("data files read", False, "; ".join(problems[:5]))
+    how = f"{len(on_disk) - len(unrecorded)} by the dump's read-back" + (
+        f", {len(unrecorded)} now" if unrecorded else ""
+    )
+    return Check(
+        "data files read", True, f"{len(on_disk)} decompressed to the end ({how}, {time.monotonic() - started:.1f}s)"
+    )
+
+
 def _restrict(path: Path) -> None:
     """Files 0600, folders 0700 (the tools create them by their umask)."""
     if path.is_file():
@@ -513,7 +552,8 @@ class PostgresDatabaseBackup:
                     run_tool(argv, log=log, env=env, progress_path=target)
                 _restrict(target)
                 seconds = time.monotonic() - started
-                described = _describe_tables(conn, tables, self.sample_rows)
+                reads, rows = self._read_back(target, log)
+                described = _describe_tables(conn, tables, self.sample_rows, rows)
                 extensions = _extensions(conn)
         dump_bytes = tree_bytes(target)
         total = sum(t["rows"] for t in described.values())
@@ -552,13 +592,34 @@ class PostgresDatabaseBackup:
                 "seconds": round(seconds, 3),
                 "table_count": len(tables),
                 "tables": [{"schema": t["schema_name"], "name": t["table_name"], "owner": t["owner"]} for t in tables],
+                "data_files": {r.name: {"bytes": r.bytes, "error": r.error} for r in reads},
             },
             description=description,
+            read_back={f"{DUMP_DIR}/{r.name}": r.sha256 for r in reads if r.error is None},
         )
+
+    def _read_back(self, target: Path, log: LogFn) -> tuple[list[DataFileRead], dict[int, int]]:
+        """Every data file read once (sha256, decompressed to the end, lines counted) and the
+        rows of each table (oid -> rows) that its data file holds, taken from the TOC."""
+        started = time.monotonic()
+        pg_restore = _tool("pg_restore", self.bin_dir)
+        entries = _toc_entries(run_tool([pg_restore, "--list", str(target)], log=log))
+        reads = read_data_files(target, threads=self.jobs)
+        by_name = {r.name: r for r in reads}
+        rows = {oid: by_name[name].rows() for oid, name in table_data_files(entries, target).items()}
+        bad = [f"{r.name} ({r.error})" for r in reads if r.error]
+        log(
+            f"read back {len(reads)} data files ({human_bytes(sum(r.bytes for r in reads))}) once: sha256, "
+            f"decompressed to the end, {sum(rows.values())} rows counted in {time.monotonic() - started:.1f}s"
+            + (f"; unreadable: {', '.join(bad[:5])}" if bad else "")
+        )
+        return reads, rows
 
     def check(self, backup_dir: Path, manifest: dict[str, Any], log: LogFn) -> list[Check]:
         """``pg_restore --list`` reads the TOC and lists TABLE DATA for every table; the data files
-        are there; with ``verify_data``, ``pg_restore --file=/dev/null`` decompresses and reads all."""
+        are there; with ``verify_data``, every data file decompressed to the end (the dump's own
+        read-back, whose sha256 the seal compared with the manifest's; read now when the
+        manifest has no record of it)."""
         dump = _dump_path(backup_dir)
         pg_restore = _tool("pg_restore", self.bin_dir)
         checks: list[Check] = []
@@ -572,12 +633,7 @@ class PostgresDatabaseBackup:
         checks.append(_table_data_check(entries, manifest.get("details") or {}))
         checks.append(_data_files_check(entries, dump))
         if self.verify_data:
-            started = time.monotonic()
-            try:
-                run_tool([pg_restore, "--file=/dev/null", str(dump)], log=log)
-                checks.append(Check("pg_restore reads all data", True, f"{time.monotonic() - started:.1f}s"))
-            except ToolError as exc:
-                checks.append(Check("pg_restore reads all data", False, str(exc)))
+            checks.append(_data_read_check(dump, (manifest.get("details") or {}).get("data_files") or {}, self.jobs))
         return checks
 
 
@@ -1054,7 +1110,7 @@ def restore_database(
     description = None
     try:
         with pg_tool_env(endpoint) as env:
-            run_tool(argv, log=log, env=env)
+            run_tool(argv, log=log, env={**env, "PGOPTIONS": RESTORE_SESSION_SETTINGS})
         if analyze:
             with pg_connect(endpoint, restore_into, autocommit=True) as conn:
                 conn.execute(load_sql("backup/pg_analyze.sql"))

@@ -459,6 +459,7 @@ def drill_postgres(
                 jobs=jobs,
                 no_owner=True,
                 no_privileges=separate_cluster,
+                analyze=False,  # the scratch copy is compared and dropped: no query plans to help
                 describe=True,
                 sample_rows=int(expected.get("sample_rows", 1000)),
                 database_state=expected.get("database_state"),

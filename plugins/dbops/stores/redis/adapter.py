@@ -1,5 +1,6 @@
-"""The Redis adapter: one series (the whole server), an RDB streamed by ``redis-cli --rdb``,
-restores and drills through scratch redis-servers (:mod:`dbops.stores.redis.recovery`).
+"""The Redis adapter: one series (the whole server), an RDB taken by BGSAVE + copy or by
+``redis-cli --rdb`` (``redis.snapshot_method``), restores and drills through scratch
+redis-servers (:mod:`dbops.stores.redis.recovery`).
 
 No Airflow import: connections are reached through the ``links`` the task layer gives.
 """
@@ -33,6 +34,7 @@ class RedisAdapter(SingleSeriesAdapter):
         return RedisBackup(
             self.links.endpoint(self.config.connections.redis, "redis"),
             timeout=self.config.redis.snapshot_timeout_s,
+            snapshot_method=self.config.redis.snapshot_method,
             scratch_dir=self.config.restore.scratch_dir,
         )
 

@@ -1,14 +1,23 @@
-"""Redis backups: a non-blocking RDB snapshot with ``redis-cli --rdb``, checked by ``redis-check-rdb``.
+"""Redis backups: a non-blocking RDB snapshot (``BGSAVE`` + copy, or ``redis-cli --rdb``),
+checked by ``redis-check-rdb``.
 
-No Airflow import. ``redis-cli --rdb`` asks the server for a replication-style full
-sync (``REPLCONF rdb-only``): the server forks, writes the RDB from the child and
-streams it, so the serving process never blocks the way ``SAVE`` does. The password
-reaches redis-cli through ``REDISCLI_AUTH`` only, never ``-a`` (argv is visible to
-every user of the machine in ``ps``); a user name (not a secret) goes with ``--user``.
+No Airflow import. Both ways make the server fork and write the RDB from the child, so the
+serving process never blocks the way ``SAVE`` does:
 
-Limits: the user needs the ``SYNC`` command (servers that rename or forbid it, such as
-some managed services, need another path, e.g. BGSAVE where the file is local); in a
-Redis Cluster each primary node is a separate endpoint.
+- ``bgsave``: ``BGSAVE``, then a copy of the server's own RDB file (``CONFIG GET dir`` +
+  ``dbfilename``), for a worker that can read the server's disk. The file copied is proven
+  to be the one our save renamed into place (:func:`bgsave_copy`). About 3x faster than
+  ``--rdb`` on small and mid-size data: no ``repl-diskless-sync-delay`` wait.
+- ``rdb``: ``redis-cli --rdb`` asks for a replication-style full sync (``REPLCONF
+  rdb-only``) and streams the RDB; works wherever the worker reaches the port. The password
+  reaches redis-cli through ``REDISCLI_AUTH`` only, never ``-a`` (argv is visible to every
+  user of the machine in ``ps``); a user name (not a secret) goes with ``--user``.
+- ``auto``: ``bgsave`` when the file is readable here and proven to be this server's,
+  else ``rdb``; the log says which and why.
+
+Limits: ``rdb`` needs the ``SYNC`` command, ``bgsave`` needs ``CONFIG GET`` and
+``BGSAVE`` (managed services often rename or forbid them); in a Redis Cluster each primary
+node is a separate endpoint.
 
 The reference a drill and a restore compare with (``DumpResult.description``) is the
 RDB itself, loaded into a *scratch* ``redis-server`` dbops starts (:class:`ScratchCopy`)
@@ -38,6 +47,13 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 RDB_FILE = "dump.rdb"
+SNAPSHOT_METHODS = ("auto", "bgsave", "rdb")
+BGSAVE_TOOL = "redis BGSAVE + copy"
+RDB_TOOL = "redis-cli --rdb"
+_POLL_S = 0.05
+# slack between the server's clock (LASTSAVE) and the RDB file's mtime (same clock when the
+# disk is local; a network filesystem may stamp with its own)
+_MTIME_SLACK_S = 2.0
 SAMPLE_ALL_BELOW = 10_000  # fewer matched keys than this: describe every one
 _GLOB_SPECIALS = "\\*?[]"
 
@@ -266,11 +282,210 @@ def _describe(
     }
 
 
+# --------------------------------------------------------------------------- BGSAVE + copy
+
+
+class SnapshotUnavailable(Exception):
+    """The BGSAVE way cannot serve this server from this worker (auto: use ``--rdb``)."""
+
+
+def _persistence(client: redis.Redis) -> dict[str, Any]:
+    return client.info("persistence")
+
+
+def server_rdb_path(client: redis.Redis) -> Path:
+    """The server's RDB file (``dir`` / ``dbfilename``) as the server names it."""
+    try:
+        directory = next(iter(client.config_get("dir").values()), None)
+        name = next(iter(client.config_get("dbfilename").values()), None)
+    except redis.ResponseError as exc:  # CONFIG renamed, or not allowed for this user
+        raise SnapshotUnavailable(f"CONFIG GET refused: {exc}") from exc
+    if not directory or not name:
+        raise SnapshotUnavailable("CONFIG GET gave no dir or dbfilename")
+    return Path(_text(directory)) / _text(name)
+
+
+def local_rdb_problem(path: Path, *, missing_ok: bool) -> str | None:
+    """Why ``path`` cannot be read here (None: it can). ``missing_ok``: a file not written
+    yet is fine when its folder is there (the save will prove whether it is the server's)."""
+    try:
+        os.close(os.open(path, os.O_RDONLY))
+    except FileNotFoundError:
+        if missing_ok and path.parent.is_dir():
+            return None
+        return f"no file {path} on this machine"
+    except OSError as exc:
+        return f"{path} is not readable here: {exc.strerror or exc}"
+    return None
+
+
+def _wait_for_fork_children(client: redis.Redis, deadline: float, log: LogFn, timeout: float) -> float:
+    """Wait while the server has a fork child (an RDB save, an AOF rewrite, a module fork),
+    which makes BGSAVE refuse; the seconds waited."""
+    started = time.monotonic()
+    logged = False
+    while True:
+        info = _persistence(client)
+        busy = [
+            name
+            for name in ("rdb_bgsave_in_progress", "aof_rewrite_in_progress", "module_fork_in_progress")
+            if int(info.get(name, 0))
+        ]
+        if not busy:
+            return time.monotonic() - started
+        if not logged:
+            log(f"the server is busy ({', '.join(busy)}): waiting for it before our BGSAVE")
+            logged = True
+        if time.monotonic() > deadline:
+            raise ToolError(f"the server still had {', '.join(busy)} after {timeout:.0f}s: no BGSAVE of ours ran")
+        time.sleep(_POLL_S)
+
+
+def _bgsave_refused_busy(exc: redis.ResponseError) -> bool:
+    # "Background save already in progress", or "Another child process is active (AOF?)"
+    text = str(exc)
+    return "already in progress" in text or "child process is active" in text
+
+
+def _saves_since(before: dict[str, Any], after: dict[str, Any]) -> int | None:
+    if "rdb_saves" not in before or "rdb_saves" not in after:
+        return None  # before Redis 7: LASTSAVE alone tells
+    return int(after["rdb_saves"]) - int(before["rdb_saves"])
+
+
+def _copy_fd(fd: int, target: Path) -> int:
+    """Copy the open file ``fd`` from its start into a new ``target`` (0600), fsynced; its size."""
+    copied = 0
+    out = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        while True:
+            sent = os.sendfile(out, fd, copied, 64 * 1024 * 1024)
+            if sent == 0:
+                break
+            copied += sent
+        os.fsync(out)
+    finally:
+        os.close(out)
+    folder = os.open(target.parent, os.O_RDONLY)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)
+    return copied
+
+
+def bgsave_copy(client: redis.Redis, rdb_path: Path, target: Path, *, timeout: float, log: LogFn) -> dict[str, Any]:
+    """BGSAVE, then copy the RDB file it wrote at ``rdb_path`` into ``target``; facts of the way.
+
+    A fork child already running (the server's own ``save`` schedule, another client's
+    BGSAVE, an AOF rewrite) is waited for, then our BGSAVE started; plain ``BGSAVE``, never
+    ``BGSAVE SCHEDULE`` (its reply does not say when, or whether, the save ran). The file is
+    the one our save renamed into place when: our save ended with
+    ``rdb_last_bgsave_status:ok``, no other save ended between ours and the ``open``
+    (``rdb_saves``, ``LASTSAVE``, nothing in progress, read again after it), its inode is
+    not the one the path had before our save, and its mtime falls within our save. The
+    copy reads that open fd, so a later save (which renames another file over the path)
+    cannot change what is copied. A file that is not this server's (another machine's
+    disk at the same path) is :class:`SnapshotUnavailable`; a failed save a ToolError.
+    ``timeout`` bounds the waits and our save.
+    """
+    started = time.monotonic()
+    deadline = started + timeout
+    waited = 0.0
+    attempts = 0
+    while True:
+        attempts += 1
+        waited += _wait_for_fork_children(client, deadline, log, timeout)
+        before = _persistence(client)
+        lastsave_before = int(before["rdb_last_save_time"])
+        try:
+            st = os.stat(rdb_path)
+            inode_before: tuple[int, int] | None = (st.st_dev, st.st_ino)
+        except FileNotFoundError:
+            inode_before = None
+        if "rdb_saves" not in before:  # LASTSAVE must be able to advance past the previous save
+            while int(client.time()[0]) <= lastsave_before:
+                time.sleep(0.1)
+        issued_at = int(client.time()[0])
+        try:
+            client.execute_command("BGSAVE")
+        except redis.ResponseError as exc:
+            if _bgsave_refused_busy(exc):
+                continue  # a save (or rewrite) began since we looked: wait for it
+            raise SnapshotUnavailable(f"BGSAVE refused: {exc}") from exc
+        save_started = time.monotonic()
+        while int((after := _persistence(client)).get("rdb_bgsave_in_progress", 0)):
+            if time.monotonic() > deadline:
+                raise ToolError(f"BGSAVE still running after {timeout:.0f}s (snapshot_timeout_s)")
+            time.sleep(_POLL_S)
+        save_seconds = time.monotonic() - save_started
+        status = _text(str(after.get("rdb_last_bgsave_status", "")))
+        if status != "ok":
+            raise ToolError(
+                f"BGSAVE failed on the server (rdb_last_bgsave_status:{status}); its log says why "
+                "(often a full or read-only disk at its dir)"
+            )
+        lastsave = int(after["rdb_last_save_time"])
+        saves = _saves_since(before, after)
+        if saves not in (1, None) or (saves is None and lastsave <= lastsave_before):
+            log("another save ended together with ours: the file may be that one; saving again")
+            continue
+        try:
+            fd = os.open(rdb_path, os.O_RDONLY)
+        except OSError as exc:
+            raise SnapshotUnavailable(
+                f"the server saved, but {rdb_path} cannot be opened here: {exc.strerror or exc}"
+            ) from exc
+        try:
+            opened = os.fstat(fd)
+            again = _persistence(client)
+            if (
+                int(again.get("rdb_bgsave_in_progress", 0))
+                or _saves_since(after, again) not in (0, None)
+                or int(again["rdb_last_save_time"]) != lastsave
+            ):
+                log("another save began right after ours: the file opened may be that one; saving again")
+                continue
+            if inode_before == (opened.st_dev, opened.st_ino):
+                raise SnapshotUnavailable(
+                    f"{rdb_path} here did not change with our BGSAVE: it is not this server's file "
+                    "(another machine's disk, or another path on the server)"
+                )
+            if not issued_at - _MTIME_SLACK_S <= opened.st_mtime <= lastsave + 1 + _MTIME_SLACK_S:
+                raise SnapshotUnavailable(
+                    f"{rdb_path} here was modified at {opened.st_mtime:.0f}, not during our save "
+                    f"({issued_at}..{lastsave}, server clock): it is not this server's file"
+                )
+            copy_started = time.monotonic()
+            try:
+                size = _copy_fd(fd, target)
+            except OSError as exc:
+                raise ToolError(f"copying {rdb_path} into {target} failed: {exc}") from exc
+        finally:
+            os.close(fd)
+        if size != opened.st_size:
+            raise ToolError(f"copied {size} bytes of {rdb_path}, the file had {opened.st_size}")
+        return {
+            "method": "bgsave",
+            "server_file": str(rdb_path),
+            "waited_for_other_saves_s": round(waited, 3),
+            "bgsave_attempts": attempts,
+            "bgsave_seconds": round(save_seconds, 3),
+            "copy_seconds": round(time.monotonic() - copy_started, 3),
+            "lastsave": lastsave,
+        }
+
+
 # --------------------------------------------------------------------------- adapter
 
 
 class RedisBackup:
-    """A non-blocking RDB snapshot of one Redis server into ``<staging>/dump.rdb``."""
+    """A non-blocking RDB snapshot of one Redis server into ``<staging>/dump.rdb``.
+
+    ``snapshot_method``: see the module's docstring. The class default is ``rdb``, the way
+    that works for any server the worker reaches; the adapter passes the configured one
+    (``redis.snapshot_method``, ``auto`` unless set).
+    """
 
     store = "redis"
 
@@ -282,9 +497,13 @@ class RedisBackup:
         sample_all_below: int = SAMPLE_ALL_BELOW,
         match: str | None = None,
         scratch_dir: Path | None = None,
+        snapshot_method: str = "rdb",
     ) -> None:
+        if snapshot_method not in SNAPSHOT_METHODS:
+            raise ValueError(f"snapshot_method {snapshot_method!r} is not one of {list(SNAPSHOT_METHODS)}")
         self.endpoint = endpoint
         self.timeout = timeout
+        self.snapshot_method = snapshot_method
         self.sample_all_below = sample_all_below
         self.match = match
         self.scratch_dir = scratch_dir
@@ -303,6 +522,48 @@ class RedisBackup:
         """The redis-cli command line for the snapshot (no password in it: see :func:`cli_env`)."""
         return [find_tool("redis-cli"), *cli_connection_args(self.endpoint), "--rdb", str(target)]
 
+    def snapshot(self, target: Path, log: LogFn) -> dict[str, Any]:
+        """Write the RDB to ``target`` the configured way; what was done (``method``, why, timings)."""
+        if self.snapshot_method == "rdb":
+            log("snapshot: redis-cli --rdb (snapshot_method rdb)")
+            return self._snapshot_rdb(target, log, reason="snapshot_method rdb")
+        try:
+            with redis_client(self.endpoint, timeout=max(30.0, min(self.timeout, 300.0))) as client:
+                rdb_path = server_rdb_path(client)
+                problem = local_rdb_problem(rdb_path, missing_ok=self.snapshot_method == "bgsave")
+                if problem:
+                    raise SnapshotUnavailable(problem)
+                log(f"snapshot: BGSAVE, then a copy of the server's {rdb_path} (readable here)")
+                facts = bgsave_copy(client, rdb_path, target, timeout=self.timeout, log=log)
+        except SnapshotUnavailable as exc:
+            target.unlink(missing_ok=True)
+            if self.snapshot_method == "bgsave":
+                raise ToolError(f"snapshot_method bgsave: {exc}") from exc
+            log(f"snapshot: redis-cli --rdb (auto: {exc})")
+            return self._snapshot_rdb(target, log, reason=f"auto: {exc}")
+        except redis.RedisError as exc:
+            raise ToolError(f"redis at {self.endpoint.host}:{self.endpoint.port}: {type(exc).__name__}: {exc}") from exc
+        log(
+            f"BGSAVE took {facts['bgsave_seconds']:.2f}s (after {facts['waited_for_other_saves_s']:.2f}s waiting "
+            f"for other saves), the copy {facts['copy_seconds']:.2f}s"
+        )
+        return {
+            **facts,
+            "reason": f"snapshot_method {self.snapshot_method}: the server's RDB file, readable here, proven ours",
+        }
+
+    def _snapshot_rdb(self, target: Path, log: LogFn, *, reason: str) -> dict[str, Any]:
+        version = run_tool([find_tool("redis-cli"), "--version"], log=log).strip()
+        started = time.monotonic()
+        argv = self.rdb_argv(target)
+        run_tool(argv, log=log, env=cli_env(self.endpoint), progress_path=target, timeout=self.timeout)
+        return {
+            "method": "rdb",
+            "reason": reason,
+            "tool_version": version,
+            "seconds": round(time.monotonic() - started, 3),
+        }
+
     def _server_facts(self) -> dict[str, Any]:
         try:
             with redis_client(self.endpoint) as client:
@@ -317,8 +578,8 @@ class RedisBackup:
         return {"info": info, "compression": compression}
 
     def dump(self, staging: Path, log: LogFn) -> DumpResult:
-        """Stream the RDB, then describe *the RDB*: it is loaded into a scratch redis-server
-        (started here, on a free port, removed afterwards) and that server is described.
+        """Take the RDB (:meth:`snapshot`), then describe *the RDB*: it is loaded into a scratch
+        redis-server (started here, on a free port, removed afterwards) and that server is described.
 
         The live server keeps changing after its fork wrote the RDB, so reading it again
         would describe another state than the backup holds, and every drill of a busy
@@ -328,25 +589,27 @@ class RedisBackup:
         Redis drops them when it loads, as any restore would.
         """
         target = Path(staging) / RDB_FILE
-        version = run_tool([find_tool("redis-cli"), "--version"], log=log).strip()
         before = self._server_facts()
         info = before["info"]
         keyspace = _keyspace(info)
         log(
             f"redis {info.get('redis_version')} at {self.endpoint.host}:{self.endpoint.port}: "
             f"{sum(db['keys'] for db in keyspace.values())} keys in {len(keyspace)} databases, "
-            f"used memory {info.get('used_memory_human')}; streaming an RDB with redis-cli --rdb"
+            f"used memory {info.get('used_memory_human')}"
         )
         started = time.monotonic()
         try:
-            argv = self.rdb_argv(target)
-            run_tool(argv, log=log, env=cli_env(self.endpoint), progress_path=target, timeout=self.timeout)
-        except ToolError:
+            snapshot = self.snapshot(target, log)
+        except BaseException:
             target.unlink(missing_ok=True)  # a partial RDB is not a snapshot
             raise
         seconds = time.monotonic() - started
+        if snapshot["method"] == "bgsave":
+            tool, version = BGSAVE_TOOL, f"redis-server {info.get('redis_version')}"
+        else:
+            tool, version = RDB_TOOL, snapshot.pop("tool_version")
         if not target.is_file() or target.stat().st_size == 0:
-            raise ToolError(f"redis-cli --rdb reported success but wrote no {RDB_FILE}")
+            raise ToolError(f"{tool} reported success but wrote no {RDB_FILE}")
         target.chmod(0o600)
         version_in_file = rdb_version(target)
         if version_in_file is None:
@@ -362,7 +625,7 @@ class RedisBackup:
             )
         held = description["databases"]
         return DumpResult(
-            tool="redis-cli --rdb",
+            tool=tool,
             tool_version=version,
             server_version=str(info.get("redis_version", "")),
             compression=before["compression"],
@@ -371,6 +634,7 @@ class RedisBackup:
                 "bytes": size,
                 "rdb_version": version_in_file,
                 "seconds": round(seconds, 3),
+                "snapshot": snapshot,
                 "describe_seconds": round(time.monotonic() - described_at, 3),
                 # what the RDB holds (as loaded), not what the live server held before the fork
                 "keyspace": held,
