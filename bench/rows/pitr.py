@@ -553,6 +553,13 @@ def drop_slots(ctx: Context, timeout: float = 30) -> None:
 # --------------------------------------------------------------------------- the rows
 
 
+def _base_backup_compression() -> str:
+    """What ``auto`` resolves to with the local stack's pg_basebackup (the one the workers run)."""
+    from dbops.pitr.basebackup import resolve_compression
+
+    return resolve_compression("auto", str(state_dir() / "bin" / "pg_basebackup"))
+
+
 def rows(ctx: Context) -> list[dict]:
     bench = ctx.bench
     dataset = build_postgres(bench, ctx.pg_gb, ctx.log)
@@ -686,7 +693,7 @@ def _backup_and_restore_rows(
         "database_bytes": dataset["bytes"],
         "barman": "3.19.1, backup_method postgres, streaming_archiver on, "
         "backup_compression gzip (tar, its default level), WAL compression gzip",
-        "dbops_compression": "base backup auto (gzip:1: this pg_basebackup has gzip only), WAL gzip:1",
+        "dbops_compression": f"base backup auto ({_base_backup_compression()} with this pg_basebackup), WAL gzip:1",
         "writer_commits_per_s": round(writer_rate, 1),
         "barman_check": barman_check.strip().splitlines()[-12:],
     }

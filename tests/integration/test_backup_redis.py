@@ -314,6 +314,19 @@ def fill(endpoint: Endpoint, keys: int) -> None:
             client.mset({f"k:{i}": f"value {i}" for i in range(start, min(keys, start + 5000))})
 
 
+def test_auto_takes_bgsave_on_a_server_that_never_saved(private_redis, tmp_path):
+    """A fresh server has no RDB file yet: its folder is enough, the save proves the file."""
+    server = private_redis("fresh")
+    fill(server.endpoint, 1000)
+    with rb.redis_client(server.endpoint) as client:
+        rdb = rb.server_rdb_path(client)
+    assert not rdb.exists() and rdb.parent.is_dir()
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    result = rb.RedisBackup(server.endpoint, snapshot_method="auto", timeout=60).dump(staging, Log())
+    assert result.details["snapshot"]["method"] == "bgsave" and result.details["keys"] == 1000
+
+
 def test_a_bgsave_in_progress_is_waited_for(private_redis, tmp_path):
     server = private_redis("busy")
     fill(server.endpoint, 20_000)
@@ -380,17 +393,20 @@ def test_a_file_the_worker_cannot_prove_falls_back_or_fails(private_redis, dumpe
         staging.mkdir()
         return rb.RedisBackup(server.endpoint, snapshot_method=method, timeout=60).dump(staging, log)
 
-    # no file at that path on the worker: auto goes to --rdb without a BGSAVE
+    # the folder is there but no file of that save appears in it: auto saves once, then --rdb
     saves = rdb_saves(server.endpoint)
     log = Log()
     result = dump("auto", log)
     assert result.tool == "redis-cli --rdb" and result.details["snapshot"]["method"] == "rdb"
-    assert f"snapshot: redis-cli --rdb (auto: no file {data / 'dump.rdb'} on this machine)" in log.lines
-    assert result.details["keys"] == 100 and rdb_saves(server.endpoint) == saves
-    # bgsave: the folder is there, so it saves, then finds no file of that save here
+    assert "the server saved, but" in result.details["snapshot"]["reason"]
+    assert "cannot be opened here" in result.details["snapshot"]["reason"]
+    assert result.details["keys"] == 100 and rdb_saves(server.endpoint) == saves + 1
     with pytest.raises(ToolError, match="snapshot_method bgsave: the server saved, but .* cannot be opened here"):
         dump("bgsave", Log())
     assert not (staging / "dump.rdb").exists()
+    # no such folder on the worker at all: auto does not even save (tried above for a folder)
+    missing = tmp_path / "no-such-disk" / "dump.rdb"
+    assert rb.local_rdb_problem(missing) == f"no folder {missing.parent} on this machine"
 
     # a readable file at that path, but another disk's: our BGSAVE does not change it
     shutil.copyfile(dumped["staging"] / "dump.rdb", data / "dump.rdb")

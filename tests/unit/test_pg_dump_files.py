@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import threading
+import time
 from pathlib import Path
 
 import lz4.frame
 import pytest
 import zstandard
 
-from dbops.stores.postgres.dumpfiles import read_data_file, read_data_files, table_data_files
+from dbops.stores.postgres.dumpfiles import DataFileFollower, read_data_file, table_data_files
 
 ROWS = b"".join(b"%d\tline\\nwith an escaped newline\n" % i for i in range(5000))
 COPY = ROWS + b"\\.\n\n\n"
@@ -82,7 +84,8 @@ def test_every_data_file_is_read_and_mapped_to_its_table(tmp_path: Path):
     write(tmp_path, "toc.dat", b"PGDMP not data")
     write(tmp_path, "3001.dat.zst", CODECS[".zst"](COPY))
     write(tmp_path, "3002.dat.zst", CODECS[".zst"](b"\\.\n\n\n"))
-    reads = read_data_files(tmp_path, threads=2)
+    with DataFileFollower(tmp_path, threads=2) as follower:  # a finished dump: read at once
+        reads = follower.finish()
     assert [r.name for r in reads] == ["3001.dat.zst", "3002.dat.zst"]
     listing = [
         "3001; 0 16401 TABLE DATA public items postgres",
@@ -90,3 +93,46 @@ def test_every_data_file_is_read_and_mapped_to_its_table(tmp_path: Path):
         "3003; 1259 16410 TABLE public gone postgres",
     ]
     assert table_data_files(listing, tmp_path) == {16401: "3001.dat.zst", 16405: "3002.dat.zst"}
+
+
+def test_files_are_read_while_they_are_written_and_to_their_final_end(tmp_path: Path):
+    """As pg_dump does: the folder appears, files appear one after another and grow in pieces
+    with pauses; the follower reads them meanwhile and, once the writer is done, to the end."""
+    dump = tmp_path / "dump"
+    compressed = {name: CODECS[".zst"](COPY) for name in ("3001.dat.zst", "3002.dat.zst")}
+    compressed["3003.dat.gz"] = gzip.compress(COPY[:1000].rsplit(b"\n", 1)[0] + b"\n\\.\n\n\n")
+    seen_during_write: list[int] = []
+
+    def writer() -> None:
+        time.sleep(0.1)
+        dump.mkdir()
+        for name, data in compressed.items():
+            with open(dump / name, "wb") as fh:
+                for start in range(0, len(data), 256):  # ~0.2 s a file: longer than the follower's poll
+                    fh.write(data[start : start + 256])
+                    fh.flush()
+                    time.sleep(0.005)
+        seen_during_write.append(1)
+
+    with DataFileFollower(dump, threads=2) as follower:
+        thread = threading.Thread(target=writer)
+        thread.start()
+        thread.join()
+        reads = follower.finish()
+    assert seen_during_write
+    by_name = {r.name: r for r in reads}
+    assert sorted(by_name) == sorted(compressed)
+    for name, data in compressed.items():
+        assert by_name[name].error is None, by_name[name]
+        assert by_name[name].sha256 == hashlib.sha256(data).hexdigest()
+    assert by_name["3001.dat.zst"].rows() == by_name["3002.dat.zst"].rows() == 5000
+
+
+def test_a_writer_that_stops_midway_leaves_a_cut_short_file_named(tmp_path: Path):
+    """pg_dump killed while writing: the follower stops at the file's end then and says so."""
+    data = CODECS[".zst"](COPY)
+    with DataFileFollower(tmp_path, threads=1) as follower:
+        (tmp_path / "3001.dat.zst").write_bytes(data[: len(data) // 2])
+        time.sleep(0.2)  # the follower has read what there is and waits for more
+        reads = follower.finish()
+    assert len(reads) == 1 and reads[0].error is not None

@@ -49,7 +49,7 @@ from psycopg.rows import dict_row
 
 from dbops.backup.adapter import Check, DumpResult, Endpoint, LogFn
 from dbops.sqlfiles import load_sql
-from dbops.stores.postgres.dumpfiles import DataFileRead, data_files, read_data_file, read_data_files, table_data_files
+from dbops.stores.postgres.dumpfiles import DataFileFollower, DataFileRead, data_files, read_data_file, table_data_files
 from dbops.tools import ToolError, find_tool, human_bytes, run_tool, tree_bytes, write_secret_file
 
 DUMP_DIR = "dump"  # the pg_dump directory inside a backup folder
@@ -547,12 +547,18 @@ class PostgresDatabaseBackup:
                     f"pg_dump of {self.database} at {self.endpoint.host}:{self.endpoint.port}: directory format, "
                     f"{self.jobs} jobs, compression {compression}, snapshot {snapshot} ({version})"
                 )
-                with pg_tool_env(self.endpoint, self.database) as env:
+                # each data file is read while pg_dump writes it (see DataFileFollower)
+                with (
+                    pg_tool_env(self.endpoint, self.database) as env,
+                    DataFileFollower(target, threads=self.jobs) as follower,
+                ):
                     argv = [*self.dump_argv(target, compression, pg_dump, _major(version)), f"--snapshot={snapshot}"]
                     run_tool(argv, log=log, env=env, progress_path=target)
+                    seconds = time.monotonic() - started
+                    reads = follower.finish()
+                    read_after = time.monotonic() - started - seconds
                 _restrict(target)
-                seconds = time.monotonic() - started
-                reads, rows = self._read_back(target, log)
+                rows = self._rows_read(target, reads, read_after, log)
                 described = _describe_tables(conn, tables, self.sample_rows, rows)
                 extensions = _extensions(conn)
         dump_bytes = tree_bytes(target)
@@ -598,22 +604,19 @@ class PostgresDatabaseBackup:
             read_back={f"{DUMP_DIR}/{r.name}": r.sha256 for r in reads if r.error is None},
         )
 
-    def _read_back(self, target: Path, log: LogFn) -> tuple[list[DataFileRead], dict[int, int]]:
-        """Every data file read once (sha256, decompressed to the end, lines counted) and the
-        rows of each table (oid -> rows) that its data file holds, taken from the TOC."""
-        started = time.monotonic()
+    def _rows_read(self, target: Path, reads: list[DataFileRead], read_after: float, log: LogFn) -> dict[int, int]:
+        """The rows of each table (oid -> rows) its data file holds, the file found in the TOC."""
         pg_restore = _tool("pg_restore", self.bin_dir)
         entries = _toc_entries(run_tool([pg_restore, "--list", str(target)], log=log))
-        reads = read_data_files(target, threads=self.jobs)
         by_name = {r.name: r for r in reads}
-        rows = {oid: by_name[name].rows() for oid, name in table_data_files(entries, target).items()}
+        rows = {oid: by_name[name].rows() for oid, name in table_data_files(entries, target).items() if name in by_name}
         bad = [f"{r.name} ({r.error})" for r in reads if r.error]
         log(
-            f"read back {len(reads)} data files ({human_bytes(sum(r.bytes for r in reads))}) once: sha256, "
-            f"decompressed to the end, {sum(rows.values())} rows counted in {time.monotonic() - started:.1f}s"
+            f"read {len(reads)} data files ({human_bytes(sum(r.bytes for r in reads))}) while pg_dump wrote them, "
+            f"done {read_after:.1f}s after it: sha256, decompressed to the end, {sum(rows.values())} rows counted"
             + (f"; unreadable: {', '.join(bad[:5])}" if bad else "")
         )
-        return reads, rows
+        return rows
 
     def check(self, backup_dir: Path, manifest: dict[str, Any], log: LogFn) -> list[Check]:
         """``pg_restore --list`` reads the TOC and lists TABLE DATA for every table; the data files

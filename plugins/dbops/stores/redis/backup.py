@@ -42,6 +42,7 @@ from typing import Any
 
 import redis
 from dbops.backup.adapter import Check, DrillEnvironmentError, DumpResult, Endpoint, LogFn
+from dbops.backup.repository import fsync_dir
 from dbops.tools import ToolError, find_tool, human_bytes, run_tool
 from redis.backoff import NoBackoff
 from redis.retry import Retry
@@ -305,15 +306,15 @@ def server_rdb_path(client: redis.Redis) -> Path:
     return Path(_text(directory)) / _text(name)
 
 
-def local_rdb_problem(path: Path, *, missing_ok: bool) -> str | None:
-    """Why ``path`` cannot be read here (None: it can). ``missing_ok``: a file not written
-    yet is fine when its folder is there (the save will prove whether it is the server's)."""
+def local_rdb_problem(path: Path) -> str | None:
+    """Why ``path`` cannot be read here (None: it can). A file not written yet is fine when its
+    folder is there (a server that never saved): the save proves whether it is the server's."""
     try:
         os.close(os.open(path, os.O_RDONLY))
     except FileNotFoundError:
-        if missing_ok and path.parent.is_dir():
+        if path.parent.is_dir():
             return None
-        return f"no file {path} on this machine"
+        return f"no folder {path.parent} on this machine"
     except OSError as exc:
         return f"{path} is not readable here: {exc.strerror or exc}"
     return None
@@ -366,11 +367,7 @@ def _copy_fd(fd: int, target: Path) -> int:
         os.fsync(out)
     finally:
         os.close(out)
-    folder = os.open(target.parent, os.O_RDONLY)
-    try:
-        os.fsync(folder)
-    finally:
-        os.close(folder)
+    fsync_dir(target.parent)
     return copied
 
 
@@ -530,7 +527,7 @@ class RedisBackup:
         try:
             with redis_client(self.endpoint, timeout=max(30.0, min(self.timeout, 300.0))) as client:
                 rdb_path = server_rdb_path(client)
-                problem = local_rdb_problem(rdb_path, missing_ok=self.snapshot_method == "bgsave")
+                problem = local_rdb_problem(rdb_path)
                 if problem:
                     raise SnapshotUnavailable(problem)
                 log(f"snapshot: BGSAVE, then a copy of the server's {rdb_path} (readable here)")
