@@ -63,7 +63,7 @@ lock:
 bench-parse: install
 	$(PY) bench/dag_parse.py --runs 5 --json bench/results/dag_parse.json
 
-## bench: old way vs dbops, full sizes (~80 min on 2 cores, needs `make stores`): bench/results/latest.json + docs/benchmarks.md
+## bench: old way vs dbops, full sizes (~57 min on 2 cores, needs `make stores`): bench/results/latest.json + docs/benchmarks.md
 bench: install
 	$(PY) -m bench
 

@@ -329,9 +329,9 @@ def restore_s3_row(ctx: Context) -> list[dict]:
                 "object_bytes": object_bytes,
                 "objects": len(objects),
                 "transfer_share": TRANSFER_SHARE,
-                "timed": "each side a whole process (start, imports) except the boto3 download, timed "
-                "around its download_file calls; the S3 side's fetched copy is removed after its restore, "
-                "as the restore task does",
+                "timed": "both restores from the worker's JOB START to JOB END (the task's own work), the boto3 "
+                "download around its download_file calls; the S3 side's fetched copy is removed after its "
+                "restore, as the restore task does",
             },
         )
     ]
