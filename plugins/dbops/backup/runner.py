@@ -9,7 +9,8 @@ Order, for one series:
    whose backup is complete does nothing, unless ``force``);
 3. dump into a fresh staging folder, together with the description of what the dump
    holds (taken in the dump's own snapshot or read from the artifact: the reference of
-   every drill and restore), then seal: every sha256 re-read and the tool-level check must pass before the
+   every drill and restore), then seal: every file read twice to the same sha256 (once by the dump
+   itself where it reads its files) and the tool-level check must pass before the
    single rename that makes the backup visible. Any failure leaves nothing visible.
 Retention is a separate step that refuses to run without this run's verified backup.
 """
