@@ -369,7 +369,10 @@ def namespaced_server(tmp_path: Path, data: Path, size: str = "64m") -> str:
     the worker sees at that path is another disk's (a server in a container)."""
     probe = subprocess.run(["unshare", "-m", "true"], capture_output=True)
     if probe.returncode != 0:
-        pytest.skip(f"no mount namespaces here: {probe.stderr.decode(errors='replace').strip()}")
+        # never a skip: this is the only test of a server whose disk the worker cannot see
+        pytest.fail(
+            f"the test needs mount namespaces (unshare -m, as root): {probe.stderr.decode(errors='replace').strip()}"
+        )
     data.mkdir(parents=True)
     wrapper = tmp_path / f"redis-server-ns-{data.parent.name}"
     wrapper.write_text(

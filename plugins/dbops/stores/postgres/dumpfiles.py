@@ -5,8 +5,8 @@
 inside a value being escaped as ``\\n``. One pass over a file therefore gives its sha256
 (compared with the manifest's, so the bytes that were checked are the bytes sealed), proves
 that it decompresses to the end and ends with COPY's end-of-data line, and counts the rows
-the dump holds. That replaces a second
-full read by ``pg_restore --file=/dev/null`` and an exact ``count(*)`` of every table.
+the dump holds. That replaces a second full read by ``pg_restore --file=/dev/null`` and an
+exact ``count(*)`` of every table.
 
 The codecs are the libraries' own (zlib, python-zstandard, python-lz4); they release the GIL,
 so files are read on a few threads at once, while pg_dump writes them. No Airflow import.
