@@ -108,3 +108,15 @@ def test_heavy_tasks_have_a_time_limit_and_refusals_are_never_retried(parsed_dag
         ):
             assert policy.evaluate(never, 1, 3).action == RetryAction.FAIL, (t.task_id, never)
         assert policy.evaluate(ConnectionError("server went away"), 1, 3).action == RetryAction.DEFAULT
+
+
+def test_an_approval_asks_again_at_once_on_a_later_try(parsed_dags):
+    """Retrying an approval does no work, it asks again: a dropped answer (Airflow 3.3) must not
+    leave the run waiting out the DAG's backoff before anyone can answer again."""
+    from dbops.tasks.approval import APPROVAL_RETRY_DELAY, DestructionApproval
+
+    approvals = [t for dag in parsed_dags.dags.values() for t in dag.tasks if isinstance(t, DestructionApproval)]
+    assert {t.task_id for t in approvals} == {"approve", "approve_vacuum_full"}
+    for t in approvals:
+        assert t.retries > 0 and t.retry_delay == APPROVAL_RETRY_DELAY, (t.task_id, t.retries, t.retry_delay)
+        assert not t.retry_exponential_backoff, t.task_id

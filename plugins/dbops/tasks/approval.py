@@ -8,6 +8,9 @@ plan it shows; the typed ``confirm_overwrite`` stays the first key, this is the 
 - Approve: the destructive tasks run;
 - Reject: they are skipped, nothing changes;
 - no answer within ``restore.approval_timeout_minutes``: the approval fails, so do they (nothing changes).
+
+Each try asks for itself: an answer is never carried over to a later try (a retry or a clear asks
+again, and its log says why), so an approval is never applied to a try nobody approved.
 """
 
 from __future__ import annotations
@@ -40,6 +43,11 @@ NO_RETRY_ON_TIMEOUT = ExceptionRetryPolicy(
     ]
 )
 
+# A retry of the approval does no work, it asks again: at once, not after the DAG's backoff. It is
+# how an answer Airflow 3.3 drops is asked for again: its scheduler takes a task resumed within a
+# second or two of parking for one killed externally and retries it (fixed in Airflow 3.4).
+APPROVAL_RETRY_DELAY = timedelta(seconds=10)
+
 # XCom key of the outcome: {"approved": True/False/None (not needed), "by", "at", "summary"}; also
 # pushed when a rejection skips the downstream tasks (the task then has no return value)
 APPROVAL_KEY = "approval"
@@ -55,6 +63,8 @@ class DestructionApproval(ApprovalOperator):
         self, *, describe: Describe, plan_task: str = "plan", subject: str = "Approve a destructive step", **kwargs: Any
     ) -> None:
         kwargs.setdefault("retry_policy", NO_RETRY_ON_TIMEOUT)
+        # over the DAG's defaults, which arrive in kwargs too
+        kwargs.update(retry_delay=APPROVAL_RETRY_DELAY, retry_exponential_backoff=0)
         super().__init__(subject=subject, **kwargs)
         self.describe = describe
         self.plan_task = plan_task
@@ -70,6 +80,9 @@ class DestructionApproval(ApprovalOperator):
             context["ti"].xcom_push(key=APPROVAL_KEY, value=outcome)
             return outcome
         self.subject, self.body = described
+        try_number = context["ti"].try_number
+        if try_number > 1:
+            log.warning("%s", _asked_again_line(try_number))
         minutes = runtime_config().restore.approval_timeout_minutes
         self.response_timeout = timedelta(minutes=minutes)
         log.info(
@@ -93,6 +106,14 @@ class DestructionApproval(ApprovalOperator):
         context["ti"].xcom_push(key="summary", value=line)
         super().execute_complete(context, event)
         return outcome
+
+
+def _asked_again_line(try_number: int) -> str:
+    return (
+        f"asked again (try {try_number}): an answer given to an earlier try is not carried over; the request is "
+        "pending again under Required Actions. A retry follows an earlier try that changed nothing, e.g. an answer "
+        "Airflow 3.3 dropped because it came within seconds of the request appearing (fixed in Airflow 3.4)"
+    )
 
 
 def _timeout_line() -> str:
