@@ -6,16 +6,43 @@ waiting task and records the answer through the REST API's own route function
 (``PATCH .../hitlDetails``), or lets the response timeout pass and runs the scheduler's
 timeout sweep. Without an answer to give it fails the waiting task at once and says so,
 instead of leaving the test hanging.
+
+It answers only once ``dag.test()`` has said it waits for the input, as a person would answer
+a request they can see. The task's state turns AWAITING_INPUT inside ``dag.test()``'s run of
+the task, which then writes that state once more when the run returns (Airflow 3.3.2): an
+answer recorded in between is undone, the task is parked again with its response recorded,
+and ``dag.test()`` waits forever. Measured: polling every 20 ms, the sixth approval answered
+hung so; polling every 0.5 s, one approval of a whole CI run did.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 APPROVE, REJECT, TIMEOUT = "Approve", "Reject", "timeout"
+
+# dag.test()'s own logger and the line it logs on each turn of its loop while a task is parked
+DAG_TEST_LOGGER = "airflow.sdk.definitions.dag"
+WAITING_FOR_INPUT = "Waiting for Human-in-the-loop input"
+# dag.test() logs that line every second while it waits: long without it, the line has changed
+NO_WAITING_LINE_AFTER = 60.0
+
+
+class _WaitingLines(logging.Handler):
+    """Counts dag.test()'s "waiting for input" lines: one logged after a task was seen parked
+    means dag.test() is in its loop again, past its own write of the parked state."""
+
+    def __init__(self) -> None:
+        super().__init__(level=logging.INFO)
+        self.count = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.getMessage().startswith(WAITING_FOR_INPUT):
+            self.count += 1
 
 
 class ApprovingUser:
@@ -44,6 +71,14 @@ class Responder:
         self._started = datetime.now(UTC)
 
     def __enter__(self) -> Responder:
+        self._lines = _WaitingLines()
+        logger = logging.getLogger(DAG_TEST_LOGGER)
+        self._level = logger.level
+        if not logger.isEnabledFor(logging.INFO):
+            logger.setLevel(logging.INFO)
+        logger.addHandler(self._lines)
+        # ti id -> (lines counted, monotonic time) when first seen parked
+        self._parked: dict[str, tuple[int, float]] = {}
         self._thread = threading.Thread(target=self._run, name=f"respond-{self.dag_id}", daemon=True)
         self._thread.start()
         return self
@@ -52,6 +87,21 @@ class Responder:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=30)
+        logger = logging.getLogger(DAG_TEST_LOGGER)
+        logger.removeHandler(self._lines)
+        logger.setLevel(self._level)
+
+    def _parked_in_loop(self, ti_id: str) -> bool:
+        """True once dag.test() said it waits, after ``ti_id`` was first seen parked."""
+        lines, since = self._parked.setdefault(ti_id, (self._lines.count, time.monotonic()))
+        if self._lines.count > lines:
+            return True
+        if time.monotonic() - since > NO_WAITING_LINE_AFTER:
+            raise AssertionError(
+                f"dag.test() never said {WAITING_FOR_INPUT!r} in {NO_WAITING_LINE_AFTER:g} s after a task was "
+                f"parked: its line changed, so the responder cannot tell when answering is safe"
+            )
+        return False
 
     def _run(self) -> None:
         from sqlalchemy.exc import OperationalError
@@ -64,7 +114,25 @@ class Responder:
                 continue
             except BaseException as exc:  # reported by run_dag, never swallowed
                 self.error = exc
+                self._fail_waiting()  # else dag.test() would wait for an answer that never comes
                 return
+
+    def _fail_waiting(self) -> None:
+        from airflow.models.taskinstance import TaskInstance as TI
+        from airflow.utils.session import create_session
+        from airflow.utils.state import TaskInstanceState
+        from sqlalchemy import update
+
+        with create_session() as session:
+            session.execute(
+                update(TI)
+                .where(
+                    TI.dag_id == self.dag_id,
+                    TI.state == TaskInstanceState.AWAITING_INPUT,
+                    TI.start_date >= self._started,
+                )
+                .values(state=TaskInstanceState.FAILED)
+            )
 
     def _answer_waiting(self, done: set[str]) -> None:
         from airflow.api_fastapi.core_api.datamodels.hitl import UpdateHITLDetailPayload
@@ -84,7 +152,7 @@ class Responder:
                 )
             ).all()
             for ti in waiting:
-                if str(ti.id) in done:
+                if str(ti.id) in done or not self._parked_in_loop(str(ti.id)):
                     continue
                 detail = session.scalar(select(HITLDetail).where(HITLDetail.ti_id == ti.id))
                 seen = {
