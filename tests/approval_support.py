@@ -63,6 +63,9 @@ class Responder:
     unexpected: list[str] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
+    _lines: _WaitingLines = field(default_factory=_WaitingLines)
+    # ti id -> (lines counted, monotonic time) when first seen parked
+    _parked: dict[str, tuple[int, float]] = field(default_factory=dict)
     error: BaseException | None = None
 
     def __post_init__(self) -> None:
@@ -71,14 +74,11 @@ class Responder:
         self._started = datetime.now(UTC)
 
     def __enter__(self) -> Responder:
-        self._lines = _WaitingLines()
         logger = logging.getLogger(DAG_TEST_LOGGER)
         self._level = logger.level
         if not logger.isEnabledFor(logging.INFO):
             logger.setLevel(logging.INFO)
         logger.addHandler(self._lines)
-        # ti id -> (lines counted, monotonic time) when first seen parked
-        self._parked: dict[str, tuple[int, float]] = {}
         self._thread = threading.Thread(target=self._run, name=f"respond-{self.dag_id}", daemon=True)
         self._thread.start()
         return self
