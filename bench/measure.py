@@ -124,7 +124,8 @@ def run_measured(
     if log_file is not None:
         log_file.close()
     if proc.returncode != 0:
-        raise BenchError(f"{what} failed (exit {proc.returncode}): {''.join(err)[-3000:]}")
+        said = "".join(err)[-3000:] or f"(nothing on stderr; stdout ends) {''.join(out)[-3000:]}"
+        raise BenchError(f"{what} failed (exit {proc.returncode}): {said}")
     job = marks["JOB END"] - marks["JOB START"] if {"JOB START", "JOB END"} <= set(marks) else None
     return Run(seconds=seconds, peak_rss_bytes=peak, stdout="".join(out), job_seconds=job)
 

@@ -35,9 +35,11 @@ WHERE idx_scan = 0 AND idx_tup_read = 0 AND idx_tup_fetch = 0;
 """
 PG_MAINTENANCE = "psql -d {database} < {sql_file} > /dev/null 2>&1"
 # database_backup.sh: redis-cli -a ... SAVE; cp /var/lib/redis/dump.rdb $BACKUP_ROOT/redis/redis_$DATE.rdb
-REDIS_BACKUP = "redis-cli -h 127.0.0.1 -p {port} --no-auth-warning SAVE > /dev/null && cp {rdb} {out}"
+# (SAVE's reply to stderr: an error reply is on stdout, and exits 1, so a failure is seen there)
+REDIS_BACKUP = "redis-cli -h 127.0.0.1 -p {port} --no-auth-warning SAVE >&2 && cp {rdb} {out}"
 # database_backup.sh: mongodump --uri=... --out=$BACKUP_ROOT/mongodb/mongodb_$DATE
-MONGO_BACKUP = "mongodump --config={config} --quiet --out={out}"
+# (not --quiet, which the script has not either: it silences mongodump's "Failed: ..." line too)
+MONGO_BACKUP = "mongodump --config={config} --out={out}"
 # backup-sync.sh: rsync -avz --delete $BACKUP_DIR $REMOTE_SERVER:$REMOTE_DIR/
 RSYNC = "rsync -avz --delete --stats -e {rsh} {folder} {remote}"
 # database_backup.sh: find ... -mtime +30 -delete (per store)
